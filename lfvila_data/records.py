@@ -1,0 +1,93 @@
+"""Small typed records that flow between pipeline stages, and the id rules that keep
+every path we write inside the output directory."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+# YouTube ids are [A-Za-z0-9_-]{11}; we accept any length but only that alphabet, so an
+# id can never name a path outside the output directory.
+_VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# HD-VILA clip ids are "<video_id>.<k>.mp4" with k >= 1 counting in time order.
+_CLIP_ID = re.compile(r"^(?P<vid>[A-Za-z0-9_-]{1,128})\.(?P<k>[0-9]{1,7})\.mp4$")
+
+
+class Stage(str, Enum):
+    """Where a failure happened; the ledger's `stage` column takes these values."""
+
+    METADATA = "metadata"
+    TEXT = "text"
+    PLAN = "plan"
+    DOWNLOAD = "download"
+    PROBE = "probe"
+    CUT = "cut"
+    WRITE = "write"
+
+
+def is_safe_video_id(video_id: object) -> bool:
+    """True when the id is safe to use in a file name."""
+    return isinstance(video_id, str) and bool(_VIDEO_ID.match(video_id))
+
+
+def parse_clip_id(clip_id: object) -> tuple[str, int] | None:
+    """Split an HD-VILA clip id into (video_id, k); None when it is not of that form."""
+    if not isinstance(clip_id, str):
+        return None
+    m = _CLIP_ID.match(clip_id)
+    if not m or int(m.group("k")) < 1:
+        return None
+    return m.group("vid"), int(m.group("k"))
+
+
+def sample_key(video_id: str, first_k: int, last_k: int) -> str:
+    """Stable, dot-free key of a sample: the video and its clip-number range.
+
+    WebDataset splits keys at the first dot, so keys must have none; the clip range
+    makes the key stable across reruns and unique within a build."""
+    return f"{video_id}_{first_k:05d}_{last_k:05d}"
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One HD-VILA clip of a source video, times in seconds of source time."""
+
+    clip_id: str
+    k: int
+    start: float
+    end: float
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A ledger row: what failed, where, and why in words a person can act on."""
+
+    video_id: str | None
+    clip_id: str | None
+    stage: str
+    reason: str
+    permanent: bool = True
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    """A long-form sample: consecutive clips of one video, all with text."""
+
+    key: str
+    video_id: str
+    url: str
+    start: float
+    end: float
+    clips: tuple[Clip, ...] = field(default_factory=tuple)
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def paragraph(self) -> str:
+        return " ".join(c.text.strip() for c in self.clips if c.text)

@@ -1,0 +1,268 @@
+"""Reading HD-VILA-100M metadata: path expansion, byte-range splitting of big jsonl files,
+and strict per-line parsers that turn every bad line or clip into a Failure row.
+
+The parsers are pure (tested alone); the I/O helpers go through fsspec so the same code
+reads local files and s3:// objects, one byte range at a time."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import fsspec
+
+from .records import Clip, Failure, Stage, is_safe_video_id, parse_clip_id
+
+
+class InputError(Exception):
+    """The job cannot run (no input files, unreadable plan); the CLI prints one line."""
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    """One video line of the url/span metadata, with its valid clips sorted by k."""
+
+    video_id: str
+    url: str
+    clips: tuple[Clip, ...]
+
+
+# ---------------------------------------------------------------------------------------
+# paths and byte ranges
+
+
+def _has_magic(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+def expand_paths(patterns: list[str]) -> list[str]:
+    """Turn user patterns (paths, globs, fsspec URLs) into the files to read, so a typo
+    fails the job at once instead of silently planning from nothing."""
+    found: set[str] = set()
+    for pattern in patterns:
+        fs, _, paths = fsspec.core.get_fs_token_paths(pattern, mode="rb")
+        local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        matched = [p for p in paths if fs.isfile(p)]
+        if not matched:
+            what = "matches no file" if _has_magic(pattern) else "is not a file"
+            raise InputError(f"input {pattern!r} {what}")
+        for p in matched:
+            found.add(p if local else fs.unstrip_protocol(p))
+    return sorted(found)
+
+
+def iter_line_ranges(path: str, chunk_bytes: int) -> list[tuple[str, int, int]]:
+    """Split a file into byte ranges that workers read independently, so a 20 GB jsonl
+    never has to pass through one process."""
+    if chunk_bytes <= 0:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    fs, fpath = fsspec.core.url_to_fs(path)
+    size = int(fs.size(fpath))
+    return [(path, s, min(s + chunk_bytes, size)) for s in range(0, size, chunk_bytes)]
+
+
+def read_lines_in_range(path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """Yield (byte offset, line without its newline) for every line that starts in
+    [start, end): Hadoop split semantics, so adjacent ranges read each line exactly once.
+
+    A range that does not start at 0 skips the partial line it starts inside; the last
+    line may run past `end` and is read to its end."""
+    if end <= start:
+        return
+    with fsspec.open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            pos = start - 1 + len(f.readline())  # rest of the line holding byte start-1
+        else:
+            pos = 0
+        if pos >= end:
+            return
+        f.seek(pos)
+        data = f.read(end - pos)
+        if data and not data.endswith(b"\n"):
+            data += f.readline()  # the last owned line runs past `end`
+    yield from _split_lines(data, pos)
+
+
+def _split_lines(data: bytes, base: int) -> Iterator[tuple[int, bytes]]:
+    lo, n = 0, len(data)
+    while lo < n:
+        hi = data.find(b"\n", lo)
+        if hi < 0:
+            hi = n
+        line = data[lo:hi]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        yield base + lo, line
+        lo = hi + 1
+
+
+# ---------------------------------------------------------------------------------------
+# spans
+
+
+_SECONDS = re.compile(r"^[0-9]+(?:\.[0-9]*)?$")
+_WHOLE = re.compile(r"^[0-9]+$")
+
+
+def parse_span(value: object) -> float:
+    """Seconds from an HD-VILA span ("HH:MM:SS.mmm", "MM:SS.mmm", "SS.mmm" or a number),
+    strict so that a corrupt span drops its clip instead of misplacing a cut."""
+    if isinstance(value, bool):
+        raise ValueError(f"span {value!r} is not a time")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        parts = value.strip().split(":")
+        if len(parts) > 3 or not _SECONDS.match(parts[-1]):
+            raise ValueError(f"span {value!r} is not HH:MM:SS.mmm")
+        if any(not _WHOLE.match(p) for p in parts[:-1]):
+            raise ValueError(f"span {value!r} is not HH:MM:SS.mmm")
+        seconds = float(parts[-1])
+        if len(parts) >= 2:
+            minutes = int(parts[-2])
+            if seconds >= 60 or (len(parts) == 3 and minutes >= 60):
+                raise ValueError(f"span {value!r} has a field of 60 or more")
+            seconds += 60 * minutes
+        if len(parts) == 3:
+            seconds += 3600 * int(parts[0])
+    else:
+        raise ValueError(f"span {value!r} is not a time")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"span {value!r} is not a non-negative finite time")
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------
+# line parsers
+
+
+_OVERLAP_EPS = 1e-6  # spans are millisecond strings; this only absorbs float rounding
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _meta_failure(video_id: str | None, clip_id: str | None, reason: str) -> Failure:
+    return Failure(video_id, clip_id, Stage.METADATA.value, reason)
+
+
+def _load_object(line: str | bytes) -> tuple[dict | None, str | None]:
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        return None, f"malformed JSON ({exc.__class__.__name__}: {exc}) in line {_short(line)}"
+    if not isinstance(obj, dict):
+        return None, f"line is not a JSON object: {_short(line)}"
+    return obj, None
+
+
+def url_is_allowed(url: str, *, allow_local_files: bool) -> bool:
+    """http(s) URLs always; file:// and plain paths only when the user opted in, so a
+    metadata file cannot make the downloader read local files by default."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        return bool(parts.netloc)
+    if not allow_local_files:
+        return False
+    if parts.scheme == "file":
+        return bool(parts.path)
+    return "://" not in url and bool(url.strip())
+
+
+def parse_video_line(
+    line: str | bytes, *, allow_local_files: bool
+) -> tuple[VideoMeta | None, list[Failure]]:
+    """Parse one url/span line; a bad line drops the video, a bad clip drops only that
+    clip (which later breaks its run), and each drop is a Failure row saying why."""
+    obj, error = _load_object(line)
+    if obj is None:
+        return None, [_meta_failure(None, None, error)]
+    video_id = obj.get("video_id")
+    if "video_id" not in obj or not isinstance(video_id, str):
+        return None, [_meta_failure(None, None, f"missing or non-string 'video_id': {_short(video_id)}")]
+    if not is_safe_video_id(video_id):
+        return None, [_meta_failure(None, None, f"unsafe 'video_id' {_short(video_id)} "
+                                                "(allowed: A-Z a-z 0-9 _ -, 1 to 128 chars)")]
+    url = obj.get("url")
+    if not isinstance(url, str):
+        return None, [_meta_failure(video_id, None, f"missing or non-string 'url': {_short(url)}")]
+    if not url_is_allowed(url, allow_local_files=allow_local_files):
+        allowed = "http(s), file:// or a local path" if allow_local_files else "http(s)"
+        return None, [_meta_failure(video_id, None, f"'url' {_short(url)} is not {allowed}")]
+    raw_clips = obj.get("clip")
+    if not isinstance(raw_clips, list):
+        return None, [_meta_failure(video_id, None, f"missing or non-list 'clip': {_short(raw_clips)}")]
+
+    failures: list[Failure] = []
+    by_k: dict[int, Clip] = {}
+    for raw in raw_clips:
+        clip, failure = _parse_clip(video_id, raw)
+        if failure is None and clip.k in by_k:
+            failure = _meta_failure(video_id, clip.clip_id, f"duplicate clip number k={clip.k}")
+        if failure is not None:
+            failures.append(failure)
+        else:
+            by_k[clip.k] = clip
+    kept: list[Clip] = []
+    for k in sorted(by_k):
+        clip = by_k[k]
+        if kept and clip.start < kept[-1].end - _OVERLAP_EPS:
+            prev = kept[-1]
+            failures.append(_meta_failure(
+                video_id, clip.clip_id,
+                f"clip starts at {clip.start:.3f}s, before the previous clip {prev.clip_id} "
+                f"ends at {prev.end:.3f}s (out of order or overlapping)"))
+            continue
+        kept.append(clip)
+    return VideoMeta(video_id, url, tuple(kept)), failures
+
+
+def _parse_clip(video_id: str, raw: object) -> tuple[Clip | None, Failure | None]:
+    if not isinstance(raw, dict):
+        return None, _meta_failure(video_id, None, f"clip entry is not an object: {_short(raw)}")
+    clip_id = raw.get("clip_id")
+    parsed = parse_clip_id(clip_id)
+    if parsed is None:
+        return None, _meta_failure(video_id, None, f"'clip_id' {_short(clip_id)} is not "
+                                                   "<video_id>.<k>.mp4 with k >= 1")
+    if parsed[0] != video_id:
+        return None, _meta_failure(video_id, clip_id, f"'clip_id' {clip_id!r} belongs to "
+                                                      f"video {parsed[0]!r}, not {video_id!r}")
+    span = raw.get("span")
+    if not isinstance(span, (list, tuple)) or len(span) != 2:
+        return None, _meta_failure(video_id, clip_id, f"'span' {_short(span)} is not [start, end]")
+    try:
+        start, end = parse_span(span[0]), parse_span(span[1])
+    except ValueError as exc:
+        return None, _meta_failure(video_id, clip_id, f"unparsable 'span': {exc}")
+    if end <= start:
+        return None, _meta_failure(video_id, clip_id, f"'span' end {end:.3f}s is not after "
+                                                      f"start {start:.3f}s")
+    return Clip(clip_id, parsed[1], start, end), None
+
+
+def parse_text_line(line: str | bytes) -> tuple[str, str] | Failure:
+    """Parse one clip-text line into (clip_id, text); null text becomes "" so that the
+    planner reports it once, as a clip without text."""
+    obj, error = _load_object(line)
+    if obj is None:
+        return Failure(None, None, Stage.TEXT.value, error)
+    clip_id = obj.get("clip_id")
+    parsed = parse_clip_id(clip_id)
+    if parsed is None:
+        return Failure(None, None, Stage.TEXT.value,
+                       f"'clip_id' {_short(clip_id)} is not <video_id>.<k>.mp4 with k >= 1")
+    if "text" not in obj:
+        return Failure(parsed[0], clip_id, Stage.TEXT.value, "missing field 'text'")
+    text = obj["text"]
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        return Failure(parsed[0], clip_id, Stage.TEXT.value, f"'text' is not a string: {_short(text)}")
+    return clip_id, text
