@@ -68,6 +68,7 @@ class Failure:
     stage: str
     reason: str
     permanent: bool = True
+    key: str | None = None  # the sample, when one sample failed rather than a clip or video
 
     def to_row(self) -> dict:
         return asdict(self)

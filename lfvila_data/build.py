@@ -1,0 +1,186 @@
+"""`lfvila-data build --source hdvila`: plan, then fetch and cut every planned sample,
+then write the manifest, the failure ledger and build.json.
+
+Rerunning the same command resumes: the plan is reused when inputs and settings are
+unchanged, videos the journal records as finished are skipped, and sample files already
+on disk are reused instead of being downloaded and cut again."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import pyarrow as pa
+
+from . import __version__
+from .plan import (PlanConfig, PlanSummary, build_plan, iter_plan_parts, load_plan_summary,
+                   plan_row_to_sample, read_plan_failures)
+from .progress import BuildProgress, human_bytes, human_time, print_summary
+from .records import PlannedSample
+from .runner import RunConfig, run_videos
+from .source_hdvila import InputError
+from .video_task import TaskContext, VideoJob
+from .write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `build` needs; the CLI makes one from flags."""
+
+    metadata: tuple[str, ...]
+    text: tuple[str, ...]
+    output: str
+    plan: PlanConfig = PlanConfig()
+    task: TaskContext | None = None
+    run: RunConfig = RunConfig()
+    plan_only: bool = False
+    retry_failed: bool = False
+    ray_address: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Local Ray without an address; otherwise join the given cluster unchanged."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"log_to_driver": False, "include_dashboard": False}
+    if address:
+        kwargs = {"address": address, "log_to_driver": False}
+    elif num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise InputError(f"cannot start or reach Ray at {address or 'local'}: {e}") from e
+
+
+def check_output(out: OutputDir) -> None:
+    """Fail early, in one line, when the output cannot be written."""
+    try:
+        out.write_bytes("_write_check", b"ok")
+        out.fs.rm(out.path("_write_check"))
+    except (OSError, PermissionError) as e:
+        raise InputError(f"output {out.url!r} is not writable: {e}") from e
+
+
+def _fingerprint(plan_dir_summary: dict) -> str:
+    return hashlib.sha256(json.dumps(plan_dir_summary, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def iter_jobs(output: str, skip: set[str]) -> Iterator[VideoJob]:
+    """Stream the plan, one job per video, part by part (never the whole plan at once)."""
+    for table in iter_plan_parts(output):
+        by_video: dict[str, list[PlannedSample]] = defaultdict(list)
+        for row in table.to_pylist():
+            if row["video_id"] not in skip:
+                by_video[row["video_id"]].append(plan_row_to_sample(row))
+        for vid in sorted(by_video):
+            samples = sorted(by_video[vid], key=lambda s: s.start)
+            yield VideoJob(vid, samples[0].url, tuple(samples))
+
+
+def _plan(cfg: BuildConfig) -> PlanSummary:
+    summary = load_plan_summary(cfg.output, metadata=list(cfg.metadata), text=list(cfg.text),
+                                cfg=cfg.plan)
+    if summary is not None:
+        print("plan: reusing the finished plan (same inputs and settings)", file=sys.stderr)
+        return summary
+    return build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan)
+
+
+def _plan_rows(s: PlanSummary) -> list[tuple[str, object]]:
+    return [("videos in metadata", f"{s.videos:,}"),
+            ("videos with samples", f"{s.videos_with_samples:,}"),
+            ("clips in metadata", f"{s.clips_total:,}"),
+            ("clips in samples", f"{s.clips_in_samples:,}"),
+            ("samples planned", f"{s.samples:,}"),
+            ("hours planned", f"{s.hours:,.2f}"),
+            ("short runs dropped", f"{s.dropped_short_runs:,}"),
+            ("planning failures", ", ".join(f"{k}: {v}" for k, v in s.failures_by_stage.items()) or "none")]
+
+
+def _versions() -> dict:
+    import yt_dlp
+
+    ff = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return {"lfvila": __version__, "yt_dlp": yt_dlp.version.__version__, "ffmpeg": ff}
+
+
+def run_build(cfg: BuildConfig) -> dict:
+    """The whole build; returns the counts written to build.json."""
+    started = time.time()
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        raise InputError("ffmpeg and ffprobe must be on PATH (e.g. apt-get install ffmpeg)")
+    out = OutputDir(cfg.output)
+    check_output(out)
+    init_ray(cfg.ray_address)
+    plan = _plan(cfg)
+    if cfg.plan_only:
+        print_summary(f"plan of {cfg.output}", _plan_rows(plan))
+        return asdict(plan)
+
+    task = cfg.task or TaskContext(output=cfg.output, min_clips=cfg.plan.min_clips)
+    # A new plan means journaled results may name samples that no longer exist: start a
+    # new journal; files of unchanged samples are still found on disk and reused.
+    marker = _fingerprint(asdict(plan) | {"plan": asdict(cfg.plan)})
+    if out.exists("_journal/PLAN") and out.fs.cat_file(out.path("_journal/PLAN")).decode() != marker:
+        out.fs.rm(out.path("_journal"), recursive=True)
+    out.write_bytes("_journal/PLAN", marker.encode())
+    previous = read_journal(out)
+    skip = {vid for vid, (status, payload) in previous.items()
+            if status == DONE and not (cfg.retry_failed and payload["failures"])
+            or status == FAILED and not cfg.retry_failed}
+    todo = plan.videos_with_samples - len(skip & set(previous))
+    progress = BuildProgress(videos_total=max(todo, 0))
+    journal = Journal(out)
+
+    def on_result(r: VideoResult) -> None:
+        journal.add(r)
+        if r.status == DONE:
+            progress.videos_done += 1
+        else:
+            progress.videos_failed += 1
+        progress.samples_written += len(r.rows)
+        progress.samples_failed += len({f.get("key") or f.get("clip_id") for f in r.failures})
+        progress.bytes_downloaded += sum(r.downloads.values())
+
+    if previous:
+        print(f"build: resuming, {len(skip)} videos already finished", file=sys.stderr)
+    try:
+        run_videos(iter_jobs(cfg.output, skip), task, cfg.run, on_result, progress.tick)
+    finally:
+        journal.flush()
+    progress.tick(force=True)
+
+    counts = finalize(out, read_journal(out), read_plan_failures(cfg.output))
+    elapsed = time.time() - started
+    record = {
+        "source": task.source, "metadata": list(cfg.metadata), "text": list(cfg.text),
+        "output": cfg.output, "plan_config": asdict(cfg.plan), "fetch": asdict(task.fetch),
+        "cut": asdict(task.cut), "run": asdict(cfg.run), "plan": asdict(plan),
+        "counts": counts, "versions": _versions(),
+        "last_run": {"seconds": round(elapsed, 2), "videos_processed": progress.videos_done
+                     + progress.videos_failed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                           time.gmtime())},
+    }
+    out.write_json("build.json", record)
+    print_summary(f"build of {cfg.output}", [
+        ("samples planned", f"{plan.samples:,}"),
+        ("samples written", f"{counts['samples_written']:,}"),
+        ("hours written", f"{counts['hours_written']:,.3f}"),
+        ("videos processed this run", f"{progress.videos_done + progress.videos_failed:,}"),
+        ("videos failed this run", f"{progress.videos_failed:,}"),
+        ("downloaded (all runs)", human_bytes(counts["download_bytes"])),
+        ("sample video bytes", human_bytes(counts["video_bytes"])),
+        ("ledger rows", ", ".join(f"{k}: {v}" for k, v in counts["failures_by_stage"].items()) or "none"),
+        ("time", human_time(elapsed)),
+    ])
+    return record

@@ -1,0 +1,106 @@
+"""`lfvila-data`: the command line. Flags become the stage config dataclasses here and
+nowhere else; errors that stop a job are one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cut import CutConfig
+from .fetch import FetchConfig
+from .plan import PlanConfig
+from .runner import RunConfig
+from .source_hdvila import InputError
+from .video_task import TaskContext
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Build long-form video-paragraph datasets (LF-VILA) on Ray.")
+
+
+class Source(str, Enum):
+    hdvila = "hdvila"
+
+
+@app.callback()
+def _group() -> None:
+    """Build long-form video-paragraph datasets (LF-VILA) on Ray."""
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"lfvila-data: error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def build(
+    source: Source = typer.Option(Source.hdvila, help="Where videos and text come from."),
+    metadata: List[str] = typer.Option([], help="HD-VILA url/span jsonl files (paths, globs, s3://); repeatable."),
+    text: List[str] = typer.Option([], help="HD-VILA clip text jsonl files; repeatable."),
+    output: str = typer.Option(..., help="Output directory (local path or fsspec URL)."),
+    plan_only: bool = typer.Option(False, help="Stop after planning; print samples, clips, hours."),
+    min_clips: int = typer.Option(4, help="Fewest consecutive clips in a sample."),
+    max_clips: int = typer.Option(32, help="Most clips in a sample; longer runs are chunked."),
+    max_gap: float = typer.Option(3.0, help="Largest gap in seconds between consecutive clips of a sample."),
+    fps: float = typer.Option(3.0, help="Frame rate of sample videos."),
+    height: int = typer.Option(240, help="Height of sample videos (even); width keeps the aspect."),
+    copy: bool = typer.Option(False, "--copy", help="Stream-copy instead of re-encoding (fast, cuts on keyframes)."),
+    audio: bool = typer.Option(False, "--audio", help="Keep the audio track."),
+    sections: bool = typer.Option(True, help="Download only the planned sections (--no-sections: whole files)."),
+    margin: float = typer.Option(1.0, help="Seconds downloaded around each planned span."),
+    download_concurrency: int = typer.Option(8, help="Videos downloading at once."),
+    cut_concurrency: Optional[int] = typer.Option(None, help="Cutting tasks at once (default: cluster CPUs)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster ('auto' or host:port); default a local Ray."),
+    retry_failed: bool = typer.Option(False, help="Also retry videos whose failure was permanent."),
+    allow_local_files: bool = typer.Option(False, help="Accept local paths and file:// URLs as video URLs."),
+    cookies: Optional[Path] = typer.Option(None, help="Netscape cookies file for yt-dlp."),
+    proxy: Optional[str] = typer.Option(None, help="Proxy URL for downloads."),
+    rate_limit: Optional[int] = typer.Option(None, help="Download rate limit in bytes/s (whole-file downloads)."),
+    max_filesize: int = typer.Option(2 * 1024**3, help="Size cap of one download in bytes."),
+    socket_timeout: float = typer.Option(20.0, help="Network timeout in seconds."),
+    retries: int = typer.Option(3, help="Retries of a transient download error (with backoff)."),
+    workdir: Optional[str] = typer.Option(None, help="Node-local scratch directory for downloads."),
+) -> None:
+    """Plan long-form samples from HD-VILA metadata, then download, cut and record them."""
+    from .build import BuildConfig, run_build
+
+    if not metadata or not text:
+        _fail("--metadata and --text are both required for --source hdvila")
+    if height <= 0 or height % 2:
+        _fail(f"--height must be a positive even number, got {height}")
+    if fps <= 0:
+        _fail(f"--fps must be positive, got {fps}")
+    if cookies is not None and not cookies.is_file():
+        _fail(f"cookies file not found: {cookies}")
+    try:
+        plan = PlanConfig(min_clips=min_clips, max_clips=max_clips, max_gap=max_gap,
+                          allow_local_files=allow_local_files)
+        task = TaskContext(
+            output=output, min_clips=min_clips, source=source.value, workdir=workdir,
+            fetch=FetchConfig(height=height, audio=audio, sections=sections, margin=margin,
+                              socket_timeout=socket_timeout, retries=retries,
+                              max_filesize=max_filesize, cookies=str(cookies) if cookies else None,
+                              proxy=proxy, rate_limit=rate_limit, allow_local_files=allow_local_files),
+            cut=CutConfig(fps=fps, height=height, copy=copy, audio=audio))
+        cfg = BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output, plan=plan,
+                          task=task, run=RunConfig(fetch_concurrency=download_concurrency,
+                                                   cut_concurrency=cut_concurrency),
+                          plan_only=plan_only, retry_failed=retry_failed, ray_address=ray_address)
+        run_build(cfg)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume")
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Probe and cut: one ffmpeg process per sample, exact to one output frame.
+
+Timestamps are kept as they are in the source (`-copyts`) and the span is selected with
+`trim` on absolute source time, so a file holding only a section of the video (what a
+section download gives, starting at some keyframe) cuts exactly like the whole file.
+`-ss` with `-seek_timestamp` only skips ahead to a keyframe before the span, so each span
+is decoded once and nothing before it is decoded. ffmpeg streams from and to disk:
+memory does not grow with the length of the video."""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+# Inputs are local files we downloaded: never let a file make ffmpeg open anything else
+# (HLS/concat playlists, data: URLs, network), and only demux real video containers.
+INPUT_GUARD = [
+    "-protocol_whitelist", "file",
+    "-format_whitelist",
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,ogg,asf,nut,h264,hevc",
+]
+PREROLL = 1.0  # seconds: seek to a keyframe at least this far before the span
+
+
+class MediaError(Exception):
+    """A file that ffmpeg cannot use; `reason` is for the ledger."""
+
+
+@dataclass(frozen=True)
+class CutConfig:
+    """How sample videos are encoded. Defaults follow LF-VILA (3 fps, 240 px)."""
+
+    fps: float = 3.0
+    height: int = 240
+    copy: bool = False
+    audio: bool = False
+    crf: int = 23
+    preset: str = "veryfast"
+    threads: int = 0  # 0 lets ffmpeg pick; Ray gives each cut task its CPUs
+    timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What we need to know of a media file, in its own (kept) timestamps."""
+
+    start: float
+    end: float
+    width: int
+    height: int
+    codec: str
+    fps: float
+    has_audio: bool
+    nb_frames: int | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise MediaError(f"{cmd[0]} timed out after {timeout:.0f} s") from e
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no message"
+
+
+def _rate(s: str | None) -> float:
+    if not s or s in ("0/0", "0"):
+        return 0.0
+    num, _, den = s.partition("/")
+    return float(num) / float(den or 1) if float(den or 1) else 0.0
+
+
+def probe(path: Path, *, timeout: float = 300.0) -> Probe:
+    """Geometry of the first video stream and the source-time range its packets cover.
+
+    The range comes from the packets themselves: container durations lie (Matroska
+    written with kept timestamps reports its end time as its duration) and truncated
+    files still announce their full length."""
+    res = _run(["ffprobe", "-v", "error", *INPUT_GUARD, "-print_format", "json",
+                "-show_format", "-show_streams", str(path)], timeout)
+    if res.returncode != 0:
+        raise MediaError(f"not a readable media file: {_last_line(res.stderr)}")
+    info = json.loads(res.stdout or b"{}")
+    streams = info.get("streams", [])
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and not (s.get("disposition") or {}).get("attached_pic")), None)
+    if video is None:
+        raise MediaError("file has no video stream")
+    width, height = int(video.get("width") or 0), int(video.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise MediaError("video stream has no size (corrupt file)")
+    res = _run(["ffprobe", "-v", "error", *INPUT_GUARD, "-select_streams", f"{video['index']}",
+                "-show_entries", "packet=pts_time,dts_time,duration_time", "-of", "csv=p=0", str(path)],
+               timeout)
+    times = []
+    for line in res.stdout.decode("ascii", "replace").splitlines():
+        pts, dts, dur = (line.split(",") + ["", "", ""])[:3]
+        try:  # AVI and raw streams carry only dts on most packets
+            times.append((float(pts if pts not in ("", "N/A") else dts),
+                          float(dur) if dur not in ("", "N/A") else 0.0))
+        except ValueError:
+            continue
+    if not times:
+        raise MediaError("video stream has no packets (truncated or corrupt file)")
+    start = min(t for t, _ in times)
+    last = max(times)
+    fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
+    end = last[0] + (last[1] or (1.0 / fps if fps else 0.0))
+    return Probe(start=start, end=end, width=width, height=height,
+                 codec=str(video.get("codec_name")), fps=fps,
+                 has_audio=any(s.get("codec_type") == "audio" for s in streams),
+                 nb_frames=len(times))
+
+
+def cut_command(src: Path, dst: Path, start: float, end: float, cfg: CutConfig,
+                with_audio: bool) -> list[str]:
+    """The ffmpeg argument list for one sample (no shell involved)."""
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *INPUT_GUARD,
+           "-seek_timestamp", "1"]
+    if cfg.copy:
+        # stream copy starts at the keyframe at or before `start`: fast, not frame exact
+        cmd += ["-ss", f"{start:.6f}", "-i", str(src), "-t", f"{end - start:.6f}",
+                "-map", "0:v:0", *(["-map", "0:a:0"] if with_audio else ["-an"]),
+                "-c", "copy"]
+    else:
+        vf = (f"trim=start={start:.6f}:end={end:.6f},setpts=PTS-STARTPTS,"
+              f"fps={cfg.fps:g},scale=-2:{cfg.height}:flags=bicubic,setsar=1,format=yuv420p")
+        cmd += ["-ss", f"{max(0.0, start - PREROLL):.6f}", "-noaccurate_seek", "-copyts",
+                "-i", str(src), "-map", "0:v:0", "-vf", vf,
+                "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf),
+                "-g", str(max(1, round(cfg.fps * 2))), "-threads", str(cfg.threads)]
+        if with_audio:
+            cmd += ["-map", "0:a:0",
+                    "-af", f"atrim=start={start:.6f}:end={end:.6f},asetpts=PTS-STARTPTS",
+                    "-c:a", "aac", "-b:a", "96k"]
+        else:
+            cmd += ["-an"]
+    cmd += ["-sn", "-dn", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(dst)]
+    return cmd
+
+
+def cut_sample(src: Path, dst: Path, start: float, end: float, cfg: CutConfig,
+               source: Probe | None = None) -> Probe:
+    """Cut [start, end) of `src` (source time) into `dst`; returns the output's probe.
+
+    Writes `dst` through a temporary name so a killed job never leaves a partial file."""
+    source = source or probe(src)
+    if start >= source.end or end <= source.start:
+        raise MediaError(f"span {start:.3f}-{end:.3f} s is outside the media "
+                         f"({source.start:.3f}-{source.end:.3f} s)")
+    with_audio = cfg.audio and source.has_audio
+    tmp = dst.with_name(dst.name + ".part")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    res = _run(cut_command(src, tmp, start, end, cfg, with_audio), cfg.timeout)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise MediaError(f"ffmpeg could not cut {start:.3f}-{end:.3f}: {_last_line(res.stderr)}")
+    try:
+        out = probe(tmp)
+    except MediaError as e:
+        tmp.unlink(missing_ok=True)
+        raise MediaError(f"cut produced no usable video: {e}") from e
+    if not out.nb_frames:
+        tmp.unlink(missing_ok=True)
+        raise MediaError(f"cut {start:.3f}-{end:.3f} produced no frames")
+    tmp.replace(dst)
+    return out

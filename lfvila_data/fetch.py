@@ -1,0 +1,237 @@
+"""Fetch only what the plan needs: yt-dlp downloads the planned time sections of a video
+(plus a margin), at the smallest resolution at or above the output height.
+
+Section downloads go through ffmpeg with `-copyts`, so a section file keeps source
+timestamps and the cut stage can select spans by source time whatever keyframe the
+section starts at. One `YoutubeDL.extract_info` per attempt: one metadata request per
+video. The Python API never reads yt-dlp config files, and we add no post-processor
+(so no `--exec`)."""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+INF = math.inf
+
+# Messages that no retry will change. Anything else (5xx, 429, timeouts, resets) is
+# transient: retried now with backoff, and again on the next run.
+_PERMANENT = re.compile(
+    r"HTTP Error (400|401|403|404|405|410|451)|Private video|Video unavailable|"
+    r"This video is (not available|unavailable|private)|has been removed|members-only|"
+    r"confirm your age|Unsupported URL|is not a valid URL|copyright|account .* terminated|"
+    r"not made this video available|Premieres in|Requested format is not available|"
+    r"exceeds the size cap|No video formats found",
+    re.IGNORECASE)
+
+
+class FetchError(Exception):
+    """A video that could not be fetched; `permanent` says whether a rerun may help."""
+
+    def __init__(self, reason: str, permanent: bool):
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """Download options; the CLI fills these from flags."""
+
+    height: int = 240
+    audio: bool = False
+    sections: bool = True
+    margin: float = 1.0          # seconds added around each planned span
+    merge_gap: float = 10.0      # spans closer than this share one section
+    socket_timeout: float = 20.0
+    retries: int = 3
+    backoff: float = 2.0         # seconds before the first retry, doubling after
+    max_filesize: int = 2 * 1024**3
+    cookies: str | None = None
+    proxy: str | None = None
+    rate_limit: int | None = None  # bytes/s, whole-file downloads only
+    allow_local_files: bool = False
+
+
+@dataclass(frozen=True)
+class Section:
+    """A local media file holding source time [start, end] of a video."""
+
+    path: str
+    start: float
+    end: float
+
+    def covers(self, start: float, end: float) -> bool:
+        return self.start <= start and end <= self.end
+
+
+@dataclass
+class Fetched:
+    sections: list[Section] = field(default_factory=list)
+    bytes: int = 0
+    local: bool = False  # the source itself (allow_local_files): never delete it
+
+
+def section_spans(spans: list[tuple[float, float]], margin: float,
+                  merge_gap: float) -> list[tuple[float, float]]:
+    """Widen spans by the margin and merge the ones close enough to share a download."""
+    merged: list[list[float]] = []
+    for s, e in sorted(spans):
+        s, e = max(0.0, s - margin), e + margin
+        if merged and s - merged[-1][1] <= merge_gap:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(round(s, 3), round(e, 3)) for s, e in merged]
+
+
+def is_permanent(message: str) -> bool:
+    """Whether a download error is one no retry will fix (404, private video, ...)."""
+    return bool(_PERMANENT.search(message))
+
+
+def local_path(url: str) -> Path | None:
+    """The file a `file://` URL or plain path names; None for anything else."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and url:
+        return Path(url)
+    return None
+
+
+def format_spec(height: int, audio: bool) -> str:
+    """Smallest video at or above `height` (with format_sort "+res"), else the largest."""
+    if audio:
+        return f"bv*[height>=?{height}]+ba/b[height>=?{height}]/wv*+ba/w"
+    return f"bv*[height>=?{height}]/b[height>=?{height}]/wv*/w"
+
+
+class _Log:
+    """Collects yt-dlp messages instead of printing them; errors end up in the ledger."""
+
+    def __init__(self):
+        self.errors: list[str] = []
+
+    def debug(self, msg: str) -> None:
+        pass
+
+    def info(self, msg: str) -> None:
+        pass
+
+    def warning(self, msg: str) -> None:
+        pass
+
+    def error(self, msg: str) -> None:
+        self.errors.append(msg)
+
+
+class Fetcher:
+    """Downloads the sections of one video into `workdir/<video_id>/`."""
+
+    def __init__(self, cfg: FetchConfig, workdir: Path):
+        self.cfg = cfg
+        self.workdir = Path(workdir)
+
+    def params(self, target: Path, spans: list[tuple[float, float]] | None, log: _Log) -> dict:
+        from yt_dlp.utils import download_range_func
+
+        cfg = self.cfg
+        p = {
+            "quiet": True, "no_warnings": True, "noprogress": True, "logger": log,
+            "noplaylist": True, "socket_timeout": cfg.socket_timeout,
+            "retries": 0, "fragment_retries": 0, "extractor_retries": 0,
+            "format": format_spec(cfg.height, cfg.audio), "format_sort": ["+res"],
+            "outtmpl": {"default": str(target / "%(section_start)s.%(ext)s")},
+            "overwrites": True, "continuedl": False, "fixup": "never",
+            "postprocessors": [], "max_filesize": cfg.max_filesize,
+            "merge_output_format": "mkv", "check_formats": False,
+            "external_downloader_args": {
+                # ffmpeg reads only the remote media, never local files or playlists of
+                # other protocols; keeps source timestamps; stops at the size cap.
+                "ffmpeg_i": ["-protocol_whitelist", "http,https,tcp,tls,crypto",
+                             "-rw_timeout", str(int(cfg.socket_timeout * 1e6))],
+                "ffmpeg_o": ["-copyts", "-fs", str(cfg.max_filesize)],
+            },
+        }
+        if spans is not None:
+            p["download_ranges"] = download_range_func(None, spans)
+            p["force_keyframes_at_cuts"] = False
+        else:
+            p["outtmpl"] = {"default": str(target / "full.%(ext)s")}
+        if cfg.cookies:
+            p["cookiefile"] = cfg.cookies
+        if cfg.proxy:
+            p["proxy"] = cfg.proxy
+        if cfg.rate_limit:
+            p["ratelimit"] = cfg.rate_limit
+        return p
+
+    def __call__(self, video_id: str, url: str, spans: list[tuple[float, float]]) -> Fetched:
+        """Fetch what covers `spans` (source seconds); raises FetchError."""
+        local = local_path(url)
+        if local is not None:
+            if not self.cfg.allow_local_files:
+                raise FetchError("local files are not allowed (use --allow-local-files)", True)
+            if not local.is_file():
+                raise FetchError(f"local file not found: {local}", True)
+            return Fetched([Section(str(local), 0.0, INF)], 0, local=True)
+        if urlparse(url).scheme not in ("http", "https"):
+            raise FetchError(f"only http(s) URLs are fetched, not {url[:80]!r}", True)
+        wanted = section_spans(spans, self.cfg.margin, self.cfg.merge_gap) if self.cfg.sections else None
+        target = self.workdir / video_id
+        delay = self.cfg.backoff
+        for attempt in range(self.cfg.retries + 1):
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True, exist_ok=True)
+            try:
+                return self._download(url, target, wanted)
+            except FetchError as e:
+                if e.permanent or attempt == self.cfg.retries:
+                    shutil.rmtree(target, ignore_errors=True)
+                    if not e.permanent and attempt:
+                        e.reason += f" (after {attempt + 1} attempts)"
+                    raise
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _download(self, url: str, target: Path, wanted: list[tuple[float, float]] | None) -> Fetched:
+        import yt_dlp
+
+        log = _Log()
+        try:
+            with yt_dlp.YoutubeDL(self.params(target, wanted, log)) as ydl:
+                info = ydl.extract_info(url, download=True)
+        except yt_dlp.utils.DownloadError as e:
+            msg = _clean(log.errors[-1] if log.errors else str(e))
+            raise FetchError(msg, is_permanent(msg)) from None
+        if info is None:
+            raise FetchError("yt-dlp returned no information", False)
+        downloads = info.get("requested_downloads") or []
+        sections, total = [], 0
+        for d in downloads:
+            path = Path(d.get("filepath") or "")
+            if not path.is_file() or path.stat().st_size == 0:
+                raise FetchError("download produced no file (server closed early?)", False)
+            size = path.stat().st_size
+            if size >= self.cfg.max_filesize:
+                raise FetchError(f"download exceeds the size cap of {self.cfg.max_filesize} bytes", True)
+            total += size
+            start = float(d.get("section_start") or 0.0)
+            end = float(d["section_end"]) if d.get("section_end") is not None else INF
+            sections.append(Section(str(path), start, end))
+        if not sections:
+            raise FetchError("nothing was downloaded (format not available?)", False)
+        return Fetched(sorted(sections, key=lambda s: s.start), total)
+
+
+def _clean(msg: str) -> str:
+    """yt-dlp error text without its 'ERROR: [generic] id:' prefix and colour codes."""
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", msg)
+    msg = re.sub(r"^ERROR:\s*(\[[^\]]+\]\s*[^:]*:\s*)?", "", msg.strip())
+    return msg[:400]

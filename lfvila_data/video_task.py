@@ -1,0 +1,202 @@
+"""The work done for one source video, in two steps that Ray schedules separately:
+`fetch_video` (network bound) and `cut_video` (CPU bound, on the node holding the files).
+
+Both run without Ray too, which is how the unit tests call them."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .cut import CutConfig, MediaError, Probe, cut_sample, probe
+from .fetch import FetchConfig, Fetched, FetchError, Fetcher, Section
+from .records import Failure, PlannedSample, Stage, sample_key
+from .write import DONE, FAILED, RETRY, OutputDir, VideoResult
+
+END_TOLERANCE = 0.5  # seconds a clip may run past the last frame (span rounding)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """Everything a video task needs, small enough to ship to every Ray task."""
+
+    output: str
+    fetch: FetchConfig = FetchConfig()
+    cut: CutConfig = CutConfig()
+    min_clips: int = 4
+    source: str = "hdvila"
+    workdir: str | None = None
+
+    def scratch(self) -> Path:
+        """Node-local scratch space for downloads (never the possibly remote output)."""
+        return Path(self.workdir or Path(tempfile.gettempdir()) / "lfvila-work")
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    video_id: str
+    url: str
+    samples: tuple[PlannedSample, ...]
+
+
+@dataclass
+class FetchOutcome:
+    """What the fetch step hands to the cut step."""
+
+    job: VideoJob
+    node_id: str | None
+    fetched: Fetched | None = None
+    existing: list[str] = field(default_factory=list)  # keys whose video already exists
+    failure: Failure | None = None
+
+
+def fit_to_media(sample: PlannedSample, media_end: float, min_clips: int,
+                 tol: float = END_TOLERANCE) -> tuple[PlannedSample | None, list[Failure]]:
+    """Drop the clips that end after the video does; keep the run if long enough."""
+    keep = [c for c in sample.clips if c.end <= media_end + tol]
+    if len(keep) == len(sample.clips):
+        return sample, []
+    fails = [Failure(sample.video_id, c.clip_id, Stage.PROBE.value,
+                     f"clip span {c.start:.3f}-{c.end:.3f} s is beyond the end of the video "
+                     f"({media_end:.3f} s)") for c in sample.clips[len(keep):]]
+    if len(keep) < min_clips:
+        return None, fails
+    key = sample_key(sample.video_id, keep[0].k, keep[-1].k)
+    return replace(sample, key=key, clips=tuple(keep), end=min(keep[-1].end, media_end)), fails
+
+
+def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, source: str) -> dict:
+    """One manifest row; built the same way for fresh cuts and for files found on rerun."""
+    return {
+        "key": sample.key, "video_id": sample.video_id, "url": sample.url, "source": source,
+        "start": sample.start, "end": sample.end, "n_clips": len(sample.clips),
+        "clips": [{"clip_id": c.clip_id, "start": c.start, "end": c.end, "text": c.text}
+                  for c in sample.clips],
+        "paragraph": sample.paragraph, "video": rel, "fps": round(out.fps, 6),
+        "width": out.width, "height": out.height, "duration": round(out.duration, 6),
+        "frames": out.nb_frames or 0, "bytes": nbytes,
+    }
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - outside Ray there is no node
+        return None
+
+
+def fetch_video(job: VideoJob, ctx: TaskContext) -> FetchOutcome:
+    """Download what the video's unfinished samples need."""
+    out = OutputDir(ctx.output)
+    existing = [s.key for s in job.samples if out.exists(out.video_rel(s.video_id, s.key))]
+    todo = [s for s in job.samples if s.key not in existing]
+    outcome = FetchOutcome(job, _node_id(), existing=existing)
+    if not todo:
+        return outcome
+    try:
+        outcome.fetched = Fetcher(ctx.fetch, ctx.scratch())(
+            job.video_id, job.url, [(s.start, s.end) for s in todo])
+    except FetchError as e:
+        outcome.failure = Failure(job.video_id, None, Stage.DOWNLOAD.value, e.reason, e.permanent)
+    return outcome
+
+
+def _existing_row(out: OutputDir, sample: PlannedSample, ctx: TaskContext) -> dict:
+    rel = out.video_rel(sample.video_id, sample.key)
+    if out.is_local:
+        path = out.local_path(rel)
+        return manifest_row(sample, rel, probe(path), path.stat().st_size, ctx.source)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "v.mp4"
+        out.fs.get_file(out.path(rel), str(local))
+        return manifest_row(sample, rel, probe(local), local.stat().st_size, ctx.source)
+
+
+def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
+    """Cut every unfinished sample of the video from its downloaded sections."""
+    job, out = outcome.job, OutputDir(ctx.output)
+    rows: list[dict] = []
+    failures: list[Failure] = []
+    downloads: dict[str, int] = {}
+    try:
+        if outcome.failure is not None:
+            status = FAILED if outcome.failure.permanent else RETRY
+            return VideoResult(job.video_id, status, [], [outcome.failure.to_row()], {})
+        for s in job.samples:
+            if s.key in outcome.existing:
+                rows.append(_existing_row(out, s, ctx))
+                downloads[s.key] = 0
+        if outcome.fetched is not None:
+            _cut_all(job, outcome.fetched, out, ctx, rows, failures, downloads)
+        transient = any(not f.permanent for f in failures)
+        status = RETRY if transient else DONE
+        return VideoResult(job.video_id, status, rows, [f.to_row() for f in failures], downloads)
+    finally:
+        if outcome.fetched is not None and not outcome.fetched.local:
+            shutil.rmtree(ctx.scratch() / job.video_id, ignore_errors=True)
+
+
+def _cut_all(job: VideoJob, fetched: Fetched, out: OutputDir, ctx: TaskContext,
+             rows: list[dict], failures: list[Failure], downloads: dict[str, int]) -> None:
+    probes: dict[str, Probe | MediaError] = {}
+    todo = [s for s in job.samples if s.key not in {r["key"] for r in rows}]
+    share = _byte_shares(fetched, todo)
+    for sample in todo:
+        section = next((sec for sec in fetched.sections
+                        if sec.covers(sample.start, sample.end)), None)
+        if section is None:  # cannot happen with sections made from these samples
+            raise AssertionError(f"no downloaded section covers {sample.key}")
+        if section.path not in probes:
+            try:
+                probes[section.path] = probe(Path(section.path))
+            except MediaError as e:
+                probes[section.path] = e
+        media = probes[section.path]
+        if isinstance(media, MediaError):
+            failures.append(Failure(job.video_id, None, Stage.PROBE.value, str(media), True,
+                                    key=sample.key))
+            continue
+        fitted, fails = fit_to_media(sample, media.end, ctx.min_clips)
+        failures.extend(fails)
+        if fitted is None:
+            continue
+        rel = out.video_rel(fitted.video_id, fitted.key)
+        try:
+            row = _cut_one(Path(section.path), fitted, rel, media, out, ctx)
+        except MediaError as e:
+            failures.append(Failure(job.video_id, None, Stage.CUT.value, str(e), True,
+                                    key=fitted.key))
+            continue
+        rows.append(row)
+        downloads[fitted.key] = share.get(sample.key, 0)
+
+
+def _cut_one(src: Path, sample: PlannedSample, rel: str, media: Probe, out: OutputDir,
+             ctx: TaskContext) -> dict:
+    end = min(sample.end, media.end)
+    if out.is_local:
+        dst = out.local_path(rel)
+        res = cut_sample(src, dst, sample.start, end, ctx.cut, media)
+        return manifest_row(sample, rel, res, dst.stat().st_size, ctx.source)
+    with tempfile.TemporaryDirectory(dir=ctx.scratch()) as tmp:
+        dst = Path(tmp) / "v.mp4"
+        res = cut_sample(src, dst, sample.start, end, ctx.cut, media)
+        size = dst.stat().st_size
+        out.put_file(dst, rel)
+        return manifest_row(sample, rel, res, size, ctx.source)
+
+
+def _byte_shares(fetched: Fetched, samples: list[PlannedSample]) -> dict[str, int]:
+    """Split each downloaded section's bytes over its samples by duration."""
+    shares: dict[str, int] = {}
+    for sec in fetched.sections:
+        if fetched.local:
+            continue
+        inside = [s for s in samples if sec.covers(s.start, s.end)]
+        total = sum(s.duration for s in inside) or 1.0
+        size = Path(sec.path).stat().st_size if Path(sec.path).exists() else 0
+        for s in inside:
+            shares[s.key] = int(size * s.duration / total)
+    return shares

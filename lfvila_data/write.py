@@ -1,0 +1,200 @@
+"""The output directory: sample files, the journal that makes reruns resume, and the
+final manifest, failure ledger and build.json.
+
+Every file is written under a temporary name and renamed. Results reach the journal in
+small batches (one Parquet file per flush, renamed into place), so a job killed at any
+point loses at most the batch in memory, and those samples' files are found on disk and
+reused by the next run."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CLIP_TYPE = pa.struct([("clip_id", pa.string()), ("start", pa.float64()),
+                       ("end", pa.float64()), ("text", pa.string())])
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
+    ("source", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
+    ("n_clips", pa.int32()), ("clips", pa.list_(CLIP_TYPE)), ("paragraph", pa.string()),
+    ("video", pa.string()), ("fps", pa.float64()), ("width", pa.int32()),
+    ("height", pa.int32()), ("duration", pa.float64()), ("frames", pa.int32()),
+    ("bytes", pa.int64()),
+])
+FAILURE_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("clip_id", pa.string()), ("key", pa.string()),
+    ("stage", pa.string()), ("reason", pa.string()), ("permanent", pa.bool_()),
+])
+DOWNLOAD_SCHEMA = pa.schema([("video_id", pa.string()), ("key", pa.string()),
+                             ("download_bytes", pa.int64())])
+JOURNAL_SCHEMA = pa.schema([("video_id", pa.string()), ("status", pa.string()),
+                            ("payload", pa.string())])
+
+# A video's journal status: done (every sample written or failed for good), failed
+# (nothing more to do unless --retry-failed), retry (a transient failure: retried on rerun).
+DONE, FAILED, RETRY = "done", "failed", "retry"
+
+
+@dataclass
+class VideoResult:
+    """What one video produced: manifest rows, ledger rows, downloaded bytes per key."""
+
+    video_id: str
+    status: str
+    rows: list[dict]
+    failures: list[dict]
+    downloads: dict[str, int]
+
+    def payload(self) -> str:
+        return json.dumps({"rows": self.rows, "failures": self.failures,
+                           "downloads": self.downloads}, separators=(",", ":"))
+
+
+class OutputDir:
+    """Paths and atomic writes under the build output (a local dir or an fsspec URL)."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple)
+                                   else (self.fs.protocol,))
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    @staticmethod
+    def video_rel(video_id: str, key: str) -> str:
+        """Where a sample's video goes: two-character fan-out keeps directories small."""
+        return f"videos/{video_id[:2]}/{key}.mp4"
+
+    def local_path(self, rel: str) -> Path:
+        assert self.is_local, "only for local outputs"
+        return Path(self.path(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def put_file(self, local: Path, rel: str) -> None:
+        """Move a finished local file into place (atomic rename or a single upload)."""
+        if self.is_local:
+            dst = self.local_path(rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local, dst)
+        else:
+            self.fs.put_file(str(local), self.path(rel))
+            local.unlink(missing_ok=True)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        path = self.path(rel)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.mv(tmp, path)
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        self.write_bytes(rel, sink.getvalue().to_pybytes())
+
+    def write_json(self, rel: str, obj: dict) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+    def list(self, rel_dir: str, suffix: str) -> list[str]:
+        try:
+            names = self.fs.ls(self.path(rel_dir), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.endswith(suffix))
+
+
+class Journal:
+    """Append-only record of finished videos, flushed in batches."""
+
+    DIR = "_journal"
+
+    def __init__(self, out: OutputDir, every_s: float = 5.0, every_n: int = 64):
+        self.out, self.every_s, self.every_n = out, every_s, every_n
+        self.buffer: list[VideoResult] = []
+        self.last = time.monotonic()
+        self.run = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:6]}"
+        self.seq = 0
+
+    def add(self, result: VideoResult) -> None:
+        self.buffer.append(result)
+        if len(self.buffer) >= self.every_n or time.monotonic() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if not self.buffer:
+            return
+        table = pa.table({"video_id": [r.video_id for r in self.buffer],
+                          "status": [r.status for r in self.buffer],
+                          "payload": [r.payload() for r in self.buffer]}, schema=JOURNAL_SCHEMA)
+        self.out.write_table(f"{self.DIR}/{self.run}-{self.seq:06d}.parquet", table)
+        self.seq += 1
+        self.buffer.clear()
+
+
+def read_journal(out: OutputDir) -> dict[str, tuple[str, dict]]:
+    """Latest (status, payload) per video over all runs, in the order they were written."""
+    latest: dict[str, tuple[str, dict]] = {}
+    for name in out.list(Journal.DIR, ".parquet"):
+        with out.fs.open(name, "rb") as f:
+            table = pq.read_table(f)
+        for vid, status, payload in zip(*(table.column(c).to_pylist() for c in
+                                          ("video_id", "status", "payload"))):
+            latest[vid] = (status, json.loads(payload))
+    return latest
+
+
+def finalize(out: OutputDir, journal: dict[str, tuple[str, dict]],
+             plan_failures: pa.Table | None) -> dict:
+    """Write manifest.parquet, failures.parquet and downloads.parquet; return counts.
+
+    Rows are sorted (manifest by key, ledger by video and clip) so the files are the same
+    whatever order videos finished in and however often the job was resumed."""
+    rows, failures, downloads = [], [], []
+    for vid, (_status, payload) in journal.items():
+        rows.extend(payload["rows"])
+        failures.extend(payload["failures"])
+        downloads.extend({"video_id": vid, "key": k, "download_bytes": b}
+                         for k, b in payload["downloads"].items())
+    rows.sort(key=lambda r: r["key"])
+    manifest = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    ledger = pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA)
+    if plan_failures is not None and plan_failures.num_rows:
+        plan_rows = plan_failures.to_pylist()
+        ledger = pa.concat_tables([pa.Table.from_pylist(plan_rows, schema=FAILURE_SCHEMA), ledger])
+    ledger = ledger.sort_by([("video_id", "ascending"), ("clip_id", "ascending"),
+                             ("stage", "ascending"), ("reason", "ascending")])
+    out.write_table("manifest.parquet", manifest)
+    out.write_table("failures.parquet", ledger)
+    out.write_table("downloads.parquet", pa.Table.from_pylist(downloads, schema=DOWNLOAD_SCHEMA))
+    stages: dict[str, int] = {}
+    for s in ledger.column("stage").to_pylist():
+        stages[s] = stages.get(s, 0) + 1
+    return {"samples_written": manifest.num_rows,
+            "hours_written": round(sum(manifest.column("duration").to_pylist()) / 3600, 4),
+            "video_bytes": int(sum(manifest.column("bytes").to_pylist())),
+            "failures": ledger.num_rows, "failures_by_stage": stages,
+            "download_bytes": int(sum(d["download_bytes"] for d in downloads))}
+
+
+def iter_rows(table: pa.Table) -> Iterator[dict]:
+    """Rows of an Arrow table as dicts, a batch at a time."""
+    for batch in table.to_batches(max_chunksize=4096):
+        yield from batch.to_pylist()
+
+
+def failure_dicts(failures: Iterable) -> list[dict]:
+    return [f.to_row() if hasattr(f, "to_row") else dict(f) for f in failures]
