@@ -25,7 +25,7 @@ _PERMANENT = re.compile(
     r"This video is (not available|unavailable|private)|has been removed|members-only|"
     r"confirm your age|Unsupported URL|is not a valid URL|copyright|account .* terminated|"
     r"not made this video available|Premieres in|Requested format is not available|"
-    r"exceeds the size cap|No video formats found",
+    r"exceeds the size cap|No video formats found|does not serve a readable video",
     re.IGNORECASE)
 
 
@@ -204,11 +204,15 @@ class Fetcher:
         import yt_dlp
 
         log = _Log()
+        info = None
         try:
             with yt_dlp.YoutubeDL(self.params(target, wanted, log)) as ydl:
-                info = ydl.extract_info(url, download=True)
+                info = ydl.extract_info(url, download=False)  # the one metadata request
+                info = ydl.process_ie_result(info, download=True)
         except yt_dlp.utils.DownloadError as e:
             msg = _clean(log.errors[-1] if log.errors else str(e))
+            if "ffmpeg exited" in msg and info is not None:
+                msg = self._diagnose(info) or msg
             raise FetchError(msg, is_permanent(msg)) from None
         if info is None:
             raise FetchError("yt-dlp returned no information", False)
@@ -228,6 +232,35 @@ class Fetcher:
         if not sections:
             raise FetchError("nothing was downloaded (format not available?)", False)
         return Fetched(sorted(sections, key=lambda s: s.start), total)
+
+    def _diagnose(self, info: dict) -> str | None:
+        """Why ffmpeg could not read the media: ask ffprobe, so the ledger says
+        "not a video" rather than "ffmpeg exited with code 1"."""
+        import subprocess
+
+        for media_url in _media_urls(info):
+            try:
+                res = subprocess.run(
+                    ["ffprobe", "-v", "error", "-protocol_whitelist", "http,https,tcp,tls,crypto",
+                     "-rw_timeout", str(int(self.cfg.socket_timeout * 1e6)),
+                     "-show_entries", "stream=codec_type", "-of", "csv=p=0", media_url],
+                    capture_output=True, timeout=self.cfg.socket_timeout * 3, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                return None
+            err = res.stderr.decode("utf-8", "replace").strip().splitlines()
+            if res.returncode != 0 and err:
+                last = err[-1].replace(media_url, "<media>")
+                if "Invalid data" in last or "moov atom" in last or "no video" in last.lower():
+                    return f"the URL does not serve a readable video: {last[:300]}"
+                return f"media could not be read: {last[:300]}"
+            if res.returncode == 0 and b"video" not in res.stdout:
+                return "the URL does not serve a readable video: no video stream found"
+        return None
+
+
+def _media_urls(info: dict) -> list[str]:
+    fmts = info.get("requested_formats") or [info]
+    return [f["url"] for f in fmts if f.get("url")]
 
 
 def _clean(msg: str) -> str:

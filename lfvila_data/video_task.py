@@ -59,7 +59,7 @@ def fit_to_media(sample: PlannedSample, media_end: float, min_clips: int,
         return sample, []
     fails = [Failure(sample.video_id, c.clip_id, Stage.PROBE.value,
                      f"clip span {c.start:.3f}-{c.end:.3f} s is beyond the end of the video "
-                     f"({media_end:.3f} s)") for c in sample.clips[len(keep):]]
+                     f"data at {media_end:.3f} s (video shorter than its metadata, or truncated)") for c in sample.clips[len(keep):]]
     if len(keep) < min_clips:
         return None, fails
     key = sample_key(sample.video_id, keep[0].k, keep[-1].k)
@@ -155,8 +155,11 @@ def _cut_all(job: VideoJob, fetched: Fetched, out: OutputDir, ctx: TaskContext,
                 probes[section.path] = e
         media = probes[section.path]
         if isinstance(media, MediaError):
-            failures.append(Failure(job.video_id, None, Stage.PROBE.value, str(media), True,
-                                    key=sample.key))
+            where = ("" if fetched.local else
+                     f"downloaded section {section.start:.3f}-{section.end:.3f} s: ")
+            failures.append(Failure(job.video_id, None, Stage.PROBE.value,
+                                    f"{where}{media} (corrupt file, or the video ends before "
+                                    f"{sample.start:.3f} s)", True, key=sample.key))
             continue
         fitted, fails = fit_to_media(sample, media.end, ctx.min_clips)
         failures.extend(fails)

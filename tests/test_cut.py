@@ -1,0 +1,150 @@
+"""Cutting with real ffmpeg: exact boundaries (decoded from time-coded frames), sizes,
+codecs, real third-party files, and files that must be refused."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lfvila_data.cut import CutConfig, MediaError, cut_sample, probe
+from lfvila_data.records import Clip, PlannedSample
+from lfvila_data.video_task import fit_to_media
+from tests.media import decode_times, make_timecoded_video
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "videos"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("media")
+    return {
+        "h264": make_timecoded_video(d / "src.mp4", 40, width=320, height=180, fps=25, gop=100),
+        "vp9": make_timecoded_video(d / "portrait.webm", 20, width=241, height=427, fps=30,
+                                    codec="vp9", audio=False),
+    }
+
+
+def assert_boundaries(path: Path, start: float, end: float, fps: float = 3.0) -> None:
+    """First frame shows `start`, last shows the final output frame before `end`."""
+    times = decode_times(path)
+    assert abs(len(times) - (end - start) * fps) <= 1, (len(times), start, end)
+    # frames encode time in quarter seconds: allow that plus one output frame
+    assert start - 0.25 <= times[0] <= start + 1 / fps, (times[0], start)
+    assert end - 2 / fps - 0.25 <= times[-1] <= end, (times[-1], end)
+    assert times == sorted(times)
+
+
+@pytest.mark.parametrize("start,end", [(0.0, 6.0), (7.3, 19.9), (13.1, 39.5)])
+def test_cut_is_exact_to_one_output_frame(media, tmp_path, start, end):
+    out = cut_sample(media["h264"], tmp_path / "o.mp4", start, end, CutConfig())
+    assert (out.height, out.width) == (240, 426)  # 320x180 scaled to 240 high, even width
+    assert out.fps == pytest.approx(3.0)
+    assert out.nb_frames == pytest.approx((end - start) * 3, abs=1)
+    assert not out.has_audio
+    assert_boundaries(tmp_path / "o.mp4", start, end)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_portrait_odd_size_vp9_and_options(media, tmp_path):
+    out = cut_sample(media["vp9"], tmp_path / "p.mp4", 2.2, 14.0, CutConfig(fps=5, height=120))
+    assert out.height == 120 and out.width % 2 == 0 and out.width == 68
+    assert out.codec == "h264"
+    assert_boundaries(tmp_path / "p.mp4", 2.2, 14.0, fps=5)
+
+
+def test_audio_kept_only_when_asked_and_present(media, tmp_path):
+    with_audio = cut_sample(media["h264"], tmp_path / "a.mp4", 1, 9, CutConfig(audio=True))
+    assert with_audio.has_audio
+    silent_src = cut_sample(media["vp9"], tmp_path / "b.mp4", 1, 9, CutConfig(audio=True))
+    assert not silent_src.has_audio  # a video without audio is fine with --audio
+
+
+def test_copy_mode_keeps_source_stream(media, tmp_path):
+    out = cut_sample(media["h264"], tmp_path / "c.mp4", 8.0, 16.0, CutConfig(copy=True))
+    assert (out.width, out.height, out.codec) == (320, 180, "h264")
+    assert out.duration == pytest.approx(8.0, abs=0.1)
+
+
+def test_section_file_with_kept_timestamps_cuts_like_the_whole_file(media, tmp_path):
+    import subprocess
+    section = tmp_path / "section.mkv"  # what a section download leaves: copy, -copyts
+    subprocess.run(["ffmpeg", "-v", "error", "-ss", "9.3", "-t", "12", "-i", str(media["h264"]),
+                    "-copyts", "-c", "copy", str(section)], check=True)
+    p = probe(section)
+    assert p.start <= 9.3 and p.end == pytest.approx(21.3, abs=0.1)
+    cut_sample(section, tmp_path / "s.mp4", 10.1, 20.2, CutConfig(), p)
+    assert_boundaries(tmp_path / "s.mp4", 10.1, 20.2)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in REAL.glob("*") if p.suffix != ".md"))
+def test_real_videos(name, tmp_path):
+    src = REAL / name
+    p = probe(src)
+    assert p.duration > 5
+    out = cut_sample(src, tmp_path / "r.mp4", p.start + 1.0, p.start + 5.0, CutConfig(audio=True))
+    assert out.height == 240 and out.width % 2 == 0
+    assert out.nb_frames == 12
+    assert out.has_audio == p.has_audio
+
+
+def test_not_a_video_and_truncated(media, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("this is not a video\n" * 50)
+    with pytest.raises(MediaError, match="not a readable media file"):
+        probe(junk)
+    data = media["h264"].read_bytes()
+    trunc = tmp_path / "trunc.mp4"
+    trunc.write_bytes(data[: len(data) // 2])  # faststart: header intact, data cut
+    p = probe(trunc)
+    assert 10 < p.end < 30  # the packets say where the data really ends
+    with pytest.raises(MediaError, match="outside the media"):
+        cut_sample(trunc, tmp_path / "t.mp4", 35, 39, CutConfig(), p)
+    audio_only = tmp_path / "a.m4a"
+    import subprocess
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=2", str(audio_only)], check=True)
+    with pytest.raises(MediaError, match="no video stream"):
+        probe(audio_only)
+
+
+def test_playlists_and_references_are_not_followed(media, tmp_path):
+    import subprocess
+    segment = tmp_path / "seg.ts"  # a real, readable local video that a playlist points at
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(media["h264"]), "-t", "4", "-c", "copy",
+                    str(segment)], check=True)
+    playlist = tmp_path / "evil.mp4"  # an HLS playlist pretending to be a video
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\n{segment}\n#EXT-X-ENDLIST\n")
+    # plain ffprobe follows it and reads the segment: that is what we must not do
+    plain = subprocess.run(["ffprobe", "-v", "error", "-show_streams", str(playlist)],
+                           capture_output=True)
+    assert plain.returncode == 0 and b"codec_type=video" in plain.stdout
+    with pytest.raises(MediaError):
+        probe(playlist)
+    with pytest.raises(MediaError):
+        cut_sample(playlist, tmp_path / "o.mp4", 0, 3, CutConfig(),
+                   probe(media["h264"]))  # even with a borrowed probe, ffmpeg refuses
+
+
+def _sample(n: int, length: float = 4.0) -> PlannedSample:
+    clips = tuple(Clip(f"v.{k}.mp4", k, (k - 1) * length, k * length, f"t{k}") for k in range(1, n + 1))
+    return PlannedSample("v_00001_%05d" % n, "v", "http://x/v.mp4", 0.0, n * length, clips)
+
+
+def test_fit_to_media_drops_clips_past_the_end():
+    s = _sample(6)
+    same, fails = fit_to_media(s, 24.2, min_clips=4)
+    assert same == s and fails == []
+    cut, fails = fit_to_media(s, 17.0, min_clips=4)  # clip 5 ends at 20 > 17.5
+    assert [c.k for c in cut.clips] == [1, 2, 3, 4] and cut.key == "v_00001_00004"
+    assert cut.end == 16.0
+    assert [f.clip_id for f in fails] == ["v.5.mp4", "v.6.mp4"]
+    assert all(f.stage == "probe" and "beyond the end" in f.reason for f in fails)
+    gone, fails = fit_to_media(s, 10.0, min_clips=4)
+    assert gone is None and len(fails) == 4
+
+
+def test_no_partial_file_on_failure(media, tmp_path):
+    dst = tmp_path / "x.mp4"
+    with pytest.raises(MediaError):
+        cut_sample(media["h264"], dst, 100, 110, CutConfig())
+    assert not dst.exists() and not os.listdir(tmp_path)
