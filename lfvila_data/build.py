@@ -7,6 +7,7 @@ on disk are reused instead of being downloaded and cut again."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from .plan import (PlanConfig, PlanSummary, build_plan, iter_plan_parts, load_pl
 from .progress import BuildProgress, human_bytes, human_time, print_summary
 from .records import PlannedSample
 from .runner import RunConfig, run_videos
-from .source_hdvila import InputError
+from .source_hdvila import InputError, expand_paths
 from .video_task import TaskContext, VideoJob
 from .write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
 
@@ -51,9 +52,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    kwargs: dict = {"log_to_driver": False, "include_dashboard": False}
+    kwargs: dict = {"log_to_driver": False, "include_dashboard": False,
+                    "logging_level": logging.WARNING}
     if address:
-        kwargs = {"address": address, "log_to_driver": False}
+        kwargs = {"address": address, "log_to_driver": False, "logging_level": logging.WARNING}
     elif num_cpus:
         kwargs["num_cpus"] = num_cpus
     try:
@@ -119,6 +121,8 @@ def run_build(cfg: BuildConfig) -> dict:
     started = time.time()
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         raise InputError("ffmpeg and ffprobe must be on PATH (e.g. apt-get install ffmpeg)")
+    expand_paths(list(cfg.metadata))  # unreadable inputs fail here, before Ray starts
+    expand_paths(list(cfg.text))
     out = OutputDir(cfg.output)
     check_output(out)
     init_ray(cfg.ray_address)

@@ -39,7 +39,7 @@ class BuildProgress:
         rate = finished / elapsed
         eta = (self.videos_total - finished) / rate if rate > 0 else 0
         return (f"build: videos {finished}/{self.videos_total} (failed {self.videos_failed}) | "
-                f"samples {self.samples_written} written, {self.samples_failed} failed | "
+                f"samples {self.samples_written} written | {self.samples_failed} clips/samples failed | "
                 f"{human_bytes(self.bytes_downloaded)} downloaded "
                 f"({human_bytes(self.bytes_downloaded / elapsed)}/s) | {rate:.2f} videos/s | "
                 f"elapsed {human_time(elapsed)}, eta {human_time(eta)}")
