@@ -95,6 +95,33 @@ def build(
         _fail("interrupted; rerun the same command to resume")
 
 
+@app.command()
+def demo(
+    output: str = typer.Option("demo-out", help="Where the demo build is written."),
+    videos: int = typer.Option(6, help="Generated videos in the corpus."),
+    clips: int = typer.Option(16, help="Clips per video."),
+    max_clips: int = typer.Option(8, help="Most clips in a sample."),
+) -> None:
+    """Build the built-in demo corpus end to end (no internet needed)."""
+    from .build import BuildConfig, run_build
+    from .demo import make_corpus
+    from .localserver import MediaServer
+
+    root = Path(output) / "_corpus"
+    (root / "www").mkdir(parents=True, exist_ok=True)
+    try:
+        with MediaServer(root / "www") as server:
+            base = server.url("").rstrip("/")
+            meta, text = make_corpus(root, base, videos=videos, clips=clips)
+            typer.echo(f"demo: {videos} generated videos served from {base}", err=True)
+            run_build(BuildConfig(
+                metadata=(str(meta),), text=(str(text),), output=output,
+                plan=PlanConfig(max_clips=max_clips),
+                task=TaskContext(output=output, fetch=FetchConfig(retries=1))))
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+
+
 def main() -> None:
     try:
         app()

@@ -34,7 +34,9 @@ def _crash(job: VideoJob, stage: Stage, err: Exception) -> VideoResult:
 def run_videos(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
                on_result: Callable[[VideoResult], None], tick: Callable[[], None]) -> None:
     """Fetch and cut every job, calling `on_result` once per video as it finishes."""
-    fetch_remote = ray.remote(fetch_video).options(num_cpus=0, max_retries=1)
+    # downloads spread over the nodes; each video's cut then runs where its files are
+    fetch_remote = ray.remote(fetch_video).options(num_cpus=0, max_retries=1,
+                                                   scheduling_strategy="SPREAD")
     cut_remote = ray.remote(cut_video)
     cut_slots = rc.cut_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1) // rc.cut_cpus))
     pending = iter(jobs)

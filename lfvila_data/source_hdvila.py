@@ -106,6 +106,7 @@ def _split_lines(data: bytes, base: int) -> Iterator[tuple[int, bytes]]:
 
 _SECONDS = re.compile(r"^[0-9]+(?:\.[0-9]*)?$")
 _WHOLE = re.compile(r"^[0-9]+$")
+_HMS = re.compile(r"^([0-9]+):([0-5][0-9]):([0-5][0-9](?:\.[0-9]*)?)$")  # the common case, fast
 
 
 def parse_span(value: object) -> float:
@@ -115,6 +116,8 @@ def parse_span(value: object) -> float:
         raise ValueError(f"span {value!r} is not a time")
     if isinstance(value, (int, float)):
         seconds = float(value)
+    elif isinstance(value, str) and (m := _HMS.match(value)):
+        return 3600 * int(m.group(1)) + 60 * int(m.group(2)) + float(m.group(3))
     elif isinstance(value, str):
         parts = value.strip().split(":")
         if len(parts) > 3 or not _SECONDS.match(parts[-1]):

@@ -132,7 +132,8 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
             _cut_all(job, outcome.fetched, out, ctx, rows, failures, downloads)
         transient = any(not f.permanent for f in failures)
         status = RETRY if transient else DONE
-        return VideoResult(job.video_id, status, rows, [f.to_row() for f in failures], downloads)
+        return VideoResult(job.video_id, status, rows, [f.to_row() for f in failures], downloads,
+                           node=_node_id())
     finally:
         if outcome.fetched is not None and not outcome.fetched.local:
             shutil.rmtree(ctx.scratch() / job.video_id, ignore_errors=True)

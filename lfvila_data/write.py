@@ -34,7 +34,7 @@ FAILURE_SCHEMA = pa.schema([
     ("stage", pa.string()), ("reason", pa.string()), ("permanent", pa.bool_()),
 ])
 DOWNLOAD_SCHEMA = pa.schema([("video_id", pa.string()), ("key", pa.string()),
-                             ("download_bytes", pa.int64())])
+                             ("download_bytes", pa.int64()), ("node", pa.string())])
 JOURNAL_SCHEMA = pa.schema([("video_id", pa.string()), ("status", pa.string()),
                             ("payload", pa.string())])
 
@@ -52,10 +52,12 @@ class VideoResult:
     rows: list[dict]
     failures: list[dict]
     downloads: dict[str, int]
+    node: str | None = None  # the Ray node that cut the video
 
     def payload(self) -> str:
         return json.dumps({"rows": self.rows, "failures": self.failures,
-                           "downloads": self.downloads}, separators=(",", ":"))
+                           "downloads": self.downloads, "node": self.node},
+                          separators=(",", ":"))
 
 
 class OutputDir:
@@ -167,7 +169,8 @@ def finalize(out: OutputDir, journal: dict[str, tuple[str, dict]],
     for vid, (_status, payload) in journal.items():
         rows.extend(payload["rows"])
         failures.extend(payload["failures"])
-        downloads.extend({"video_id": vid, "key": k, "download_bytes": b}
+        downloads.extend({"video_id": vid, "key": k, "download_bytes": b,
+                          "node": payload.get("node")}
                          for k, b in payload["downloads"].items())
     rows.sort(key=lambda r: r["key"])
     manifest = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)

@@ -21,7 +21,7 @@ from lfvila_data.fetch import FetchConfig
 from lfvila_data.plan import PlanConfig
 from lfvila_data.video_task import TaskContext
 from tests.corpus import VideoSpec, even_spans, write_metadata
-from tests.httpserver import MediaServer
+from lfvila_data.localserver import MediaServer
 from tests.media import decode_times, make_timecoded_video
 
 EXPECTED_KEYS = ["vidA_00001_00006", "vidA_00008_00012", "vidB_00001_00005",

@@ -8,7 +8,7 @@ import pytest
 from lfvila_data.cut import probe
 from lfvila_data.fetch import (FetchConfig, FetchError, Fetcher, format_spec, is_permanent,
                                local_path, section_spans)
-from tests.httpserver import MediaServer
+from lfvila_data.localserver import MediaServer
 from tests.media import decode_times, make_timecoded_video
 
 

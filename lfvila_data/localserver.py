@@ -1,5 +1,6 @@
-"""A loopback HTTP server for tests: serves a directory with Range support, counts the
-bytes it sends, and can be told to fail (404, 500 a few times, slow) per path."""
+"""A loopback HTTP server with Range support for local files: the demo serves its corpus
+with it so the real yt-dlp section-download path runs offline, and the tests use it (with
+its fault injection: fixed statuses, transient 503s) as their stand-in for the internet."""
 from __future__ import annotations
 
 import mimetypes

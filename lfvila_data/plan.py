@@ -1,0 +1,511 @@
+"""Planning long-form samples before any download: join clip text to clip spans and cut
+each video into runs of consecutive, nearly gap-free clips that all have text.
+
+The join is a hash-partitioned shuffle on Ray (map tasks parse byte ranges of the
+metadata and text files into `num_buckets` Arrow tables; reduce task i joins bucket i and
+writes `plan/part-i` and `plan/failures-i`), so no process ever holds all clips or all
+texts. The per-video rule, `group_runs`, is pure and runs without Ray."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .records import Clip, Failure, PlannedSample, Stage, sample_key
+from .source_hdvila import (InputError, VideoMeta, expand_paths, iter_line_ranges,
+                            parse_text_line, parse_video_line, read_lines_in_range)
+
+PLAN_SCHEMA = pa.schema([
+    ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
+    ("start", pa.float64()), ("end", pa.float64()), ("duration", pa.float64()),
+    ("n_clips", pa.int32()),
+    ("clips", pa.list_(pa.struct([
+        ("clip_id", pa.string()), ("k", pa.int32()), ("start", pa.float64()),
+        ("end", pa.float64()), ("text", pa.string())]))),
+])
+FAILURE_SCHEMA = pa.schema([
+    ("video_id", pa.string()), ("clip_id", pa.string()), ("stage", pa.string()),
+    ("reason", pa.string()), ("permanent", pa.bool_()),
+])
+_VIDEO_SCHEMA = pa.schema([("video_id", pa.string()), ("url", pa.string()),
+                           ("file_idx", pa.int32()), ("offset", pa.int64())])
+_CLIP_SCHEMA = pa.schema([("video_id", pa.string()), ("file_idx", pa.int32()),
+                          ("offset", pa.int64()), ("clip_id", pa.string()), ("k", pa.int32()),
+                          ("start", pa.float64()), ("end", pa.float64())])
+_TEXT_SCHEMA = pa.schema([("clip_id", pa.string()), ("text", pa.string()),
+                          ("file_idx", pa.int32()), ("offset", pa.int64())])
+_SUCCESS = "_SUCCESS.json"
+# Fields that change what the plan contains; chunking and bucketing only change layout.
+_CONTENT_FIELDS = ("min_clips", "max_clips", "max_gap", "allow_local_files")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """How clips become samples, and how the planning shuffle is cut up.
+
+    max_gap=3.0 s: HD-VILA clips are cut at ASR sentence boundaries, so consecutive
+    sentences of one speaker are separated by pauses well under a second or two; a gap
+    above ~3 s usually means a dropped segment, music or a scene change, and a 4-clip
+    training window (~54 s) spanning it would pair text with unrelated footage.
+    max_clips=32: about 7 minutes at the 13.4 s average clip, which bounds one sample's
+    file size and fetch time while still leaving 29 start positions for a 4-clip window.
+    num_buckets=None picks one bucket per 256 MiB of input (at least 1), which keeps a
+    reduce task's share of clips and texts to a few hundred MB of memory."""
+
+    min_clips: int = 4
+    max_clips: int = 32
+    max_gap: float = 3.0
+    allow_local_files: bool = False
+    num_buckets: int | None = None
+    chunk_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.min_clips < 1 or self.max_clips < self.min_clips:
+            raise ValueError(f"need 1 <= min_clips <= max_clips, got {self.min_clips}, {self.max_clips}")
+        if not self.max_gap >= 0:
+            raise ValueError(f"max_gap must be >= 0 seconds, got {self.max_gap}")
+        if self.num_buckets is not None and self.num_buckets < 1:
+            raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
+        if self.chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {self.chunk_bytes}")
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """Counts of one planning run, written to `plan/_SUCCESS.json`."""
+
+    videos: int = 0
+    videos_with_samples: int = 0
+    clips_total: int = 0
+    clips_in_samples: int = 0
+    samples: int = 0
+    hours: float = 0.0
+    dropped_short_runs: int = 0
+    failures_by_stage: dict[str, int] = field(default_factory=dict)
+    texts_unique: int = 0
+    texts_duplicate: int = 0
+    texts_unused: int = 0
+
+
+# ---------------------------------------------------------------------------------------
+# the per-video rule
+
+
+def group_runs(video: VideoMeta, texts: dict[str, str], cfg: PlanConfig,
+               stats: Counter | None = None) -> tuple[list[PlannedSample], list[Failure]]:
+    """Cut one video into samples of consecutive clips (k, k+1, ...), each gap at most
+    max_gap and each clip with text; short runs are dropped and counted in `stats`."""
+    samples: list[PlannedSample] = []
+    failures: list[Failure] = []
+    run: list[Clip] = []
+
+    def close() -> None:
+        for i in range(0, len(run), cfg.max_clips):
+            chunk = run[i:i + cfg.max_clips]
+            if len(chunk) < cfg.min_clips:
+                if stats is not None:
+                    stats["dropped_short_runs"] += 1
+                continue
+            samples.append(PlannedSample(
+                key=sample_key(video.video_id, chunk[0].k, chunk[-1].k), video_id=video.video_id,
+                url=video.url, start=chunk[0].start, end=chunk[-1].end, clips=tuple(chunk)))
+        run.clear()
+
+    for clip in sorted(video.clips, key=lambda c: c.k):
+        text = texts.get(clip.clip_id)
+        if not text or not text.strip():
+            failures.append(Failure(video.video_id, clip.clip_id, Stage.TEXT.value, "no text for clip"))
+            close()
+            continue
+        if run and (clip.k != run[-1].k + 1 or clip.start - run[-1].end > cfg.max_gap):
+            close()
+        run.append(replace(clip, text=text))
+    close()
+    return samples, failures
+
+
+def sample_to_row(sample: PlannedSample) -> dict:
+    """One plan-parquet row (PLAN_SCHEMA) of a planned sample."""
+    return {"key": sample.key, "video_id": sample.video_id, "url": sample.url,
+            "start": sample.start, "end": sample.end, "duration": sample.end - sample.start,
+            "n_clips": len(sample.clips),
+            "clips": [{"clip_id": c.clip_id, "k": c.k, "start": c.start, "end": c.end,
+                       "text": c.text} for c in sample.clips]}
+
+
+def plan_row_to_sample(row: dict) -> PlannedSample:
+    """The PlannedSample of one plan-parquet row, for stages that read the plan."""
+    clips = tuple(Clip(c["clip_id"], int(c["k"]), float(c["start"]), float(c["end"]), c["text"])
+                  for c in row["clips"])
+    return PlannedSample(key=row["key"], video_id=row["video_id"], url=row["url"],
+                         start=float(row["start"]), end=float(row["end"]), clips=clips)
+
+
+# ---------------------------------------------------------------------------------------
+# map side: parse one byte range, split rows into buckets
+
+
+def bucket_of(video_id: str, num_buckets: int) -> int:
+    """Stable across processes and runs (unlike hash()), so a video's clips, its texts
+    and its failures always meet in the same reduce task."""
+    return zlib.crc32(video_id.encode()) % num_buckets
+
+
+def _split(table: pa.Table, buckets: list[int], num_buckets: int) -> list[pa.Table]:
+    ids = np.asarray(buckets, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(ids, minlength=num_buckets))])
+    ordered = table.take(pa.array(order)) if len(order) else table
+    return [ordered.slice(bounds[b], bounds[b + 1] - bounds[b]) for b in range(num_buckets)]
+
+
+def _failure_table(failures: list[Failure]) -> pa.Table:
+    return pa.Table.from_pylist([f.to_row() for f in failures], schema=FAILURE_SCHEMA)
+
+
+def _split_failures(failures: list[Failure], num_buckets: int, fallback: int) -> list[pa.Table]:
+    buckets = [bucket_of(f.video_id, num_buckets) if f.video_id else fallback % num_buckets
+               for f in failures]
+    return _split(_failure_table(failures), buckets, num_buckets)
+
+
+def map_metadata_range(file_idx: int, path: str, start: int, end: int, num_buckets: int,
+                       allow_local_files: bool, task_no: int) -> tuple[list[dict], dict]:
+    """Parse the video lines of one byte range into per-bucket video/clip/failure tables."""
+    videos: dict[str, list] = {n: [] for n in _VIDEO_SCHEMA.names}
+    clips: dict[str, list] = {n: [] for n in _CLIP_SCHEMA.names}
+    v_buckets: list[int] = []
+    c_buckets: list[int] = []
+    failures: list[Failure] = []
+    lines = 0
+    for offset, line in read_lines_in_range(path, start, end):
+        if not line.strip():
+            continue
+        lines += 1
+        video, fails = parse_video_line(line, allow_local_files=allow_local_files)
+        failures.extend(fails)
+        if video is None:
+            continue
+        b = bucket_of(video.video_id, num_buckets)
+        for name, value in zip(_VIDEO_SCHEMA.names, (video.video_id, video.url, file_idx, offset)):
+            videos[name].append(value)
+        v_buckets.append(b)
+        for c in video.clips:
+            for name, value in zip(_CLIP_SCHEMA.names, (video.video_id, file_idx, offset,
+                                                        c.clip_id, c.k, c.start, c.end)):
+                clips[name].append(value)
+        c_buckets.extend([b] * len(video.clips))
+    v_parts = _split(pa.table(videos, schema=_VIDEO_SCHEMA), v_buckets, num_buckets)
+    c_parts = _split(pa.table(clips, schema=_CLIP_SCHEMA), c_buckets, num_buckets)
+    f_parts = _split_failures(failures, num_buckets, task_no)
+    parts = [{"videos": v, "clips": c, "failures": f} for v, c, f in zip(v_parts, c_parts, f_parts)]
+    return parts, {"lines": lines, "clips": len(c_buckets), "failures": len(failures)}
+
+
+def map_text_range(file_idx: int, path: str, start: int, end: int, num_buckets: int,
+                   task_no: int) -> tuple[list[dict], dict]:
+    """Parse the clip-text lines of one byte range into per-bucket text/failure tables."""
+    texts: dict[str, list] = {n: [] for n in _TEXT_SCHEMA.names}
+    buckets: list[int] = []
+    failures: list[Failure] = []
+    lines = 0
+    for offset, line in read_lines_in_range(path, start, end):
+        if not line.strip():
+            continue
+        lines += 1
+        parsed = parse_text_line(line)
+        if isinstance(parsed, Failure):
+            failures.append(parsed)
+            continue
+        clip_id, text = parsed
+        texts["clip_id"].append(clip_id)
+        texts["text"].append(text)
+        texts["file_idx"].append(file_idx)
+        texts["offset"].append(offset)
+        buckets.append(bucket_of(clip_id[:clip_id.index(".")], num_buckets))
+    t_parts = _split(pa.table(texts, schema=_TEXT_SCHEMA), buckets, num_buckets)
+    f_parts = _split_failures(failures, num_buckets, task_no)
+    parts = [{"texts": t, "failures": f} for t, f in zip(t_parts, f_parts)]
+    return parts, {"lines": lines, "clips": 0, "failures": len(failures)}
+
+
+# ---------------------------------------------------------------------------------------
+# reduce side: join one bucket, group, write
+
+
+def _concat(parts: list[dict], name: str, schema: pa.Schema) -> pa.Table:
+    tables = [p[name] for p in parts if name in p]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _first_of_each(table: pa.Table, key: str) -> tuple[pa.Table, pa.Table]:
+    """Rows sorted by (key, file_idx, offset); the first per key and the later ones."""
+    table = table.sort_by([(key, "ascending"), ("file_idx", "ascending"), ("offset", "ascending")])
+    col = table.column(key).combine_chunks()
+    if len(col) == 0:
+        return table, table
+    mask = pa.concat_arrays([pa.array([True]), pc.not_equal(col[1:], col[:-1])])
+    return table.filter(mask), table.filter(pc.invert(mask))
+
+
+def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str) -> dict:
+    """Join bucket `bucket` of every map output, plan its videos, and write its part
+    files; returns the counts the driver sums into the PlanSummary."""
+    stats: Counter = Counter()
+    failures = [Failure(**r) for r in _concat(parts, "failures", FAILURE_SCHEMA).to_pylist()]
+    videos, dup_videos = _first_of_each(_concat(parts, "videos", _VIDEO_SCHEMA), "video_id")
+    failures += [Failure(v, None, Stage.METADATA.value,
+                         f"duplicate video line (file #{fi}, byte {off}); the first line is used")
+                 for v, fi, off in zip(*(dup_videos.column(n).to_pylist()
+                                         for n in ("video_id", "file_idx", "offset")))]
+    clips = _concat(parts, "clips", _CLIP_SCHEMA).join(
+        videos.select(["video_id", "file_idx", "offset"]),
+        keys=["video_id", "file_idx", "offset"], join_type="left semi")
+    texts, dup_texts = _first_of_each(_concat(parts, "texts", _TEXT_SCHEMA), "clip_id")
+    del parts
+    stats["texts_unique"], stats["texts_duplicate"] = texts.num_rows, dup_texts.num_rows
+    clips = clips.join(texts.select(["clip_id", "text"]), keys="clip_id", join_type="left outer")
+    clips = clips.sort_by([("video_id", "ascending"), ("k", "ascending")])
+    stats["texts_unused"] = texts.num_rows - (clips.num_rows - clips.column("text").null_count)
+    del texts, dup_texts
+
+    cols = {n: clips.column(n).to_pylist() for n in ("video_id", "clip_id", "k", "start", "end", "text")}
+    samples: list[PlannedSample] = []
+    i, n = 0, clips.num_rows
+    for video_id, url in zip(videos.column("video_id").to_pylist(), videos.column("url").to_pylist()):
+        j = i
+        while j < n and cols["video_id"][j] == video_id:
+            j += 1
+        meta = VideoMeta(video_id, url, tuple(
+            Clip(cols["clip_id"][x], cols["k"][x], cols["start"][x], cols["end"][x]) for x in range(i, j)))
+        texts_of = {cols["clip_id"][x]: cols["text"][x] for x in range(i, j) if cols["text"][x] is not None}
+        got, fails = group_runs(meta, texts_of, cfg, stats)
+        samples += got
+        failures += fails
+        stats["videos"] += 1
+        stats["clips_total"] += j - i
+        stats["videos_with_samples"] += bool(got)
+        i = j
+    samples.sort(key=lambda s: s.key)
+    failures.sort(key=lambda f: (f.stage, f.video_id or "", f.clip_id or "", f.reason))
+    stats["samples"] = len(samples)
+    stats["clips_in_samples"] = sum(len(s.clips) for s in samples)
+    stats["seconds"] = sum(s.duration for s in samples)
+    by_stage = Counter(f.stage for f in failures)
+    _write_parquet(pa.Table.from_pylist([sample_to_row(s) for s in samples], schema=PLAN_SCHEMA),
+                   out_dir, f"part-{bucket:05d}.parquet")
+    _write_parquet(_failure_table(failures), out_dir, f"failures-{bucket:05d}.parquet")
+    return {"counts": dict(stats), "failures_by_stage": dict(by_stage)}
+
+
+# ---------------------------------------------------------------------------------------
+# files under out_dir/plan
+
+
+def _plan_fs(out_dir: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    return fs, root.rstrip("/") + "/plan"
+
+
+def _write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, write: Callable) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as f:
+        write(f)
+    fs.mv(tmp, path)
+
+
+def _write_parquet(table: pa.Table, out_dir: str, name: str) -> None:
+    fs, plan_dir = _plan_fs(out_dir)
+    fs.makedirs(plan_dir, exist_ok=True)
+    _write_bytes_atomic(fs, f"{plan_dir}/{name}", lambda f: pq.write_table(table, f))
+
+
+def _read_success(out_dir: str) -> dict | None:
+    fs, plan_dir = _plan_fs(out_dir)
+    if not fs.exists(f"{plan_dir}/{_SUCCESS}"):
+        return None
+    with fs.open(f"{plan_dir}/{_SUCCESS}", "rb") as f:
+        return json.loads(f.read())
+
+
+def _input_listing(paths: list[str]) -> list[list]:
+    out = []
+    for p in paths:
+        fs, fpath = fsspec.core.url_to_fs(p)
+        out.append([p, int(fs.size(fpath))])
+    return out
+
+
+def load_plan_summary(out_dir: str, *, metadata: list[str] | None = None,
+                      text: list[str] | None = None, cfg: PlanConfig | None = None) -> PlanSummary | None:
+    """The summary of a finished plan, or None when there is none or when the given
+    inputs (paths and sizes) or content settings differ, so a rerun knows to re-plan."""
+    done = _read_success(out_dir)
+    if done is None:
+        return None
+    if cfg is not None and any(done["config"].get(f) != getattr(cfg, f) for f in _CONTENT_FIELDS):
+        return None
+    for name, patterns in (("metadata", metadata), ("text", text)):
+        if patterns is not None and done["inputs"][name] != _input_listing(expand_paths(patterns)):
+            return None
+    return PlanSummary(**done["summary"])
+
+
+def iter_plan_parts(out_dir: str) -> Iterator[pa.Table]:
+    """Each finished plan part in part order, so later stages stream the plan."""
+    yield from _iter_parts(out_dir, "part")
+
+
+def read_plan(out_dir: str) -> pa.Table:
+    """The whole plan as one table (fine for tests and small builds)."""
+    return pa.concat_tables(list(iter_plan_parts(out_dir)) or [PLAN_SCHEMA.empty_table()])
+
+
+def read_plan_failures(out_dir: str) -> pa.Table:
+    """All planning failures (metadata, text) as one ledger table."""
+    return pa.concat_tables(list(_iter_parts(out_dir, "failures")) or [FAILURE_SCHEMA.empty_table()])
+
+
+def _iter_parts(out_dir: str, prefix: str) -> Iterator[pa.Table]:
+    done = _read_success(out_dir)
+    if done is None:
+        raise InputError(f"no finished plan under {out_dir!r} (plan/{_SUCCESS} is missing)")
+    fs, plan_dir = _plan_fs(out_dir)
+    schema = PLAN_SCHEMA if prefix == "part" else FAILURE_SCHEMA
+    for b in range(done["num_buckets"]):
+        with fs.open(f"{plan_dir}/{prefix}-{b:05d}.parquet", "rb") as f:
+            yield pq.read_table(f, schema=schema)
+
+
+# ---------------------------------------------------------------------------------------
+# the driver
+
+
+class _Progress:
+    """Throttled one-line progress reports, so a long plan shows it is alive."""
+
+    def __init__(self, report: Callable[[str], None] | None, every_s: float = 5.0) -> None:
+        self.report = report or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.every_s, self.last = every_s, 0.0
+
+    def __call__(self, msg: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.last = now
+            self.report(msg)
+
+
+def _auto_buckets(total_bytes: int) -> int:
+    return max(1, min(4096, -(-total_bytes // (256 * 1024 * 1024))))
+
+
+def _clear_plan_dir(out_dir: str) -> None:
+    fs, plan_dir = _plan_fs(out_dir)
+    if fs.exists(f"{plan_dir}/{_SUCCESS}"):
+        fs.rm(f"{plan_dir}/{_SUCCESS}")  # first, so a half-cleared plan is never "done"
+    if fs.exists(plan_dir):
+        for p in fs.ls(plan_dir, detail=False):
+            name = p.rsplit("/", 1)[-1]
+            if name.startswith(("part-", "failures-")) and ".parquet" in name:
+                fs.rm(p)
+    fs.makedirs(plan_dir, exist_ok=True)
+
+
+def build_plan(metadata: list[str], text: list[str], out_dir: str, cfg: PlanConfig = PlanConfig(),
+               *, progress: Callable[[str], None] | None = None,
+               max_in_flight: int | None = None) -> PlanSummary:
+    """Plan every sample of the inputs on the running Ray cluster and write the plan under
+    out_dir/plan, marking it done with _SUCCESS.json last."""
+    import ray
+
+    meta_paths, text_paths = expand_paths(metadata), expand_paths(text)
+    inputs = {"metadata": _input_listing(meta_paths), "text": _input_listing(text_paths)}
+    total = sum(size for _, size in inputs["metadata"] + inputs["text"])
+    num_buckets = cfg.num_buckets or _auto_buckets(total)
+    jobs = [("metadata", i, r) for i, p in enumerate(meta_paths) for r in iter_line_ranges(p, cfg.chunk_bytes)]
+    jobs += [("text", i, r) for i, p in enumerate(text_paths) for r in iter_line_ranges(p, cfg.chunk_bytes)]
+    _clear_plan_dir(out_dir)
+    show = _Progress(progress)
+    max_in_flight = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+
+    remote_map = ray.remote(_remote_map).options(num_returns=num_buckets + 1, num_cpus=1)
+    bucket_refs: list[list] = [[] for _ in range(num_buckets)]
+    in_flight: list = []
+    done_maps, lines = 0, 0
+    for task_no, (kind, file_idx, (path, start, end)) in enumerate(jobs):
+        if len(in_flight) >= max_in_flight:
+            ready, in_flight = ray.wait(in_flight, num_returns=1)
+            done_maps, lines = done_maps + 1, lines + ray.get(ready[0])["lines"]
+            show(f"plan: parsed {done_maps}/{len(jobs)} chunks, {lines:,} lines")
+        refs = remote_map.remote(kind, file_idx, path, start, end, num_buckets,
+                                 cfg.allow_local_files, task_no)
+        for b in range(num_buckets):
+            bucket_refs[b].append(refs[b])
+        in_flight.append(refs[num_buckets])
+    for stats in ray.get(in_flight):
+        done_maps, lines = done_maps + 1, lines + stats["lines"]
+    show(f"plan: parsed {done_maps}/{len(jobs)} chunks, {lines:,} lines", force=True)
+
+    remote_reduce = ray.remote(reduce_bucket_remote).options(num_cpus=1)
+    pending = []
+    for b in range(num_buckets):
+        pending.append(remote_reduce.remote(b, cfg, out_dir, *bucket_refs[b]))
+        bucket_refs[b] = []  # the task holds its inputs; drop ours so they free on finish
+    counts: Counter = Counter()
+    by_stage: Counter = Counter()
+    finished = 0
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        result = ray.get(ready[0])
+        counts.update(result["counts"])
+        by_stage.update(result["failures_by_stage"])
+        finished += 1
+        show(f"plan: joined {finished}/{num_buckets} buckets, {counts['samples']:,} samples",
+             force=not pending)
+
+    summary = PlanSummary(
+        videos=counts["videos"], videos_with_samples=counts["videos_with_samples"],
+        clips_total=counts["clips_total"], clips_in_samples=counts["clips_in_samples"],
+        samples=counts["samples"], hours=round(counts["seconds"] / 3600, 6),  # layout-independent
+        dropped_short_runs=counts["dropped_short_runs"], failures_by_stage=dict(sorted(by_stage.items())),
+        texts_unique=counts["texts_unique"], texts_duplicate=counts["texts_duplicate"],
+        texts_unused=counts["texts_unused"])
+    record = {"summary": asdict(summary), "config": asdict(cfg), "num_buckets": num_buckets,
+              "inputs": inputs}
+    fs, plan_dir = _plan_fs(out_dir)
+    _write_bytes_atomic(fs, f"{plan_dir}/{_SUCCESS}",
+                        lambda f: f.write(json.dumps(record, indent=2).encode()))
+    return summary
+
+
+def _remote_map(kind: str, file_idx: int, path: str, start: int, end: int, num_buckets: int,
+                allow_local_files: bool, task_no: int) -> tuple:
+    if kind == "metadata":
+        parts, stats = map_metadata_range(file_idx, path, start, end, num_buckets,
+                                          allow_local_files, task_no)
+    else:
+        parts, stats = map_text_range(file_idx, path, start, end, num_buckets, task_no)
+    return (*parts, stats)
+
+
+def reduce_bucket_remote(bucket: int, cfg: PlanConfig, out_dir: str, *parts: dict) -> dict:
+    """Ray entry point: map outputs arrive as separate arguments, one per map task."""
+    return reduce_bucket(bucket, list(parts), cfg, out_dir)
+
+
+__all__ = [
+    "FAILURE_SCHEMA", "PLAN_SCHEMA", "PlanConfig", "PlanSummary", "build_plan", "bucket_of",
+    "group_runs", "iter_plan_parts", "load_plan_summary", "plan_row_to_sample", "read_plan",
+    "read_plan_failures", "sample_to_row",
+]
