@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what lfvila needs on a fresh Debian/Ubuntu machine with Python >= 3.10:
+# ffmpeg from the system packages (if missing) and this package with its test tools.
+set -euo pipefail
+cd "$(dirname "$0")"
+if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
+fi
+python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+python -m pip install -q -e ".[test,s3]"
