@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,27 +98,41 @@ def probe(path: Path, *, timeout: float = 300.0) -> Probe:
     width, height = int(video.get("width") or 0), int(video.get("height") or 0)
     if width <= 0 or height <= 0:
         raise MediaError("video stream has no size (corrupt file)")
-    res = _run(["ffprobe", "-v", "error", *INPUT_GUARD, "-select_streams", f"{video['index']}",
-                "-show_entries", "packet=pts_time,dts_time,duration_time", "-of", "csv=p=0", str(path)],
-               timeout)
-    times = []
-    for line in res.stdout.decode("ascii", "replace").splitlines():
-        pts, dts, dur = (line.split(",") + ["", "", ""])[:3]
-        try:  # AVI and raw streams carry only dts on most packets
-            times.append((float(pts if pts not in ("", "N/A") else dts),
-                          float(dur) if dur not in ("", "N/A") else 0.0))
-        except ValueError:
-            continue
-    if not times:
+    start, last, count = _scan_packets(path, int(video["index"]), timeout)
+    if not count:
         raise MediaError("video stream has no packets (truncated or corrupt file)")
-    start = min(t for t, _ in times)
-    last = max(times)
     fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
     end = last[0] + (last[1] or (1.0 / fps if fps else 0.0))
     return Probe(start=start, end=end, width=width, height=height,
                  codec=str(video.get("codec_name")), fps=fps,
                  has_audio=any(s.get("codec_type") == "audio" for s in streams),
-                 nb_frames=len(times))
+                 nb_frames=count)
+
+
+def _scan_packets(path: Path, index: int, timeout: float) -> tuple[float, tuple[float, float], int]:
+    """(first pts, (last pts, its duration), count) of a stream, reading ffprobe's output
+    as it comes: memory stays flat however long the video."""
+    cmd = ["ffprobe", "-v", "error", *INPUT_GUARD, "-select_streams", str(index),
+           "-show_entries", "packet=pts_time,dts_time,duration_time", "-of", "csv=p=0", str(path)]
+    start, last, count = float("inf"), (float("-inf"), 0.0), 0
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          stdin=subprocess.DEVNULL) as proc:
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                pts, dts, dur = (line.decode("ascii", "replace").strip().split(",") + ["", ""])[:3]
+                try:  # AVI and raw streams carry only dts on most packets
+                    t = float(pts if pts not in ("", "N/A") else dts)
+                    d = float(dur) if dur not in ("", "N/A") else 0.0
+                except ValueError:
+                    continue
+                count += 1
+                start = min(start, t)
+                last = max(last, (t, d))
+        finally:
+            timer.cancel()
+    return start, last, count
 
 
 def cut_command(src: Path, dst: Path, start: float, end: float, cfg: CutConfig,

@@ -56,6 +56,7 @@ def site(tmp_path_factory):
         VideoSpec("vidG", srv.url("g.mp4"), even_spans(4)),
         VideoSpec("vidH", srv.url("h.mp4"), overlapping),
         VideoSpec("vidK", srv.url("k.mp4"), even_spans(5)),
+        VideoSpec("vidU", "http://127.0.0.1:9/unreachable.mp4", even_spans(4)),
     ]
     hostile = [
         VideoSpec("../evil", srv.url("a.mp4"), even_spans(4)).meta_line(),
@@ -153,6 +154,9 @@ def test_ledger_names_every_problem(built):
     assert "beyond the end" in reasons(f, "vidF") and len(f[f.video_id == "vidF"]) == 6
     assert "does not serve a readable video" in reasons(f, "vidG")
     assert f[f.video_id == "vidH"].stage.tolist() == ["metadata"] and "overlap" in reasons(f, "vidH").lower()
+    u = f[f.video_id == "vidU"]
+    assert u.stage.tolist() == ["download"] and "refused" in u.reason.iloc[0].lower()
+    assert not u.permanent.any()
     k = f[f.video_id == "vidK"]
     assert "503" in reasons(f, "vidK") and not k.permanent.any()
     meta = f[f.stage == "metadata"]
@@ -164,7 +168,8 @@ def test_ledger_names_every_problem(built):
 def test_nothing_written_outside_output(built, site):
     out, _ = built
     root = site["root"]
-    assert not list(root.parent.rglob("evil*")) and not (out.parent / "evil").exists()
+    for base in (root, out, out.parent):
+        assert not list(base.rglob("*evil*")) and not list(base.parent.glob("*evil*"))
     written = {p.relative_to(out).parts[0] for p in out.rglob("*")}
     assert written <= {"videos", "plan", "_journal", "manifest.parquet", "failures.parquet",
                        "downloads.parquet", "build.json"}
@@ -177,7 +182,7 @@ def test_build_json_and_downloads(built):
     info = json.loads((out / "build.json").read_text())
     assert info["plan_config"]["min_clips"] == 4 and info["plan_config"]["max_gap"] == 3.0
     assert info["cut"]["fps"] == 3.0 and info["counts"]["samples_written"] == 6
-    assert info["plan"]["samples"] == 10
+    assert info["plan"]["samples"] == 11
     dl = pd.read_parquet(out / "downloads.parquet")
     assert set(dl.key) == set(pd.read_parquet(out / "manifest.parquet").key)
     assert (dl.download_bytes > 0).all() and info["counts"]["download_bytes"] == dl.download_bytes.sum()
@@ -281,4 +286,4 @@ def test_plan_only_prints_the_totals(site, tmp_path):
     assert "samples planned" in r.stdout and "hours planned" in r.stdout
     assert not (tmp_path / "p" / "videos").exists()
     plan = pd.concat(pd.read_parquet(f) for f in sorted((tmp_path / "p" / "plan").glob("part-*.parquet")))
-    assert len(plan) == 10
+    assert len(plan) == 11

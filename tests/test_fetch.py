@@ -115,3 +115,19 @@ def test_schemes_and_local_files(served, tmp_path):
         Fetcher(FetchConfig(), tmp_path)("v", str(local), [(1, 2)])
     got = Fetcher(FetchConfig(allow_local_files=True), tmp_path)("v", f"file://{local}", [(1, 2)])
     assert got.local and got.sections[0].path == str(local) and got.bytes == 0
+
+
+def test_user_config_is_never_loaded(served, tmp_path, monkeypatch):
+    """A yt-dlp config asking to run a command (or to fetch whole files) has no effect."""
+    marker = tmp_path / "pwned"
+    home = tmp_path / "home"
+    for cfg in (home / ".config" / "yt-dlp" / "config", home / "yt-dlp.conf",
+                tmp_path / "yt-dlp.conf"):
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(f'--exec "touch {marker}"\n--no-download-sections\n-f worst\n')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.chdir(tmp_path)
+    got = Fetcher(FetchConfig(), tmp_path / "dl")("v", served.url("long.mp4"), [(10, 14)])
+    assert got.sections[0].start == 9.0  # still a section, as we asked
+    assert not marker.exists()
