@@ -1,0 +1,77 @@
+"""`s3://` inputs and outputs through fsspec, against a real S3 API (moto's server on
+loopback): metadata read from a bucket, sample videos and the manifest written to one,
+and a rerun that resumes from what the bucket holds."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from lfvila_data.localserver import MediaServer
+from tests.corpus import VideoSpec, even_spans, write_metadata
+from tests.media import decode_times, make_timecoded_video
+
+moto_server = pytest.importorskip("moto.server")
+
+
+@pytest.fixture
+def s3(tmp_path):
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"])
+    fs.mkdir("lfvila-test")
+    yield fs, env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+def test_build_from_and_to_s3(s3, tmp_path):
+    fs, env = s3
+    www = tmp_path / "www"
+    www.mkdir()
+    for i in range(2):
+        make_timecoded_video(www / f"s{i}.mp4", 24, width=160, height=120)
+    with MediaServer(www) as srv:
+        videos = [VideoSpec(f"s3vid{i}", srv.url(f"s{i}.mp4"), even_spans(5)) for i in range(2)]
+        meta, text = write_metadata(tmp_path / "meta", videos)
+        fs.put_file(str(meta), "lfvila-test/hdvila/hdvila_part0.jsonl")
+        fs.put_file(str(text), "lfvila-test/hdvila/hdvila_clip_text.jsonl")
+        cmd = [sys.executable, "-m", "lfvila_data.cli", "build",
+               "--metadata", "s3://lfvila-test/hdvila/hdvila_part*.jsonl",
+               "--text", "s3://lfvila-test/hdvila/hdvila_clip_text.jsonl",
+               "--output", "s3://lfvila-test/out", "--workdir", str(tmp_path / "scratch")]
+        run_env = {**os.environ, **env}
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=run_env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        fs.invalidate_cache()
+        opts = {"endpoint_url": env["AWS_ENDPOINT_URL"]}
+        m = pd.read_parquet("s3://lfvila-test/out/manifest.parquet", storage_options=opts)
+        assert list(m.key) == ["s3vid0_00001_00005", "s3vid1_00001_00005"]
+        local = tmp_path / "v.mp4"
+        fs.get_file(f"lfvila-test/out/{m.video[0]}", str(local))
+        times = decode_times(local)
+        assert m.start[0] - 0.25 <= times[0] <= m.start[0] + 1 / 3
+        assert pd.read_parquet("s3://lfvila-test/out/failures.parquet", storage_options=opts).empty
+        # a rerun after losing the journal finds the samples in the bucket: nothing fetched
+        fs.rm("lfvila-test/out/_journal", recursive=True)
+        srv.requests.clear()
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=run_env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert sum(srv.requests.values()) == 0
+        fs.invalidate_cache()
+        again = pd.read_parquet("s3://lfvila-test/out/manifest.parquet", storage_options=opts)
+        pd.testing.assert_frame_equal(again, m)
