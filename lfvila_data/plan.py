@@ -282,6 +282,7 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str)
 
     cols = {n: clips.column(n).to_pylist() for n in ("video_id", "clip_id", "k", "start", "end", "text")}
     samples: list[PlannedSample] = []
+    first_rows: list[int] = []  # row in `clips` of each sample's first clip
     i, n = 0, clips.num_rows
     for video_id, url in zip(videos.column("video_id").to_pylist(), videos.column("url").to_pylist()):
         j = i
@@ -291,22 +292,44 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str)
             Clip(cols["clip_id"][x], cols["k"][x], cols["start"][x], cols["end"][x]) for x in range(i, j)))
         texts_of = {cols["clip_id"][x]: cols["text"][x] for x in range(i, j) if cols["text"][x] is not None}
         got, fails = group_runs(meta, texts_of, cfg, stats)
+        if got:
+            row_of = {cols["clip_id"][x]: x for x in range(i, j)}
+            first_rows += [row_of[s.clips[0].clip_id] for s in got]
         samples += got
         failures += fails
         stats["videos"] += 1
         stats["clips_total"] += j - i
         stats["videos_with_samples"] += bool(got)
         i = j
-    samples.sort(key=lambda s: s.key)
     failures.sort(key=lambda f: (f.stage, f.video_id or "", f.clip_id or "", f.reason))
     stats["samples"] = len(samples)
     stats["clips_in_samples"] = sum(len(s.clips) for s in samples)
     stats["seconds"] = sum(s.duration for s in samples)
     by_stage = Counter(f.stage for f in failures)
-    _write_parquet(pa.Table.from_pylist([sample_to_row(s) for s in samples], schema=PLAN_SCHEMA),
-                   out_dir, f"part-{bucket:05d}.parquet")
+    _write_parquet(_plan_table(samples, first_rows, clips), out_dir, f"part-{bucket:05d}.parquet")
     _write_parquet(_failure_table(failures), out_dir, f"failures-{bucket:05d}.parquet")
     return {"counts": dict(stats), "failures_by_stage": dict(by_stage)}
+
+
+def _plan_table(samples: list[PlannedSample], first_rows: list[int], clips: pa.Table) -> pa.Table:
+    """PLAN_SCHEMA table sorted by key; each sample's clips are a contiguous run of rows
+    of the joined `clips` table (sorted by video, k), so they are gathered in Arrow
+    rather than rebuilt from Python objects."""
+    n_clips = np.fromiter((len(s.clips) for s in samples), dtype=np.int32, count=len(samples))
+    offsets = np.concatenate([[0], np.cumsum(n_clips, dtype=np.int64)]).astype(np.int32)
+    rows = np.repeat(np.asarray(first_rows, dtype=np.int64) - offsets[:-1], n_clips) + np.arange(offsets[-1])
+    item = PLAN_SCHEMA.field("clips").type
+    struct = pa.StructArray.from_arrays(
+        [clips.column(f.name).combine_chunks().cast(f.type) for f in item.value_type],
+        fields=list(item.value_type))
+    starts = [s.start for s in samples]
+    ends = [s.end for s in samples]
+    return pa.table({
+        "key": [s.key for s in samples], "video_id": [s.video_id for s in samples],
+        "url": [s.url for s in samples], "start": starts, "end": ends,
+        "duration": [e - b for b, e in zip(starts, ends)], "n_clips": n_clips,
+        "clips": pa.ListArray.from_arrays(pa.array(offsets), struct.take(pa.array(rows)), type=item),
+    }, schema=PLAN_SCHEMA).sort_by("key")
 
 
 # ---------------------------------------------------------------------------------------

@@ -226,15 +226,22 @@ def inputs(tmp_path_factory):
 REF_CFG = PlanConfig(min_clips=4, max_clips=6, max_gap=2.0, num_buckets=3, chunk_bytes=700)
 
 
-@pytest.fixture(scope="module")
+_REFERENCE: dict = {}
+
+
+@pytest.fixture
 def reference(ray_local, inputs, tmp_path_factory):
-    """One plan of the inputs (glob for the metadata, ranges smaller than a line)."""
+    """One plan of the inputs (glob for the metadata, ranges smaller than a line), built
+    once per module and shared."""
     meta_paths, text_paths = inputs
+    if meta_paths[0] in _REFERENCE:
+        return _REFERENCE[meta_paths[0]]
     out = tmp_path_factory.mktemp("reference")
     messages: list[str] = []
     summary = build_plan([str(Path(meta_paths[0]).parent / "hdvila_part*.jsonl")], text_paths,
                          str(out), REF_CFG, progress=messages.append)
-    return out, summary, messages
+    _REFERENCE[meta_paths[0]] = out, summary, messages
+    return _REFERENCE[meta_paths[0]]
 
 
 def test_build_plan_matches_the_pure_rules(inputs, reference):
