@@ -51,7 +51,8 @@ def build(
     sections: bool = typer.Option(True, help="Download only the planned sections (--no-sections: whole files)."),
     margin: float = typer.Option(1.0, help="Seconds downloaded around each planned span."),
     download_concurrency: int = typer.Option(8, help="Videos downloading at once."),
-    cut_concurrency: Optional[int] = typer.Option(None, help="Cutting tasks at once (default: cluster CPUs)."),
+    cut_concurrency: Optional[int] = typer.Option(None, help="Cutting tasks at once (default: cluster CPUs / cut threads)."),
+    cut_threads: int = typer.Option(1, help="ffmpeg threads (and Ray CPUs) per cutting task."),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster ('auto' or host:port); default a local Ray."),
     retry_failed: bool = typer.Option(False, help="Also retry videos whose failure was permanent."),
     allow_local_files: bool = typer.Option(False, help="Accept local paths and file:// URLs as video URLs."),
@@ -70,6 +71,8 @@ def build(
         _fail("--metadata and --text are both required for --source hdvila")
     if height <= 0 or height % 2:
         _fail(f"--height must be a positive even number, got {height}")
+    if cut_threads < 1:
+        _fail(f"--cut-threads must be at least 1, got {cut_threads}")
     if fps <= 0:
         _fail(f"--fps must be positive, got {fps}")
     if cookies is not None and not cookies.is_file():
@@ -83,10 +86,11 @@ def build(
                               socket_timeout=socket_timeout, retries=retries,
                               max_filesize=max_filesize, cookies=str(cookies) if cookies else None,
                               proxy=proxy, rate_limit=rate_limit, allow_local_files=allow_local_files),
-            cut=CutConfig(fps=fps, height=height, copy=copy, audio=audio))
+            cut=CutConfig(fps=fps, height=height, copy=copy, audio=audio, threads=cut_threads))
         cfg = BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output, plan=plan,
                           task=task, run=RunConfig(fetch_concurrency=download_concurrency,
-                                                   cut_concurrency=cut_concurrency),
+                                                   cut_concurrency=cut_concurrency,
+                                                   cut_cpus=float(cut_threads)),
                           plan_only=plan_only, retry_failed=retry_failed, ray_address=ray_address)
         run_build(cfg)
     except (InputError, ValueError) as e:

@@ -1,0 +1,466 @@
+"""Cutting throughput: our one-ffmpeg-per-sample cut against the decode limit and against
+the original HD-VILA method (stream-copy cut per clip, then a re-encode per clip).
+
+    python benchmarks/bench_cut.py                  # default: 2 x 5 min 720p30, 1 and 2 workers
+    python benchmarks/bench_cut.py --quick          # tiny smoke run (< 30 s)
+    python benchmarks/bench_cut.py --methods ours,limit --workers 1 \
+        --variants base,dthreads1,ultrafast --repeat 3   # cut_command experiments
+
+Sources are generated once with ffmpeg lavfi into --workdir and reused: 1280x720, 30 fps,
+H.264 High (x264 superfast, CABAC, B-frames, ~2.5 Mb/s, keyframe every 3 s) with moving,
+noisy content and AAC audio. A unique segment is encoded and then stream-copy looped to
+the full length, which keeps the decode cost of real footage without paying for encoding
+five minutes of it. Spans follow HD-VILA: per video a few samples, each 4-8 consecutive
+clips of ~13 s, with gaps between samples.
+
+CPU time is the children's user+sys time (resource.getrusage(RUSAGE_CHILDREN) deltas), so
+it counts every ffmpeg/ffprobe the method ran. Wall time is noisy on a shared machine:
+use --repeat N to get medians. Nothing here asserts on timings.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lfvila_data.cut import (INPUT_GUARD, CutConfig, MediaError, cut_command,  # noqa: E402
+                             cut_sample, probe)
+
+CONTENT = [
+    # (video filter graph source, audio source); each costs real decode time
+    ("testsrc2=s={w}x{h}:r={fps}", "noise=alls=6:allf=t+u"),
+    ("life=s={hw}x{hh}:r={fps}:mold=10:ratio=0.3:life_color=#ffcc33:death_color=#2040a0",
+     "scale={w}:{h}:flags=bicubic,noise=alls=6:allf=t+u"),
+    ("mandelbrot=s={hw}x{hh}:r={fps}", "scale={w}:{h}:flags=bicubic,noise=alls=6:allf=t+u"),
+]
+
+
+# ---------------------------------------------------------------- sources and spans
+
+def make_source(workdir: Path, idx: int, duration: float, segment: float, width: int,
+                height: int, fps: int, gop_s: float) -> Path:
+    """A `duration`-second source: a unique `segment` encoded, then stream-copy looped."""
+    name = f"src{idx}_{width}x{height}_{fps}_{int(duration)}s_seg{int(segment)}_g{gop_s:g}.mp4"
+    out = workdir / name
+    if out.is_file():
+        return out
+    src, vf = CONTENT[idx % len(CONTENT)]
+    fmt = dict(w=width, h=height, hw=width // 2, hh=height // 2, fps=fps)
+    seg = workdir / f"seg{idx}_{width}x{height}_{fps}_{int(segment)}_g{gop_s:g}.mp4"
+    gop = int(round(gop_s * fps))
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y",
+         "-f", "lavfi", "-i", src.format(**fmt),
+         "-f", "lavfi", "-i", f"sine=frequency={330 + 110 * idx}:sample_rate=44100",
+         "-t", f"{segment}", "-vf", vf.format(**fmt) + ",format=yuv420p",
+         "-c:v", "libx264", "-preset", "superfast", "-b:v", "2500k", "-maxrate", "3500k",
+         "-bufsize", "7000k", "-g", str(gop), "-keyint_min", str(gop),
+         "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", str(seg)],
+        check=True)
+    loops = max(1, int(round(duration / segment)))
+    tmp = out.with_suffix(".part.mp4")
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-stream_loop", str(loops - 1),
+         "-i", str(seg), "-c", "copy", "-movflags", "+faststart", str(tmp)], check=True)
+    tmp.replace(out)
+    seg.unlink()
+    return out
+
+
+@dataclass
+class Sample:
+    video: int
+    src: Path
+    clips: list[tuple[float, float]]
+    key: str = ""
+
+    @property
+    def start(self) -> float:
+        return self.clips[0][0]
+
+    @property
+    def end(self) -> float:
+        return self.clips[-1][1]
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def plan_samples(sources: list[Path], duration: float, per_video: int, clip_len: tuple[float, float],
+                 clips: tuple[int, int], seed: int) -> list[Sample]:
+    """Per video `per_video` samples, one in each equal slot of the video, each a run of
+    consecutive clips (gaps of 0-0.3 s between clips, like HD-VILA's ASR-aligned clips)."""
+    rng = random.Random(seed)
+    out = []
+    slot = duration / per_video
+    for v, src in enumerate(sources):
+        for k in range(per_video):
+            n = rng.randint(*clips)
+            lens = [rng.uniform(*clip_len) for _ in range(n)]
+            gaps = [rng.uniform(0.0, 0.3) for _ in range(n - 1)] + [0.0]
+            total = sum(lens) + sum(gaps)
+            while total > slot - 2.0 and n > 1:  # keep the sample inside its slot
+                n -= 1
+                lens, gaps = lens[:n], gaps[:n - 1] + [0.0]
+                total = sum(lens) + sum(gaps)
+            t = k * slot + rng.uniform(1.0, max(1.0, slot - total - 1.0))
+            cl = []
+            for ln, gp in zip(lens, gaps):
+                cl.append((round(t, 3), round(t + ln, 3)))
+                t += ln + gp
+            out.append(Sample(v, src, cl, key=f"v{v}s{k}"))
+    return out
+
+
+# ---------------------------------------------------------------- methods
+
+def _run(cmd: list[str]) -> None:
+    res = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({res.returncode}): "
+                           f"{res.stderr.decode(errors='replace')[-400:]}\n{' '.join(cmd)}")
+
+
+def count_frames(path: Path) -> int:
+    res = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
+                          "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
+                         capture_output=True, check=True)
+    return int(res.stdout.decode().strip().split(",")[0])
+
+
+# Variants of cut_command: each takes the command list and returns a changed copy.
+def _with_input_opts(cmd: list[str], opts: list[str]) -> list[str]:
+    i = cmd.index("-i")
+    return cmd[:i] + opts + cmd[i:]
+
+
+def _set_opt(cmd: list[str], opt: str, value: str) -> list[str]:
+    cmd = list(cmd)
+    cmd[cmd.index(opt) + 1] = value
+    return cmd
+
+
+def _no_preroll(cmd: list[str], start: float) -> list[str]:
+    cmd = list(cmd)
+    cmd[cmd.index("-ss") + 1] = f"{start:.6f}"
+    return cmd
+
+
+def _no_faststart(cmd: list[str]) -> list[str]:
+    i = cmd.index("-movflags")
+    return cmd[:i] + cmd[i + 2:]
+
+
+def _all_threads1(cmd: list[str]) -> list[str]:
+    i = cmd.index("-i")
+    cmd = cmd[:i] + ["-threads", "1"] + cmd[i:]
+    j = len(cmd) - 1 - cmd[::-1].index("-threads")
+    cmd[j + 1] = "1"
+    return cmd[:1] + ["-filter_threads", "1"] + cmd[1:]
+
+
+VARIANTS = {
+    "base": lambda c, s: c,                                             # cut_command as is
+    "dthreads1": lambda c, s: _with_input_opts(c, ["-threads", "1"]),   # 1 decoder thread
+    "dthreads2": lambda c, s: _with_input_opts(c, ["-threads", "2"]),
+    "ethreads1": lambda c, s: _set_opt(c, "-threads", "1"),              # 1 x264 thread
+    "allthreads1": lambda c, s: _all_threads1(c),                      # decoder+x264+filters
+    "filterthreads1": lambda c, s: c[:1] + ["-filter_threads", "1"] + c[1:],
+    "ultrafast": lambda c, s: _set_opt(c, "-preset", "ultrafast"),
+    "superfast": lambda c, s: _set_opt(c, "-preset", "superfast"),
+    "preroll0": lambda c, s: _no_preroll(c, s),                         # -ss at the span start
+    "nofaststart": lambda c, s: _no_faststart(c),
+    "fastflags": lambda c, s: _with_input_opts(c, ["-flags2", "+fast"]),
+    # changes decoded pixels (no deblocking): listed for information, not exact
+    "skiploop": lambda c, s: _with_input_opts(c, ["-skip_loop_filter", "all"]),
+}
+
+
+@dataclass
+class Result:
+    method: str
+    workers: int
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    frames_bad: int = 0
+    frames_checked: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def ours_task(variant: str, cfg: CutConfig, out: Path, probes: dict):
+    def task(s: Sample) -> tuple[int, int, str]:
+        dst = out / f"{s.key}.mp4"
+        if variant == "base":
+            res = cut_sample(s.src, dst, s.start, s.end, cfg, probes[s.src])
+        else:  # a local copy of cut_sample around a changed command
+            tmp = dst.with_name(dst.name + ".part")
+            cmd = VARIANTS[variant](cut_command(s.src, tmp, s.start, s.end, cfg,
+                                                cfg.audio and probes[s.src].has_audio), s.start)
+            _run(cmd)
+            res = probe(tmp)
+            tmp.replace(dst)
+        want = round(s.duration * cfg.fps)
+        ok = abs((res.nb_frames or 0) - want) <= 1
+        return int(not ok), 1, "" if ok else f"{s.key}: {res.nb_frames} frames, want {want}"
+    return task
+
+
+def limit_cmds(s: Sample) -> list[list[str]]:
+    return [["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", *INPUT_GUARD,
+             "-ss", f"{s.start:.6f}", "-t", f"{s.duration:.6f}", "-i", str(s.src),
+             "-map", "0:v:0", "-an", "-f", "null", "-"]]
+
+
+def limit_task(s: Sample) -> tuple[int, int, str]:
+    for cmd in limit_cmds(s):
+        _run(cmd)
+    return 0, 0, ""
+
+
+def hdvila_cmds(cfg: CutConfig, out: Path, s: Sample, k: int) -> list[list[str]]:
+    """The original HD-VILA way: stream-copy cut of the clip, then re-encode that file."""
+    a, b = s.clips[k]
+    clip = out / f"{s.key}.{k + 1}.mp4"
+    small = out / f"{s.key}.{k + 1}.3fps.mp4"
+    return [["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-ss", f"{a:.3f}",
+             "-t", f"{b - a:.3f}", "-i", str(s.src), "-c", "copy", str(clip)],
+            ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-i", str(clip),
+             "-map", "0:v:0", "-an", "-vf", f"fps={cfg.fps:g},scale=-2:{cfg.height}",
+             "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf),
+             "-g", str(max(1, round(cfg.fps * 2))), "-movflags", "+faststart", str(small)]]
+
+
+def hdvila_task(cfg: CutConfig, out: Path):
+    def task(job: tuple[Sample, int]) -> tuple[int, int, str]:
+        for cmd in hdvila_cmds(cfg, out, *job):
+            _run(cmd)
+        return 0, 0, ""
+    return task
+
+
+_DECODED = re.compile(r"Input stream #\d+:\d+ \(video\): (\d+) packets read \(\d+ bytes\); "
+                      r"(\d+) frames decoded")
+
+
+def decoded_frames(cmds: list[list[str]]) -> int:
+    """Video packets ffmpeg fed its decoder running `cmds` (from the -v verbose end report).
+
+    Packets read, not "frames decoded": frames an mp4 edit list hides (the keyframe
+    preroll a stream-copy cut keeps) are decoded but not counted as decoded frames."""
+    total = 0
+    for cmd in cmds:
+        i = cmd.index("-v")
+        cmd = cmd[:i + 1] + ["verbose"] + cmd[i + 2:]
+        res = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr.decode(errors="replace")[-400:])
+        if "copy" in cmd:  # stream copy: packets read, nothing decoded
+            continue
+        total += sum(int(n) for n, _ in _DECODED.findall(res.stderr.decode(errors="replace")))
+    return total
+
+
+def count_decoded(label: str, samples: list[Sample], cfg: CutConfig, probes: dict,
+                  out: Path) -> int:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if label == "limit":
+        return sum(decoded_frames(limit_cmds(s)) for s in samples)
+    if label == "hdvila":
+        return sum(decoded_frames(hdvila_cmds(cfg, out, s, k))
+                   for s in samples for k in range(len(s.clips)))
+    variant = "base" if label == "ours" else label[5:-1]
+    return sum(decoded_frames([VARIANTS[variant](
+        cut_command(s.src, out / f"{s.key}.mp4", s.start, s.end, cfg,
+                    cfg.audio and probes[s.src].has_audio), s.start)]) for s in samples)
+
+
+def run_method(name: str, jobs: list, task, workers: int) -> tuple[float, float, list]:
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+    c0, t0 = cpu(), time.perf_counter()
+    if workers == 1:
+        outs = [task(j) for j in jobs]
+    else:
+        with ThreadPoolExecutor(workers) as ex:
+            outs = list(ex.map(task, jobs))
+    return time.perf_counter() - t0, cpu() - c0, outs
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/lfvila-bench-cut"))
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (< 30 s)")
+    ap.add_argument("--videos", type=int, default=2)
+    ap.add_argument("--duration", type=float, default=300.0, help="seconds per source video")
+    ap.add_argument("--segment", type=float, default=60.0,
+                    help="seconds of unique content per source (looped to --duration)")
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--gop", type=float, default=3.0, help="keyframe interval of the sources, s")
+    ap.add_argument("--samples-per-video", type=int, default=2)
+    ap.add_argument("--workers", default="1,2", help="comma list of concurrent processes")
+    ap.add_argument("--methods", default="ours,limit,hdvila")
+    ap.add_argument("--variants", default="base",
+                    help=f"cut_command variants run as 'ours': {','.join(VARIANTS)}")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per method; medians reported")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the cut outputs")
+    ap.add_argument("--count-decoded", action="store_true",
+                    help="also rerun each method once with -v verbose to count decoded frames "
+                         "(deterministic work measure, immune to machine load)")
+    args = ap.parse_args(argv)
+    clip_len, nclips = (11.0, 16.0), (4, 8)
+    if args.quick:
+        args.videos, args.duration, args.segment = 1, 30.0, 15.0
+        args.width, args.height, args.samples_per_video = 426, 240, 2
+        clip_len, nclips = (2.5, 3.3), (4, 4)
+    workers = [int(w) for w in args.workers.split(",") if w]
+    methods = [m for m in args.methods.split(",") if m]
+    variants = [v for v in args.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    sources = [make_source(args.workdir, i, args.duration, args.segment, args.width, args.height,
+                           args.fps, args.gop) for i in range(args.videos)]
+    gen_s = time.perf_counter() - t
+    t = time.perf_counter()
+    probes = {s: probe(s) for s in sources}
+    probe_s = time.perf_counter() - t
+    samples = plan_samples(sources, min(p.end for p in probes.values()), args.samples_per_video,
+                           clip_len, nclips, args.seed)
+    cfg = CutConfig()
+    src_seconds = sum(s.duration for s in samples)
+    clip_seconds = sum(b - a for s in samples for a, b in s.clips)
+    p0 = probes[sources[0]]
+    print(f"sources: {len(sources)} x {p0.duration:.0f} s {p0.width}x{p0.height} {p0.codec} "
+          f"{p0.fps:g} fps, keyframe every {args.gop:g} s (ready in {gen_s:.1f} s, "
+          f"probe {probe_s / len(sources):.2f} s each)")
+    print(f"samples: {len(samples)}, clips: {sum(len(s.clips) for s in samples)}, "
+          f"{src_seconds:.1f} source-s in samples ({clip_seconds:.1f} s inside clips)")
+    for s in samples:
+        print(f"  {s.key}: {s.start:8.3f}-{s.end:8.3f} ({s.duration:5.1f} s, {len(s.clips)} clips)")
+    print(f"ours: CutConfig() = {cfg}")
+
+    results: dict[tuple[str, int], Result] = {}
+    plan = []  # (label, jobs, task factory)
+    for m in methods:
+        if m == "ours":
+            for v in variants:
+                label = "ours" if v == "base" else f"ours[{v}]"
+                plan.append((label, samples, lambda out, v=v: ours_task(v, cfg, out, probes)))
+        elif m == "limit":
+            plan.append(("limit", samples, lambda out: limit_task))
+        elif m == "hdvila":
+            jobs = [(s, k) for s in samples for k in range(len(s.clips))]
+            plan.append(("hdvila", jobs, lambda out: hdvila_task(cfg, out)))
+        else:
+            ap.error(f"unknown method {m!r}")
+
+    for rep in range(args.repeat):
+        for w in workers:
+            for label, jobs, factory in plan:  # interleaved: contention hits all methods alike
+                out = args.workdir / "out" / f"{label}-w{w}"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                wall, cpu, outs = run_method(label, jobs, factory(out), w)
+                r = results.setdefault((label, w), Result(label, w))
+                r.wall.append(wall)
+                r.cpu.append(cpu)
+                if rep == 0:
+                    r.frames_bad = sum(o[0] for o in outs)
+                    r.frames_checked = sum(o[1] for o in outs)
+                    r.notes = [o[2] for o in outs if o[2]]
+                    if label == "hdvila":
+                        r.notes = hdvila_frame_notes(out, samples, cfg)
+                print(f"  [{rep + 1}/{args.repeat}] {label:18s} workers={w}: "
+                      f"wall {wall:6.2f} s, cpu {cpu:6.2f} s", flush=True)
+                if not args.keep:
+                    shutil.rmtree(out, ignore_errors=True)
+
+    decoded: dict[str, int] = {}
+    if args.count_decoded:
+        src_frames = round(src_seconds * p0.fps)
+        for label, _, _ in plan:
+            decoded[label] = count_decoded(label, samples, cfg, probes,
+                                           args.workdir / "out" / "count")
+        shutil.rmtree(args.workdir / "out" / "count", ignore_errors=True)
+
+    print()
+    print(f"{'method':18s} {'workers':>7s} {'wall s':>8s} {'CPU s':>8s} {'src-s/wall-s':>12s} "
+          f"{'src-s/CPU-s':>11s} {'frames ok':>9s}" + (f" {'decoded':>8s}" if decoded else ""))
+    for (label, w), r in results.items():
+        wall, cpu = statistics.median(r.wall), statistics.median(r.cpu)
+        ok = f"{r.frames_checked - r.frames_bad}/{r.frames_checked}" if r.frames_checked else "-"
+        print(f"{label:18s} {w:7d} {wall:8.2f} {cpu:8.2f} {src_seconds / wall:12.2f} "
+              f"{src_seconds / cpu:11.2f} {ok:>9s}" + (f" {decoded[label]:8d}" if decoded else ""))
+    if decoded:
+        print(f"decoded = video packets decoded in total; the samples hold {src_frames} source "
+              f"frames. " + ", ".join(f"{k} {v} ({v / src_frames:.3f}x)" for k, v in decoded.items()))
+    if args.repeat > 1:
+        print(f"(medians of {args.repeat} runs; CPU s per run: " + "; ".join(
+            f"{label} w{w}: {', '.join(f'{c:.1f}' for c in r.cpu)}"
+            for (label, w), r in results.items()) + ")")
+    print()
+    for w in workers:
+        ours = results.get(("ours", w))
+        for other, what, target in (("limit", "ours/limit throughput", ">= 0.9"),
+                                    ("hdvila", "hdvila/ours time (x faster)", ">= 3")):
+            o = results.get((other, w))
+            if not ours or not o:
+                continue
+            ow, oc = statistics.median(ours.wall), statistics.median(ours.cpu)
+            tw, tc = statistics.median(o.wall), statistics.median(o.cpu)
+            print(f"workers={w}: {what:28s} wall {tw / ow:5.2f}  CPU {tc / oc:5.2f}  (target {target})")
+        for (label, ww), r in results.items():
+            if ww == w and label.startswith("ours[") and ours:
+                print(f"workers={w}: {label + '/ours time':28s} wall "
+                      f"{statistics.median(r.wall) / statistics.median(ours.wall):5.2f}  CPU "
+                      f"{statistics.median(r.cpu) / statistics.median(ours.cpu):5.2f}")
+    bad = [n for r in results.values() for n in r.notes if not r.method == "hdvila"]
+    for n in bad:
+        print("FRAME COUNT:", n)
+    for r in results.values():
+        if r.method == "hdvila" and r.notes and r.workers == workers[0]:
+            for n in r.notes:
+                print("hdvila:", n)
+    return 1 if bad else 0
+
+
+def hdvila_frame_notes(out: Path, samples: list[Sample], cfg: CutConfig) -> list[str]:
+    """How far the stream-copy clips are from their spans (they start at a keyframe)."""
+    extra, n_off = [], 0
+    for s in samples:
+        for k, (a, b) in enumerate(s.clips):
+            clip = out / f"{s.key}.{k + 1}.mp4"
+            small = out / f"{s.key}.{k + 1}.3fps.mp4"
+            pr = probe(clip)
+            extra.append(pr.duration - (b - a))
+            n_off += abs(count_frames(small) - round((b - a) * cfg.fps)) > 1
+    return [f"{n_off}/{len(extra)} re-encoded clips off by > 1 frame from round(dur*{cfg.fps:g}); "
+            f"copy clips are longer than their span by {statistics.mean(extra):.2f} s on average "
+            f"(max {max(extra):.2f} s): they start at the keyframe before the span"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
