@@ -100,6 +100,54 @@ def build(
 
 
 @app.command()
+def shard(
+    input: List[str] = typer.Option(..., "--input", help="Build directories (repeatable)."),
+    output: str = typer.Option(..., help="Shard directory (local path or fsspec URL)."),
+    val_fraction: float = typer.Option(0.01, help="Fraction of source videos in the val split."),
+    val_count: Optional[int] = typer.Option(None, help="Samples in val (whole videos); overrides --val-fraction."),
+    seed: int = typer.Option(0, help="Seed of the split and the shuffle."),
+    samples_per_shard: Optional[int] = typer.Option(None, help="Most samples in a shard."),
+    max_shard_bytes: int = typer.Option(1_000_000_000, help="Most bytes in a shard."),
+    concurrency: Optional[int] = typer.Option(None, help="Shards written at once (default: cluster CPUs)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster ('auto' or host:port); default a local Ray."),
+) -> None:
+    """Pack built samples into WebDataset shards (format: shards/README.md)."""
+    import time
+
+    from .build import init_ray
+    from .progress import BuildProgress, human_bytes, human_time, print_summary
+    from .shard import ShardConfig, run_shard
+
+    started = time.monotonic()
+    try:
+        cfg = ShardConfig(val_fraction=val_fraction, val_count=val_count, seed=seed,
+                          samples_per_shard=samples_per_shard, max_shard_bytes=max_shard_bytes)
+        from .shard import read_manifests
+        read_manifests(list(input))  # bad inputs fail before Ray starts
+        init_ray(ray_address)
+        last = [0.0]
+
+        def progress(done: int, total: int, nbytes: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 2 or done == total:
+                last[0] = now
+                rate = nbytes / max(now - started, 1e-6)
+                typer.echo(f"shard: {done}/{total} shards, {human_bytes(nbytes)} "
+                           f"({human_bytes(rate)}/s)", err=True)
+
+        stats = run_shard(list(input), output, cfg, concurrency=concurrency, on_progress=progress)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    rows = [("samples", f"{stats['samples']:,}"), ("videos", f"{stats['videos']:,}"),
+            ("hours", f"{stats['hours']:,.3f}"), ("shards", f"{stats['shards']:,}"),
+            ("bytes", human_bytes(stats["bytes"]))]
+    rows += [(f"{k} split", f"{v['samples']:,} samples, {v['videos']:,} videos, {v['shards']} shards")
+             for k, v in stats["splits"].items()]
+    rows.append(("time", human_time(time.monotonic() - started)))
+    print_summary(f"shards in {output}", rows)
+
+
+@app.command()
 def demo(
     output: str = typer.Option("demo-out", help="Where the demo build is written."),
     videos: int = typer.Option(6, help="Generated videos in the corpus."),

@@ -1,0 +1,390 @@
+"""`lfvila-data shard`: pack built samples into WebDataset tar shards (see
+shards/README.md, the contract).
+
+The layout (split by video, seeded shuffle, packing into shards) is computed up front by
+pure functions, so every run of the same inputs and options gives the same shards; each
+shard is then written by one Ray task that streams the sample files into the tar with
+deterministic headers, under a temporary name, and records it as done last."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import tarfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .source_hdvila import InputError
+from .write import OutputDir
+
+SPLITS = ("train", "val")
+_BLOCK = 512
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """How samples are split and packed; the defaults aim at ~1 GB shards."""
+
+    val_fraction: float = 0.01
+    val_count: int | None = None       # samples in val (whole videos), instead of the fraction
+    seed: int = 0
+    samples_per_shard: int | None = None
+    max_shard_bytes: int = 1_000_000_000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_count is not None and self.val_count < 0:
+            raise ValueError(f"--val-count must be >= 0, got {self.val_count}")
+        if self.samples_per_shard is not None and self.samples_per_shard < 1:
+            raise ValueError(f"--samples-per-shard must be >= 1, got {self.samples_per_shard}")
+        if self.max_shard_bytes < 1:
+            raise ValueError(f"--max-shard-bytes must be >= 1, got {self.max_shard_bytes}")
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard to write: its file name and its samples' rows, in tar order."""
+
+    split: str
+    name: str
+    rows: tuple[dict, ...]
+
+
+@dataclass
+class ShardRecord:
+    """A written shard, as the index and the manifest need it."""
+
+    split: str
+    name: str
+    nsamples: int
+    filesize: int
+    md5sum: str
+    offsets: list[int] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# pure layout
+
+
+def _video_rank(video_id: str, seed: int) -> str:
+    return hashlib.sha1(f"{seed}:{video_id}".encode()).hexdigest()
+
+
+def split_videos(samples_per_video: dict[str, int], cfg: ShardConfig) -> set[str]:
+    """The videos of the val split: whole videos in seeded-hash order."""
+    order = sorted(samples_per_video, key=lambda v: (_video_rank(v, cfg.seed), v))
+    if len(order) < 2:
+        return set()
+    limit = len(order) - 1  # never leave train empty
+    val: list[str] = []
+    if cfg.val_count is not None:
+        total = 0
+        for v in order[:limit]:
+            if total >= cfg.val_count:
+                break
+            val.append(v)
+            total += samples_per_video[v]
+    else:
+        val = order[:min(limit, round(cfg.val_fraction * len(order)))]
+    return set(val)
+
+
+def shuffled(keys: list[str], seed: int, split: str) -> list[str]:
+    """A seeded permutation of the keys, independent of their input order."""
+    keys = sorted(keys)
+    salt = int.from_bytes(hashlib.sha1(split.encode()).digest()[:4], "little")
+    perm = np.random.default_rng([seed, salt]).permutation(len(keys))
+    return [keys[i] for i in perm]
+
+
+def member_bytes(name_len: int, size: int) -> int:
+    """Bytes one member takes in a tar: header (+ PAX header for long names) and data."""
+    header = _BLOCK * (3 if name_len > 99 else 1)
+    return header + math.ceil(size / _BLOCK) * _BLOCK
+
+
+def pack(sizes: list[tuple[str, int]], cfg: ShardConfig) -> list[list[str]]:
+    """Cut an ordered list of (key, tar bytes) into shards by count and by size."""
+    shards: list[list[str]] = []
+    current: list[str] = []
+    used = 2 * _BLOCK * 10  # end-of-archive blocks (tarfile pads to a 10 KiB record)
+    for key, size in sizes:
+        full = (cfg.samples_per_shard is not None and len(current) >= cfg.samples_per_shard) or \
+               (current and used + size > cfg.max_shard_bytes)
+        if full:
+            shards.append(current)
+            current, used = [], 2 * _BLOCK * 10
+        current.append(key)
+        used += size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def sample_json(row: dict) -> dict:
+    """The `{key}.json` member: clip times relative to the sample video's first frame."""
+    start = row["start"]
+    clips = [{"clip_id": c["clip_id"], "start": round(c["start"] - start, 6),
+              "end": round(c["end"] - start, 6), "source_start": c["start"],
+              "source_end": c["end"], "text": c["text"]} for c in row["clips"]]
+    return {"key": row["key"], "video_id": row["video_id"], "url": row["url"],
+            "source": row.get("source") or "hdvila", "start": start, "end": row["end"],
+            "duration": row["duration"], "fps": row["fps"], "width": int(row["width"]),
+            "height": int(row["height"]), "frames": int(row.get("frames") or 0),
+            "n_clips": len(clips), "clips": clips}
+
+
+def sample_members(row: dict) -> tuple[bytes, bytes]:
+    """The json and txt member bytes of a sample (deterministic serialisation)."""
+    meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True).encode()
+    text = " ".join(c["text"].strip() for c in row["clips"]).encode()
+    return meta, text
+
+
+def sample_tar_bytes(row: dict) -> int:
+    meta, text = sample_members(row)
+    n = len(row["key"]) + 5
+    return member_bytes(n, int(row["bytes"])) + member_bytes(n, len(meta)) + member_bytes(n, len(text))
+
+
+def plan_shards(manifest: pd.DataFrame, cfg: ShardConfig) -> list[ShardPlan]:
+    """Split, shuffle and pack every sample of the manifest into shards."""
+    counts = manifest.groupby("video_id").size().to_dict()
+    val = split_videos(counts, cfg)
+    rows = {r["key"]: r for r in manifest.to_dict("records")}
+    plans: list[ShardPlan] = []
+    for split in SPLITS:
+        keys = [k for k, r in rows.items() if (r["video_id"] in val) == (split == "val")]
+        order = shuffled(keys, cfg.seed, split)
+        groups = pack([(k, sample_tar_bytes(rows[k])) for k in order], cfg)
+        plans += [ShardPlan(split, f"{split}-{i:06d}.tar", tuple(rows[k] for k in g))
+                  for i, g in enumerate(groups)]
+    return plans
+
+
+# ---------------------------------------------------------------------------------------
+# writing one shard
+
+
+class _Hashing(io.RawIOBase):
+    """A write-only stream that passes bytes on and keeps their MD5 and count."""
+
+    def __init__(self, sink):
+        self.sink, self.md5, self.size = sink, hashlib.md5(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.sink.write(b)
+        self.md5.update(b)
+        self.size += len(b)
+        return len(b)
+
+
+def _info(name: str, size: int) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o644, 0, 0, "", ""
+    return ti
+
+
+def write_shard(plan: ShardPlan, output: str) -> ShardRecord:
+    """Stream the plan's samples into `output/plan.name`: mp4 from its build directory
+    (never whole in memory), then json and txt. Temporary name, then rename."""
+    out = OutputDir(output)
+    final = out.path(plan.name)
+    target = final if not out.is_local else f"{final}.{uuid.uuid4().hex[:8]}.tmp"
+    offsets: list[int] = []
+    with out.fs.open(target, "wb") as raw:
+        sink = _Hashing(raw)
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for row in plan.rows:
+                meta, text = sample_members(row)
+                offsets.append(tar.offset)
+                src_fs, src_path = fsspec.core.url_to_fs(f"{row['_build'].rstrip('/')}/{row['video']}")
+                with src_fs.open(src_path, "rb") as video:
+                    tar.addfile(_info(f"{row['key']}.mp4", int(row["bytes"])), video)
+                tar.addfile(_info(f"{row['key']}.json", len(meta)), io.BytesIO(meta))
+                tar.addfile(_info(f"{row['key']}.txt", len(text)), io.BytesIO(text))
+    if out.is_local:
+        out.fs.mv(target, final)
+    record = ShardRecord(plan.split, plan.name, len(plan.rows), sink.size, sink.md5.hexdigest(),
+                         offsets)
+    out.write_json(f"_meta/{plan.name}.json", asdict(record))  # the done marker, last
+    return record
+
+
+def read_record(out: OutputDir, name: str) -> ShardRecord | None:
+    """The done marker of a shard, if the shard is complete (marker and file agree)."""
+    marker = f"_meta/{name}.json"
+    if not out.exists(marker) or not out.exists(name):
+        return None
+    rec = ShardRecord(**json.loads(out.fs.cat_file(out.path(marker))))
+    return rec if out.fs.size(out.path(name)) == rec.filesize else None
+
+
+# ---------------------------------------------------------------------------------------
+# the command
+
+
+def read_manifests(inputs: list[str]) -> tuple[pd.DataFrame, int]:
+    """All build manifests, each row knowing its build directory; duplicate keys (the same
+    sample in two builds) keep the first build's row. Returns (rows, duplicates)."""
+    frames = []
+    for d in inputs:
+        path = f"{d.rstrip('/')}/manifest.parquet"
+        fs, p = fsspec.core.url_to_fs(path)
+        if not fs.exists(p):
+            raise InputError(f"{d!r} is not a build directory (no manifest.parquet)")
+        with fs.open(p, "rb") as f:
+            df = pd.read_parquet(f)
+        frames.append(df.assign(_build=d.rstrip("/")))
+    if not frames:
+        raise InputError("no --input build directory given")
+    df = pd.concat(frames, ignore_index=True)
+    dups = int(df.key.duplicated().sum())
+    return df.drop_duplicates("key", keep="first").reset_index(drop=True), dups
+
+
+def distribution(values: Iterable[float], bins: int = 20) -> dict:
+    """Summary numbers and a histogram, JSON-ready."""
+    a = np.asarray(list(values), dtype=float)
+    if a.size == 0:
+        return {"count": 0}
+    counts, edges = np.histogram(a, bins=bins)
+    q = np.percentile(a, [5, 50, 95])
+    return {"count": int(a.size), "mean": float(a.mean()), "min": float(a.min()),
+            "p5": float(q[0]), "median": float(q[1]), "p95": float(q[2]), "max": float(a.max()),
+            "histogram": {"counts": counts.tolist(), "edges": [round(e, 6) for e in edges.tolist()]}}
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> pa.Table:
+    rows = []
+    for plan in plans:
+        rec = records[plan.name]
+        for i, row in enumerate(plan.rows):
+            rows.append({"key": row["key"], "split": plan.split, "shard": plan.name,
+                         "offset": rec.offsets[i], "index": i, "video_id": row["video_id"],
+                         "n_clips": len(row["clips"]), "duration": float(row["duration"]),
+                         "bytes": int(row["bytes"]),
+                         "paragraph_words": _words(" ".join(c["text"] for c in row["clips"])),
+                         "clip_words": [_words(c["text"]) for c in row["clips"]]})
+    schema = pa.schema([("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
+                        ("offset", pa.int64()), ("index", pa.int32()), ("video_id", pa.string()),
+                        ("n_clips", pa.int32()), ("duration", pa.float64()), ("bytes", pa.int64()),
+                        ("paragraph_words", pa.int32()), ("clip_words", pa.list_(pa.int32()))])
+    return pa.Table.from_pylist(rows, schema=schema).sort_by("key")
+
+
+def shard_stats(manifest: pa.Table, records: dict[str, ShardRecord]) -> dict:
+    df = manifest.to_pandas()
+    stats = {"samples": len(df), "videos": int(df.video_id.nunique()),
+             "hours": round(float(df.duration.sum()) / 3600, 6),
+             "shards": len(records), "bytes": int(sum(r.filesize for r in records.values())),
+             "splits": {}}
+    for split, part in df.groupby("split"):
+        stats["splits"][split] = {"samples": len(part), "videos": int(part.video_id.nunique()),
+                                  "hours": round(float(part.duration.sum()) / 3600, 6),
+                                  "shards": sum(1 for r in records.values() if r.split == split)}
+    stats["distributions"] = {
+        "clips_per_sample": distribution(df.n_clips),
+        "sample_duration_s": distribution(df.duration),
+        "words_per_paragraph": distribution(df.paragraph_words),
+        "words_per_clip": distribution(w for ws in df.clip_words for w in ws),
+    }
+    return stats
+
+
+def wids_index(split: str, records: list[ShardRecord]) -> dict:
+    return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split,
+            "shardlist": [{"url": r.name, "nsamples": r.nsamples, "filesize": r.filesize,
+                           "md5sum": r.md5sum} for r in records]}
+
+
+def _layout_id(plans: list[ShardPlan], cfg: ShardConfig) -> str:
+    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    for p in plans:
+        h.update(p.name.encode())
+        for r in p.rows:
+            h.update(f"{r['key']}:{r['bytes']}:{r['_build']};".encode())
+    return h.hexdigest()[:20]
+
+
+def _clear_stale(out: OutputDir, layout: str) -> None:
+    """A different layout makes every old shard wrong: remove them before writing."""
+    if out.exists("_meta/LAYOUT") and out.fs.cat_file(out.path("_meta/LAYOUT")).decode() == layout:
+        return
+    for name in out.list("", ".tar") + out.list("_meta", ".json"):
+        out.fs.rm(name)
+    out.write_bytes("_meta/LAYOUT", layout.encode())
+
+
+def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *,
+              concurrency: int | None = None,
+              on_progress: Callable[[int, int, int], None] | None = None) -> dict:
+    """Plan and write every shard on Ray (already initialised), then the index files,
+    the manifest and the stats. Returns the stats."""
+    import ray
+
+    manifest, dups = read_manifests(inputs)
+    if manifest.empty:
+        raise InputError("the input builds hold no samples")
+    out = OutputDir(output)
+    out.fs.makedirs(out.root, exist_ok=True)
+    plans = plan_shards(manifest, cfg)
+    _clear_stale(out, _layout_id(plans, cfg))
+    records: dict[str, ShardRecord] = {}
+    todo = []
+    for p in plans:
+        rec = read_record(out, p.name)
+        if rec is not None:
+            records[p.name] = rec
+        else:
+            todo.append(p)
+    remote = ray.remote(write_shard).options(num_cpus=1, max_retries=1)
+    limit = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    pending: dict = {}
+    queue = list(todo)
+    failed: list[str] = []
+    while queue or pending:
+        while queue and len(pending) < limit:
+            p = queue.pop(0)
+            pending[remote.remote(p, output)] = p
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        p = pending.pop(ready[0])
+        try:
+            records[p.name] = ray.get(ready[0])
+        except Exception as e:  # noqa: BLE001 - one bad shard must not stop the rest
+            msg = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+            failed.append(f"{p.name}: {msg}")
+        if on_progress:
+            on_progress(len(records), len(plans), sum(r.filesize for r in records.values()))
+    if failed:
+        raise InputError(f"{len(failed)} shard(s) could not be written (rerun to retry): "
+                         + "; ".join(failed[:3]))
+    for split in SPLITS:
+        recs = [records[p.name] for p in plans if p.split == split]
+        if recs:
+            out.write_json(f"{split}.json", wids_index(split, recs))
+        elif out.exists(f"{split}.json"):
+            out.fs.rm(out.path(f"{split}.json"))
+    table = shard_manifest(plans, records)
+    out.write_table("manifest.parquet", table)
+    stats = shard_stats(table, records)
+    stats["duplicate_keys_dropped"] = dups
+    out.write_json("stats.json", stats)
+    out.write_json("shard.json", {"inputs": list(inputs), "config": asdict(cfg),
+                                  "source": sorted(set(manifest.get("source", pd.Series(["hdvila"]))))})
+    return stats
