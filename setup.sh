@@ -9,4 +9,7 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
 fi
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# torch first, pinned: the local CPU wheel. Unpinned, a dependency (wids, datasets) would
+# pull a multi-GB CUDA build.
+python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test,s3]"

@@ -1,0 +1,255 @@
+"""`lfvila-data shard`: layout rules, then real shards from a real build, read back by
+tarfile, webdataset, wids, Hugging Face datasets and Ray Data; determinism and resume."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lfvila_data.build import BuildConfig, run_build
+from lfvila_data.demo import make_corpus
+from lfvila_data.fetch import FetchConfig
+from lfvila_data.localserver import MediaServer
+from lfvila_data.plan import PlanConfig
+from lfvila_data.shard import ShardConfig, pack, run_shard, shuffled, split_videos
+from lfvila_data.video_task import TaskContext
+
+
+def test_split_is_by_video_and_seeded():
+    counts = {f"v{i}": 1 + i % 3 for i in range(100)}
+    val = split_videos(counts, ShardConfig(val_fraction=0.1))
+    assert len(val) == 10 and val == split_videos(dict(reversed(list(counts.items()))),
+                                                  ShardConfig(val_fraction=0.1))
+    assert val != split_videos(counts, ShardConfig(val_fraction=0.1, seed=1))
+    by_count = split_videos(counts, ShardConfig(val_count=20))
+    assert sum(counts[v] for v in by_count) >= 20 > sum(counts[v] for v in by_count) - max(counts.values())
+    assert split_videos({"a": 5}, ShardConfig(val_fraction=0.5)) == set()  # train never empty
+    assert len(split_videos({"a": 1, "b": 1}, ShardConfig(val_count=10))) == 1
+    assert split_videos(counts, ShardConfig(val_fraction=0.0)) == set()
+
+
+def test_shuffle_and_pack():
+    keys = [f"k{i:03d}" for i in range(50)]
+    a = shuffled(keys, 0, "train")
+    assert a == shuffled(list(reversed(keys)), 0, "train") and sorted(a) == keys and a != keys
+    assert a != shuffled(keys, 1, "train")
+    sizes = [(k, 100_000) for k in keys]
+    assert [len(s) for s in pack(sizes, ShardConfig(samples_per_shard=20))] == [20, 20, 10]
+    by_bytes = pack(sizes, ShardConfig(max_shard_bytes=1_000_000))
+    assert all(len(s) <= 9 for s in by_bytes) and sum(map(len, by_bytes)) == 50
+    assert pack([("big", 5_000_000)], ShardConfig(max_shard_bytes=1_000)) == [["big"]]
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """Two real builds of the demo corpus (two 'metadata parts')."""
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=512 * 1024 * 1024)
+    root = tmp_path_factory.mktemp("shardsrc")
+    outs = []
+    with MediaServer(root / "www") if (root / "www").mkdir() is None else None as srv:
+        base = srv.url("").rstrip("/")
+        for part, seed in (("b0", 0), ("b1", 1)):
+            corpus = root / part
+            corpus.mkdir()
+            meta, text = make_corpus(corpus, base, videos=3, clips=8, seed=seed)
+            for f in (corpus / "www").iterdir():  # serve both corpora from one root
+                f.rename(root / "www" / f"{part}-{f.name}")
+            meta.write_text(meta.read_text().replace(base + "/", f"{base}/{part}-")
+                            .replace('"demo', f'"{part}demo'))
+            text.write_text(text.read_text().replace('"demo', f'"{part}demo'))
+            out = root / f"build-{part}"
+            run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(out),
+                                  plan=PlanConfig(max_clips=4),
+                                  task=TaskContext(output=str(out), fetch=FetchConfig(retries=0))))
+            outs.append(out)
+    return outs
+
+
+@pytest.fixture(scope="module")
+def shards(builds, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "s"
+    stats = run_shard([str(b) for b in builds], str(out), ShardConfig(val_count=2, samples_per_shard=3))
+    return out, stats
+
+
+def build_rows(builds) -> dict[str, dict]:
+    rows = {}
+    for b in builds:
+        for r in pd.read_parquet(b / "manifest.parquet").to_dict("records"):
+            rows[r["key"]] = dict(r, _build=b)
+    return rows
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_layout_and_index(shards, builds):
+    out, stats = shards
+    rows = build_rows(builds)
+    assert len(rows) == 12 and stats["samples"] == 12 and stats["videos"] == 6
+    m = pd.read_parquet(out / "manifest.parquet")
+    assert set(m.key) == set(rows)
+    val_videos = set(m[m.split == "val"].video_id)
+    assert val_videos and not val_videos & set(m[m.split == "train"].video_id)
+    assert (m[m.split == "val"].shape[0]) >= 2
+    for split in ("train", "val"):
+        index = json.loads((out / f"{split}.json").read_text())
+        assert index["__kind__"] == "wids-shard-index-v1"
+        names = [s["url"] for s in index["shardlist"]]
+        assert names == [f"{split}-{i:06d}.tar" for i in range(len(names))]
+        for s in index["shardlist"]:
+            assert s["md5sum"] == md5(out / s["url"])
+            assert s["filesize"] == (out / s["url"]).stat().st_size
+            assert s["nsamples"] == (m.shard == s["url"]).sum() <= 3
+    d = stats["distributions"]
+    assert d["clips_per_sample"]["mean"] == 4 and d["sample_duration_s"]["count"] == 12
+
+
+def test_tarfile_reader_matches_the_build(shards, builds):
+    out, _ = shards
+    rows = build_rows(builds)
+    m = pd.read_parquet(out / "manifest.parquet").set_index("key")
+    seen = set()
+    for tar_path in sorted(out.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            members = tar.getmembers()
+            assert len(members) % 3 == 0
+            for i in range(0, len(members), 3):
+                names = [x.name for x in members[i:i + 3]]
+                key = names[0].rsplit(".", 1)[0]
+                assert names == [f"{key}.mp4", f"{key}.json", f"{key}.txt"] and "." not in key
+                assert members[i].offset == m.loc[key, "offset"] and m.loc[key, "shard"] == tar_path.name
+                src = rows[key]
+                video = tar.extractfile(members[i]).read()
+                assert video == (src["_build"] / src["video"]).read_bytes()
+                meta = json.loads(tar.extractfile(members[i + 1]).read())
+                assert meta["key"] == key and meta["video_id"] == src["video_id"]
+                assert meta["start"] == src["start"] and meta["duration"] == src["duration"]
+                assert meta["clips"][0]["start"] == 0.0
+                for c, s in zip(meta["clips"], src["clips"]):
+                    assert c["source_start"] == s["start"] and c["text"] == s["text"]
+                    assert c["start"] == pytest.approx(s["start"] - src["start"])
+                text = tar.extractfile(members[i + 2]).read().decode()
+                assert text == src["paragraph"]
+                seen.add(key)
+    assert seen == set(rows)
+
+
+def test_webdataset_reader(shards, builds):
+    import webdataset as wds
+    out, _ = shards
+    rows = build_rows(builds)
+    urls = [str(p) for p in sorted(out.glob("train-*.tar"))] + [str(p) for p in sorted(out.glob("val-*.tar"))]
+    got = {}
+    for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        got[s["__key__"]] = s
+        assert json.loads(s["json"])["key"] == s["__key__"]
+        assert s["txt"].decode() == rows[s["__key__"]]["paragraph"]
+        assert len(s["mp4"]) == rows[s["__key__"]]["bytes"]
+    assert set(got) == set(rows)
+
+
+def test_wids_reader(shards, builds):
+    import wids
+    out, _ = shards
+    rows = build_rows(builds)
+    m = pd.read_parquet(out / "manifest.parquet")
+    keys = set()
+    for split in ("train", "val"):
+        ds = wids.ShardListDataset(str(out / f"{split}.json"), cache_dir=str(out.parent / "wids-cache"))
+        assert len(ds) == (m.split == split).sum()
+        for i in range(len(ds)):
+            s = ds[i]
+            key = s["__key__"]
+            meta = s[".json"] if isinstance(s[".json"], dict) else json.loads(s[".json"].read())
+            assert meta["key"] == key
+            video = s[".mp4"].read() if hasattr(s[".mp4"], "read") else s[".mp4"]
+            assert hashlib.md5(video).hexdigest() == hashlib.md5(
+                (rows[key]["_build"] / rows[key]["video"]).read_bytes()).hexdigest()
+            keys.add(key)
+    assert keys == set(rows)
+
+
+def test_huggingface_datasets_reader(shards, builds):
+    datasets = pytest.importorskip("datasets")
+    out, _ = shards
+    rows = build_rows(builds)
+    ds = datasets.load_dataset("webdataset", data_files={"train": str(out / "train-*.tar"),
+                                                         "val": str(out / "val-*.tar")},
+                               cache_dir=str(out.parent / "hf-cache"))
+    ds = ds.cast_column("mp4", datasets.Video(decode=False))  # bytes, no torchcodec needed
+    got = {}
+    for split in ("train", "val"):
+        for row in ds[split]:
+            got[row["__key__"]] = row
+            meta = row["json"]
+            assert meta["key"] == row["__key__"] and len(meta["clips"]) == meta["n_clips"]
+            assert row["txt"] == rows[row["__key__"]]["paragraph"]
+            assert row["mp4"]["bytes"] == (rows[row["__key__"]]["_build"]
+                                           / rows[row["__key__"]]["video"]).read_bytes()
+    assert set(got) == set(rows)
+
+
+def test_ray_data_reader(shards, builds):
+    import ray
+    out, _ = shards
+    rows = build_rows(builds)
+    ds = ray.data.read_webdataset(str(out), file_extensions=["tar"], decoder=None)
+    got = {}
+    for r in ds.iter_rows():
+        got[r["__key__"]] = r
+        assert json.loads(r["json"])["key"] == r["__key__"]
+        assert len(r["mp4"]) == rows[r["__key__"]]["bytes"]
+        assert r["txt"].decode() == rows[r["__key__"]]["paragraph"]
+    assert set(got) == set(rows)
+
+
+def test_identical_bytes_on_rerun_and_on_another_run(shards, builds, tmp_path):
+    out, _ = shards
+    before = {p.name: md5(p) for p in out.glob("*.tar")}
+    run_shard([str(b) for b in builds], str(out), ShardConfig(val_count=2, samples_per_shard=3))
+    assert {p.name: md5(p) for p in out.glob("*.tar")} == before
+    other = tmp_path / "again"
+    run_shard([str(b) for b in builds], str(other), ShardConfig(val_count=2, samples_per_shard=3))
+    assert {p.name: md5(p) for p in other.glob("*.tar")} == before
+    assert (other / "manifest.parquet").read_bytes() == (out / "manifest.parquet").read_bytes()
+
+
+def test_kill_9_then_rerun_completes_identically(shards, builds, tmp_path):
+    out, _ = shards
+    reference = {p.name: md5(p) for p in out.glob("*.tar")}
+    target = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lfvila_data.cli", "shard", "--input", str(builds[0]),
+           "--input", str(builds[1]), "--output", str(target), "--val-count", "2",
+           "--samples-per-shard", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(target.glob("_meta/*.tar.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {p.name: md5(p) for p in target.glob("*.tar")} == reference
+    assert not list(target.rglob("*.tmp"))
+
+
+def test_shard_cli_errors(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "shard", "--input", str(tmp_path),
+                        "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not a build directory" in r.stderr and "Traceback" not in r.stderr
