@@ -8,7 +8,6 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
 fi
-python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # torch first, pinned: the local CPU wheel. Unpinned, a dependency (wids, datasets) would
 # pull a multi-GB CUDA build.
 python -m pip install -q torch==2.13.0

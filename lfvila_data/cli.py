@@ -154,10 +154,12 @@ def demo(
     clips: int = typer.Option(16, help="Clips per video."),
     max_clips: int = typer.Option(8, help="Most clips in a sample."),
 ) -> None:
-    """Build the built-in demo corpus end to end (no internet needed)."""
+    """Build and shard the built-in demo corpus end to end (no internet needed)."""
     from .build import BuildConfig, run_build
     from .demo import make_corpus
     from .localserver import MediaServer
+    from .progress import print_summary
+    from .shard import ShardConfig, run_shard
 
     root = Path(output) / "_corpus"
     (root / "www").mkdir(parents=True, exist_ok=True)
@@ -170,6 +172,11 @@ def demo(
                 metadata=(str(meta),), text=(str(text),), output=output,
                 plan=PlanConfig(max_clips=max_clips),
                 task=TaskContext(output=output, fetch=FetchConfig(retries=1))))
+        shards = f"{output.rstrip('/')}/shards"
+        stats = run_shard([output], shards, ShardConfig(val_count=2, samples_per_shard=4))
+        print_summary(f"shards in {shards}", [
+            (f"{k} split", f"{v['samples']} samples in {v['shards']} shards")
+            for k, v in stats["splits"].items()])
     except (InputError, ValueError) as e:
         _fail(str(e))
 

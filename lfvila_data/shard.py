@@ -26,6 +26,7 @@ from .write import OutputDir
 
 SPLITS = ("train", "val")
 _BLOCK = 512
+_COPY = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,9 @@ class _Hashing(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        return self.size
+
     def write(self, b) -> int:
         self.sink.write(b)
         self.md5.update(b)
@@ -203,14 +207,18 @@ def write_shard(plan: ShardPlan, output: str) -> ShardRecord:
     final = out.path(plan.name)
     target = final if not out.is_local else f"{final}.{uuid.uuid4().hex[:8]}.tmp"
     offsets: list[int] = []
-    with out.fs.open(target, "wb") as raw:
+    out.fs.makedirs(out.root, exist_ok=True)
+    with out.fs.open(target, "wb", block_size=_COPY) as raw:
         sink = _Hashing(raw)
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        # plain "w" mode writes straight through (no 10 KiB stream buffer); big copy
+        # buffers keep Python out of the byte path
+        with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT,
+                          copybufsize=_COPY) as tar:
             for row in plan.rows:
                 meta, text = sample_members(row)
                 offsets.append(tar.offset)
                 src_fs, src_path = fsspec.core.url_to_fs(f"{row['_build'].rstrip('/')}/{row['video']}")
-                with src_fs.open(src_path, "rb") as video:
+                with src_fs.open(src_path, "rb", block_size=_COPY) as video:
                     tar.addfile(_info(f"{row['key']}.mp4", int(row["bytes"])), video)
                 tar.addfile(_info(f"{row['key']}.json", len(meta)), io.BytesIO(meta))
                 tar.addfile(_info(f"{row['key']}.txt", len(text)), io.BytesIO(text))

@@ -18,3 +18,5 @@ def test_demo_builds(tmp_path):
     assert m.paragraph.str.contains("red|green|blue|yellow|purple|orange|black|white").all()
     assert pd.read_parquet(out / "failures.parquet").empty
     assert all((out / v).stat().st_size > 0 for v in m.video)
+    shards = pd.read_parquet(out / "shards" / "manifest.parquet")
+    assert set(shards.key) == set(m.key) and set(shards.split) == {"train", "val"}
