@@ -27,6 +27,7 @@ from .write import OutputDir
 SPLITS = ("train", "val")
 _BLOCK = 512
 _COPY = 4 * 1024 * 1024
+_PART = 16 * 1024 * 1024  # write buffer; on S3 the multipart part size (>= 5 MiB)
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ def write_shard(plan: ShardPlan, output: str) -> ShardRecord:
     target = final if not out.is_local else f"{final}.{uuid.uuid4().hex[:8]}.tmp"
     offsets: list[int] = []
     out.fs.makedirs(out.root, exist_ok=True)
-    with out.fs.open(target, "wb", block_size=_COPY) as raw:
+    with out.fs.open(target, "wb", block_size=_PART) as raw:
         sink = _Hashing(raw)
         # plain "w" mode writes straight through (no 10 KiB stream buffer); big copy
         # buffers keep Python out of the byte path

@@ -3,8 +3,12 @@ loopback): metadata read from a bucket, sample videos and the manifest written t
 and a rerun that resumes from what the bucket holds."""
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import subprocess
+import tarfile
 import sys
 
 import pandas as pd
@@ -75,3 +79,18 @@ def test_build_from_and_to_s3(s3, tmp_path):
         fs.invalidate_cache()
         again = pd.read_parquet("s3://lfvila-test/out/manifest.parquet", storage_options=opts)
         pd.testing.assert_frame_equal(again, m)
+    # shards from the build in the bucket, into the bucket
+    r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "shard", "--input",
+                        "s3://lfvila-test/out", "--output", "s3://lfvila-test/shards",
+                        "--val-count", "1"], capture_output=True, text=True, timeout=600, env=run_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    fs.invalidate_cache()
+    index = json.loads(fs.cat_file("lfvila-test/shards/train.json"))
+    shard = index["shardlist"][0]
+    data = fs.cat_file(f"lfvila-test/shards/{shard['url']}")
+    assert len(data) == shard["filesize"] and hashlib.md5(data).hexdigest() == shard["md5sum"]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+    assert len(names) == 3 * shard["nsamples"] and names[0].endswith(".mp4")
+    sm = pd.read_parquet("s3://lfvila-test/shards/manifest.parquet", storage_options=opts)
+    assert set(sm.key) == set(m.key) and set(sm.split) == {"train", "val"}
