@@ -44,6 +44,7 @@ def build(
     min_clips: int = typer.Option(4, help="Fewest consecutive clips in a sample."),
     max_clips: int = typer.Option(32, help="Most clips in a sample; longer runs are chunked."),
     max_gap: float = typer.Option(3.0, help="Largest gap in seconds between consecutive clips of a sample."),
+    plan_buckets: Optional[int] = typer.Option(None, help="Partitions of the planning join (default: one per 256 MiB of input; more = less memory per task)."),
     fps: float = typer.Option(3.0, help="Frame rate of sample videos."),
     height: int = typer.Option(240, help="Height of sample videos (even); width keeps the aspect."),
     copy: bool = typer.Option(False, "--copy", help="Stream-copy instead of re-encoding (fast, cuts on keyframes)."),
@@ -79,7 +80,7 @@ def build(
         _fail(f"cookies file not found: {cookies}")
     try:
         plan = PlanConfig(min_clips=min_clips, max_clips=max_clips, max_gap=max_gap,
-                          allow_local_files=allow_local_files)
+                          allow_local_files=allow_local_files, num_buckets=plan_buckets)
         task = TaskContext(
             output=output, min_clips=min_clips, source=source.value, workdir=workdir,
             fetch=FetchConfig(height=height, audio=audio, sections=sections, margin=margin,
