@@ -149,6 +149,37 @@ def shard(
 
 
 @app.command()
+def verify(
+    shard_dir: str = typer.Argument(..., help="Shard directory (local path or fsspec URL)."),
+    decode: bool = typer.Option(True, help="Decode every mp4 (--no-decode: structure and checksums only)."),
+) -> None:
+    """Check every shard: tar integrity, members, json vs index and manifest, MD5, decoding."""
+    from .verify import verify_shards
+
+    report = verify_shards(shard_dir, decode=decode)
+    typer.echo(report.render())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(
+    directory: str = typer.Argument(..., help="A build or a shard directory."),
+    out: Optional[str] = typer.Option(None, help="Where the plots and index.html go (default DIR/report)."),
+) -> None:
+    """Print the summary and write plots (PNG) and an HTML page of the distributions."""
+    from .progress import print_summary
+    from .stats import StatsInputError, render_summary, write_report
+
+    try:
+        result = write_report(directory, out)
+    except (StatsInputError, FileNotFoundError) as e:
+        _fail(str(e))
+    print_summary(f"{result['kind']} {directory}", render_summary(result))
+    typer.echo(f"report: {result['report']}")
+
+
+@app.command()
 def demo(
     output: str = typer.Option("demo-out", help="Where the demo build is written."),
     videos: int = typer.Option(6, help="Generated videos in the corpus."),

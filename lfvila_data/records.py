@@ -91,4 +91,4 @@ class PlannedSample:
 
     @property
     def paragraph(self) -> str:
-        return " ".join(c.text.strip() for c in self.clips if c.text)
+        return " ".join(c.text for c in self.clips if c.text)

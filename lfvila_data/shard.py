@@ -14,7 +14,7 @@ import math
 import tarfile
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import fsspec
 import numpy as np
@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .source_hdvila import InputError
+from .stats import shard_table_stats
 from .write import OutputDir
 
 SPLITS = ("train", "val")
@@ -147,7 +148,7 @@ def sample_json(row: dict) -> dict:
 def sample_members(row: dict) -> tuple[bytes, bytes]:
     """The json and txt member bytes of a sample (deterministic serialisation)."""
     meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True).encode()
-    text = " ".join(c["text"].strip() for c in row["clips"]).encode()
+    text = " ".join(c["text"] for c in row["clips"]).encode()
     return meta, text
 
 
@@ -263,18 +264,6 @@ def read_manifests(inputs: list[str]) -> tuple[pd.DataFrame, int]:
     return df.drop_duplicates("key", keep="first").reset_index(drop=True), dups
 
 
-def distribution(values: Iterable[float], bins: int = 20) -> dict:
-    """Summary numbers and a histogram, JSON-ready."""
-    a = np.asarray(list(values), dtype=float)
-    if a.size == 0:
-        return {"count": 0}
-    counts, edges = np.histogram(a, bins=bins)
-    q = np.percentile(a, [5, 50, 95])
-    return {"count": int(a.size), "mean": float(a.mean()), "min": float(a.min()),
-            "p5": float(q[0]), "median": float(q[1]), "p95": float(q[2]), "max": float(a.max()),
-            "histogram": {"counts": counts.tolist(), "edges": [round(e, 6) for e in edges.tolist()]}}
-
-
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -295,25 +284,6 @@ def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> p
                         ("n_clips", pa.int32()), ("duration", pa.float64()), ("bytes", pa.int64()),
                         ("paragraph_words", pa.int32()), ("clip_words", pa.list_(pa.int32()))])
     return pa.Table.from_pylist(rows, schema=schema).sort_by("key")
-
-
-def shard_stats(manifest: pa.Table, records: dict[str, ShardRecord]) -> dict:
-    df = manifest.to_pandas()
-    stats = {"samples": len(df), "videos": int(df.video_id.nunique()),
-             "hours": round(float(df.duration.sum()) / 3600, 6),
-             "shards": len(records), "bytes": int(sum(r.filesize for r in records.values())),
-             "splits": {}}
-    for split, part in df.groupby("split"):
-        stats["splits"][split] = {"samples": len(part), "videos": int(part.video_id.nunique()),
-                                  "hours": round(float(part.duration.sum()) / 3600, 6),
-                                  "shards": sum(1 for r in records.values() if r.split == split)}
-    stats["distributions"] = {
-        "clips_per_sample": distribution(df.n_clips),
-        "sample_duration_s": distribution(df.duration),
-        "words_per_paragraph": distribution(df.paragraph_words),
-        "words_per_clip": distribution(w for ws in df.clip_words for w in ws),
-    }
-    return stats
 
 
 def wids_index(split: str, records: list[ShardRecord]) -> dict:
@@ -391,7 +361,8 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *,
             out.fs.rm(out.path(f"{split}.json"))
     table = shard_manifest(plans, records)
     out.write_table("manifest.parquet", table)
-    stats = shard_stats(table, records)
+    stats = shard_table_stats(table)
+    stats["bytes"] = int(sum(r.filesize for r in records.values()))  # shard files, not videos
     stats["duplicate_keys_dropped"] = dups
     out.write_json("stats.json", stats)
     out.write_json("shard.json", {"inputs": list(inputs), "config": asdict(cfg),

@@ -268,4 +268,5 @@ def parse_text_line(line: str | bytes) -> tuple[str, str] | Failure:
         text = ""
     if not isinstance(text, str):
         return Failure(parsed[0], clip_id, Stage.TEXT.value, f"'text' is not a string: {_short(text)}")
-    return clip_id, text
+    # whitespace normalised once here, so clip texts, paragraphs and shard members agree
+    return clip_id, " ".join(text.split())

@@ -13,7 +13,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import fsspec
 import pyarrow as pa
@@ -191,13 +190,3 @@ def finalize(out: OutputDir, journal: dict[str, tuple[str, dict]],
             "video_bytes": int(sum(manifest.column("bytes").to_pylist())),
             "failures": ledger.num_rows, "failures_by_stage": stages,
             "download_bytes": int(sum(d["download_bytes"] for d in downloads))}
-
-
-def iter_rows(table: pa.Table) -> Iterator[dict]:
-    """Rows of an Arrow table as dicts, a batch at a time."""
-    for batch in table.to_batches(max_chunksize=4096):
-        yield from batch.to_pylist()
-
-
-def failure_dicts(failures: Iterable) -> list[dict]:
-    return [f.to_row() if hasattr(f, "to_row") else dict(f) for f in failures]

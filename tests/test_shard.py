@@ -253,3 +253,41 @@ def test_shard_cli_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "shard", "--input", str(tmp_path),
                         "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not a build directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_verify_our_shards_and_catch_corruption(shards, tmp_path):
+    import shutil
+    from lfvila_data.verify import verify_shards
+    out, _ = shards
+    report = verify_shards(str(out))
+    assert report.ok, report.render()
+    assert report.samples == 12
+
+    def broken(name: str, damage) -> set[str]:
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        damage(copy / "train-000000.tar")
+        return {p.check for p in verify_shards(str(copy), decode=False).problems}
+
+    def truncate(p: Path) -> None:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+    def flip(p: Path) -> None:
+        data = bytearray(p.read_bytes())
+        data[2000] ^= 0xFF  # inside the first mp4
+        p.write_bytes(bytes(data))
+
+    def drop_txt(p: Path) -> None:
+        with tarfile.open(p) as src:
+            members = [(m, src.extractfile(m).read()) for m in src.getmembers()]
+        first_txt = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".txt"))
+        with tarfile.open(p, "w", format=tarfile.PAX_FORMAT) as dst:
+            for m, data in members[:first_txt] + members[first_txt + 1:]:
+                dst.addfile(m, io.BytesIO(data))
+
+    assert {"tar", "size", "md5"} <= broken("trunc", truncate)
+    assert "md5" in broken("flip", flip)
+    assert "members" in broken("drop", drop_txt)
+    r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "verify", str(tmp_path / "drop"),
+                        "--no-decode"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "members" in r.stdout

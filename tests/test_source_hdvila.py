@@ -187,7 +187,9 @@ def test_video_without_clips_is_not_a_failure():
 
 def test_parse_text_line():
     assert parse_text_line(json.dumps({"clip_id": f"{VID}.1.mp4", "text": "Hi."})) == (f"{VID}.1.mp4", "Hi.")
-    assert parse_text_line(json.dumps({"clip_id": f"{VID}.1.mp4", "text": "  "})) == (f"{VID}.1.mp4", "  ")
+    assert parse_text_line(json.dumps({"clip_id": f"{VID}.1.mp4", "text": "  "})) == (f"{VID}.1.mp4", "")
+    spaced = json.dumps({"clip_id": f"{VID}.1.mp4", "text": " so\n we  go "})
+    assert parse_text_line(spaced) == (f"{VID}.1.mp4", "so we go")  # whitespace normalised
     assert parse_text_line(json.dumps({"clip_id": f"{VID}.1.mp4", "text": None})) == (f"{VID}.1.mp4", "")
 
 

@@ -1,0 +1,387 @@
+"""`lfvila-data stats`: the numbers of a build or shard directory, PNG plots of their
+distributions and of the failure reasons, and a self-contained index.html.
+
+A build directory is recognised by `manifest.parquet` with a `clips` column (words are
+counted from the texts, failures read from `failures.parquet`); a shard directory by
+`stats.json` and a manifest with `n_clips`, `duration`, `paragraph_words`, `clip_words`.
+Columns are read with Arrow and words counted by Arrow kernels, so millions of samples
+take seconds; failure reasons are normalised once per distinct reason."""
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .progress import human_bytes
+
+# name: (title, x axis label with unit, what is counted on the y axis, integer values)
+DISTRIBUTIONS = {
+    "clips_per_sample": ("Clips per sample", "clips per sample", "samples", True),
+    "sample_duration_s": ("Sample duration", "sample duration (s)", "samples", False),
+    "words_per_paragraph": ("Words per paragraph", "words per paragraph", "samples", True),
+    "words_per_clip": ("Words per clip", "words per clip", "clips", True),
+}
+SHARD_COLUMNS = ("n_clips", "duration", "paragraph_words", "clip_words")
+TOP_REASONS = 15
+MAX_BINS = 60
+FAILURE_PNG = "failure_reasons.png"
+
+
+class StatsInputError(Exception):
+    """The directory is neither a build nor a shard directory (the CLI exits 2 on it)."""
+
+
+# ---------------------------------------------------------------------------------------
+# numbers
+
+
+def histogram_edges(a: np.ndarray, integer: bool) -> np.ndarray:
+    """One bin per value for small integer ranges, else numpy's 'auto' capped at MAX_BINS
+    (integer data keeps whole-number bins centred on the values)."""
+    lo, hi = float(a.min()), float(a.max())
+    if integer and hi - lo <= MAX_BINS:
+        return np.arange(lo - 0.5, hi + 1.5)
+    edges = np.histogram_bin_edges(a, bins="auto")
+    bins = min(len(edges) - 1, MAX_BINS)
+    if not integer:
+        return edges if len(edges) - 1 == bins else np.histogram_bin_edges(a, bins=bins)
+    width = float(np.ceil((hi - lo + 1) / bins))
+    return np.arange(lo - 0.5, hi + width + 0.5, width)
+
+
+def distribution(values: np.ndarray, integer: bool = False) -> dict:
+    """Summary numbers and a histogram, JSON-ready; count 0 when there are no values."""
+    a = np.asarray(values, dtype=float)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {"count": 0}
+    edges = histogram_edges(a, integer)
+    counts, _ = np.histogram(a, bins=edges)
+    p5, median, p95 = np.percentile(a, [5, 50, 95])
+    return {"count": int(a.size), "mean": float(a.mean()), "median": float(median),
+            "p5": float(p5), "p95": float(p95), "min": float(a.min()), "max": float(a.max()),
+            "histogram": {"edges": [round(float(e), 6) for e in edges],
+                          "counts": [int(c) for c in counts]}}
+
+
+def word_counts(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Whitespace-separated words per string (like str.split()); nulls count 0."""
+    trimmed = pc.utf8_trim_whitespace(texts)
+    n = pc.list_value_length(pc.utf8_split_whitespace(trimmed))
+    n = pc.if_else(pc.equal(trimmed, ""), 0, n)
+    return np.asarray(pc.fill_null(n, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+_PATH = re.compile(r"(?<![\w<>])(?:/[\w.+-]+){2,}/?")
+_CLIP = re.compile(r"\b[A-Za-z0-9_-]+\.\d+\.mp4\b")
+_KEY = re.compile(r"\b[A-Za-z0-9_-]+_\d{5}_\d{5}\b")
+_HEX = re.compile(r"\b(?:0x[0-9a-fA-F]+|(?=[0-9a-f]*\d)[0-9a-f]{8,})\b")
+_ID = re.compile(r"(?<![\w-])[A-Za-z0-9_-]{11}(?![\w-])")
+_QUOTED = re.compile(r"(?<!\w)'[^'\n]{1,200}'(?!\w)")  # not an apostrophe: can't
+_FIELD = re.compile(r"'[a-z_]+'")  # a quoted field name, kept: 'video_id', 'text'
+_NUM = re.compile(r"(?<![\w<.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_KEEP_NUM = re.compile(r"(?:HTTP|HTTP Error|status|status code|code)\s*:?\s*$", re.IGNORECASE)
+
+
+def _looks_like_id(token: str) -> bool:
+    """An 11-character YouTube-style id, not an English word like 'unavailable'."""
+    return any(ch.isdigit() or ch in "-_" for ch in token) or any(ch.isupper() for ch in token[1:])
+
+
+def normalise_reason(reason: str) -> str:
+    """The reason with URLs, paths, ids and numbers taken out, so variants count together.
+
+    HTTP status codes are kept: a 404 and a 429 call for different actions."""
+    s = _URL.sub("<url>", reason)
+    s = _PATH.sub("<path>", s)
+    s = _QUOTED.sub(lambda m: m.group() if _FIELD.fullmatch(m.group()) else "<value>", s)
+    s = _CLIP.sub("<clip>", s)
+    s = _KEY.sub("<key>", s)
+    s = _HEX.sub("<id>", s)
+    s = _ID.sub(lambda m: "<id>" if _looks_like_id(m.group()) else m.group(), s)
+    s = _NUM.sub(lambda m: m.group() if _KEEP_NUM.search(s[max(0, m.start() - 16):m.start()])
+                 else "<n>", s)
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def failure_stats(failures: pd.DataFrame) -> dict:
+    """Failure rows by stage and the most common normalised reasons (with an example)."""
+    if failures.empty:
+        return {"total": 0, "permanent": 0, "by_stage": {}, "top_reasons": []}
+    df = failures.assign(stage=failures["stage"].fillna("unknown"),
+                         reason=failures["reason"].fillna(""))
+    distinct = df.groupby(["stage", "reason"], sort=False).size().rename("count").reset_index()
+    distinct["pattern"] = distinct["reason"].map(normalise_reason)
+    grouped = (distinct.sort_values("count", ascending=False, kind="stable")
+               .groupby(["stage", "pattern"], sort=False)
+               .agg(count=("count", "sum"), example=("reason", "first")).reset_index()
+               .sort_values(["count", "stage", "pattern"], ascending=[False, True, True]))
+    by_stage = df["stage"].value_counts()
+    permanent = int(df["permanent"].fillna(False).astype(bool).sum()) if "permanent" in df else 0
+    return {"total": int(len(df)), "permanent": permanent,
+            "by_stage": {str(k): int(v) for k, v in sorted(by_stage.items())},
+            "top_reasons": [{"stage": r.stage, "reason": r.pattern, "count": int(r.count),
+                             "example": r.example} for r in grouped.head(TOP_REASONS).itertuples()]}
+
+
+def _read_table(fs, path: str, columns: list[str] | None = None) -> pa.Table:
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def _kind(fs, root: str) -> str:
+    """'build' or 'shards', from the files present and the manifest's columns."""
+    manifest = f"{root}/manifest.parquet"
+    if not fs.exists(manifest):
+        raise StatsInputError(f"{root!r} has no manifest.parquet: not a build or shard directory")
+    with fs.open(manifest, "rb") as f:
+        names = set(pq.read_schema(f).names)
+    if fs.exists(f"{root}/stats.json") and set(SHARD_COLUMNS) <= names:
+        return "shards"
+    if "clips" in names:
+        return "build"
+    raise StatsInputError(f"{root}/manifest.parquet has neither a clips column (build) nor "
+                          f"{', '.join(SHARD_COLUMNS)} with stats.json (shards)")
+
+
+def _common(t: pa.Table) -> dict:
+    duration = np.asarray(t["duration"].to_numpy(zero_copy_only=False), dtype=float)
+    out = {"samples": t.num_rows, "videos": len(pc.unique(t["video_id"])),
+           "hours": float(np.nansum(duration)) / 3600}
+    if "bytes" in t.column_names:
+        out["bytes"] = int(pc.sum(t["bytes"]).as_py() or 0)
+    return out
+
+
+def _distributions(n_clips, duration, paragraph_words, clip_words) -> dict:
+    values = {"clips_per_sample": n_clips, "sample_duration_s": duration,
+              "words_per_paragraph": paragraph_words, "words_per_clip": clip_words}
+    return {name: distribution(values[name], DISTRIBUTIONS[name][3]) for name in DISTRIBUTIONS}
+
+
+def _build_stats(fs, root: str) -> dict:
+    cols = ["video_id", "n_clips", "duration", "bytes", "paragraph", "clips"]
+    t = _read_table(fs, f"{root}/manifest.parquet")
+    t = t.select([c for c in cols if c in t.column_names])
+    clips = pc.list_flatten(t["clips"])
+    texts = pc.struct_field(clips, "text") if len(clips) else pa.array([], pa.string())
+    paragraphs = (t["paragraph"] if "paragraph" in t.column_names
+                  else pa.array([" ".join(c["text"] or "" for c in row) for row in t["clips"].to_pylist()]))
+    n_clips = (t["n_clips"] if "n_clips" in t.column_names else pc.list_value_length(t["clips"]))
+    stats = {"kind": "build", **_common(t), "distributions": _distributions(
+        n_clips.to_numpy(zero_copy_only=False), t["duration"].to_numpy(zero_copy_only=False),
+        word_counts(paragraphs), word_counts(texts))}
+    path = f"{root}/failures.parquet"
+    failures = (_read_table(fs, path).to_pandas() if fs.exists(path)
+                else pd.DataFrame(columns=["stage", "reason", "permanent"]))
+    stats["failures"] = failure_stats(failures)
+    return stats
+
+
+def _shard_stats(fs, root: str) -> dict:
+    return shard_table_stats(_read_table(fs, f"{root}/manifest.parquet"))
+
+
+def shard_table_stats(t: pa.Table) -> dict:
+    """Stats of a shard manifest table; `shard` writes these as stats.json."""
+    stats = {"kind": "shards", **_common(t)}
+    if "shard" in t.column_names:
+        stats["shards"] = len(pc.unique(t["shard"]))
+    if "split" in t.column_names:
+        df = t.select([c for c in ("split", "shard", "video_id", "duration")
+                       if c in t.column_names]).to_pandas()
+        stats["splits"] = {str(split): {"samples": int(len(part)),
+                                        "videos": int(part.video_id.nunique()),
+                                        "hours": float(part.duration.sum()) / 3600,
+                                        **({"shards": int(part.shard.nunique())}
+                                           if "shard" in part else {})}
+                           for split, part in sorted(df.groupby("split"))}
+    clip_words = pc.list_flatten(t["clip_words"]).to_numpy(zero_copy_only=False)
+    stats["distributions"] = _distributions(
+        t["n_clips"].to_numpy(zero_copy_only=False), t["duration"].to_numpy(zero_copy_only=False),
+        t["paragraph_words"].to_numpy(zero_copy_only=False), clip_words)
+    return stats
+
+
+def collect_stats(dir: str) -> dict:
+    """The numbers of a build or shard directory, JSON-ready, for the summary and report."""
+    fs, root = fsspec.core.url_to_fs(dir.rstrip("/"))
+    kind = _kind(fs, root)
+    stats = _build_stats(fs, root) if kind == "build" else _shard_stats(fs, root)
+    return {"dir": dir, **stats}
+
+
+# ---------------------------------------------------------------------------------------
+# plots and the page
+
+
+def _figure(width: float, height: float):
+    """A figure on the Agg canvas, without pyplot's global state (safe in threads)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}"
+
+
+def plot_distribution(name: str, dist: dict, path: Path) -> None:
+    """A histogram with mean and median marked, labelled with the unit of its axis."""
+    title, xlabel, counted, _ = DISTRIBUTIONS[name]
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    edges, counts = dist["histogram"]["edges"], dist["histogram"]["counts"]
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4C72B0",
+           edgecolor="white", linewidth=0.5)
+    ax.axvline(dist["mean"], color="#C44E52", linestyle="--", label=f"mean {_num(dist['mean'])}")
+    ax.axvline(dist["median"], color="#55A868", linestyle=":", linewidth=2,
+               label=f"median {_num(dist['median'])}")
+    ax.set_title(f"{title} ({dist['count']:,} {counted})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{counted} (count)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def _short(text: str, n: int = 70) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def plot_failures(failures: dict, path: Path) -> None:
+    """The top reasons as horizontal bars coloured by stage, the largest on top."""
+    top = failures["top_reasons"]
+    stages = sorted({r["stage"] for r in top})
+    colours = dict(zip(stages, ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3",
+                                "#937860", "#DA8BC3", "#8C8C8C"] * 4))
+    fig = _figure(10, 1.6 + 0.42 * len(top))
+    ax = fig.add_subplot()
+    y = np.arange(len(top))[::-1]
+    ax.barh(y, [r["count"] for r in top], color=[colours[r["stage"]] for r in top])
+    ax.set_yticks(y, [_short(r["reason"]) for r in top], fontsize=8)
+    from matplotlib.patches import Patch
+    handles = [Patch(color=colours[st], label=f"{st} ({failures['by_stage'].get(st, 0):,} in all)")
+               for st in stages]
+    ax.set_title(f"Top {len(top)} failure reasons by stage ({failures['total']:,} failures)")
+    ax.set_xlabel("failures (rows in failures.parquet)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(handles=handles, title="stage", frameon=False, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:left}th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee;margin:0.5em 0}code{font-size:90%}"""
+
+
+def _table(header: list[str], rows: list[list[object]], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(
+        f"<td{' class=n' if i in numeric else ''}>{html.escape(str(v))}</td>"
+        for i, v in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(stats: dict, images: dict[str, str]) -> str:
+    """A page with no external resources: tables inline, plots as relative <img> links."""
+    parts = [f"<h1>lfvila {html.escape(stats['kind'])} report</h1>",
+             f"<p><code>{html.escape(str(stats['dir']))}</code></p>",
+             "<h2>Summary</h2>", _table(["", "value"], [list(r) for r in render_summary(stats)])]
+    rows = [[DISTRIBUTIONS[n][0], d["count"], *(_num(d[k]) for k in
+             ("mean", "median", "p5", "p95", "min", "max"))]
+            for n, d in stats["distributions"].items() if d["count"]]
+    parts += ["<h2>Distributions</h2>",
+              _table(["", "count", "mean", "median", "p5", "p95", "min", "max"], rows,
+                     set(range(1, 8)))]
+    for name, img in images.items():
+        if name in DISTRIBUTIONS:
+            parts.append(f'<img src="{html.escape(img)}" alt="{html.escape(DISTRIBUTIONS[name][0])}">')
+    if "failures" in stats:
+        parts += _failures_html(stats["failures"], images.get("failures"))
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>lfvila report</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def _failures_html(f: dict, image: str | None) -> list[str]:
+    parts = ["<h2>Failures</h2>"]
+    if not f["total"]:
+        return parts + ["<p>No failures.</p>"]
+    parts.append(_table(["stage", "failures"], [[k, f"{v:,}"] for k, v in f["by_stage"].items()], {1}))
+    if image:
+        parts.append(f'<img src="{html.escape(image)}" alt="failure reasons by stage">')
+    parts += [f"<h3>Top {len(f['top_reasons'])} failure reasons</h3>",
+              _table(["count", "stage", "reason (numbers, URLs and ids taken out)", "example"],
+                     [[f"{r['count']:,}", r["stage"], r["reason"], r["example"]]
+                      for r in f["top_reasons"]], {0})]
+    return parts
+
+
+def write_report(dir: str, out_dir: str | None = None) -> dict:
+    """Write the plots, index.html and report.json (default DIR/report/); returns the stats."""
+    stats = collect_stats(dir)
+    out = Path(out_dir) if out_dir else Path(dir.rstrip("/")) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    images: dict[str, str] = {}
+    for name, dist in stats["distributions"].items():
+        if dist["count"]:
+            plot_distribution(name, dist, out / f"{name}.png")
+            images[name] = f"{name}.png"
+    if stats.get("failures", {}).get("total"):
+        plot_failures(stats["failures"], out / FAILURE_PNG)
+        images["failures"] = FAILURE_PNG
+    stats["report"] = str(out / "index.html")
+    stats["images"] = images
+    (out / "index.html").write_text(render_html(stats, images), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
+    return stats
+
+
+def _dist_line(d: dict) -> str:
+    if not d["count"]:
+        return "none"
+    return (f"mean {_num(d['mean'])}, median {_num(d['median'])}, "
+            f"p5-p95 {_num(d['p5'])}-{_num(d['p95'])}, max {_num(d['max'])}")
+
+
+def render_summary(stats: dict) -> list[tuple[str, str]]:
+    """Rows for the CLI's two-column summary table (progress.print_summary)."""
+    rows = [("directory", str(stats["dir"])),
+            ("kind", "build directory" if stats["kind"] == "build" else "shard directory"),
+            ("samples", f"{stats['samples']:,}"), ("videos", f"{stats['videos']:,}"),
+            ("hours", f"{stats['hours']:,.2f}")]
+    if "bytes" in stats:
+        rows.append(("sample video bytes", human_bytes(stats["bytes"])))
+    if "shards" in stats:
+        rows.append(("shards", f"{stats['shards']:,}"))
+    for split, s in stats.get("splits", {}).items():
+        rows.append((f"split {split}", f"{s['samples']:,} samples, {s['videos']:,} videos, "
+                                       f"{s['hours']:,.2f} h"))
+    for name, d in stats["distributions"].items():
+        rows.append((DISTRIBUTIONS[name][1], _dist_line(d)))
+    if "failures" in stats:
+        f = stats["failures"]
+        stages = ", ".join(f"{k} {v:,}" for k, v in f["by_stage"].items())
+        rows.append(("failures", f"{f['total']:,}" + (f" ({stages})" if stages else "")))
+        if f["top_reasons"]:
+            r = f["top_reasons"][0]
+            rows.append(("top failure reason", f"[{r['stage']}] {_short(r['reason'], 60)} "
+                                               f"({r['count']:,})"))
+    if "report" in stats:
+        rows.append(("report", stats["report"]))
+    return rows

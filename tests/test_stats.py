@@ -1,0 +1,203 @@
+"""Stats of hand-made build and shard directories: exact numbers, real PNG plots, and an
+index.html that links every plot and needs nothing from outside."""
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lfvila_data.stats import (StatsInputError, collect_stats, distribution, failure_stats,
+                               normalise_reason, render_summary, write_report)
+from lfvila_data.write import FAILURE_SCHEMA, MANIFEST_SCHEMA
+from tests.test_verify import standard_layout, write_shard_dir
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def manifest_row(video_id: str, first: int, texts: list[str], duration: float) -> dict:
+    key = f"{video_id}_{first:05d}_{first + len(texts) - 1:05d}"
+    step = duration / len(texts)
+    clips = [{"clip_id": f"{video_id}.{first + i}.mp4", "start": 50 + i * step,
+              "end": 50 + (i + 1) * step, "text": t} for i, t in enumerate(texts)]
+    return {"key": key, "video_id": video_id, "url": f"https://example.com/{video_id}",
+            "source": "hdvila", "start": 50.0, "end": 50.0 + duration, "n_clips": len(texts),
+            "clips": clips, "paragraph": " ".join(texts), "video": f"videos/{video_id[:2]}/{key}.mp4",
+            "fps": 3.0, "width": 320, "height": 240, "duration": duration,
+            "frames": int(duration * 3), "bytes": 1000}
+
+
+FAILURES = [  # (stage, reason); the two probe rows and two text rows must count together
+    ("probe", "clip span 1.000-2.000 s is beyond the end of the video data at 0.900 s"),
+    ("probe", "clip span 13.500-20.250 s is beyond the end of the video data at 12.000 s"),
+    ("download", "HTTP Error 404: Not Found"),
+    ("download", "HTTP Error 429: Too Many Requests (after 3 attempts)"),
+    ("text", "no text for clip"),
+    ("text", "no text for clip"),
+    ("text", "no text for clip"),
+    ("cut", "ffmpeg could not cut 1.000-2.000: [h264 @ 0x55d5a0] error while decoding"),
+]
+
+
+@pytest.fixture
+def build_dir(tmp_path) -> Path:
+    rows = [manifest_row("vidAAAAAAA1", 1, ["a b", "c", "d e f", "g"], 10.0),
+            manifest_row("vidAAAAAAA1", 9, ["one two three"] * 5, 20.0),
+            manifest_row("vidBBBBBBB2", 1, [" x "] * 4, 30.0)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp_path / "manifest.parquet")
+    fails = [{"video_id": "vidCCCCCCC3", "clip_id": None, "key": None, "stage": s, "reason": r,
+              "permanent": s != "download"} for s, r in FAILURES]
+    pq.write_table(pa.Table.from_pylist(fails, schema=FAILURE_SCHEMA), tmp_path / "failures.parquet")
+    return tmp_path
+
+
+@pytest.fixture
+def shard_dir(tmp_path) -> Path:
+    fake = {2: b"\0" * 100, 3: b"\0" * 150}  # stats never reads the videos
+    root = tmp_path / "shards"
+    write_shard_dir(root, standard_layout(fake))
+    return root
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_real_plot(path: Path) -> None:
+    """A PNG of sensible size with more than a blank canvas drawn on it."""
+    width, height = png_size(path)
+    assert width >= 400 and height >= 250
+    assert path.stat().st_size > 8000
+    import matplotlib.image as mpimg
+    pixels = mpimg.imread(path)[..., :3].reshape(-1, 3)
+    rgb = (pixels * 255).astype(np.int32) @ np.array([1 << 16, 1 << 8, 1])
+    assert len(np.unique(rgb)) > 20
+    assert (pixels.min(axis=1) < 0.9).mean() > 0.01  # a visible share of non-white pixels
+
+
+def test_build_numbers(build_dir):
+    s = collect_stats(str(build_dir))
+    assert s["kind"] == "build"
+    assert (s["samples"], s["videos"], s["bytes"]) == (3, 2, 3000)
+    assert s["hours"] == pytest.approx(60 / 3600)
+    d = s["distributions"]
+    assert d["clips_per_sample"] | {"histogram": None} == {
+        "count": 3, "mean": pytest.approx(13 / 3), "median": 4.0, "p5": pytest.approx(4.0),
+        "p95": pytest.approx(4.9), "min": 4.0, "max": 5.0, "histogram": None}
+    assert d["clips_per_sample"]["histogram"] == {"edges": [3.5, 4.5, 5.5], "counts": [2, 1]}
+    assert (d["sample_duration_s"]["mean"], d["sample_duration_s"]["median"]) == (20.0, 20.0)
+    assert (d["words_per_paragraph"]["count"], d["words_per_paragraph"]["mean"],
+            d["words_per_paragraph"]["median"]) == (3, 26 / 3, 7.0)
+    assert (d["words_per_clip"]["count"], d["words_per_clip"]["mean"],
+            d["words_per_clip"]["max"]) == (13, 2.0, 3.0)
+    assert sum(d["words_per_clip"]["histogram"]["counts"]) == 13
+
+
+def test_build_failures(build_dir):
+    f = collect_stats(str(build_dir))["failures"]
+    assert (f["total"], f["permanent"]) == (8, 6)
+    assert f["by_stage"] == {"cut": 1, "download": 2, "probe": 2, "text": 3}
+    top = [(r["stage"], r["reason"], r["count"]) for r in f["top_reasons"]]
+    assert top[0] == ("text", "no text for clip", 3)
+    assert top[1] == ("probe", "clip span <n>-<n> s is beyond the end of the video data at <n> s", 2)
+    assert ("download", "HTTP Error 404: Not Found", 1) in top  # status codes stay apart
+    assert ("download", "HTTP Error 429: Too Many Requests (after <n> attempts)", 1) in top
+    assert len(top) == 5
+
+
+def test_top_reasons_are_capped_at_15():
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+             "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec"]
+    df = pd.DataFrame({"stage": "metadata", "permanent": True,
+                       "reason": [f"bad {w}" for i, w in enumerate(words) for _ in range(i + 1)]})
+    f = failure_stats(df)
+    assert len(f["top_reasons"]) == 15
+    assert f["top_reasons"][0] == {"stage": "metadata", "reason": "bad quebec", "count": 17,
+                                   "example": "bad quebec"}
+
+
+@pytest.mark.parametrize("reason, pattern", [
+    ("download of https://www.youtube.com/watch?v=QMi8x8o55Ns failed", "download of <url> failed"),
+    ("ERROR: [youtube] QMi8x8o55Ns: Video unavailable", "ERROR: [youtube] <id>: Video unavailable"),
+    ("not a readable media file: /tmp/a/b/x.mp4: Invalid data", "not a readable media file: <path>: Invalid data"),
+    ("cut QMi8x8o55Ns_00001_00004 produced no frames", "cut <key> produced no frames"),
+    ("duplicate clip number k=3", "duplicate clip number k=<n>"),
+    ("clip QMi8x8o55Ns.12.mp4 has no text", "clip <clip> has no text"),
+    ("unsafe 'video_id' 'a/../b'", "unsafe 'video_id' <value>"),
+])
+def test_normalise_reason(reason, pattern):
+    assert normalise_reason(reason) == pattern
+
+
+def test_shard_numbers(shard_dir):
+    s = collect_stats(str(shard_dir))
+    assert s["kind"] == "shards"
+    assert (s["samples"], s["videos"], s["shards"], s["bytes"]) == (4, 3, 3, 500)
+    assert s["hours"] == pytest.approx(10 / 3600)
+    assert s["splits"]["train"] | {"hours": 0} == {"samples": 3, "videos": 2, "shards": 2, "hours": 0}
+    assert s["splits"]["val"]["samples"] == 1
+    d = s["distributions"]
+    assert (d["clips_per_sample"]["mean"], d["clips_per_sample"]["median"]) == (4.25, 4.0)
+    assert (d["sample_duration_s"]["mean"], d["sample_duration_s"]["min"]) == (2.5, 2.0)
+    assert (d["words_per_paragraph"]["mean"], d["words_per_paragraph"]["max"]) == (7.25, 8.0)
+    assert d["words_per_clip"]["count"] == 17
+    assert d["words_per_clip"]["mean"] == pytest.approx(29 / 17)
+    assert "failures" not in s
+
+
+def test_build_report_files(build_dir):
+    stats = write_report(str(build_dir))
+    out = build_dir / "report"
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["clips_per_sample.png", "failure_reasons.png", "sample_duration_s.png",
+                    "words_per_clip.png", "words_per_paragraph.png"]
+    for name in pngs:
+        assert_real_plot(out / name)
+    page = (out / "index.html").read_text()
+    for name in pngs:
+        assert f'src="{name}"' in page
+    assert not re.search(r"<script|<link|https?://(?!example)", page)  # self-contained
+    assert "no text for clip" in page and "Top 5 failure reasons" in page
+    assert json.loads((out / "report.json").read_text())["samples"] == 3
+    assert stats["report"] == str(out / "index.html")
+
+
+def test_shard_report_to_chosen_dir(shard_dir, tmp_path):
+    out = tmp_path / "elsewhere"
+    write_report(str(shard_dir), str(out))
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert len(pngs) == 4 and "failure_reasons.png" not in pngs
+    page = (out / "index.html").read_text()
+    assert all(f'src="{n}"' in page for n in pngs)
+    assert_real_plot(out / "sample_duration_s.png")
+
+
+def test_render_summary(build_dir, shard_dir):
+    rows = dict(render_summary(collect_stats(str(build_dir))))
+    assert rows["samples"] == "3" and rows["videos"] == "2"
+    assert rows["failures"] == "8 (cut 1, download 2, probe 2, text 3)"
+    assert rows["top failure reason"].startswith("[text] no text for clip (3)")
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in rows.items())
+    rows = dict(render_summary(collect_stats(str(shard_dir))))
+    assert rows["shards"] == "3" and rows["split val"].startswith("1 samples")
+
+
+def test_not_a_stats_dir(tmp_path):
+    with pytest.raises(StatsInputError):
+        collect_stats(str(tmp_path))
+
+
+def test_distribution_of_nothing_and_of_wide_integers():
+    assert distribution(np.array([]), True) == {"count": 0}
+    d = distribution(np.arange(1, 1001), True)
+    edges = d["histogram"]["edges"]
+    assert len(edges) - 1 <= 60 and sum(d["histogram"]["counts"]) == 1000
+    assert edges[0] == 0.5 and edges[-1] >= 1000.5
