@@ -1,4 +1,5 @@
-"""Ray job entry point for `lfvila-data build` driven by a YAML config.
+"""Ray job entry point for `lfvila-data build` (or `shard`, with `command: shard` in the
+config) driven by a YAML config.
 
     ray job submit --address http://HEAD:8265 --working-dir . \\
         --runtime-env pipelines/runtime_env.yaml -- \\
@@ -22,8 +23,9 @@ DEFAULT_TRUE = {"sections"}  # boolean options whose off switch is --no-<name>
 
 
 def config_to_args(cfg: dict) -> list[str]:
-    """Turn {option: value} into `build` arguments."""
-    args = ["build"]
+    """Turn {option: value} into `build` (or `command`) arguments."""
+    cfg = dict(cfg)
+    args = [cfg.pop("command", "build")]
     for key, value in cfg.items():
         flag = "--" + key.replace("_", "-")
         if value is None:

@@ -19,18 +19,14 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 from build_hdvila import config_to_args  # noqa: E402
 
 
-def build_options() -> set[str]:
-    cmd = typer.main.get_command(app).commands["build"]
-    return {p.name for p in cmd.params}
-
-
 @pytest.mark.parametrize("path", sorted((ROOT / "pipelines" / "configs").glob("*.yaml")))
 def test_shipped_configs_use_real_options(path):
     cfg = yaml.safe_load(path.read_text())
-    unknown = {k.replace("-", "_") for k in cfg} - build_options()
+    name = cfg.pop("command", "build")
+    cmd = typer.main.get_command(app).commands[name]
+    unknown = {k.replace("-", "_") for k in cfg} - {p.name for p in cmd.params}
     assert not unknown, f"{path.name}: unknown options {unknown}"
-    cmd = typer.main.get_command(app).commands["build"]
-    ctx = cmd.make_context("build", config_to_args(cfg)[1:])  # parses: types and flags valid
+    ctx = cmd.make_context(name, config_to_args(cfg)[1:])  # parses: types and flags valid
     assert ctx.params["output"] == cfg["output"]
 
 
