@@ -138,59 +138,101 @@ def _scan_packets(path: Path, index: int, timeout: float) -> tuple[float, tuple[
     return start, last, count
 
 
-def cut_command(src: Path, dst: Path, start: float, end: float, cfg: CutConfig,
-                with_audio: bool) -> list[str]:
-    """The ffmpeg argument list for one sample (no shell involved)."""
+@dataclass(frozen=True)
+class Span:
+    """One output of a cut: source time [start, end) into `dst`."""
+
+    start: float
+    end: float
+    dst: Path
+
+
+def cut_command(src: Path, spans: list[Span], cfg: CutConfig, with_audio: bool) -> list[str]:
+    """The ffmpeg argument list (no shell involved) that cuts every span of `src` in one
+    decode pass: a single seek before the first span, `split` to one trim per output.
+    Stream copy (`cfg.copy`) takes exactly one span."""
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *INPUT_GUARD,
            "-seek_timestamp", "1"]
+    tail = ["-sn", "-dn", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4"]
     if cfg.copy:
+        if len(spans) != 1:
+            raise ValueError("stream copy cuts one span per process")
+        (s,) = spans
         # stream copy starts at the keyframe at or before `start`: fast, not frame exact
-        cmd += ["-ss", f"{start:.6f}", "-i", str(src), "-t", f"{end - start:.6f}",
-                "-map", "0:v:0", *(["-map", "0:a:0"] if with_audio else ["-an"]),
-                "-c", "copy"]
-    else:
-        vf = (f"trim=start={start:.6f}:end={end:.6f},setpts=PTS-STARTPTS,"
-              f"fps={cfg.fps:g},scale=-2:{cfg.height}:flags=bicubic,setsar=1,format=yuv420p")
-        # -threads before -i sets the decoder's threads (nearly all of the cost), after
-        # it the encoder's: a cut uses the CPUs Ray gave it, no more
-        cmd += ["-ss", f"{max(0.0, start - PREROLL):.6f}", "-noaccurate_seek", "-copyts",
-                "-threads", str(cfg.threads), "-i", str(src), "-map", "0:v:0", "-vf", vf,
-                "-filter_threads", str(max(1, cfg.threads)),
-                "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf),
+        return cmd + ["-ss", f"{s.start:.6f}", "-i", str(src), "-t", f"{s.end - s.start:.6f}",
+                      "-map", "0:v:0", *(["-map", "0:a:0"] if with_audio else ["-an"]),
+                      "-c", "copy", *tail, str(s.dst)]
+    n = len(spans)
+    graph = [f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n))]
+    graph += [f"[s{i}]trim=start={s.start:.6f}:end={s.end:.6f},setpts=PTS-STARTPTS,"
+              f"fps={cfg.fps:g},scale=-2:{cfg.height}:flags=bicubic,setsar=1,format=yuv420p[v{i}]"
+              for i, s in enumerate(spans)]
+    if with_audio:
+        graph += [f"[0:a:0]asplit={n}" + "".join(f"[r{i}]" for i in range(n))]
+        graph += [f"[r{i}]atrim=start={s.start:.6f}:end={s.end:.6f},asetpts=PTS-STARTPTS[a{i}]"
+                  for i, s in enumerate(spans)]
+    # -threads before -i sets the decoder's threads (nearly all of the cost), after an
+    # output the encoder's: a cut uses the CPUs Ray gave it, no more
+    cmd += ["-ss", f"{max(0.0, min(s.start for s in spans) - PREROLL):.6f}", "-noaccurate_seek",
+            "-copyts", "-threads", str(cfg.threads), "-i", str(src),
+            "-filter_complex", ";".join(graph), "-filter_threads", str(max(1, cfg.threads))]
+    for i, s in enumerate(spans):
+        cmd += ["-map", f"[v{i}]", "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf),
                 "-g", str(max(1, round(cfg.fps * 2))), "-threads", str(cfg.threads)]
-        if with_audio:
-            cmd += ["-map", "0:a:0",
-                    "-af", f"atrim=start={start:.6f}:end={end:.6f},asetpts=PTS-STARTPTS",
-                    "-c:a", "aac", "-b:a", "96k"]
-        else:
-            cmd += ["-an"]
-    cmd += ["-sn", "-dn", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(dst)]
+        cmd += (["-map", f"[a{i}]", "-c:a", "aac", "-b:a", "96k"] if with_audio else ["-an"])
+        # an output whose trim has ended must not be padded while the others go on: the
+        # fps filter would repeat its last frame until the whole graph ends
+        cmd += ["-t", f"{s.end - s.start:.6f}", *tail, str(s.dst)]
     return cmd
+
+
+def cut_spans(src: Path, spans: list[Span], cfg: CutConfig,
+              source: Probe | None = None) -> list[Probe | MediaError]:
+    """Cut several spans of one file in one ffmpeg run; a probe or an error per span.
+
+    Each output is written under a temporary name and renamed, so a killed job never
+    leaves a partial file."""
+    source = source or probe(src)
+    results: list[Probe | MediaError | None] = [None] * len(spans)
+    todo: list[int] = []
+    for i, s in enumerate(spans):
+        if s.start >= source.end or s.end <= source.start:
+            results[i] = MediaError(f"span {s.start:.3f}-{s.end:.3f} s is outside the media "
+                                    f"({source.start:.3f}-{source.end:.3f} s)")
+        else:
+            todo.append(i)
+    groups = [[i] for i in todo] if cfg.copy else ([todo] if todo else [])
+    with_audio = cfg.audio and source.has_audio
+    for group in groups:
+        tmps = [Span(spans[i].start, spans[i].end, spans[i].dst.with_name(spans[i].dst.name + ".part"))
+                for i in group]
+        for t in tmps:
+            t.dst.parent.mkdir(parents=True, exist_ok=True)
+        res = _run(cut_command(src, tmps, cfg, with_audio), cfg.timeout * len(group))
+        for i, t in zip(group, tmps):
+            results[i] = _finish(t, spans[i].dst, res)
+    return results  # type: ignore[return-value]
+
+
+def _finish(tmp: Span, dst: Path, res: subprocess.CompletedProcess) -> Probe | MediaError:
+    """Check one output of a cut and move it into place."""
+    where = f"{tmp.start:.3f}-{tmp.end:.3f}"
+    if res.returncode != 0:
+        tmp.dst.unlink(missing_ok=True)
+        return MediaError(f"ffmpeg could not cut {where}: {_last_line(res.stderr)}")
+    try:
+        out = probe(tmp.dst)
+    except MediaError as e:
+        tmp.dst.unlink(missing_ok=True)
+        return MediaError(f"cut {where} produced no usable video: {e}")
+    tmp.dst.replace(dst)
+    return out
 
 
 def cut_sample(src: Path, dst: Path, start: float, end: float, cfg: CutConfig,
                source: Probe | None = None) -> Probe:
-    """Cut [start, end) of `src` (source time) into `dst`; returns the output's probe.
-
-    Writes `dst` through a temporary name so a killed job never leaves a partial file."""
-    source = source or probe(src)
-    if start >= source.end or end <= source.start:
-        raise MediaError(f"span {start:.3f}-{end:.3f} s is outside the media "
-                         f"({source.start:.3f}-{source.end:.3f} s)")
-    with_audio = cfg.audio and source.has_audio
-    tmp = dst.with_name(dst.name + ".part")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    res = _run(cut_command(src, tmp, start, end, cfg, with_audio), cfg.timeout)
-    if res.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise MediaError(f"ffmpeg could not cut {start:.3f}-{end:.3f}: {_last_line(res.stderr)}")
-    try:
-        out = probe(tmp)
-    except MediaError as e:
-        tmp.unlink(missing_ok=True)
-        raise MediaError(f"cut produced no usable video: {e}") from e
-    if not out.nb_frames:
-        tmp.unlink(missing_ok=True)
-        raise MediaError(f"cut {start:.3f}-{end:.3f} produced no frames")
-    tmp.replace(dst)
-    return out
+    """Cut [start, end) of `src` (source time) into `dst`; returns the output's probe."""
+    (result,) = cut_spans(src, [Span(start, end, dst)], cfg, source)
+    if isinstance(result, MediaError):
+        raise result
+    return result

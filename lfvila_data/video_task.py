@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .cut import CutConfig, MediaError, Probe, cut_sample, probe
+from .cut import CutConfig, MediaError, Probe, Span, cut_spans, probe
 from .fetch import FetchConfig, Fetched, FetchError, Fetcher, Section
 from .records import Failure, PlannedSample, Stage, sample_key
 from .write import DONE, FAILED, RETRY, OutputDir, VideoResult
@@ -141,55 +141,77 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
 
 def _cut_all(job: VideoJob, fetched: Fetched, out: OutputDir, ctx: TaskContext,
              rows: list[dict], failures: list[Failure], downloads: dict[str, int]) -> None:
-    probes: dict[str, Probe | MediaError] = {}
-    todo = [s for s in job.samples if s.key not in {r["key"] for r in rows}]
+    done = {r["key"] for r in rows}
+    todo = [s for s in job.samples if s.key not in done]
     share = _byte_shares(fetched, todo)
+    by_section: dict[Section, list[PlannedSample]] = {}
     for sample in todo:
         section = next((sec for sec in fetched.sections
                         if sec.covers(sample.start, sample.end)), None)
         if section is None:  # cannot happen with sections made from these samples
             raise AssertionError(f"no downloaded section covers {sample.key}")
-        if section.path not in probes:
-            try:
-                probes[section.path] = probe(Path(section.path))
-            except MediaError as e:
-                probes[section.path] = e
-        media = probes[section.path]
-        if isinstance(media, MediaError):
-            where = ("" if fetched.local else
-                     f"downloaded section {section.start:.3f}-{section.end:.3f} s: ")
-            failures.append(Failure(job.video_id, None, Stage.PROBE.value,
-                                    f"{where}{media} (corrupt file, or the video ends before "
-                                    f"{sample.start:.3f} s)", True, key=sample.key))
-            continue
-        fitted, fails = fit_to_media(sample, media.end, ctx.min_clips)
-        failures.extend(fails)
-        if fitted is None:
-            continue
-        rel = out.video_rel(fitted.video_id, fitted.key)
+        by_section.setdefault(section, []).append(sample)
+    for section, samples in by_section.items():
         try:
-            row = _cut_one(Path(section.path), fitted, rel, media, out, ctx)
+            media = probe(Path(section.path))
         except MediaError as e:
-            failures.append(Failure(job.video_id, None, Stage.CUT.value, str(e), True,
-                                    key=fitted.key))
+            where = "" if fetched.local else f"downloaded section {section.start:.3f}-{section.end:.3f} s: "
+            failures.extend(Failure(job.video_id, None, Stage.PROBE.value,
+                                    f"{where}{e} (corrupt file, or the video ends before "
+                                    f"{s.start:.3f} s)", True, key=s.key) for s in samples)
             continue
-        rows.append(row)
-        downloads[fitted.key] = share.get(sample.key, 0)
+        fitted = []
+        for sample in samples:
+            fit, fails = fit_to_media(sample, media.end, ctx.min_clips)
+            failures.extend(fails)
+            if fit is not None:
+                fitted.append((sample.key, fit))
+        for group in adjacent_groups(fitted):
+            for planned_key, fit, result in _cut_group(Path(section.path), group, media, out, ctx):
+                if isinstance(result, MediaError):
+                    failures.append(Failure(job.video_id, None, Stage.CUT.value, str(result),
+                                            True, key=fit.key))
+                else:
+                    rows.append(result)
+                    downloads[fit.key] = share.get(planned_key, 0)
 
 
-def _cut_one(src: Path, sample: PlannedSample, rel: str, media: Probe, out: OutputDir,
-             ctx: TaskContext) -> dict:
-    end = min(sample.end, media.end)
-    if out.is_local:
-        dst = out.local_path(rel)
-        res = cut_sample(src, dst, sample.start, end, ctx.cut, media)
-        return manifest_row(sample, rel, res, dst.stat().st_size, ctx.source)
-    with tempfile.TemporaryDirectory(dir=ctx.scratch()) as tmp:
-        dst = Path(tmp) / "v.mp4"
-        res = cut_sample(src, dst, sample.start, end, ctx.cut, media)
-        size = dst.stat().st_size
-        out.put_file(dst, rel)
-        return manifest_row(sample, rel, res, size, ctx.source)
+GROUP_GAP = 5.0   # samples closer than this share one decode pass (cheaper than a re-seek)
+GROUP_MAX = 8     # outputs per ffmpeg run
+
+
+def adjacent_groups(samples: list[tuple[str, PlannedSample]]) -> list[list[tuple[str, PlannedSample]]]:
+    """Runs of (planned key, sample), in time order, close enough to cut in one pass."""
+    groups: list[list[tuple[str, PlannedSample]]] = []
+    for item in sorted(samples, key=lambda kv: kv[1].start):
+        if groups and len(groups[-1]) < GROUP_MAX and \
+                item[1].start - groups[-1][-1][1].end <= GROUP_GAP:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _cut_group(src: Path, group: list[tuple[str, PlannedSample]], media: Probe, out: OutputDir,
+               ctx: TaskContext) -> list[tuple[str, PlannedSample, dict | MediaError]]:
+    """Cut a group of samples from one file; a manifest row or an error per sample."""
+    rels = [out.video_rel(fit.video_id, fit.key) for _, fit in group]
+    scratch = ctx.scratch()
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        dsts = [out.local_path(rel) if out.is_local else Path(tmp) / f"{i}.mp4"
+                for i, rel in enumerate(rels)]
+        spans = [Span(fit.start, min(fit.end, media.end), dst) for (_, fit), dst in zip(group, dsts)]
+        done = []
+        for (key, fit), rel, dst, res in zip(group, rels, dsts, cut_spans(src, spans, ctx.cut, media)):
+            if isinstance(res, MediaError):
+                done.append((key, fit, res))
+                continue
+            size = dst.stat().st_size
+            if not out.is_local:
+                out.put_file(dst, rel)
+            done.append((key, fit, manifest_row(fit, rel, res, size, ctx.source)))
+        return done
 
 
 def _byte_shares(fetched: Fetched, samples: list[PlannedSample]) -> dict[str, int]:

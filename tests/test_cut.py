@@ -148,3 +148,17 @@ def test_no_partial_file_on_failure(media, tmp_path):
     with pytest.raises(MediaError):
         cut_sample(media["h264"], dst, 100, 110, CutConfig())
     assert not dst.exists() and not os.listdir(tmp_path)
+
+
+def test_adjacent_spans_cut_in_one_pass(media, tmp_path):
+    from lfvila_data.cut import Span, cut_command, cut_spans
+    spans = [Span(1.0, 9.5, tmp_path / "a.mp4"), Span(10.0, 17.3, tmp_path / "b.mp4"),
+             Span(17.3, 25.0, tmp_path / "c.mp4")]
+    cmd = cut_command(media["h264"], spans, CutConfig(audio=True), with_audio=True)
+    assert cmd.count("-i") == 1 and cmd.count("-ss") == 1  # one input, one seek, one decode
+    results = cut_spans(media["h264"], spans + [Span(45, 50, tmp_path / "d.mp4")], CutConfig(audio=True))
+    for span, out in zip(spans, results):
+        assert not isinstance(out, Exception) and out.has_audio
+        assert_boundaries(span.dst, span.start, span.end)
+    assert isinstance(results[3], MediaError) and "outside the media" in str(results[3])
+    assert not list(tmp_path.glob("*.part"))
