@@ -1,0 +1,94 @@
+"""LF-VILA text encoder: BERT split into a per-sentence part and a paragraph part.
+
+Layers [0, split) encode every sentence alone (its [CLS] is the sentence feature);
+layers [split, split + paragraph_layers) encode all sentences' tokens together, with a
+learned sentence-index embedding and a prepended paragraph token that starts as the mean
+of the sentence [CLS] tokens (its output is the paragraph feature).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig, BertModel
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Numbers of the text encoder; ``bert`` holds BertConfig keyword arguments."""
+
+    bert: dict = field(default_factory=dict)  # e.g. hidden_size, num_attention_heads, ...
+    pretrained: str | None = None  # name or local path for BertModel.from_pretrained
+    split: int = 8
+    paragraph_layers: int = 4
+    max_sentences: int = 16
+    proj_dim: int = 1024
+
+
+def _extended_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """B×L 0/1 → B×1×1×L additive mask, usable by eager and SDPA BERT attention."""
+    # -1e4, not finfo.min: an all-padding sentence must not become -inf (NaN) in fp16.
+    return (1.0 - mask[:, None, None, :].to(dtype)) * -1e4
+
+
+def _run(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    out = layer(hidden, attention_mask=mask)
+    return out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple
+
+
+class TextEncoder(nn.Module):
+    """Token ids B×m×L → sentence features B×m×D and a paragraph feature B×D (L2-normalised)."""
+
+    def __init__(self, cfg: TextEncoderConfig, bert: BertModel | None = None):
+        super().__init__()
+        self.cfg = cfg
+        used = cfg.split + cfg.paragraph_layers
+        if bert is None:
+            if cfg.pretrained:
+                bert = BertModel.from_pretrained(cfg.pretrained, add_pooling_layer=False)
+            else:  # only the stage-1 layers are built
+                bert = BertModel(BertConfig(**{**cfg.bert, "num_hidden_layers": used}), add_pooling_layer=False)
+        if len(bert.encoder.layer) < used:
+            raise ValueError(f"BERT has {len(bert.encoder.layer)} layers, {used} are needed")
+        # Stage 1 uses only the first `used` layers; drop the rest so DDP sees no unused params.
+        bert.encoder.layer = bert.encoder.layer[:used]
+        self.bert = bert
+        hidden = bert.config.hidden_size
+        self.sentence_index = nn.Embedding(cfg.max_sentences, hidden)
+        nn.init.normal_(self.sentence_index.weight, std=bert.config.initializer_range)
+        self.sentence_proj = nn.Linear(hidden, cfg.proj_dim)
+        self.paragraph_proj = nn.Linear(hidden, cfg.proj_dim)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unprojected sentence [CLS] (B×m×H) and paragraph token (B×H)."""
+        b, m, length = input_ids.shape
+        if m > self.cfg.max_sentences:
+            raise ValueError(f"{m} sentences > max_sentences={self.cfg.max_sentences}")
+        layers = self.bert.encoder.layer
+        hidden = self.bert.embeddings(input_ids=input_ids.reshape(b * m, length))
+        sent_mask = attention_mask.reshape(b * m, length)
+        ext = _extended_mask(sent_mask, hidden.dtype)
+        for layer in layers[: self.cfg.split]:
+            hidden = _run(layer, hidden, ext)
+        hidden = hidden.view(b, m, length, -1)
+        cls = hidden[:, :, 0]  # B×m×H
+        present = attention_mask[:, :, 0].to(cls.dtype)  # sentences that are not padding
+        para = (cls * present[..., None]).sum(1) / present.sum(1, keepdim=True).clamp(min=1)
+        index = self.sentence_index(torch.arange(m, device=input_ids.device))  # m×H
+        tokens = (hidden + index[None, :, None]).reshape(b, m * length, -1)
+        tokens = torch.cat([para[:, None], tokens], dim=1)
+        mask = torch.cat([attention_mask.new_ones(b, 1), attention_mask.reshape(b, m * length)], dim=1)
+        ext = _extended_mask(mask, tokens.dtype)
+        for layer in layers[self.cfg.split:]:
+            tokens = _run(layer, tokens, ext)
+        return cls, tokens[:, 0]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"sentence": B×m×D, "paragraph": B×D}, both L2-normalised."""
+        cls, para = self.encode(input_ids, attention_mask)
+        return {
+            "sentence": F.normalize(self.sentence_proj(cls), dim=-1),
+            "paragraph": F.normalize(self.paragraph_proj(para), dim=-1),
+        }

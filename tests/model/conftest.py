@@ -1,0 +1,12 @@
+"""Model tests run single-threaded: tiny tensors, and the CPUs are shared."""
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_seeded():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
