@@ -2,6 +2,7 @@
 the original HD-VILA method (stream-copy cut per clip, then a re-encode per clip).
 
     python benchmarks/bench_cut.py                  # default: 2 x 5 min 720p30, 1 and 2 workers
+    python benchmarks/bench_cut.py --repeat 3 --count-decoded   # medians + exact decode work
     python benchmarks/bench_cut.py --quick          # tiny smoke run (< 30 s)
     python benchmarks/bench_cut.py --methods ours,limit --workers 1 \
         --variants base,dthreads1,ultrafast --repeat 3   # cut_command experiments
@@ -12,6 +13,19 @@ noisy content and AAC audio. A unique segment is encoded and then stream-copy lo
 the full length, which keeps the decode cost of real footage without paying for encoding
 five minutes of it. Spans follow HD-VILA: per video a few samples, each 4-8 consecutive
 clips of ~13 s, with gaps between samples.
+
+Same-input methods (all cut the 720p source): `ours` (cut_sample, CutConfig()), `limit`
+(ffmpeg decoding the same spans to -f null with the decoder thread count ours uses,
+CutConfig.threads), `limit[auto]` (the same with ffmpeg's automatic thread count) and
+`hdvila` (per clip a stream-copy cut, then a 3 fps/240p re-encode of that clip; ffmpeg's
+default threads, as HD-VILA ran it).
+
+Pipeline-level methods: `ours@240p` and `limit@240p` run on a 240p rendition of each
+source (426x240 H.264 Main, 30 fps, same keyframe interval, ~350 kb/s, no audio: what
+YouTube serves as its 240p video-only format and what our Fetcher downloads, the smallest
+format >= 240p), generated once from the 720p source. HD-VILA downloaded and cut 720p
+files, so hdvila (720p) / ours@240p compares the two pipelines' cutting stages, not the
+cutters on equal input.
 
 CPU time is the children's user+sys time (resource.getrusage(RUSAGE_CHILDREN) deltas), so
 it counts every ffmpeg/ffprobe the method ran. Wall time is noisy on a shared machine:
@@ -29,14 +43,23 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lfvila_data import cut as _cut  # noqa: E402
 from lfvila_data.cut import (INPUT_GUARD, CutConfig, MediaError, cut_command,  # noqa: E402
                              cut_sample, probe)
+
+
+def one_cut_command(src: Path, dst: Path, start: float, end: float, cfg: CutConfig,
+                    with_audio: bool) -> list[str]:
+    """cut_command for one span, whichever of its signatures lfvila_data.cut has."""
+    if hasattr(_cut, "Span"):  # cut_command(src, [Span(start, end, dst)], cfg, with_audio)
+        return cut_command(src, [_cut.Span(start, end, dst)], cfg, with_audio)
+    return cut_command(src, dst, start, end, cfg, with_audio)
 
 CONTENT = [
     # (video filter graph source, audio source); each costs real decode time
@@ -99,6 +122,25 @@ class Sample:
         return self.end - self.start
 
 
+def make_rendition(workdir: Path, src: Path, height: int, kbps: int, fps: int,
+                   gop_s: float) -> Path:
+    """A YouTube-like low rendition of `src`: H.264 Main, `kbps` video, no audio."""
+    out = workdir / f"{src.stem}.r{height}p_{kbps}k.mp4"
+    if out.is_file():
+        return out
+    gop = int(round(gop_s * fps))
+    tmp = out.with_suffix(".part.mp4")
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), "-map", "0:v:0", "-an",
+         "-vf", f"scale=-2:{height}:flags=bicubic,format=yuv420p", "-r", str(fps),
+         "-c:v", "libx264", "-profile:v", "main", "-preset", "faster",
+         "-b:v", f"{kbps}k", "-maxrate", f"{int(kbps * 1.5)}k", "-bufsize", f"{kbps * 3}k",
+         "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
+         "-movflags", "+faststart", str(tmp)], check=True)
+    tmp.replace(out)
+    return out
+
+
 def plan_samples(sources: list[Path], duration: float, per_video: int, clip_len: tuple[float, float],
                  clips: tuple[int, int], seed: int) -> list[Sample]:
     """Per video `per_video` samples, one in each equal slot of the video, each a run of
@@ -153,6 +195,12 @@ def _set_opt(cmd: list[str], opt: str, value: str) -> list[str]:
     return cmd
 
 
+def _set_last_opt(cmd: list[str], opt: str, value: str) -> list[str]:
+    cmd = list(cmd)
+    cmd[len(cmd) - cmd[::-1].index(opt)] = value
+    return cmd
+
+
 def _no_preroll(cmd: list[str], start: float) -> list[str]:
     cmd = list(cmd)
     cmd[cmd.index("-ss") + 1] = f"{start:.6f}"
@@ -176,7 +224,8 @@ VARIANTS = {
     "base": lambda c, s: c,                                             # cut_command as is
     "dthreads1": lambda c, s: _with_input_opts(c, ["-threads", "1"]),   # 1 decoder thread
     "dthreads2": lambda c, s: _with_input_opts(c, ["-threads", "2"]),
-    "ethreads1": lambda c, s: _set_opt(c, "-threads", "1"),              # 1 x264 thread
+    "dthreads0": lambda c, s: _with_input_opts(c, ["-threads", "0"]),   # decoder: auto
+    "ethreads1": lambda c, s: _set_last_opt(c, "-threads", "1"),         # 1 x264 thread
     "allthreads1": lambda c, s: _all_threads1(c),                      # decoder+x264+filters
     "filterthreads1": lambda c, s: c[:1] + ["-filter_threads", "1"] + c[1:],
     "ultrafast": lambda c, s: _set_opt(c, "-preset", "ultrafast"),
@@ -207,8 +256,9 @@ def ours_task(variant: str, cfg: CutConfig, out: Path, probes: dict):
             res = cut_sample(s.src, dst, s.start, s.end, cfg, probes[s.src])
         else:  # a local copy of cut_sample around a changed command
             tmp = dst.with_name(dst.name + ".part")
-            cmd = VARIANTS[variant](cut_command(s.src, tmp, s.start, s.end, cfg,
-                                                cfg.audio and probes[s.src].has_audio), s.start)
+            cmd = VARIANTS[variant](one_cut_command(s.src, tmp, s.start, s.end, cfg,
+                                                    cfg.audio and probes[s.src].has_audio),
+                                    s.start)
             _run(cmd)
             res = probe(tmp)
             tmp.replace(dst)
@@ -218,16 +268,20 @@ def ours_task(variant: str, cfg: CutConfig, out: Path, probes: dict):
     return task
 
 
-def limit_cmds(s: Sample) -> list[list[str]]:
+def limit_cmds(s: Sample, threads: int = 0) -> list[list[str]]:
+    """Bare decode of the span; `threads` > 0 fixes the decoder's threads, 0 = ffmpeg's auto."""
     return [["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", *INPUT_GUARD,
-             "-ss", f"{s.start:.6f}", "-t", f"{s.duration:.6f}", "-i", str(s.src),
+             "-ss", f"{s.start:.6f}", "-t", f"{s.duration:.6f}",
+             *(["-threads", str(threads)] if threads else []), "-i", str(s.src),
              "-map", "0:v:0", "-an", "-f", "null", "-"]]
 
 
-def limit_task(s: Sample) -> tuple[int, int, str]:
-    for cmd in limit_cmds(s):
-        _run(cmd)
-    return 0, 0, ""
+def limit_task(threads: int):
+    def task(s: Sample) -> tuple[int, int, str]:
+        for cmd in limit_cmds(s, threads):
+            _run(cmd)
+        return 0, 0, ""
+    return task
 
 
 def hdvila_cmds(cfg: CutConfig, out: Path, s: Sample, k: int) -> list[list[str]]:
@@ -277,15 +331,15 @@ def count_decoded(label: str, samples: list[Sample], cfg: CutConfig, probes: dic
                   out: Path) -> int:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    if label == "limit":
-        return sum(decoded_frames(limit_cmds(s)) for s in samples)
+    if label.startswith("limit"):  # thread count does not change what is decoded
+        return sum(decoded_frames(limit_cmds(s, cfg.threads)) for s in samples)
     if label == "hdvila":
         return sum(decoded_frames(hdvila_cmds(cfg, out, s, k))
                    for s in samples for k in range(len(s.clips)))
-    variant = "base" if label == "ours" else label[5:-1]
+    variant = "base" if label in ("ours", "ours@240p") else label[5:-1]
     return sum(decoded_frames([VARIANTS[variant](
-        cut_command(s.src, out / f"{s.key}.mp4", s.start, s.end, cfg,
-                    cfg.audio and probes[s.src].has_audio), s.start)]) for s in samples)
+        one_cut_command(s.src, out / f"{s.key}.mp4", s.start, s.end, cfg,
+                        cfg.audio and probes[s.src].has_audio), s.start)]) for s in samples)
 
 
 def run_method(name: str, jobs: list, task, workers: int) -> tuple[float, float, list]:
@@ -317,7 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gop", type=float, default=3.0, help="keyframe interval of the sources, s")
     ap.add_argument("--samples-per-video", type=int, default=2)
     ap.add_argument("--workers", default="1,2", help="comma list of concurrent processes")
-    ap.add_argument("--methods", default="ours,limit,hdvila")
+    ap.add_argument("--methods", default="ours,limit,limit[auto],hdvila,ours@240p,limit@240p",
+                    help="ours, limit (decoder threads as ours), limit[auto], hdvila; "
+                         "pipeline level: ours@240p, limit@240p (on the 240p rendition)")
+    ap.add_argument("--low-height", type=int, default=240, help="rendition for the @240p methods")
+    ap.add_argument("--low-kbps", type=int, default=350, help="its video bitrate, kb/s")
     ap.add_argument("--variants", default="base",
                     help=f"cut_command variants run as 'ours': {','.join(VARIANTS)}")
     ap.add_argument("--repeat", type=int, default=1, help="runs per method; medians reported")
@@ -343,12 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     sources = [make_source(args.workdir, i, args.duration, args.segment, args.width, args.height,
                            args.fps, args.gop) for i in range(args.videos)]
+    low = {}
+    if any(m.endswith("@240p") for m in methods):
+        low = {s: make_rendition(args.workdir, s, args.low_height, args.low_kbps, args.fps,
+                                 args.gop) for s in sources}
     gen_s = time.perf_counter() - t
     t = time.perf_counter()
     probes = {s: probe(s) for s in sources}
     probe_s = time.perf_counter() - t
-    samples = plan_samples(sources, min(p.end for p in probes.values()), args.samples_per_video,
+    probes.update({r: probe(r) for r in low.values()})
+    samples = plan_samples(sources, min(probes[s].end for s in sources), args.samples_per_video,
                            clip_len, nclips, args.seed)
+    low_samples = [replace(s, src=low[s.src]) for s in samples] if low else []
     cfg = CutConfig()
     src_seconds = sum(s.duration for s in samples)
     clip_seconds = sum(b - a for s in samples for a, b in s.clips)
@@ -361,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     for s in samples:
         print(f"  {s.key}: {s.start:8.3f}-{s.end:8.3f} ({s.duration:5.1f} s, {len(s.clips)} clips)")
     print(f"ours: CutConfig() = {cfg}")
+    if low:
+        r0 = probes[low[sources[0]]]
+        mb = sum(r.stat().st_size for r in low.values()) / sum(s.stat().st_size for s in sources)
+        print(f"@240p rendition: {r0.width}x{r0.height} {r0.codec} {r0.fps:g} fps, "
+              f"{args.low_kbps} kb/s target, {mb:.3f}x the bytes of the 720p sources")
 
     results: dict[tuple[str, int], Result] = {}
     plan = []  # (label, jobs, task factory)
@@ -370,7 +439,14 @@ def main(argv: list[str] | None = None) -> int:
                 label = "ours" if v == "base" else f"ours[{v}]"
                 plan.append((label, samples, lambda out, v=v: ours_task(v, cfg, out, probes)))
         elif m == "limit":
-            plan.append(("limit", samples, lambda out: limit_task))
+            plan.append(("limit", samples, lambda out: limit_task(cfg.threads)))
+        elif m == "limit[auto]":
+            plan.append(("limit[auto]", samples, lambda out: limit_task(0)))
+        elif m == "ours@240p":
+            plan.append(("ours@240p", low_samples,
+                         lambda out: ours_task("base", cfg, out, probes)))
+        elif m == "limit@240p":
+            plan.append(("limit@240p", low_samples, lambda out: limit_task(cfg.threads)))
         elif m == "hdvila":
             jobs = [(s, k) for s in samples for k in range(len(s.clips))]
             plan.append(("hdvila", jobs, lambda out: hdvila_task(cfg, out)))
@@ -401,9 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     decoded: dict[str, int] = {}
     if args.count_decoded:
         src_frames = round(src_seconds * p0.fps)
-        for label, _, _ in plan:
-            decoded[label] = count_decoded(label, samples, cfg, probes,
-                                           args.workdir / "out" / "count")
+        for label, jobs, _ in plan:
+            decoded[label] = count_decoded(label, low_samples if "@" in label else samples,
+                                           cfg, probes, args.workdir / "out" / "count")
         shutil.rmtree(args.workdir / "out" / "count", ignore_errors=True)
 
     print()
@@ -421,22 +497,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(medians of {args.repeat} runs; CPU s per run: " + "; ".join(
             f"{label} w{w}: {', '.join(f'{c:.1f}' for c in r.cpu)}"
             for (label, w), r in results.items()) + ")")
+    print(f"limit: decoder threads = CutConfig.threads ({cfg.threads or 'auto'}), as ours; "
+          f"limit[auto]: ffmpeg's automatic thread count")
+
+    def ratio(w: int, num: str, den: str, what: str, target: str = "") -> None:
+        """Prints time(num) / time(den), by wall and by CPU (medians)."""
+        a, b = results.get((num, w)), results.get((den, w))
+        if not a or not b:
+            return
+        rw = statistics.median(a.wall) / statistics.median(b.wall)
+        rc = statistics.median(a.cpu) / statistics.median(b.cpu)
+        print(f"workers={w}: {what:36s} wall {rw:5.2f}  CPU {rc:5.2f}"
+              + (f"  (target {target})" if target else ""))
+
     print()
+    print(f"same input (the {p0.height}p source for all):")
     for w in workers:
+        ratio(w, "limit", "ours", "ours/limit throughput", ">= 0.9")
+        ratio(w, "limit[auto]", "ours", "ours/limit[auto] throughput")
+        ratio(w, "hdvila", "ours", "hdvila/ours time (x faster)", ">= 3")
         ours = results.get(("ours", w))
-        for other, what, target in (("limit", "ours/limit throughput", ">= 0.9"),
-                                    ("hdvila", "hdvila/ours time (x faster)", ">= 3")):
-            o = results.get((other, w))
-            if not ours or not o:
-                continue
-            ow, oc = statistics.median(ours.wall), statistics.median(ours.cpu)
-            tw, tc = statistics.median(o.wall), statistics.median(o.cpu)
-            print(f"workers={w}: {what:28s} wall {tw / ow:5.2f}  CPU {tc / oc:5.2f}  (target {target})")
         for (label, ww), r in results.items():
             if ww == w and label.startswith("ours[") and ours:
                 print(f"workers={w}: {label + '/ours time':28s} wall "
                       f"{statistics.median(r.wall) / statistics.median(ours.wall):5.2f}  CPU "
                       f"{statistics.median(r.cpu) / statistics.median(ours.cpu):5.2f}")
+    if any(k[0].endswith("@240p") for k in results):
+        print(f"pipeline level (HD-VILA cut the {p0.height}p files it downloaded; our Fetcher "
+              f"downloads the {args.low_height}p rendition):")
+        for w in workers:
+            ratio(w, "hdvila", "ours@240p", f"hdvila({p0.height}p)/ours(240p) time", ">= 3")
+            ratio(w, "limit", "ours@240p", f"limit({p0.height}p)/ours(240p) time")
+            ratio(w, "limit@240p", "ours@240p", "ours/limit throughput, both 240p")
     bad = [n for r in results.values() for n in r.notes if not r.method == "hdvila"]
     for n in bad:
         print("FRAME COUNT:", n)
