@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--shard-mb", type=int, default=250)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lfvila-bench-shard"))
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page cache before each method (root): inputs come from disk")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     build = make_build(args.workdir, args.samples, args.mb)
@@ -64,7 +66,13 @@ def main() -> None:
     import ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     results: dict[str, list[float]] = {"tar": [], "tar+md5sum": [], "run_shard": []}
+    def cold() -> None:
+        if args.cold:
+            subprocess.run(["sync"], check=True)
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
     for _ in range(args.repeat):
+        cold()
         out = args.workdir / "tar"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
@@ -77,12 +85,14 @@ def main() -> None:
         results["tar+md5sum"].append(time.perf_counter() - t)
         out = args.workdir / "shards"
         shutil.rmtree(out, ignore_errors=True)
+        cold()
         t = time.perf_counter()
         run_shard([str(build)], str(out), ShardConfig(max_shard_bytes=args.shard_mb * 10**6,
                                                       val_fraction=0.0))
         results["run_shard"].append(time.perf_counter() - t)
     ray.shutdown()
-    print(f"{args.samples} samples x {args.mb} MB = {total / 1e6:.0f} MB, "
+    print(f"{'cold' if args.cold else 'warm'} page cache: "
+          f"{args.samples} samples x {args.mb} MB = {total / 1e6:.0f} MB, "
           f"shards of <= {args.shard_mb} MB, {args.repeat} runs (median), 2 CPUs")
     print(f"{'method':<12}{'median s':>10}{'MB/s':>10}")
     print("(run_shard includes reading the manifest, planning, Ray tasks, the index, the"

@@ -54,6 +54,7 @@ def build(
     download_concurrency: int = typer.Option(8, help="Videos downloading at once."),
     cut_concurrency: Optional[int] = typer.Option(None, help="Cutting tasks at once (default: cluster CPUs / cut threads)."),
     cut_threads: int = typer.Option(1, help="ffmpeg threads (and Ray CPUs) per cutting task."),
+    x264_preset: str = typer.Option("veryfast", help="x264 preset: ultrafast cuts 240p sources ~1.5x faster, files ~2x larger."),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster ('auto' or host:port); default a local Ray."),
     retry_failed: bool = typer.Option(False, help="Also retry videos whose failure was permanent."),
     allow_local_files: bool = typer.Option(False, help="Accept local paths and file:// URLs as video URLs."),
@@ -72,6 +73,9 @@ def build(
         _fail("--metadata and --text are both required for --source hdvila")
     if height <= 0 or height % 2:
         _fail(f"--height must be a positive even number, got {height}")
+    presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+    if x264_preset not in presets:
+        _fail(f"--x264-preset must be one of {', '.join(presets)}, got {x264_preset!r}")
     if cut_threads < 1:
         _fail(f"--cut-threads must be at least 1, got {cut_threads}")
     if fps <= 0:
@@ -87,7 +91,8 @@ def build(
                               socket_timeout=socket_timeout, retries=retries,
                               max_filesize=max_filesize, cookies=str(cookies) if cookies else None,
                               proxy=proxy, rate_limit=rate_limit, allow_local_files=allow_local_files),
-            cut=CutConfig(fps=fps, height=height, copy=copy, audio=audio, threads=cut_threads))
+            cut=CutConfig(fps=fps, height=height, copy=copy, audio=audio, threads=cut_threads,
+                          preset=x264_preset))
         cfg = BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output, plan=plan,
                           task=task, run=RunConfig(fetch_concurrency=download_concurrency,
                                                    cut_concurrency=cut_concurrency,
