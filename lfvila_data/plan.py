@@ -180,6 +180,10 @@ def _split_failures(failures: list[Failure], num_buckets: int, fallback: int) ->
     return _split(_failure_table(failures), buckets, num_buckets)
 
 
+def _nonblank_lines(path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    return ((o, ln) for o, ln in read_lines_in_range(path, start, end) if ln.strip())
+
+
 def map_metadata_range(file_idx: int, path: str, start: int, end: int, num_buckets: int,
                        allow_local_files: bool, task_no: int) -> tuple[list[dict], dict]:
     """Parse the video lines of one byte range into per-bucket video/clip/failure tables."""
@@ -189,9 +193,7 @@ def map_metadata_range(file_idx: int, path: str, start: int, end: int, num_bucke
     c_buckets: list[int] = []
     failures: list[Failure] = []
     lines = 0
-    for offset, line in read_lines_in_range(path, start, end):
-        if not line.strip():
-            continue
+    for offset, line in _nonblank_lines(path, start, end):
         lines += 1
         video, fails = parse_video_line(line, allow_local_files=allow_local_files)
         failures.extend(fails)
@@ -220,9 +222,7 @@ def map_text_range(file_idx: int, path: str, start: int, end: int, num_buckets: 
     buckets: list[int] = []
     failures: list[Failure] = []
     lines = 0
-    for offset, line in read_lines_in_range(path, start, end):
-        if not line.strip():
-            continue
+    for offset, line in _nonblank_lines(path, start, end):
         lines += 1
         parsed = parse_text_line(line)
         if isinstance(parsed, Failure):
