@@ -14,10 +14,9 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterator
 
-import pyarrow as pa
 
 from . import __version__
 from .plan import (PlanConfig, PlanSummary, build_plan, iter_plan_parts, load_plan_summary,
@@ -43,7 +42,6 @@ class BuildConfig:
     plan_only: bool = False
     retry_failed: bool = False
     ray_address: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:

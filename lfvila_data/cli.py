@@ -121,7 +121,7 @@ def shard(
     import time
 
     from .build import init_ray
-    from .progress import BuildProgress, human_bytes, human_time, print_summary
+    from .progress import human_bytes, human_time, print_summary
     from .shard import ShardConfig, run_shard
 
     started = time.monotonic()

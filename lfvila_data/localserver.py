@@ -4,11 +4,9 @@ its fault injection: fixed statuses, transient 503s) as their stand-in for the i
 from __future__ import annotations
 
 import mimetypes
-import os
 import re
 import socket
 import threading
-import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
