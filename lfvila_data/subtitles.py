@@ -83,7 +83,8 @@ class SubtitleError(Exception):
 
         A bad file stays bad on a rerun, hence permanent."""
         return Failure(video_id=video_id, clip_id=clip_id, stage=Stage.TEXT.value,
-                       reason=f"subtitle_{self.reason}", permanent=True)
+                       reason=f"unusable subtitles ({self.reason}): {self.message or self.reason}",
+                       permanent=True)
 
 
 # ----------------------------------------------------------------------------- decoding

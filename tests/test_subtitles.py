@@ -269,7 +269,7 @@ def test_unusable_files_raise_subtitle_error(data: bytes, reason: str) -> None:
         parse_subtitles(data)
     assert info.value.reason == reason
     failure = info.value.to_failure("abc")
-    assert failure.stage == Stage.TEXT.value and failure.reason == f"subtitle_{reason}"
+    assert failure.stage == Stage.TEXT.value and failure.reason.startswith(f"unusable subtitles ({reason})")
 
 
 def test_unknown_format_name() -> None:
