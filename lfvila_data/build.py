@@ -25,6 +25,7 @@ from .progress import BuildProgress, human_bytes, human_time, print_summary
 from .records import PlannedSample
 from .runner import RunConfig, run_videos
 from .source_hdvila import InputError, expand_paths
+from .source_local import find_videos, plan_local
 from .video_task import TaskContext, VideoJob
 from .write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
 
@@ -36,6 +37,9 @@ class BuildConfig:
     metadata: tuple[str, ...]
     text: tuple[str, ...]
     output: str
+    source: str = "hdvila"
+    inputs: tuple[str, ...] = ()      # --source local: video files, globs, directories
+    langs: tuple[str, ...] = ("en",)  # subtitle languages, in order of preference
     plan: PlanConfig = PlanConfig()
     task: TaskContext | None = None
     run: RunConfig = RunConfig()
@@ -88,6 +92,8 @@ def iter_jobs(output: str, skip: set[str]) -> Iterator[VideoJob]:
 
 
 def _plan(cfg: BuildConfig) -> PlanSummary:
+    if cfg.source == "local":  # cheap (no video is read): always planned afresh
+        return plan_local(list(cfg.inputs), cfg.output, cfg.plan, list(cfg.langs))
     summary = load_plan_summary(cfg.output, metadata=list(cfg.metadata), text=list(cfg.text),
                                 cfg=cfg.plan)
     if summary is not None:
@@ -119,8 +125,11 @@ def run_build(cfg: BuildConfig) -> dict:
     started = time.time()
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         raise InputError("ffmpeg and ffprobe must be on PATH (e.g. apt-get install ffmpeg)")
-    expand_paths(list(cfg.metadata))  # unreadable inputs fail here, before Ray starts
-    expand_paths(list(cfg.text))
+    if cfg.source == "hdvila":  # unreadable inputs fail here, before Ray starts
+        expand_paths(list(cfg.metadata))
+        expand_paths(list(cfg.text))
+    else:
+        find_videos(list(cfg.inputs))
     out = OutputDir(cfg.output)
     check_output(out)
     init_ray(cfg.ray_address)
@@ -166,6 +175,7 @@ def run_build(cfg: BuildConfig) -> dict:
     elapsed = time.time() - started
     record = {
         "source": task.source, "metadata": list(cfg.metadata), "text": list(cfg.text),
+        "inputs": list(cfg.inputs), "langs": list(cfg.langs),
         "output": cfg.output, "plan_config": asdict(cfg.plan), "fetch": asdict(task.fetch),
         "cut": asdict(task.cut), "run": asdict(cfg.run), "plan": asdict(plan),
         "counts": counts, "versions": _versions(),

@@ -22,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 class Source(str, Enum):
     hdvila = "hdvila"
+    local = "local"
 
 
 @app.callback()
@@ -39,6 +40,8 @@ def build(
     source: Source = typer.Option(Source.hdvila, help="Where videos and text come from."),
     metadata: List[str] = typer.Option([], help="HD-VILA url/span jsonl files (paths, globs, s3://); repeatable."),
     text: List[str] = typer.Option([], help="HD-VILA clip text jsonl files; repeatable."),
+    input: List[str] = typer.Option([], "--input", help="--source local: video files, globs or directories (sidecar .vtt/.srt subtitles)."),
+    lang: List[str] = typer.Option(["en"], help="Subtitle languages in order of preference; repeatable."),
     output: str = typer.Option(..., help="Output directory (local path or fsspec URL)."),
     plan_only: bool = typer.Option(False, help="Stop after planning; print samples, clips, hours."),
     min_clips: int = typer.Option(4, help="Fewest consecutive clips in a sample."),
@@ -66,11 +69,16 @@ def build(
     retries: int = typer.Option(3, help="Retries of a transient download error (with backoff)."),
     workdir: Optional[str] = typer.Option(None, help="Node-local scratch directory for downloads."),
 ) -> None:
-    """Plan long-form samples from HD-VILA metadata, then download, cut and record them."""
+    """Plan long-form samples (HD-VILA metadata, or local videos with subtitles), then
+    download, cut and record them."""
     from .build import BuildConfig, run_build
 
-    if not metadata or not text:
+    if source == Source.hdvila and (not metadata or not text):
         _fail("--metadata and --text are both required for --source hdvila")
+    if source == Source.local and not input:
+        _fail("--input is required for --source local")
+    if source == Source.local:
+        allow_local_files = True  # the inputs are local files by definition
     if height <= 0 or height % 2:
         _fail(f"--height must be a positive even number, got {height}")
     presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -94,6 +102,7 @@ def build(
             cut=CutConfig(fps=fps, height=height, copy=copy, audio=audio, threads=cut_threads,
                           preset=x264_preset))
         cfg = BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output, plan=plan,
+                          source=source.value, inputs=tuple(input), langs=tuple(lang),
                           task=task, run=RunConfig(fetch_concurrency=download_concurrency,
                                                    cut_concurrency=cut_concurrency,
                                                    cut_cpus=float(cut_threads)),

@@ -33,6 +33,7 @@ PLAN_SCHEMA = pa.schema([
     ("clips", pa.list_(pa.struct([
         ("clip_id", pa.string()), ("k", pa.int32()), ("start", pa.float64()),
         ("end", pa.float64()), ("text", pa.string())]))),
+    ("text_source", pa.string()), ("language", pa.string()),
 ])
 FAILURE_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("clip_id", pa.string()), ("stage", pa.string()),
@@ -141,7 +142,8 @@ def sample_to_row(sample: PlannedSample) -> dict:
             "start": sample.start, "end": sample.end, "duration": sample.end - sample.start,
             "n_clips": len(sample.clips),
             "clips": [{"clip_id": c.clip_id, "k": c.k, "start": c.start, "end": c.end,
-                       "text": c.text} for c in sample.clips]}
+                       "text": c.text} for c in sample.clips],
+            "text_source": sample.text_source, "language": sample.language}
 
 
 def plan_row_to_sample(row: dict) -> PlannedSample:
@@ -149,7 +151,9 @@ def plan_row_to_sample(row: dict) -> PlannedSample:
     clips = tuple(Clip(c["clip_id"], int(c["k"]), float(c["start"]), float(c["end"]), c["text"])
                   for c in row["clips"])
     return PlannedSample(key=row["key"], video_id=row["video_id"], url=row["url"],
-                         start=float(row["start"]), end=float(row["end"]), clips=clips)
+                         start=float(row["start"]), end=float(row["end"]), clips=clips,
+                         text_source=row.get("text_source") or "metadata",
+                         language=row.get("language"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -329,6 +333,7 @@ def _plan_table(samples: list[PlannedSample], first_rows: list[int], clips: pa.T
         "url": [s.url for s in samples], "start": starts, "end": ends,
         "duration": [e - b for b, e in zip(starts, ends)], "n_clips": n_clips,
         "clips": pa.ListArray.from_arrays(pa.array(offsets), struct.take(pa.array(rows)), type=item),
+        "text_source": ["metadata"] * len(samples), "language": pa.nulls(len(samples), pa.string()),
     }, schema=PLAN_SCHEMA).sort_by("key")
 
 
@@ -532,3 +537,26 @@ __all__ = [
     "group_runs", "iter_plan_parts", "load_plan_summary", "plan_row_to_sample", "read_plan",
     "read_plan_failures", "sample_to_row",
 ]
+
+
+def write_plan(out_dir: str, samples: list[PlannedSample], failures: list[Failure],
+               cfg: PlanConfig, inputs: dict, counts: Counter) -> PlanSummary:
+    """Write a plan made in one process (small sources: local files, URL lists) in the
+    same layout as `build_plan`, so the fetch and cut stages read it the same way."""
+    _clear_plan_dir(out_dir)
+    samples = sorted(samples, key=lambda s: s.key)
+    _write_parquet(pa.Table.from_pylist([sample_to_row(s) for s in samples], schema=PLAN_SCHEMA),
+                   out_dir, "part-00000.parquet")
+    failures = sorted(failures, key=lambda f: (f.stage, f.video_id or "", f.clip_id or "", f.reason))
+    _write_parquet(_failure_table(failures), out_dir, "failures-00000.parquet")
+    summary = PlanSummary(
+        videos=counts["videos"], videos_with_samples=len({s.video_id for s in samples}),
+        clips_total=counts["clips_total"], clips_in_samples=sum(len(s.clips) for s in samples),
+        samples=len(samples), hours=round(sum(s.duration for s in samples) / 3600, 6),
+        dropped_short_runs=counts["dropped_short_runs"],
+        failures_by_stage=dict(sorted(Counter(f.stage for f in failures).items())))
+    record = {"summary": asdict(summary), "config": asdict(cfg), "num_buckets": 1, "inputs": inputs}
+    fs, plan_dir = _plan_fs(out_dir)
+    _write_bytes_atomic(fs, f"{plan_dir}/{_SUCCESS}",
+                        lambda f: f.write(json.dumps(record, indent=2).encode()))
+    return summary

@@ -84,6 +84,8 @@ class PlannedSample:
     start: float
     end: float
     clips: tuple[Clip, ...] = field(default_factory=tuple)
+    text_source: str = "metadata"  # metadata (HD-VILA), subtitles, auto_captions, asr
+    language: str | None = None
 
     @property
     def duration(self) -> float:

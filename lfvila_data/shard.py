@@ -142,7 +142,8 @@ def sample_json(row: dict) -> dict:
             "source": row.get("source") or "hdvila", "start": start, "end": row["end"],
             "duration": row["duration"], "fps": row["fps"], "width": int(row["width"]),
             "height": int(row["height"]), "frames": int(row.get("frames") or 0),
-            "n_clips": len(clips), "clips": clips}
+            "n_clips": len(clips), "clips": clips,
+            "text_source": row.get("text_source") or "metadata", "language": row.get("language")}
 
 
 def sample_members(row: dict) -> tuple[bytes, bytes]:

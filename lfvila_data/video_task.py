@@ -76,6 +76,7 @@ def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, sourc
         "paragraph": sample.paragraph, "video": rel, "fps": round(out.fps, 6),
         "width": out.width, "height": out.height, "duration": round(out.duration, 6),
         "frames": out.nb_frames or 0, "bytes": nbytes,
+        "text_source": sample.text_source, "language": sample.language,
     }
 
 

@@ -26,7 +26,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("n_clips", pa.int32()), ("clips", pa.list_(CLIP_TYPE)), ("paragraph", pa.string()),
     ("video", pa.string()), ("fps", pa.float64()), ("width", pa.int32()),
     ("height", pa.int32()), ("duration", pa.float64()), ("frames", pa.int32()),
-    ("bytes", pa.int64()),
+    ("bytes", pa.int64()), ("text_source", pa.string()), ("language", pa.string()),
 ])
 FAILURE_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("clip_id", pa.string()), ("key", pa.string()),

@@ -1,0 +1,105 @@
+"""`--source local`: local videos with sidecar subtitles become the same long-form
+samples, with text from the subtitles aligned to the video."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lfvila_data.build import BuildConfig, run_build
+from lfvila_data.plan import PlanConfig
+from lfvila_data.sentences import Sentence
+from lfvila_data.source_local import find_subtitles, local_video_id
+from lfvila_data.text import ClipConfig, sentences_to_clips
+from lfvila_data.video_task import TaskContext
+from lfvila_data.fetch import FetchConfig
+from tests.media import decode_times, make_timecoded_video
+
+REAL_SUBS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "subtitles"
+
+
+def vtt_time(t: float) -> str:
+    ms = round(t * 1000)
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def test_sentences_merge_into_clips():
+    def s(a, b, text):
+        return Sentence(text, a, b, ())
+    sentences = [s(0, 3, "One."), s(3.2, 6, "Two."), s(6.1, 9.5, "Three."), s(12, 25, "Long one."),
+                 s(25.5, 27, "Short.")]
+    clips = sentences_to_clips(sentences, "v", ClipConfig(min_duration=8, max_duration=20, join_gap=1.5))
+    assert [(c.k, c.start, c.end, c.text) for c in clips] == [
+        (1, 0, 9.5, "One. Two. Three."), (2, 12, 25, "Long one."), (3, 25.5, 27, "Short.")]
+    assert [c.clip_id for c in clips] == ["v.1.mp4", "v.2.mp4", "v.3.mp4"]
+
+
+def test_sidecar_lookup_and_ids(tmp_path):
+    v = tmp_path / "My Talk (2020).mp4"
+    v.write_bytes(b"x")
+    assert find_subtitles(v, ["en"]) is None
+    (tmp_path / "My Talk (2020).vtt").write_text("WEBVTT\n")
+    assert find_subtitles(v, ["en"]) == (tmp_path / "My Talk (2020).vtt", None)
+    (tmp_path / "My Talk (2020).en.srt").write_text("1\n")
+    assert find_subtitles(v, ["fr", "en"]) == (tmp_path / "My Talk (2020).en.srt", "en")
+    vid = local_video_id(v)
+    assert vid.startswith("My_Talk_2020-") and "." not in vid and vid == local_video_id(v)
+    assert local_video_id(tmp_path / "a" / "x.mp4") != local_video_id(tmp_path / "b" / "x.mp4")
+
+
+@pytest.fixture(scope="module")
+def local_build(tmp_path_factory):
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=512 * 1024 * 1024)
+    root = tmp_path_factory.mktemp("local")
+    lib = root / "library"
+    lib.mkdir()
+    make_timecoded_video(lib / "talk.mp4", 90, width=160, height=120)
+    cues = []
+    for i in range(20):  # a sentence every 4 s, 3.5 s long
+        a = 1.0 + 4 * i
+        cues.append(f"{vtt_time(a)} --> {vtt_time(a + 3.5)}\nThis is sentence number {i + 1}.\n")
+    (lib / "talk.en.vtt").write_text("WEBVTT\n\n" + "\n".join(cues))
+    make_timecoded_video(lib / "captions.mp4", 60, width=160, height=120)
+    shutil.copy(REAL_SUBS / "yt-auto_en_macbook-air-cooling.en.vtt", lib / "captions.en.vtt")
+    make_timecoded_video(lib / "silent.mp4", 10, width=160, height=120, audio=False)
+    make_timecoded_video(lib / "garbage.mp4", 10, width=160, height=120)
+    (lib / "garbage.vtt").write_bytes(b"\x00\x01 not subtitles at all")
+    out = root / "out"
+    plan = PlanConfig(max_clips=4, allow_local_files=True)
+    task = TaskContext(output=str(out), fetch=FetchConfig(allow_local_files=True))
+    run_build(BuildConfig(metadata=(), text=(), output=str(out), source="local",
+                          inputs=(str(lib),), plan=plan, task=task))
+    return out, lib
+
+
+def test_local_build_samples_and_text(local_build):
+    out, lib = local_build
+    m = pd.read_parquet(out / "manifest.parquet")
+    talk = m[m.video_id == local_video_id((lib / "talk.mp4").resolve())]
+    assert len(talk) >= 2 and (talk.text_source == "subtitles").all() and (talk.language == "en").all()
+    first = talk.iloc[0]
+    assert first.clips[0]["text"].startswith("This is sentence number 1.")
+    assert first.start == pytest.approx(1.0)
+    for row in talk.itertuples():
+        times = decode_times(out / row.video)
+        assert row.start - 0.25 <= times[0] <= row.start + 1 / 3
+        assert all(row.start <= c["start"] < c["end"] <= row.end for c in row.clips)
+    caps = m[m.video_id == local_video_id((lib / "captions.mp4").resolve())]
+    assert len(caps) >= 1 and (caps.text_source == "auto_captions").all()
+    assert (caps.end <= 60.5).all()
+
+
+def test_local_build_ledger(local_build):
+    out, lib = local_build
+    f = pd.read_parquet(out / "failures.parquet")
+    silent = f[f.video_id == local_video_id((lib / "silent.mp4").resolve())]
+    assert "no subtitles" in silent.reason.iloc[0]
+    garbage = f[f.video_id == local_video_id((lib / "garbage.mp4").resolve())]
+    assert garbage.stage.tolist() == ["text"] and "unusable subtitles" in garbage.reason.iloc[0]
+    caps = f[f.video_id == local_video_id((lib / "captions.mp4").resolve())]
+    assert len(caps) and caps.reason.str.contains("beyond the end").all()  # captions run past 60 s
