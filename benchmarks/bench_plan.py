@@ -208,7 +208,7 @@ def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | N
 
     with MemorySampler(os.getpid()) as mem:
         t0 = time.monotonic()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         t1 = time.monotonic()
         cfg = PlanConfig(num_buckets=num_buckets, chunk_bytes=chunk_mib * 1024 * 1024)
         summary = build_plan(meta, text, out_dir, cfg, max_in_flight=max_in_flight)

@@ -64,7 +64,7 @@ def main() -> None:
     (args.workdir / "files.txt").write_text("\n".join(files) + "\n")
 
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     results: dict[str, list[float]] = {"tar": [], "tar+md5sum": [], "run_shard": []}
     def cold() -> None:
         if args.cold:

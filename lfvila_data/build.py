@@ -54,7 +54,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    kwargs: dict = {"log_to_driver": False, "include_dashboard": False,
+    # "local": a new Ray on this machine, never a cluster that happens to run here
+    kwargs: dict = {"address": "local", "log_to_driver": False, "include_dashboard": False,
                     "logging_level": logging.WARNING}
     if address:
         kwargs = {"address": address, "log_to_driver": False, "logging_level": logging.WARNING}

@@ -9,12 +9,23 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
-@pytest.fixture
-def ray_local():
-    """A local Ray with 2 CPUs; starting Ray costs seconds, so it is shared by tests."""
+def ensure_local_ray():
+    """A new local Ray with 2 CPUs (never a cluster that happens to run on the machine),
+    started once and shared: starting Ray costs seconds."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  object_store_memory=512 * 1024 * 1024)
-    yield ray
+    return ray
+
+
+@pytest.fixture
+def ray_local():
+    yield ensure_local_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_module():
+    """For module-scoped fixtures; re-checked per module (the cluster test shuts Ray down)."""
+    yield ensure_local_ray()

@@ -87,7 +87,7 @@ def reasons(df: pd.DataFrame, video_id: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def built(site, tmp_path_factory, ray_local_module):
+def built(site, tmp_path_factory, ray_module):
     """The first build, with vidK's server failing transiently all along."""
     out = tmp_path_factory.mktemp("build") / "out"
     site["srv"].fail_transient["k.mp4"] = 10**6
@@ -96,15 +96,6 @@ def built(site, tmp_path_factory, ray_local_module):
     finally:
         site["srv"].fail_transient.clear()
     return out, record
-
-
-@pytest.fixture(scope="module")
-def ray_local_module():
-    import ray
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=512 * 1024 * 1024)
-    yield ray
 
 
 def test_manifest(built, site):

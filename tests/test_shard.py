@@ -51,12 +51,8 @@ def test_shuffle_and_pack():
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
+def builds(tmp_path_factory, ray_module):
     """Two real builds of the demo corpus (two 'metadata parts')."""
-    import ray
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=512 * 1024 * 1024)
     root = tmp_path_factory.mktemp("shardsrc")
     outs = []
     with MediaServer(root / "www") if (root / "www").mkdir() is None else None as srv:
@@ -79,7 +75,7 @@ def builds(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def shards(builds, tmp_path_factory):
+def shards(builds, tmp_path_factory, ray_module):
     out = tmp_path_factory.mktemp("shards") / "s"
     stats = run_shard([str(b) for b in builds], str(out), ShardConfig(val_count=2, samples_per_shard=3))
     return out, stats

@@ -50,11 +50,7 @@ def test_sidecar_lookup_and_ids(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def local_build(tmp_path_factory):
-    import ray
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=512 * 1024 * 1024)
+def local_build(tmp_path_factory, ray_module):
     root = tmp_path_factory.mktemp("local")
     lib = root / "library"
     lib.mkdir()

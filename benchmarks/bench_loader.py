@@ -1,0 +1,243 @@
+"""Loader throughput (samples/s, CPU-s per sample) for 32 frames at 192×320: our shard
+loader (`lfvila_model.data`, one in-memory 3 fps / 240 px sample video per sample)
+against, in the same run and on the same samples, the reference way (HD-VILA/LF-VILA's
+original loader: one mp4 file per clip at the source resolution and frame rate, four
+VideoReaders per sample, 8 frames each, then the same crop/resize/normalise and
+tokenizer). Target: ours >= 3x the reference.
+
+    python benchmarks/bench_loader.py [--size 1280x720 --src-fps 30 --videos 3 --clips 64]
+    python benchmarks/bench_loader.py --quick      # < 60 s smoke run
+
+The corpus (demo videos at --size, built and sharded by our own pipeline, plus the
+per-clip files cut from the sources by ffmpeg stream copy) is cached in --workdir.
+Both loaders run in this process, single-threaded (decord and torch), so CPU-s per
+sample is the cost one DataLoader worker pays.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from lfvila_data.demo import COLOURS, TEMPLATES, make_video
+from lfvila_model.data import (
+    DataConfig,
+    choose_window,
+    crop_resize_normalize,
+    frame_times,
+    make_loader,
+    random_resized_crop_box,
+)
+
+# ---------------------------------------------------------------- corpus
+
+def make_sources(www: Path, videos: int, clips: int, size: str, fps: int, seed: int = 0) -> None:
+    """The demo videos at `size`, with the colours make_corpus would draw for them (it
+    replays the same rng), so make_corpus then finds them and writes matching text."""
+    rng = random.Random(seed)
+    jobs = []
+    for v in range(videos):
+        colours = [rng.choice(list(COLOURS)) for _ in range(clips)]
+        for _ in range(clips):
+            rng.choice(TEMPLATES)
+        path = www / f"demo{v:02d}.mp4"
+        if not path.exists():
+            jobs.append((path, colours))
+    www.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(2) as pool:  # each job is one ffmpeg process
+        list(pool.map(lambda j: make_video(j[0], j[1], size=size, fps=fps), jobs))
+
+
+def build_shards(root: Path, videos: int, clips: int, max_clips: int) -> Path:
+    """Our pipeline end to end: demo corpus -> build (fetch + cut to 3 fps / 240 px) -> shard."""
+    import ray
+
+    from lfvila_data.build import BuildConfig, run_build
+    from lfvila_data.demo import make_corpus
+    from lfvila_data.fetch import FetchConfig
+    from lfvila_data.localserver import MediaServer
+    from lfvila_data.plan import PlanConfig
+    from lfvila_data.shard import ShardConfig, run_shard
+    from lfvila_data.video_task import TaskContext
+
+    out = root / "shards"
+    if (out / "shard.json").exists():
+        return out
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=512 * 1024 * 1024)
+    try:
+        with MediaServer(root / "www") as srv:
+            meta, text = make_corpus(root, srv.url("").rstrip("/"), videos=videos, clips=clips)
+            build = root / "build"
+            run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(build),
+                                  plan=PlanConfig(max_clips=max_clips),
+                                  task=TaskContext(output=str(build), fetch=FetchConfig(retries=0))))
+        run_shard([str(build)], str(out), ShardConfig(val_fraction=0.0))
+    finally:
+        ray.shutdown()
+    return out
+
+
+def cut_clip_files(root: Path) -> Path:
+    """One file per clip from the sources, by ffmpeg stream copy (as HD-VILA distributed
+    clips): source resolution and frame rate, starting at the keyframe before the span."""
+    clips_dir = root / "clips"
+    clips_dir.mkdir(exist_ok=True)
+    jobs = []
+    for line in (root / "hdvila_part0.jsonl").read_text().splitlines():
+        video = json.loads(line)
+        for clip in video["clip"]:
+            dst = clips_dir / clip["clip_id"]
+            if not dst.exists():
+                a, b = clip["span"]
+                jobs.append(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", a, "-to", b, "-i",
+                             str(root / "www" / f"{video['video_id']}.mp4"), "-c", "copy",
+                             "-avoid_negative_ts", "make_zero", str(dst)])
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda cmd: subprocess.run(cmd, check=True), jobs))
+    return clips_dir
+
+
+def read_metas(shard_dir: Path) -> list[dict]:
+    metas = []
+    for url in sorted(shard_dir.glob("train-*.tar")):
+        with tarfile.open(url) as tar:
+            metas += [json.loads(tar.extractfile(m).read()) for m in tar.getmembers()
+                      if m.name.endswith(".json")]
+    return metas
+
+
+def tiny_tokenizer(root: Path):
+    """A small WordPiece vocabulary for the demo sentences (no downloads)."""
+    from lfvila_model.data import load_tokenizer
+
+    d = root / "tokenizer"
+    d.mkdir(exist_ok=True)
+    words = sorted({w.strip(".").lower() for t in TEMPLATES for w in t.split() if "{" not in w}
+                   | set(COLOURS))
+    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *words]) + "\n")
+    return load_tokenizer(str(d))
+
+
+# ---------------------------------------------------------------- the two loaders
+
+def run_ours(shard_dir: Path, cfg: DataConfig, tokenizer, n: int) -> int:
+    """Samples through make_loader (train mode), cycling over the shards until n."""
+    urls = [str(p) for p in sorted(shard_dir.glob("train-*.tar"))]
+    done = 0
+    while done < n:
+        for batch in make_loader(urls, cfg, train=True, tokenizer=tokenizer):
+            assert batch["video"].shape[1:] == (32, 3, *cfg.size)
+            done += len(batch["key"])
+            if done >= n:
+                break
+    return done
+
+
+def reference_sample(meta: dict, clips_dir: Path, cfg: DataConfig, tokenizer,
+                     rng: random.Random) -> dict:
+    """HD-VILA-style: a VideoReader per clip file at source resolution, 8 frames evenly
+    spaced over each file, then the same augmentation and tokenizer as ours."""
+    import decord
+
+    k = cfg.sample_clips
+    start = choose_window(meta["n_clips"], k, rng, train=True)
+    parts = []
+    for clip in meta["clips"][start:start + k]:
+        vr = decord.VideoReader(str(clips_dir / clip["clip_id"]), ctx=decord.cpu(0),
+                                num_threads=cfg.decode_threads)
+        n = len(vr)
+        idx = [min(int(t), n - 1) for t in frame_times(0.0, float(n), cfg.frames_per_clip)]
+        parts.append(torch.from_numpy(vr.get_batch(idx).asnumpy()))
+    frames = torch.cat(parts)
+    box = random_resized_crop_box(frames.shape[1], frames.shape[2], cfg.scale, cfg.crop_ratio, rng)
+    video = crop_resize_normalize(frames, box, cfg.size, cfg.flip and rng.random() < 0.5)
+    tok = tokenizer([c["text"] for c in meta["clips"][start:start + k]], padding="max_length",
+                    truncation=True, max_length=cfg.max_tokens, return_tensors="pt")
+    return {"video": video, "input_ids": tok["input_ids"]}
+
+
+def run_reference(metas: list[dict], clips_dir: Path, cfg: DataConfig, tokenizer, n: int) -> int:
+    rng = random.Random(cfg.seed)
+    for i in range(n):
+        out = reference_sample(metas[i % len(metas)], clips_dir, cfg, tokenizer, rng)
+        assert out["video"].shape == (32, 3, *cfg.size)
+    return n
+
+
+def measure(fn, *args) -> tuple[int, float, float]:
+    """(samples, wall s, CPU s of this process, all threads)."""
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    n = fn(*args)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return n, wall, cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="1280x720", help="source video size (reference reads this)")
+    ap.add_argument("--src-fps", type=int, default=30)
+    ap.add_argument("--videos", type=int, default=3)
+    ap.add_argument("--clips", type=int, default=64, help="clips per source video")
+    ap.add_argument("--max-clips", type=int, default=8, help="clips per sample")
+    ap.add_argument("--samples", type=int, default=48, help="samples timed per loader")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="tiny corpus, few samples (< 60 s)")
+    args = ap.parse_args()
+    if args.quick:
+        args.size, args.src_fps, args.videos, args.clips = "640x360", 15, 1, 16
+        args.samples, args.repeat = 6, 1
+    root = args.workdir or Path(f"/tmp/lfvila-bench-loader-{args.size}-{args.src_fps}-"
+                                f"{args.videos}x{args.clips}-{args.max_clips}")
+    root.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+
+    t0 = time.perf_counter()
+    make_sources(root / "www", args.videos, args.clips, args.size, args.src_fps)
+    shard_dir = build_shards(root, args.videos, args.clips, args.max_clips)
+    clips_dir = cut_clip_files(root)
+    metas = read_metas(shard_dir)
+    tokenizer = tiny_tokenizer(root)
+    print(f"corpus ready in {time.perf_counter() - t0:.1f} s: {len(metas)} samples, "
+          f"{sum(m['n_clips'] for m in metas)} clips, sources {args.size}@{args.src_fps} fps, "
+          f"shard {sum(p.stat().st_size for p in shard_dir.glob('*.tar')) / 1e6:.1f} MB "
+          f"({metas[0]['width']}x{metas[0]['height']}@{metas[0]['fps']:g} fps), clip files "
+          f"{sum(p.stat().st_size for p in clips_dir.iterdir()) / 1e6:.1f} MB")
+
+    cfg = DataConfig(batch_size=4, num_workers=0, shuffle_buffer=8, decode_threads=1)
+    run_ours(shard_dir, cfg, tokenizer, 2)                        # warm up both paths
+    run_reference(metas, clips_dir, cfg, tokenizer, 1)
+    rows: dict[str, list[tuple[int, float, float]]] = {"ours (shards)": [], "reference (clip files)": []}
+    for _ in range(args.repeat):
+        rows["ours (shards)"].append(measure(run_ours, shard_dir, cfg, tokenizer, args.samples))
+        rows["reference (clip files)"].append(measure(run_reference, metas, clips_dir, cfg, tokenizer,
+                                                      args.samples))
+    print(f"\n{'loader':<24}{'samples':>8}{'samples/s':>11}{'CPU-s/sample':>14}")
+    best = {}
+    for name, runs in rows.items():
+        n, wall, cpu = min(runs, key=lambda r: r[1])
+        best[name] = (n / wall, cpu / n)
+        print(f"{name:<24}{n:>8}{n / wall:>11.2f}{cpu / n:>14.3f}")
+    (ours_sps, ours_cpu), (ref_sps, ref_cpu) = best.values()
+    print(f"\nratio ours/reference: {ours_sps / ref_sps:.2f}x samples/s, "
+          f"{ref_cpu / ours_cpu:.2f}x less CPU per sample (target >= 3x)")
+
+
+if __name__ == "__main__":
+    main()
