@@ -199,20 +199,25 @@ def demo(
     videos: int = typer.Option(6, help="Generated videos in the corpus."),
     clips: int = typer.Option(16, help="Clips per video."),
     max_clips: int = typer.Option(8, help="Most clips in a sample."),
+    train_steps: int = typer.Option(100, help="Training steps of the demo model config on the shards (0: build and shard only)."),
 ) -> None:
-    """Build and shard the built-in demo corpus end to end (no internet needed)."""
+    """Build and shard the built-in demo corpus end to end (no internet needed), then train
+    the tiny demo model a few steps on the shards and evaluate retrieval."""
     from .build import BuildConfig, run_build
-    from .demo import make_corpus
+    from .demo import make_corpus, train_demo
     from .localserver import MediaServer
     from .progress import print_summary
     from .shard import ShardConfig, run_shard
 
+    if train_steps < 0:
+        _fail(f"--train-steps must be >= 0, got {train_steps}")
     root = Path(output) / "_corpus"
     (root / "www").mkdir(parents=True, exist_ok=True)
     try:
         with MediaServer(root / "www") as server:
             base = server.url("").rstrip("/")
-            meta, text = make_corpus(root, base, videos=videos, clips=clips)
+            # distinct first windows: samples the retrieval eval can tell apart
+            meta, text = make_corpus(root, base, videos=videos, clips=clips, distinct_every=max_clips)
             typer.echo(f"demo: {videos} generated videos served from {base}", err=True)
             run_build(BuildConfig(
                 metadata=(str(meta),), text=(str(text),), output=output,
@@ -223,8 +228,22 @@ def demo(
         print_summary(f"shards in {shards}", [
             (f"{k} split", f"{v['samples']} samples in {v['shards']} shards")
             for k, v in stats["splits"].items()])
+        if train_steps:
+            result = train_demo(output, train_steps, log=lambda m: typer.echo(m, err=True))
+            rows = [("steps", result["steps"]),
+                    ("loss", f"{result['loss_first']:.3f} -> {result['loss_last']:.3f} "
+                             "(means of the first and last steps)")]
+            for split, m in result["eval"].items():
+                p2v, n = m["paragraph_to_video"], m["num_samples"]
+                rows.append((f"{split} p->v", f"R@1 {p2v['R@1']:.1f}%  R@5 {p2v['R@5']:.1f}%  "
+                                               f"(chance R@1 {100 / n:.1f}%, {n} samples)"))
+            rows += [("checkpoint", result["checkpoint"]),
+                     ("logs", f"{output.rstrip('/')}/train/logs/metrics.csv, {output.rstrip('/')}/train/eval.json")]
+            print_summary(f"training in {output.rstrip('/')}/train", rows)
     except (InputError, ValueError) as e:
         _fail(str(e))
+    except ImportError as e:
+        _fail(f"training needs the model extra ({e}); --train-steps 0 skips it")
 
 
 def main() -> None:

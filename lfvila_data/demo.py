@@ -3,12 +3,16 @@ loopback HTTP server, so `lfvila-data demo` runs the real build (yt-dlp section
 downloads, cutting, manifest) with no internet.
 
 Each clip shows one named colour with moving noise and its sentence names that colour,
-so the text is about the video and a model trained on it can learn the link."""
+so the text is about the video and a model trained on it can learn the link: `train_demo`
+trains the tiny demo config on the demo's shards and evaluates retrieval
+(tests/model/test_learning.py shows it learning)."""
 from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 COLOURS = {"red": "0xd62728", "green": "0x2ca02c", "blue": "0x1f77b4", "yellow": "0xf5d33f",
@@ -38,26 +42,137 @@ def make_video(path: Path, colours: list[str], size: str = "320x240", fps: int =
                     "-movflags", "+faststart", str(path)], check=True)
 
 
+def _distinct_starts(rng: random.Random, colours: list[str], pairs: list[tuple[str, str]],
+                     every: int) -> list[str]:
+    """Give the clip at each multiple of ``every`` (the first clip of each ``every``-clip
+    sample) and the one after it two different colours whose unordered pair no other such
+    start has (popped from ``pairs`` while they last)."""
+    for start in range(0, len(colours) - 1, every):
+        if pairs:
+            pair = list(pairs.pop())
+            rng.shuffle(pair)
+            colours[start:start + 2] = pair
+    return colours
+
+
 def make_corpus(root: Path, base_url: str, videos: int = 6, clips: int = 16,
-                seed: int = 0) -> tuple[Path, Path]:
-    """Write videos under root/www and HD-VILA metadata under root; returns (meta, text)."""
+                seed: int = 0, colours: int | None = None, distinct_every: int = 0,
+                size: str = "320x240") -> tuple[Path, Path]:
+    """Write videos under root/www and HD-VILA metadata under root; returns (meta, text).
+
+    colours: use the first n named colours only (default all 8). distinct_every=k > 0:
+    samples of k clips get distinct first two-clip windows (two different colours, an
+    unordered pair no other sample starts with, while the pairs last: 28 for 8 colours), so
+    a retrieval test on window 0 has no indistinguishable samples. size: of the generated
+    videos (WxH)."""
     rng = random.Random(seed)
+    palette = list(COLOURS)[:colours or len(COLOURS)]
+    if len(palette) < 2:
+        raise ValueError("the demo corpus needs at least 2 colours")
     www = root / "www"
     www.mkdir(parents=True, exist_ok=True)
+    pairs = [(a, b) for i, a in enumerate(palette) for b in palette[i + 1:]] if distinct_every else []
+    rng.shuffle(pairs)
     meta_lines, text_lines = [], []
     for v in range(videos):
         vid = f"demo{v:02d}"
-        colours = [rng.choice(list(COLOURS)) for _ in range(clips)]
-        if not (www / f"{vid}.mp4").exists():
-            make_video(www / f"{vid}.mp4", colours)
+        colours_v = [rng.choice(palette) for _ in range(clips)]
+        if distinct_every:
+            colours_v = _distinct_starts(rng, colours_v, pairs, distinct_every)
+        video = www / f"{vid}.mp4"
+        stamp = www / f"{vid}.colours"  # regenerate when the colours asked for change
+        want = json.dumps([colours_v, size])
+        if not video.exists() or not stamp.exists() or stamp.read_text() != want:
+            make_video(video, colours_v, size=size)
+            stamp.write_text(want)
         spans = [(k * (CLIP + GAP), k * (CLIP + GAP) + CLIP) for k in range(clips)]
         meta_lines.append(json.dumps({"video_id": vid, "url": f"{base_url}/{vid}.mp4", "clip": [
             {"clip_id": f"{vid}.{k + 1}.mp4", "span": [_hms(a), _hms(b)]}
             for k, (a, b) in enumerate(spans)]}))
         text_lines += [json.dumps({"clip_id": f"{vid}.{k + 1}.mp4",
                                    "text": rng.choice(TEMPLATES).format(c=c)})
-                       for k, c in enumerate(colours)]
+                       for k, c in enumerate(colours_v)]
     meta, text = root / "hdvila_part0.jsonl", root / "hdvila_clip_text.jsonl"
     meta.write_text("\n".join(meta_lines) + "\n")
     text.write_text("\n".join(text_lines) + "\n")
     return meta, text
+
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def write_vocab(directory: str | Path, texts: Iterable[str] = ()) -> Path:
+    """A tiny BERT WordPiece vocabulary (directory/vocab.txt) of the words and punctuation of
+    the demo sentences plus ``texts``, so training needs no downloaded tokenizer; load it
+    with ``lfvila_model.data.load_tokenizer(directory)``. Returns the directory."""
+    words: set[str] = set(COLOURS)
+    for t in [*TEMPLATES, *texts]:
+        words |= set(re.findall(r"[a-z0-9]+|[^\sa-z0-9]", t.lower().replace("{c}", " ")))
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "vocab.txt").write_text("\n".join([*SPECIAL_TOKENS, *sorted(words)]) + "\n")
+    return d
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def train_demo(output: str | Path, steps: int, overrides: Iterable[str] = (), config: str = "demo",
+               log: Callable[[str], None] = print) -> dict:
+    """Train the demo config for ``steps`` updates on ``output/shards`` (train split), then
+    evaluate paragraph-to-video retrieval on each split; needs the `model` extra.
+
+    Writes ``output/tokenizer/vocab.txt`` (from the build's paragraphs), checkpoints in
+    ``output/train/checkpoints``, ``metrics.csv`` in ``output/train/logs``, the loop's step
+    lines in ``output/train/train.log`` and ``output/train/eval.json`` ({split: metrics}).
+    Returns {"loss_first", "loss_last" (means of the first and last few logged steps),
+    "steps", "train_samples", "eval": {split: metrics}, "checkpoint"}."""
+    import contextlib
+    import csv
+
+    import pandas as pd
+    import torch
+
+    from lfvila_model.eval import evaluate
+    from lfvila_model.train import (
+        checkpoints,
+        load_config,
+        load_model,
+        setup_data,
+        train,
+    )
+
+    out = Path(output)
+    shard_dir, run = out / "shards", out / "train"
+    splits = {s: sorted(str(p) for p in shard_dir.glob(f"{s}-*.tar")) for s in ("train", "val")}
+    if not splits["train"]:
+        raise ValueError(f"no train shards in {shard_dir}")
+    counts = pd.read_parquet(shard_dir / "manifest.parquet").split.value_counts().to_dict()
+    paragraphs = pd.read_parquet(out / "manifest.parquet").paragraph.tolist()
+    tok = write_vocab(out / "tokenizer", paragraphs)
+    vocab = len((tok / "vocab.txt").read_text().split())
+    n_train = int(counts.get("train", 0))
+    cfg = load_config(config, [
+        f"data.tokenizer={tok}", f"model.text.bert.vocab_size={max(128, vocab)}",
+        f"data.batch_size={max(2, min(8, n_train))}", f"optim.max_steps={steps}",
+        f"optim.warmup_steps={max(1, min(10, steps // 4))}",
+        f"checkpoint.dir={run / 'checkpoints'}", f"log.dir={run / 'logs'}", "log.every_steps=1",
+        "log.progress=false", "log.tensorboard=false", *overrides])
+    run.mkdir(parents=True, exist_ok=True)
+    log(f"train: {steps} steps of the {config} config on {n_train} train samples "
+        f"(step lines in {run / 'train.log'})")
+    with open(run / "train.log", "w") as f, contextlib.redirect_stdout(f):
+        train(cfg, setup_data(cfg, splits["train"]))
+    with open(run / "logs" / "metrics.csv") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    k = max(1, min(5, len(losses) // 4))
+    ckpt = checkpoints(cfg.checkpoint.dir)[-1]
+    model, _ = load_model(ckpt, torch.device("cpu"))
+    metrics = {}
+    for split, urls in splits.items():
+        if urls:
+            metrics[split] = evaluate(model, setup_data(cfg, urls, train=False)(0, 1)(0, 0))
+    (run / "eval.json").write_text(json.dumps({**metrics, "checkpoint": str(ckpt)}, indent=1))
+    return {"loss_first": _mean(losses[:k]), "loss_last": _mean(losses[-k:]), "steps": len(losses),
+            "train_samples": n_train, "eval": metrics, "checkpoint": str(ckpt)}

@@ -1,16 +1,19 @@
-"""The README's first command: the built-in demo corpus builds end to end offline."""
+"""The README's first command: the built-in demo corpus builds, shards and trains a few steps
+end to end offline."""
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 import sys
 
 import pandas as pd
 
 
-def test_demo_builds(tmp_path):
+def test_demo_builds_shards_and_trains(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "demo", "--output", str(out),
-                        "--videos", "2", "--clips", "8", "--max-clips", "4"],
+                        "--videos", "2", "--clips", "8", "--max-clips", "4", "--train-steps", "3"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     m = pd.read_parquet(out / "manifest.parquet")
@@ -20,3 +23,24 @@ def test_demo_builds(tmp_path):
     assert all((out / v).stat().st_size > 0 for v in m.video)
     shards = pd.read_parquet(out / "shards" / "manifest.parquet")
     assert set(shards.key) == set(m.key) and set(shards.split) == {"train", "val"}
+    # training: a vocabulary of the corpus, a checkpoint, per-step metrics, retrieval on each split
+    vocab = (out / "tokenizer" / "vocab.txt").read_text().split()
+    assert {"[CLS]", "[SEP]", "[PAD]", "red", "."} <= set(vocab)
+    ckpt = out / "train" / "checkpoints" / "step-00000003"
+    assert (ckpt / "model.pt").stat().st_size > 0 and (ckpt / "trainer.json").is_file()
+    with open(out / "train" / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(float(r["loss"]) > 0 for r in rows)
+    ev = json.loads((out / "train" / "eval.json").read_text())
+    assert {s: ev[s]["num_samples"] for s in ("train", "val")} == {"train": 2, "val": 2}
+    assert 0 <= ev["train"]["paragraph_to_video"]["R@1"] <= 100
+    assert "loss" in r.stdout and "R@1" in r.stdout and "R@5" in r.stdout
+
+
+def test_demo_train_steps_zero_skips_training(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "demo", "--output", str(out),
+                        "--videos", "1", "--clips", "4", "--max-clips", "4", "--train-steps", "0"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "shards" / "manifest.parquet").is_file() and not (out / "train").exists()
