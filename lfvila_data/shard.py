@@ -11,7 +11,9 @@ import hashlib
 import io
 import json
 import math
+import queue
 import tarfile
+import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -179,10 +181,19 @@ def plan_shards(manifest: pd.DataFrame, cfg: ShardConfig) -> list[ShardPlan]:
 
 
 class _Hashing(io.RawIOBase):
-    """A write-only stream that passes bytes on and keeps their MD5 and count."""
+    """A write-only stream that passes bytes on and keeps their count and MD5. The MD5
+    runs on its own thread (hashlib releases the GIL), overlapping the copy's I/O."""
 
     def __init__(self, sink):
-        self.sink, self.md5, self.size = sink, hashlib.md5(), 0
+        self.sink, self.size = sink, 0
+        self._md5 = hashlib.md5()
+        self._chunks: queue.Queue = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._hash, daemon=True)
+        self._thread.start()
+
+    def _hash(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._md5.update(chunk)
 
     def writable(self) -> bool:
         return True
@@ -191,16 +202,38 @@ class _Hashing(io.RawIOBase):
         return self.size
 
     def write(self, b) -> int:
-        self.sink.write(b)
-        self.md5.update(b)
-        self.size += len(b)
-        return len(b)
+        chunk = bytes(b)  # the caller may reuse its buffer; the hasher reads later
+        self._chunks.put(chunk)
+        self.sink.write(chunk)
+        self.size += len(chunk)
+        return len(chunk)
+
+    def hexdigest(self) -> str:
+        self._chunks.put(None)
+        self._thread.join()
+        return self._md5.hexdigest()
 
 
 def _info(name: str, size: int) -> tarfile.TarInfo:
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o644, 0, 0, "", ""
     return ti
+
+
+def _write_members(sink: _Hashing, rows: tuple[dict, ...], offsets: list[int]) -> None:
+    """The tar itself: per sample the mp4 (streamed from its build), the json, the txt.
+    Plain "w" mode writes straight through (no 10 KiB stream buffer); big copy buffers
+    keep Python out of the byte path."""
+    with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT,
+                      copybufsize=_COPY) as tar:
+        for row in rows:
+            meta, text = sample_members(row)
+            offsets.append(tar.offset)
+            src_fs, src_path = fsspec.core.url_to_fs(f"{row['_build'].rstrip('/')}/{row['video']}")
+            with src_fs.open(src_path, "rb", block_size=_COPY) as video:
+                tar.addfile(_info(f"{row['key']}.mp4", int(row["bytes"])), video)
+            tar.addfile(_info(f"{row['key']}.json", len(meta)), io.BytesIO(meta))
+            tar.addfile(_info(f"{row['key']}.txt", len(text)), io.BytesIO(text))
 
 
 def write_shard(plan: ShardPlan, output: str) -> ShardRecord:
@@ -213,22 +246,13 @@ def write_shard(plan: ShardPlan, output: str) -> ShardRecord:
     out.fs.makedirs(out.root, exist_ok=True)
     with out.fs.open(target, "wb", block_size=_PART) as raw:
         sink = _Hashing(raw)
-        # plain "w" mode writes straight through (no 10 KiB stream buffer); big copy
-        # buffers keep Python out of the byte path
-        with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT,
-                          copybufsize=_COPY) as tar:
-            for row in plan.rows:
-                meta, text = sample_members(row)
-                offsets.append(tar.offset)
-                src_fs, src_path = fsspec.core.url_to_fs(f"{row['_build'].rstrip('/')}/{row['video']}")
-                with src_fs.open(src_path, "rb", block_size=_COPY) as video:
-                    tar.addfile(_info(f"{row['key']}.mp4", int(row["bytes"])), video)
-                tar.addfile(_info(f"{row['key']}.json", len(meta)), io.BytesIO(meta))
-                tar.addfile(_info(f"{row['key']}.txt", len(text)), io.BytesIO(text))
+        try:
+            _write_members(sink, plan.rows, offsets)
+        finally:
+            md5sum = sink.hexdigest()  # also ends the hashing thread on failure
     if out.is_local:
         out.fs.mv(target, final)
-    record = ShardRecord(plan.split, plan.name, len(plan.rows), sink.size, sink.md5.hexdigest(),
-                         offsets)
+    record = ShardRecord(plan.split, plan.name, len(plan.rows), sink.size, md5sum, offsets)
     out.write_json(f"_meta/{plan.name}.json", asdict(record))  # the done marker, last
     return record
 
