@@ -18,6 +18,7 @@ class Stage(str, Enum):
 
     METADATA = "metadata"
     TEXT = "text"
+    ASR = "asr"
     PLAN = "plan"
     DOWNLOAD = "download"
     PROBE = "probe"
