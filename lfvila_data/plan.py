@@ -22,17 +22,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .records import Clip, Failure, PlannedSample, Stage, sample_key
+from .records import Clip, Failure, PlannedSample, Stage, TimedText, sample_key
 from .source_hdvila import (InputError, VideoMeta, expand_paths, iter_line_ranges,
                             parse_text_line, parse_video_line, read_lines_in_range)
 
+# Sentences inside a clip with their own spans (source seconds); empty for HD-VILA clips.
+SENTENCE_TYPE = pa.struct([("text", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
 PLAN_SCHEMA = pa.schema([
     ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
     ("start", pa.float64()), ("end", pa.float64()), ("duration", pa.float64()),
     ("n_clips", pa.int32()),
     ("clips", pa.list_(pa.struct([
         ("clip_id", pa.string()), ("k", pa.int32()), ("start", pa.float64()),
-        ("end", pa.float64()), ("text", pa.string())]))),
+        ("end", pa.float64()), ("text", pa.string()),
+        ("sentences", pa.list_(SENTENCE_TYPE))]))),
     ("text_source", pa.string()), ("language", pa.string()),
 ])
 FAILURE_SCHEMA = pa.schema([
@@ -142,13 +145,17 @@ def sample_to_row(sample: PlannedSample) -> dict:
             "start": sample.start, "end": sample.end, "duration": sample.end - sample.start,
             "n_clips": len(sample.clips),
             "clips": [{"clip_id": c.clip_id, "k": c.k, "start": c.start, "end": c.end,
-                       "text": c.text} for c in sample.clips],
+                       "text": c.text, "sentences": [{"text": t.text, "start": t.start, "end": t.end}
+                                                     for t in c.sentences]}
+                      for c in sample.clips],
             "text_source": sample.text_source, "language": sample.language}
 
 
 def plan_row_to_sample(row: dict) -> PlannedSample:
     """The PlannedSample of one plan-parquet row, for stages that read the plan."""
-    clips = tuple(Clip(c["clip_id"], int(c["k"]), float(c["start"]), float(c["end"]), c["text"])
+    clips = tuple(Clip(c["clip_id"], int(c["k"]), float(c["start"]), float(c["end"]), c["text"],
+                       tuple(TimedText(t["text"], float(t["start"]), float(t["end"]))
+                             for t in c.get("sentences") or ()))
                   for c in row["clips"])
     return PlannedSample(key=row["key"], video_id=row["video_id"], url=row["url"],
                          start=float(row["start"]), end=float(row["end"]), clips=clips,
@@ -324,7 +331,9 @@ def _plan_table(samples: list[PlannedSample], first_rows: list[int], clips: pa.T
     rows = np.repeat(np.asarray(first_rows, dtype=np.int64) - offsets[:-1], n_clips) + np.arange(offsets[-1])
     item = PLAN_SCHEMA.field("clips").type
     struct = pa.StructArray.from_arrays(
-        [clips.column(f.name).combine_chunks().cast(f.type) for f in item.value_type],
+        [clips.column(f.name).combine_chunks().cast(f.type) if f.name in clips.column_names
+         else pa.nulls(len(clips), f.type)  # HD-VILA clips: one sentence, the clip itself
+         for f in item.value_type],
         fields=list(item.value_type))
     starts = [s.start for s in samples]
     ends = [s.end for s in samples]

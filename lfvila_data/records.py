@@ -50,14 +50,38 @@ def sample_key(video_id: str, first_k: int, last_k: int) -> str:
 
 
 @dataclass(frozen=True)
+class TimedText:
+    """A sentence and its span in seconds of source time."""
+
+    text: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class Clip:
-    """One HD-VILA clip of a source video, times in seconds of source time."""
+    """One clip of a source video, times in seconds of source time.
+
+    `sentences` keeps each sentence of a clip made from several (subtitles, ASR) with its
+    own span; HD-VILA clips have one sentence, the clip itself, and leave it empty."""
 
     clip_id: str
     k: int
     start: float
     end: float
     text: str | None = None
+    sentences: tuple[TimedText, ...] = ()
+
+    def timed_sentences(self) -> tuple[TimedText, ...]:
+        """The clip's sentences with spans; a single-sentence clip is its own sentence."""
+        if self.sentences:
+            return self.sentences
+        return (TimedText(self.text, self.start, self.end),) if self.text else ()
+
+    def sentence_rows(self, origin: float = 0.0) -> list[dict]:
+        """The sentences as plain dicts, times relative to `origin` (source time when 0)."""
+        return [{"text": s.text, "start": round(s.start - origin, 6), "end": round(s.end - origin, 6)}
+                for s in self.timed_sentences()]
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,9 @@ def split_sentences(words: Sequence[Word], config: SentenceConfig = SentenceConf
     if config.punctuator is not None:
         groups = _groups_from_text(words, config.punctuator(words), config.language)
     elif is_punctuated(words):
-        groups = [g for chunk in _chunks(words)
-                  for g in _groups_from_text(chunk, " ".join(w.text for w in chunk), config.language)]
+        groups = _repair_boundaries(
+            [g for chunk in _chunks(words)
+             for g in _groups_from_text(chunk, " ".join(w.text for w in chunk), config.language)])
     else:
         groups = split_by_pauses(words, config.pause)
     return [_sentence(g) for group in groups for g in split_long(group, config.max_duration)]
@@ -138,6 +139,26 @@ def _groups_from_text(words: list[Word], text: str, language: str) -> list[list[
             last_sentence = max(sentence, last_sentence)
         groups[-1].append(word)
     return groups
+
+
+def _repair_boundaries(groups: list[list[Word]]) -> list[list[Word]]:
+    """Keep only boundaries after a sentence-final word of the text itself.
+
+    pysbd reads "number 1. Next" as a numbered list and ends the sentence before "1.";
+    such a stranded first word goes back to the sentence it ends, and any other boundary
+    with no final punctuation before it is undone."""
+    fixed: list[list[Word]] = []
+    for group in groups:
+        group = list(group)
+        if fixed and not _SENTENCE_END.search(fixed[-1][-1].text):
+            if _SENTENCE_END.search(group[0].text):
+                fixed[-1].append(group.pop(0))
+            else:
+                fixed[-1].extend(group)
+                group = []
+        if group:
+            fixed.append(group)
+    return fixed
 
 
 def _word_char_index(words: list[Word]) -> tuple[str, list[int]]:

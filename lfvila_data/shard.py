@@ -134,12 +134,21 @@ def pack(sizes: list[tuple[str, int]], cfg: ShardConfig) -> list[list[str]]:
     return shards
 
 
+def _sentences(clip: dict) -> list[dict]:
+    """A manifest clip's sentences (source time); builds older than sentence spans had
+    none, and their clip is its one sentence."""
+    return clip.get("sentences") or [{"text": clip["text"], "start": clip["start"], "end": clip["end"]}]
+
+
 def sample_json(row: dict) -> dict:
     """The `{key}.json` member: clip times relative to the sample video's first frame."""
     start = row["start"]
     clips = [{"clip_id": c["clip_id"], "start": round(c["start"] - start, 6),
               "end": round(c["end"] - start, 6), "source_start": c["start"],
-              "source_end": c["end"], "text": c["text"]} for c in row["clips"]]
+              "source_end": c["end"], "text": c["text"],
+              "sentences": [{"text": t["text"], "start": round(t["start"] - start, 6),
+                             "end": round(t["end"] - start, 6)} for t in _sentences(c)]}
+             for c in row["clips"]]
     return {"key": row["key"], "video_id": row["video_id"], "url": row["url"],
             "source": row.get("source") or "hdvila", "start": start, "end": row["end"],
             "duration": row["duration"], "fps": row["fps"], "width": int(row["width"]),

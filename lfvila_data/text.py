@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .plan import PlanConfig, group_runs
-from .records import Clip, Failure, PlannedSample, Stage
+from .records import Clip, Failure, PlannedSample, Stage, TimedText
 from .sentences import Sentence, SentenceConfig, split_sentences
 from .source_hdvila import VideoMeta
 from .subtitles import SubtitleError, detect_kind, parse_subtitles
@@ -32,7 +32,8 @@ def sentences_to_clips(sentences: list[Sentence], video_id: str, cfg: ClipConfig
         if group:
             k = len(clips) + 1
             clips.append(Clip(f"{video_id}.{k}.mp4", k, group[0].start, group[-1].end,
-                              " ".join(s.text for s in group)))
+                              " ".join(s.text for s in group),
+                              tuple(TimedText(s.text, s.start, s.end) for s in group)))
             group.clear()
 
     for s in sentences:
@@ -62,7 +63,9 @@ def plan_subtitled_video(video_id: str, url: str, subtitles: bytes, fmt: str | N
     meta = VideoMeta(video_id, url, tuple(Clip(c.clip_id, c.k, c.start, c.end) for c in clips))
     samples, failures = group_runs(meta, {c.clip_id: c.text for c in clips}, plan, stats)
     text_source = "auto_captions" if kind == "auto_captions" else "subtitles"
-    samples = [PlannedSample(s.key, s.video_id, s.url, s.start, s.end, s.clips, text_source, language)
+    by_id = {c.clip_id: c for c in clips}  # group_runs keeps clip texts, not sentences
+    samples = [PlannedSample(s.key, s.video_id, s.url, s.start, s.end,
+                             tuple(by_id[c.clip_id] for c in s.clips), text_source, language)
                for s in samples]
     if not samples and not failures:
         failures.append(Failure(video_id, None, Stage.TEXT.value,

@@ -44,6 +44,7 @@ CHECKS = {
     "nsamples": "samples in a shard differ from the index nsamples",
     "json": "the json does not parse, lacks a field, has a wrong type or disagrees with its key",
     "clips": "clip times are not relative, ordered and within the video",
+    "sentences": "a clip's sentences are not ordered, inside the clip, or do not make up its text",
     "txt": "the txt is not the clip texts joined by single spaces",
     "manifest": "manifest.parquet disagrees with the shards (keys, shard, split, offset)",
     "decode": "ffmpeg cannot decode the mp4 without errors",
@@ -63,7 +64,9 @@ SAMPLE_FIELDS = {"key": _STR, "video_id": _STR, "url": _STR, "source": _STR,
                  "start": _NUM, "end": _NUM, "duration": _NUM, "fps": _NUM,
                  "width": _INT, "height": _INT, "frames": _INT, "n_clips": _INT, "clips": _LIST}
 CLIP_FIELDS = {"clip_id": _STR, "start": _NUM, "end": _NUM, "source_start": _NUM,
-               "source_end": _NUM, "text": _STR}
+               "source_end": _NUM, "text": _STR, "sentences": _LIST}
+SENTENCE_FIELDS = {"text": _STR, "start": _NUM, "end": _NUM}
+SENTENCE_SLACK = 0.002  # seconds: times are rounded to the microsecond on both sides
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,10 @@ def check_meta(key: str, meta: object) -> list[tuple[str, str]]:
             errors.append(("json", f"clips[{i}] is not an object"))
         else:
             errors += [("json", e) for e in _field_errors(c, CLIP_FIELDS, f"clips[{i}] ")]
+            for j, t in enumerate(c.get("sentences") if isinstance(c.get("sentences"), list) else []):
+                where = f"clips[{i}].sentences[{j}] "
+                errors += ([("json", e) for e in _field_errors(t, SENTENCE_FIELDS, where)]
+                           if isinstance(t, dict) else [("json", f"{where}is not an object")])
     if errors:
         return errors
     if meta["key"] != key:
@@ -185,7 +192,27 @@ def check_meta(key: str, meta: object) -> list[tuple[str, str]]:
     if meta["duration"] <= 0 or meta["fps"] <= 0 or meta["width"] <= 0 or meta["height"] <= 0:
         errors.append(("json", "duration, fps, width and height must be positive"))
         return errors
-    return errors + [("clips", m) for m in _clip_time_errors(clips, meta["duration"], meta["fps"])]
+    return (errors + [("clips", m) for m in _clip_time_errors(clips, meta["duration"], meta["fps"])]
+            + [("sentences", m) for i, c in enumerate(clips) for m in _sentence_errors(i, c)])
+
+
+def _sentence_errors(i: int, clip: dict) -> list[str]:
+    """Sentences lie inside their clip in time order and their texts make the clip text."""
+    sents = clip["sentences"]
+    if not sents:
+        return [f"clips[{i}] has no sentences"]
+    errors, prev = [], float("-inf")
+    for j, t in enumerate(sents):
+        if not (clip["start"] - SENTENCE_SLACK <= t["start"] <= t["end"] <= clip["end"] + SENTENCE_SLACK):
+            errors.append(f"clips[{i}].sentences[{j}] {t['start']:.3f}-{t['end']:.3f} s is not "
+                          f"inside the clip {clip['start']:.3f}-{clip['end']:.3f} s")
+        if t["start"] < prev - SENTENCE_SLACK:
+            errors.append(f"clips[{i}].sentences[{j}] starts before the sentence before it")
+        prev = t["start"]
+    joined = " ".join(t["text"] for t in sents)
+    if joined.strip() != clip["text"].strip():
+        errors.append(f"clips[{i}] text is not its sentences joined by spaces: {clip['text'][:60]!r}")
+    return errors
 
 
 def _clip_time_errors(clips: list[dict], duration: float, fps: float) -> list[str]:

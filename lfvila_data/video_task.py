@@ -71,8 +71,8 @@ def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, sourc
     return {
         "key": sample.key, "video_id": sample.video_id, "url": sample.url, "source": source,
         "start": sample.start, "end": sample.end, "n_clips": len(sample.clips),
-        "clips": [{"clip_id": c.clip_id, "start": c.start, "end": c.end, "text": c.text}
-                  for c in sample.clips],
+        "clips": [{"clip_id": c.clip_id, "start": c.start, "end": c.end, "text": c.text,
+                   "sentences": c.sentence_rows()} for c in sample.clips],
         "paragraph": sample.paragraph, "video": rel, "fps": round(out.fps, 6),
         "width": out.width, "height": out.height, "duration": round(out.duration, 6),
         "frames": out.nb_frames or 0, "bytes": nbytes,

@@ -18,8 +18,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+SENTENCE_TYPE = pa.struct([("text", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
 CLIP_TYPE = pa.struct([("clip_id", pa.string()), ("start", pa.float64()),
-                       ("end", pa.float64()), ("text", pa.string())])
+                       ("end", pa.float64()), ("text", pa.string()),
+                       ("sentences", pa.list_(SENTENCE_TYPE))])
 MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
     ("source", pa.string()), ("start", pa.float64()), ("end", pa.float64()),

@@ -129,3 +129,10 @@ def test_real_files_partition(name: str, language: str, punctuated: bool) -> Non
     assert all(s.end - s.start <= 15.0 or len(s.words) == 1 for s in sentences)
     if punctuated:
         assert sum(s.text.endswith((".", "?", "!")) for s in sentences) > 0.7 * len(sentences)
+
+
+def test_numbers_before_a_full_stop_stay_in_their_sentence() -> None:
+    # pysbd alone reads "number 1. This" as a list item and splits before "1."
+    words = _stream("This is sentence number 1. This is sentence number 2. It was 5 p.m. when we left.")
+    assert [s.text for s in split_sentences(words)] == [
+        "This is sentence number 1.", "This is sentence number 2.", "It was 5 p.m. when we left."]

@@ -138,6 +138,8 @@ def test_tarfile_reader_matches_the_build(shards, builds):
                 assert meta["clips"][0]["start"] == 0.0
                 for c, s in zip(meta["clips"], src["clips"]):
                     assert c["source_start"] == s["start"] and c["text"] == s["text"]
+                    # HD-VILA clips are one sentence each, with the clip's relative span
+                    assert c["sentences"] == [{"text": c["text"], "start": c["start"], "end": c["end"]}]
                     assert c["start"] == pytest.approx(s["start"] - src["start"])
                 text = tar.extractfile(members[i + 2]).read().decode()
                 assert text == src["paragraph"]

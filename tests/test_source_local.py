@@ -34,6 +34,9 @@ def test_sentences_merge_into_clips():
     assert [(c.k, c.start, c.end, c.text) for c in clips] == [
         (1, 0, 9.5, "One. Two. Three."), (2, 12, 25, "Long one."), (3, 25.5, 27, "Short.")]
     assert [c.clip_id for c in clips] == ["v.1.mp4", "v.2.mp4", "v.3.mp4"]
+    assert [(t.text, t.start, t.end) for t in clips[0].sentences] == [
+        ("One.", 0, 3), ("Two.", 3.2, 6), ("Three.", 6.1, 9.5)]
+    assert clips[1].sentence_rows(origin=10) == [{"text": "Long one.", "start": 2, "end": 15}]
 
 
 def test_sidecar_lookup_and_ids(tmp_path):
@@ -56,9 +59,9 @@ def local_build(tmp_path_factory, ray_module):
     lib.mkdir()
     make_timecoded_video(lib / "talk.mp4", 90, width=160, height=120)
     cues = []
-    for i in range(20):  # a sentence every 4 s, 3.5 s long
-        a = 1.0 + 4 * i
-        cues.append(f"{vtt_time(a)} --> {vtt_time(a + 3.5)}\nThis is sentence number {i + 1}.\n")
+    for i in range(25):  # a sentence every 3.5 s, 3 s long
+        a = 1.0 + 3.5 * i
+        cues.append(f"{vtt_time(a)} --> {vtt_time(a + 3.0)}\nThis is sentence number {i + 1}.\n")
     (lib / "talk.en.vtt").write_text("WEBVTT\n\n" + "\n".join(cues))
     make_timecoded_video(lib / "captions.mp4", 60, width=160, height=120)
     shutil.copy(REAL_SUBS / "yt-auto_en_macbook-air-cooling.en.vtt", lib / "captions.en.vtt")
@@ -85,6 +88,12 @@ def test_local_build_samples_and_text(local_build):
         times = decode_times(out / row.video)
         assert row.start - 0.25 <= times[0] <= row.start + 1 / 3
         assert all(row.start <= c["start"] < c["end"] <= row.end for c in row.clips)
+        for c in row.clips:  # every sentence keeps its own span: cue i is at 1 + 3.5i, 3 s long
+            assert " ".join(t["text"] for t in c["sentences"]) == c["text"]
+            for t in c["sentences"]:
+                i = int(t["text"].split()[-1].rstrip(".")) - 1
+                assert (t["start"], t["end"]) == pytest.approx((1.0 + 3.5 * i, 4.0 + 3.5 * i), abs=1e-3)
+    assert max(len(c["sentences"]) for c in first.clips) >= 2  # merged clips keep every sentence
     caps = m[m.video_id == local_video_id((lib / "captions.mp4").resolve())]
     assert len(caps) >= 1 and (caps.text_source == "auto_captions").all()
     assert (caps.end <= 60.5).all()

@@ -43,6 +43,8 @@ def make_sample(video_id: str, first: int, n_clips: int, mp4: bytes, seconds: fl
               "end": round((i + 1) * step, 6), "source_start": src0 + i * step,
               "source_end": src0 + (i + 1) * step, "text": WORDS[i % len(WORDS)]}
              for i in range(n_clips)]
+    for c in clips:
+        c["sentences"] = [{"text": c["text"], "start": c["start"], "end": c["end"]}]
     meta = {"key": key, "video_id": video_id, "url": f"https://example.com/{video_id}",
             "source": "hdvila", "start": src0, "end": src0 + seconds, "duration": float(seconds),
             "fps": FPS, "width": 64, "height": 48, "frames": int(seconds * FPS),
@@ -321,6 +323,12 @@ def test_bad_index_is_a_problem(good):
     (lambda m: m.update(key="other_00001_00004"), "json", "differs from the member key"),
     (lambda m: m["clips"][1].update(start=101.0, end=102.0), "clips", "relative"),
     (lambda m: m["clips"][0].update(end=3.5), "clips", "within"),
+    (lambda m: m["clips"][0].pop("sentences"), "json", "lacks field 'sentences'"),
+    (lambda m: m["clips"][0]["sentences"][0].update(end=0.9), "sentences", "not inside the clip"),
+    (lambda m: m["clips"][0]["sentences"][0].update(text="omega"), "sentences", "not its sentences"),
+    (lambda m: m["clips"][0].update(sentences=[]), "sentences", "no sentences"),
+    (lambda m: m["clips"][0]["sentences"].insert(0, {"text": 3, "start": 0, "end": 0.1}), "json",
+     "'text' is int"),
 ])
 def test_check_meta(videos, edit, check, words):
     s = make_sample("vidAAAAAAA1", 1, 4, videos[3], 3)
