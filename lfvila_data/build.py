@@ -19,13 +19,14 @@ from typing import Iterator
 
 
 from . import __version__
-from .plan import (PlanConfig, PlanSummary, build_plan, iter_plan_parts, load_plan_summary,
-                   plan_row_to_sample, read_plan_failures)
+from .plan import (PlanConfig, PlanSummary, _read_success, build_plan, iter_plan_parts,
+                   load_plan_summary, plan_row_to_sample, read_plan_failures)
 from .progress import BuildProgress, human_bytes, human_time, print_summary
 from .records import PlannedSample
 from .runner import RunConfig, run_videos
 from .source_hdvila import InputError, expand_paths
-from .source_local import find_videos, plan_local
+from .source_local import find_videos
+from .text_stage import TextOptions, _asr_marker, plan_local_text, plan_youtube, retext_plan_with_asr
 from .video_task import TaskContext, VideoJob
 from .write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
 
@@ -38,8 +39,8 @@ class BuildConfig:
     text: tuple[str, ...]
     output: str
     source: str = "hdvila"
-    inputs: tuple[str, ...] = ()      # --source local: video files, globs, directories
-    langs: tuple[str, ...] = ("en",)  # subtitle languages, in order of preference
+    inputs: tuple[str, ...] = ()      # --source local: videos/globs/dirs; youtube: list files
+    text_opts: TextOptions = TextOptions()  # subtitle languages, speech recognition
     plan: PlanConfig = PlanConfig()
     task: TaskContext | None = None
     run: RunConfig = RunConfig()
@@ -93,14 +94,24 @@ def iter_jobs(output: str, skip: set[str]) -> Iterator[VideoJob]:
 
 
 def _plan(cfg: BuildConfig) -> PlanSummary:
-    if cfg.source == "local":  # cheap (no video is read): always planned afresh
-        return plan_local(list(cfg.inputs), cfg.output, cfg.plan, list(cfg.langs))
+    fetch = (cfg.task or TaskContext(output=cfg.output)).fetch
+    # text-first sources journal each video's text, so re-planning redoes only what is missing
+    if cfg.source == "local":
+        return plan_local_text(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch)
+    if cfg.source == "youtube":
+        return plan_youtube(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch)
+    # hdvila: metadata has text; only "--asr always" re-transcribes the planned spans
+    asr = cfg.text_opts.asr == "always"
+    want = _asr_marker(cfg.text_opts) if asr else None
     summary = load_plan_summary(cfg.output, metadata=list(cfg.metadata), text=list(cfg.text),
                                 cfg=cfg.plan)
-    if summary is not None:
+    made_with = (_read_success(cfg.output) or {}).get("inputs", {}).get("asr")
+    if summary is not None and made_with == want:
         print("plan: reusing the finished plan (same inputs and settings)", file=sys.stderr)
         return summary
-    return build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan)
+    if summary is None or made_with is not None:
+        summary = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan)
+    return retext_plan_with_asr(cfg.output, cfg.plan, cfg.text_opts, fetch) if asr else summary
 
 
 def _plan_rows(s: PlanSummary) -> list[tuple[str, object]]:
@@ -129,8 +140,14 @@ def run_build(cfg: BuildConfig) -> dict:
     if cfg.source == "hdvila":  # unreadable inputs fail here, before Ray starts
         expand_paths(list(cfg.metadata))
         expand_paths(list(cfg.text))
+    elif cfg.source == "youtube":
+        expand_paths(list(cfg.inputs))
     else:
         find_videos(list(cfg.inputs))
+    if cfg.text_opts.asr != "off":
+        from .asr import check_model
+
+        check_model(cfg.text_opts.asr_config)  # a wrong model path fails now, not after planning
     out = OutputDir(cfg.output)
     check_output(out)
     init_ray(cfg.ray_address)
@@ -176,7 +193,7 @@ def run_build(cfg: BuildConfig) -> dict:
     elapsed = time.time() - started
     record = {
         "source": task.source, "metadata": list(cfg.metadata), "text": list(cfg.text),
-        "inputs": list(cfg.inputs), "langs": list(cfg.langs),
+        "inputs": list(cfg.inputs), "text_options": asdict(cfg.text_opts),
         "output": cfg.output, "plan_config": asdict(cfg.plan), "fetch": asdict(task.fetch),
         "cut": asdict(task.cut), "run": asdict(cfg.run), "plan": asdict(plan),
         "counts": counts, "versions": _versions(),

@@ -14,6 +14,8 @@ from .fetch import FetchConfig
 from .plan import PlanConfig
 from .runner import RunConfig
 from .source_hdvila import InputError
+from .text import ClipConfig
+from .text_stage import TextOptions
 from .video_task import TaskContext
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -22,7 +24,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 class Source(str, Enum):
     hdvila = "hdvila"
+    youtube = "youtube"
     local = "local"
+
+
+class Asr(str, Enum):
+    off = "off"
+    auto = "auto"
+    always = "always"
 
 
 @app.callback()
@@ -40,8 +49,18 @@ def build(
     source: Source = typer.Option(Source.hdvila, help="Where videos and text come from."),
     metadata: List[str] = typer.Option([], help="HD-VILA url/span jsonl files (paths, globs, s3://); repeatable."),
     text: List[str] = typer.Option([], help="HD-VILA clip text jsonl files; repeatable."),
-    input: List[str] = typer.Option([], "--input", help="--source local: video files, globs or directories (sidecar .vtt/.srt subtitles)."),
-    lang: List[str] = typer.Option(["en"], help="Subtitle languages in order of preference; repeatable."),
+    input: List[str] = typer.Option([], "--input", help="--source youtube: URL/id lists (txt, csv, jsonl, parquet); --source local: video files, globs or directories (sidecar .vtt/.srt subtitles)."),
+    lang: List[str] = typer.Option(["en"], help="Subtitle languages in order of preference; repeatable. Human-made subtitles in any of them are preferred to automatic captions."),
+    asr: Asr = typer.Option(Asr.off, help="Speech recognition: 'auto' transcribes videos without usable subtitles, 'always' every video (hdvila: re-transcribes the planned spans)."),
+    asr_model: str = typer.Option("openai/whisper-large-v3", help="Whisper model: hub id or local directory."),
+    asr_language: Optional[str] = typer.Option(None, help="Language Whisper transcribes in (default: detected)."),
+    asr_timestamps: str = typer.Option("word", help="'word' (cross-attention alignment) or 'segment' timestamps."),
+    asr_batch_size: int = typer.Option(8, help="30-s audio windows per Whisper forward pass."),
+    asr_actors: Optional[int] = typer.Option(None, help="Whisper actors (default: one per GPU, else 1)."),
+    asr_gpu: Optional[bool] = typer.Option(None, "--asr-gpu/--no-asr-gpu", help="Run Whisper on GPUs (default: when the cluster has them)."),
+    min_clip_seconds: float = typer.Option(8.0, help="Subtitles/ASR: sentences are merged into clips of at least this length..."),
+    max_clip_seconds: float = typer.Option(20.0, help="...and at most this length."),
+    language_check: bool = typer.Option(True, help="Reject subtitles whose text is clearly in another language than asked."),
     output: str = typer.Option(..., help="Output directory (local path or fsspec URL)."),
     plan_only: bool = typer.Option(False, help="Stop after planning; print samples, clips, hours."),
     min_clips: int = typer.Option(4, help="Fewest consecutive clips in a sample."),
@@ -69,14 +88,18 @@ def build(
     retries: int = typer.Option(3, help="Retries of a transient download error (with backoff)."),
     workdir: Optional[str] = typer.Option(None, help="Node-local scratch directory for downloads."),
 ) -> None:
-    """Plan long-form samples (HD-VILA metadata, or local videos with subtitles), then
-    download, cut and record them."""
+    """Plan long-form samples (HD-VILA metadata; YouTube or local videos with subtitles or
+    speech recognition), then download, cut and record them."""
     from .build import BuildConfig, run_build
 
     if source == Source.hdvila and (not metadata or not text):
         _fail("--metadata and --text are both required for --source hdvila")
-    if source == Source.local and not input:
-        _fail("--input is required for --source local")
+    if source in (Source.local, Source.youtube) and not input:
+        _fail(f"--input is required for --source {source.value}")
+    if asr_timestamps not in ("word", "segment"):
+        _fail(f"--asr-timestamps must be 'word' or 'segment', got {asr_timestamps!r}")
+    if not 0 < min_clip_seconds <= max_clip_seconds:
+        _fail("--min-clip-seconds must be positive and at most --max-clip-seconds")
     if source == Source.local:
         allow_local_files = True  # the inputs are local files by definition
     if height <= 0 or height % 2:
@@ -101,8 +124,17 @@ def build(
                               proxy=proxy, rate_limit=rate_limit, allow_local_files=allow_local_files),
             cut=CutConfig(fps=fps, height=height, copy=copy, audio=audio, threads=cut_threads,
                           preset=x264_preset))
+        asr_cfg = None
+        if asr != Asr.off:
+            from .asr import AsrConfig
+
+            asr_cfg = AsrConfig(model=asr_model, language=asr_language, timestamps=asr_timestamps,
+                                batch_size=asr_batch_size, num_actors=asr_actors, use_gpu=asr_gpu)
+        text_opts = TextOptions(langs=tuple(lang), asr=asr.value, asr_config=asr_cfg,
+                                clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds),
+                                check_language=language_check)
         cfg = BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output, plan=plan,
-                          source=source.value, inputs=tuple(input), langs=tuple(lang),
+                          source=source.value, inputs=tuple(input), text_opts=text_opts,
                           task=task, run=RunConfig(fetch_concurrency=download_concurrency,
                                                    cut_concurrency=cut_concurrency,
                                                    cut_cpus=float(cut_threads)),

@@ -200,6 +200,30 @@ class Fetcher:
             delay *= 2
         raise AssertionError("unreachable")
 
+    def media_url(self, url: str) -> str:
+        """What ffmpeg should read for the audio of `url`: the file itself for local
+        paths, else the direct URL of the best audio (or smallest muxed) format. Used by
+        speech recognition, which streams audio and never downloads the video."""
+        import yt_dlp
+
+        local = local_path(url)
+        if local is not None:
+            if not self.cfg.allow_local_files:
+                raise FetchError("local files are not allowed (use --allow-local-files)", True)
+            return str(local)
+        log = _Log()
+        params = self.params(self.workdir, None, log) | {"format": "ba/wa*/b/w", "format_sort": []}
+        try:
+            with yt_dlp.YoutubeDL(params) as ydl:
+                info = ydl.extract_info(url, download=False)
+        except yt_dlp.utils.DownloadError as e:
+            msg = _clean(log.errors[-1] if log.errors else str(e))
+            raise FetchError(msg, is_permanent(msg)) from None
+        urls = _media_urls(info)
+        if not urls:
+            raise FetchError("yt-dlp found no playable audio or video format", True)
+        return urls[-1]  # with separate streams the audio one comes last
+
     def _download(self, url: str, target: Path, wanted: list[tuple[float, float]] | None) -> Fetched:
         import yt_dlp
 

@@ -75,3 +75,32 @@ def run_videos(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
                 except Exception as e:  # noqa: BLE001
                     on_result(_crash(job, Stage.CUT, e))
         tick()
+
+
+def map_unordered(submit: Callable[[object], "ray.ObjectRef"], items: Iterable, concurrency: int,
+                  on_result: Callable[[object], None], on_error: Callable[[object, Exception], None],
+                  tick: Callable[[], None] = lambda: None) -> None:
+    """Run `submit(item)` with at most `concurrency` tasks in flight; results (or the
+    exception of a task that died) are handed over in completion order."""
+    pending = iter(items)
+    running: dict = {}
+    exhausted = False
+    while True:
+        while not exhausted and len(running) < concurrency:
+            item = next(pending, None)
+            if item is None:
+                exhausted = True
+                break
+            running[submit(item)] = item
+        if not running:
+            return
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+        for ref in ready:
+            item = running.pop(ref)
+            try:
+                value = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - a crashed task is a ledger row
+                on_error(item, e)
+            else:
+                on_result(value)
+        tick()

@@ -1,16 +1,12 @@
 """`--source local`: video files on disk with optional sidecar subtitles
-(`name.vtt`, `name.srt`, `name.<lang>.vtt`)."""
+(`name.vtt`, `name.srt`, `name.<lang>.vtt`); `text_stage` turns them into the plan."""
 from __future__ import annotations
 
 import hashlib
 import re
-from collections import Counter
 from pathlib import Path
 
-from .plan import PlanConfig, PlanSummary, write_plan
-from .records import Failure, Stage
 from .source_hdvila import InputError, expand_paths
-from .text import ClipConfig, plan_subtitled_video
 
 VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg"}
 SUB_EXTS = (".vtt", ".srt")
@@ -51,28 +47,3 @@ def local_video_id(path: Path) -> str:
     (two files with the same name in different folders stay apart)."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem).strip("_")[:60] or "video"
     return f"{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-
-
-def plan_local(inputs: list[str], out_dir: str, cfg: PlanConfig, langs: list[str],
-               clip_cfg: ClipConfig = ClipConfig()) -> PlanSummary:
-    """Plan samples from local videos and their subtitles (fast: no video is read)."""
-    videos = find_videos(inputs)
-    samples, failures = [], []
-    counts: Counter = Counter()
-    for video in videos:
-        counts["videos"] += 1
-        vid = local_video_id(video)
-        sub = find_subtitles(video, langs)
-        if sub is None:
-            failures.append(Failure(vid, None, Stage.TEXT.value,
-                                    f"no subtitles next to {video.name} (looked for "
-                                    f"{video.stem}[.{'|.'.join(langs)}].vtt/.srt); speech "
-                                    f"recognition is not available yet"))
-            continue
-        path, lang = sub
-        got, fails = plan_subtitled_video(vid, str(video), path.read_bytes(), path.suffix,
-                                          lang, cfg, clip_cfg, stats=counts)
-        samples += got
-        failures += fails
-    listing = [[str(v), v.stat().st_size] for v in videos]
-    return write_plan(out_dir, samples, failures, cfg, {"local": listing, "langs": langs}, counts)

@@ -4,13 +4,21 @@ the same long-form grouping (`plan.group_runs`) turns them into samples."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from pysbd.languages import LANGUAGE_CODES
+
+from .language import language_mismatch
 from .plan import PlanConfig, group_runs
 from .records import Clip, Failure, PlannedSample, Stage, TimedText
 from .sentences import Sentence, SentenceConfig, split_sentences
 from .source_hdvila import VideoMeta
-from .subtitles import SubtitleError, detect_kind, parse_subtitles
+from .subtitles import SubtitleError, Word, detect_kind, parse_subtitles
+
+
+END_SLACK = 1.0  # seconds subtitles may run past the video's reported duration
+# languages pysbd has rules for (others split with its English rules)
+_PYSBD_LANGS = frozenset(LANGUAGE_CODES)
 
 
 @dataclass(frozen=True)
@@ -49,26 +57,59 @@ def sentences_to_clips(sentences: list[Sentence], video_id: str, cfg: ClipConfig
 def plan_subtitled_video(video_id: str, url: str, subtitles: bytes, fmt: str | None,
                          language: str | None, plan: PlanConfig, clip_cfg: ClipConfig = ClipConfig(),
                          sentence_cfg: SentenceConfig = SentenceConfig(),
-                         stats: Counter | None = None) -> tuple[list[PlannedSample], list[Failure]]:
-    """Samples of one video from its subtitle file; a bad file is a ledger row."""
+                         stats: Counter | None = None, *, kind: str | None = None,
+                         duration: float | None = None,
+                         check_language: bool = True) -> tuple[list[PlannedSample], list[Failure]]:
+    """Samples of one video from its subtitle file; a bad file is a ledger row.
+
+    `kind` ("subtitles" or "auto_captions") is what the source says the track is; without
+    it the file's own markup decides. `duration` (seconds, when known) drops cues past the
+    end of the video with a ledger row instead of planning clips that cannot be cut. With
+    `check_language`, a file whose text is clearly in another language than `language` is
+    rejected (a `.en.vtt` in French would teach the model the wrong pairs)."""
     try:
         words = parse_subtitles(subtitles, fmt)
     except SubtitleError as e:
         return [], [e.to_failure(video_id)]
-    kind = detect_kind(subtitles)
+    if check_language and language:
+        wrong = language_mismatch(" ".join(w.text for w in words), language)
+        if wrong:
+            return [], [Failure(video_id, None, Stage.TEXT.value, wrong)]
+    if kind is None:
+        kind = "auto_captions" if detect_kind(subtitles) == "auto_captions" else "subtitles"
+    return plan_from_words(video_id, url, words, kind, language, plan, clip_cfg, sentence_cfg,
+                           stats, duration=duration)
+
+
+def plan_from_words(video_id: str, url: str, words: list[Word], text_source: str,
+                    language: str | None, plan: PlanConfig, clip_cfg: ClipConfig = ClipConfig(),
+                    sentence_cfg: SentenceConfig = SentenceConfig(), stats: Counter | None = None,
+                    *, duration: float | None = None) -> tuple[list[PlannedSample], list[Failure]]:
+    """Samples of one video from its timed words (subtitles or speech recognition)."""
+    failures: list[Failure] = []
+    if duration is not None and words and words[-1].end > duration + END_SLACK:
+        past = [w for w in words if w.end > duration + END_SLACK]
+        failures.append(Failure(video_id, None, Stage.TEXT.value,
+                                f"{len(past)} of {len(words)} subtitle words lie past the end of the "
+                                f"video ({past[0].start:.1f} s onwards, video is {duration:.1f} s): "
+                                f"subtitles longer than the video; they were dropped", False))
+        words = [w for w in words if w.end <= duration + END_SLACK]
+    if language and sentence_cfg.language != language.split("-")[0] and language.split("-")[0] in _PYSBD_LANGS:
+        sentence_cfg = replace(sentence_cfg, language=language.split("-")[0])
     sentences = split_sentences(words, sentence_cfg)
     clips = sentences_to_clips(sentences, video_id, clip_cfg)
     if stats is not None:
         stats["clips_total"] += len(clips)
     meta = VideoMeta(video_id, url, tuple(Clip(c.clip_id, c.k, c.start, c.end) for c in clips))
-    samples, failures = group_runs(meta, {c.clip_id: c.text for c in clips}, plan, stats)
-    text_source = "auto_captions" if kind == "auto_captions" else "subtitles"
+    samples, fails = group_runs(meta, {c.clip_id: c.text for c in clips}, plan, stats)
+    failures += fails
     by_id = {c.clip_id: c for c in clips}  # group_runs keeps clip texts, not sentences
     samples = [PlannedSample(s.key, s.video_id, s.url, s.start, s.end,
                              tuple(by_id[c.clip_id] for c in s.clips), text_source, language)
                for s in samples]
-    if not samples and not failures:
+    if not samples and not fails:
+        what = "speech recognition" if text_source == "asr" else "subtitles"
         failures.append(Failure(video_id, None, Stage.TEXT.value,
-                                f"subtitles give {len(clips)} clips, no run of {plan.min_clips} "
+                                f"{what} give {len(clips)} clips, no run of {plan.min_clips} "
                                 f"consecutive clips within {plan.max_gap} s of each other"))
     return samples, failures

@@ -124,8 +124,8 @@ class Journal:
 
     DIR = "_journal"
 
-    def __init__(self, out: OutputDir, every_s: float = 5.0, every_n: int = 64):
-        self.out, self.every_s, self.every_n = out, every_s, every_n
+    def __init__(self, out: OutputDir, every_s: float = 5.0, every_n: int = 64, dir: str = DIR):
+        self.out, self.every_s, self.every_n, self.dir = out, every_s, every_n, dir
         self.buffer: list[VideoResult] = []
         self.last = time.monotonic()
         self.run = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:6]}"
@@ -143,15 +143,15 @@ class Journal:
         table = pa.table({"video_id": [r.video_id for r in self.buffer],
                           "status": [r.status for r in self.buffer],
                           "payload": [r.payload() for r in self.buffer]}, schema=JOURNAL_SCHEMA)
-        self.out.write_table(f"{self.DIR}/{self.run}-{self.seq:06d}.parquet", table)
+        self.out.write_table(f"{self.dir}/{self.run}-{self.seq:06d}.parquet", table)
         self.seq += 1
         self.buffer.clear()
 
 
-def read_journal(out: OutputDir) -> dict[str, tuple[str, dict]]:
+def read_journal(out: OutputDir, dir: str = Journal.DIR) -> dict[str, tuple[str, dict]]:
     """Latest (status, payload) per video over all runs, in the order they were written."""
     latest: dict[str, tuple[str, dict]] = {}
-    for name in out.list(Journal.DIR, ".parquet"):
+    for name in out.list(dir, ".parquet"):
         with out.fs.open(name, "rb") as f:
             table = pq.read_table(f)
         for vid, status, payload in zip(*(table.column(c).to_pylist() for c in

@@ -1,0 +1,406 @@
+"""The text stage of sources that bring videos but no clip spans (`youtube`, `local`), and
+of `hdvila --asr`: subtitles, or speech recognition where there are none, become timed
+words, then sentences, clips and samples, written as the plan the fetch and cut stages
+read.
+
+Each video's outcome is journaled (`_text/`), so a rerun neither asks YouTube for
+subtitles again nor re-transcribes; the plan is rewritten from the journal at the end."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .fetch import FetchConfig, FetchError, Fetcher
+from .plan import PlanConfig, PlanSummary, iter_plan_parts, plan_row_to_sample, read_plan_failures, \
+    sample_to_row, write_plan
+from .progress import human_time
+from .records import Clip, Failure, PlannedSample, Stage, TimedText
+from .sentences import SentenceConfig, split_sentences
+from .source_local import find_subtitles, find_videos, local_video_id
+from .source_youtube import VideoRef, fetch_subtitles, read_video_list
+from .subtitles import Word
+from .text import ClipConfig, plan_from_words, plan_subtitled_video
+from .write import DONE, FAILED, RETRY, Journal, OutputDir, read_journal
+
+TEXT_DIR = "_text"
+ASR_MODES = ("off", "auto", "always")
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """How text is found: subtitle languages, when to transcribe, clip sizes."""
+
+    langs: tuple[str, ...] = ("en",)
+    asr: str = "off"              # off | auto (videos without usable subtitles) | always
+    asr_config: object | None = None  # lfvila_data.asr.AsrConfig (imported only when used)
+    clip: ClipConfig = ClipConfig()
+    check_language: bool = True
+    concurrency: int = 16         # subtitle look-ups at once
+
+    def __post_init__(self):
+        if self.asr not in ASR_MODES:
+            raise ValueError(f"asr must be one of {ASR_MODES}, got {self.asr!r}")
+        if self.asr != "off" and self.asr_config is None:
+            raise ValueError("speech recognition needs an AsrConfig")
+
+
+@dataclass
+class TextOutcome:
+    """One video after its subtitles were looked at."""
+
+    video_id: str
+    url: str
+    samples: list[PlannedSample] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    status: str = DONE
+    asr_reason: str | None = None  # set: transcribe this video (why: no usable subtitles...)
+
+    def to_result(self):
+        from .write import VideoResult
+
+        return VideoResult(self.video_id, self.status, [sample_to_row(s) for s in self.samples],
+                           [f.to_row() for f in self.failures], {})
+
+
+# ------------------------------------------------------------------ per-video text look-up
+
+
+def _from_subtitles(vid: str, url: str, data: bytes, fmt: str | None, lang: str | None, kind: str | None,
+                    duration: float | None, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
+    samples, failures = plan_subtitled_video(vid, url, data, fmt, lang, plan, opts.clip, kind=kind,
+                                             duration=duration, check_language=opts.check_language)
+    out = TextOutcome(vid, url, samples, failures)
+    if not samples and opts.asr == "auto":
+        out.asr_reason = "; ".join(f.reason for f in failures) or "subtitles gave no samples"
+    return out
+
+
+def local_text(video: Path, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
+    """A local video's sidecar subtitles, or a request to transcribe it."""
+    vid, url = local_video_id(video), str(video)
+    if opts.asr == "always":
+        return TextOutcome(vid, url, asr_reason="--asr always")
+    sub = find_subtitles(video, list(opts.langs))
+    if sub is None:
+        reason = (f"no subtitles next to {video.name} (looked for "
+                  f"{video.stem}[.{'|.'.join(opts.langs)}].vtt/.srt)")
+        if opts.asr == "auto":
+            return TextOutcome(vid, url, asr_reason=reason)
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value,
+                                                       reason + "; use --asr auto to transcribe")])
+    path, lang = sub
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value,
+                                                       f"cannot read {path.name}: {e}")])
+    return _from_subtitles(vid, url, data, path.suffix, lang or (opts.langs[0] if opts.langs else None),
+                           None, None, plan, opts)
+
+
+def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: FetchConfig) -> TextOutcome:
+    """A video's subtitles through yt-dlp, or a request to transcribe it."""
+    if opts.asr == "always":
+        return TextOutcome(ref.video_id, ref.url, asr_reason="--asr always")
+    try:
+        got = fetch_subtitles(ref, fetch, list(opts.langs))
+    except FetchError as e:
+        status = FAILED if e.permanent else RETRY
+        return TextOutcome(ref.video_id, ref.url, status=status, failures=[
+            Failure(ref.video_id, None, Stage.DOWNLOAD.value, e.reason, e.permanent)])
+    if got.track is None or got.data is None:
+        offered = ", ".join(got.available) or "none"
+        reason = f"no subtitles or automatic captions in {'/'.join(opts.langs)} (the video offers: {offered})"
+        if opts.asr == "auto":
+            return TextOutcome(ref.video_id, ref.url, asr_reason=reason)
+        return TextOutcome(ref.video_id, ref.url, failures=[
+            Failure(ref.video_id, None, Stage.TEXT.value, reason + "; use --asr auto to transcribe")])
+    t = got.track
+    return _from_subtitles(ref.video_id, ref.url, got.data, t.ext, t.lang.removesuffix("-orig"), t.kind,
+                           got.duration, plan, opts)
+
+
+# ------------------------------------------------------------------ speech recognition
+
+
+class AudioResolver:
+    """Picklable: turns a video URL into what ffmpeg reads for its audio, in the ASR actor."""
+
+    def __init__(self, fetch: FetchConfig):
+        self.fetch = fetch
+
+    def __call__(self, url: str) -> str:
+        try:
+            return Fetcher(self.fetch, Path(".")).media_url(url)
+        except FetchError as e:
+            raise RuntimeError(e.reason) from None
+
+
+def transcribe(jobs: list, opts: TextOptions, fetch: FetchConfig,
+               on_result: Callable[[object], None]) -> None:
+    """Run the Whisper actor pool over `jobs` (AsrJob), calling `on_result` per video."""
+    if not jobs:
+        return
+    from .asr import transcribe_all
+
+    for result in transcribe_all(jobs, opts.asr_config, resolve=AudioResolver(fetch)):
+        on_result(result)
+
+
+def asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str | None) -> TextOutcome:
+    """Samples from one video's transcript, or its ledger row."""
+    vid = result.video_id
+    if result.failure is not None:
+        reason = result.failure.reason if not why else f"{why}; speech recognition failed: {result.failure.reason}"
+        return TextOutcome(vid, url, status=DONE if result.failure.permanent else RETRY,
+                           failures=[Failure(vid, None, Stage.ASR.value, reason, result.failure.permanent)])
+    if not result.words:
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value,
+                                                       f"speech recognition heard no words in "
+                                                       f"{result.audio_seconds:.0f} s of audio")])
+    samples, failures = plan_from_words(vid, url, list(result.words), "asr", result.language, plan,
+                                        opts.clip, SentenceConfig())
+    return TextOutcome(vid, url, samples, failures)
+
+
+# ------------------------------------------------------------------ orchestration
+
+
+def _fingerprint(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _journal_for(out: OutputDir, settings: dict) -> dict[str, tuple[str, dict]]:
+    """The text journal of earlier runs with the same settings (cleared when they differ)."""
+    marker = _fingerprint(settings)
+    path = f"{TEXT_DIR}/SETTINGS"
+    if out.exists(path) and out.fs.cat_file(out.path(path)).decode() != marker:
+        out.fs.rm(out.path(TEXT_DIR), recursive=True)
+    out.write_bytes(path, marker.encode())
+    return read_journal(out, TEXT_DIR)
+
+
+class TextProgress:
+    def __init__(self, total: int, every_s: float = 2.0):
+        self.total, self.every_s = total, every_s
+        self.counts: Counter = Counter()
+        self.started = self._last = time.monotonic()
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.every_s:
+            self._last = now
+            c = self.counts
+            print(f"text: videos {c['done']}/{self.total} | subtitles {c['subtitles']} | "
+                  f"asr queued {c['asr_queued']}, done {c['asr_done']} | failed {c['failed']} | "
+                  f"samples {c['samples']} | elapsed {human_time(now - self.started)}",
+                  file=sys.stderr, flush=True)
+
+
+def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: bool, out_dir: str,
+                   plan: PlanConfig, opts: TextOptions, fetch: FetchConfig, settings: dict,
+                   inputs: dict, list_failures: list[Failure] = ()) -> PlanSummary:
+    """Look up text for every item (`look_up(item, plan, opts[, fetch])`), transcribe the
+    ones that asked for it, journal each outcome, then write the plan from the journal."""
+    import ray
+
+    from .runner import map_unordered
+
+    out = OutputDir(out_dir)
+    previous = _journal_for(out, settings | {"plan": asdict(plan), "opts": asdict(opts)})
+    journal = Journal(out, dir=TEXT_DIR)
+    progress = TextProgress(len(items))
+    asr_jobs, asr_why, urls = [], {}, {}
+
+    def key(item) -> str:
+        return item.video_id if isinstance(item, VideoRef) else local_video_id(item)
+
+    todo = [it for it in items if previous.get(key(it), (RETRY,))[0] == RETRY]
+    progress.counts["done"] = len(items) - len(todo)
+
+    def record(o: TextOutcome) -> None:
+        if o.asr_reason is not None:
+            from .asr import AsrJob
+
+            asr_jobs.append(AsrJob(o.video_id, o.url))
+            asr_why[o.video_id] = None if o.asr_reason == "--asr always" else o.asr_reason
+            urls[o.video_id] = o.url
+            progress.counts["asr_queued"] += 1
+            return
+        journal.add(o.to_result())
+        progress.counts["done"] += 1
+        progress.counts["samples"] += len(o.samples)
+        progress.counts["subtitles" if o.samples else "failed"] += 1
+        progress.tick()
+
+    try:
+        if remote:
+            fn = ray.remote(look_up).options(num_cpus=0, max_retries=1)
+            map_unordered(lambda it: fn.remote(it, plan, opts, fetch), todo, opts.concurrency,
+                          record, lambda it, e: record(_crashed(key(it), str(it), e)), progress.tick)
+        else:
+            for it in todo:
+                record(look_up(it, plan, opts))
+
+        def on_asr(result) -> None:
+            o = asr_outcome(result, urls[result.video_id], plan, opts, asr_why.get(result.video_id))
+            journal.add(o.to_result())
+            progress.counts["asr_done"] += 1
+            progress.counts["done"] += 1
+            progress.counts["samples"] += len(o.samples)
+            progress.counts["failed"] += not o.samples
+            progress.tick()
+
+        transcribe(asr_jobs, opts, fetch, on_asr)
+    finally:
+        journal.flush()
+    progress.tick(force=True)
+    return _write_plan_from_journal(out, out_dir, plan, inputs, list(list_failures), len(items),
+                                    {key(it) for it in items})
+
+
+def _crashed(video_id: str, url: str, err: Exception) -> TextOutcome:
+    msg = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+    return TextOutcome(video_id, url, status=RETRY, failures=[
+        Failure(video_id, None, Stage.TEXT.value, f"text task failed: {msg}", False)])
+
+
+def _write_plan_from_journal(out: OutputDir, out_dir: str, plan: PlanConfig, inputs: dict,
+                             failures: list[Failure], n_videos: int, wanted: set[str]) -> PlanSummary:
+    samples: list[PlannedSample] = []
+    counts: Counter = Counter(videos=n_videos)
+    for vid, (_status, payload) in read_journal(out, TEXT_DIR).items():
+        if vid not in wanted:
+            continue
+        samples += [plan_row_to_sample(r) for r in payload["rows"]]
+        failures += [Failure(**r) for r in payload["failures"]]
+    counts["clips_total"] = sum(len(s.clips) for s in samples)
+    return write_plan(out_dir, samples, failures, plan, inputs, counts)
+
+
+def plan_local_text(inputs: list[str], out_dir: str, plan: PlanConfig, opts: TextOptions,
+                    fetch: FetchConfig) -> PlanSummary:
+    """`--source local`: sidecar subtitles (read here, cheap), then ASR where asked."""
+    videos = find_videos(inputs)
+    listing = [[str(v), v.stat().st_size] for v in videos]
+    return run_text_stage(videos, local_text, False, out_dir, plan, opts, fetch,
+                          {"local": listing}, {"local": listing, "langs": list(opts.langs)})
+
+
+def plan_youtube(lists: list[str], out_dir: str, plan: PlanConfig, opts: TextOptions,
+                 fetch: FetchConfig) -> PlanSummary:
+    """`--source youtube`: yt-dlp subtitle look-ups on Ray, then ASR where asked."""
+    from .plan import _input_listing
+    from .source_hdvila import expand_paths
+
+    refs, bad = read_video_list(lists)
+    listing = _input_listing(expand_paths(lists))
+    return run_text_stage(refs, youtube_text, True, out_dir, plan, opts, fetch,
+                          {"youtube": listing}, {"youtube": listing, "langs": list(opts.langs)}, bad)
+
+
+# ------------------------------------------------------------------ hdvila --asr
+
+
+def retext_video(samples: list[PlannedSample], words: list[Word], language: str | None,
+                 plan: PlanConfig) -> tuple[list[PlannedSample], list[Failure]]:
+    """HD-VILA samples of one video with their clip texts replaced by the transcript: each
+    word goes to the clip holding its midpoint and keeps its time; clips that heard nothing
+    break their run, as a clip without text does in planning."""
+    from bisect import bisect_right
+
+    from .plan import group_runs
+    from .source_hdvila import VideoMeta
+
+    vid, url = samples[0].video_id, samples[0].url
+    clips = sorted({c.clip_id: c for s in samples for c in s.clips}.values(), key=lambda c: c.start)
+    starts = [c.start for c in clips]
+    heard: dict[str, list[Word]] = defaultdict(list)
+    for w in words:
+        mid = (w.start + w.end) / 2
+        i = bisect_right(starts, mid) - 1
+        if i >= 0 and mid <= clips[i].end:
+            heard[clips[i].clip_id].append(w)
+    new_clips, texts = [], {}
+    for c in clips:
+        sentences = split_sentences(heard.get(c.clip_id, []))
+        timed = tuple(TimedText(s.text, s.start, s.end) for s in sentences)
+        new_clips.append(Clip(c.clip_id, c.k, c.start, c.end, None, timed))
+        if timed:
+            texts[c.clip_id] = " ".join(t.text for t in timed)
+    got, fails = group_runs(VideoMeta(vid, url, tuple(new_clips)), texts, plan)
+    fails = [Failure(f.video_id, f.clip_id, Stage.ASR.value, "speech recognition heard no words in "
+                     "this clip", True) if f.reason == "no text for clip" else f for f in fails]
+    return [PlannedSample(s.key, s.video_id, s.url, s.start, s.end, s.clips, "asr", language)
+            for s in got], fails
+
+
+def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetch: FetchConfig) -> PlanSummary:
+    """`--source hdvila --asr always`: transcribe the planned spans of every video (not the
+    whole video) and rewrite the plan with the transcript as text."""
+    from .asr import AsrJob
+    from .fetch import section_spans
+    from .plan import _read_success
+
+    done = _read_success(out_dir)
+    out = OutputDir(out_dir)
+    by_video: dict[str, list[PlannedSample]] = defaultdict(list)
+    for table in iter_plan_parts(out_dir):
+        for row in table.to_pylist():
+            by_video[row["video_id"]].append(plan_row_to_sample(row))
+    plan_failures = [Failure(**{k: r[k] for k in ("video_id", "clip_id", "stage", "reason", "permanent")})
+                     for r in read_plan_failures(out_dir).to_pylist()]
+    previous = _journal_for(out, {"hdvila_plan": done["summary"], "plan": asdict(plan),
+                                  "opts": asdict(opts)})
+    journal = Journal(out, dir=TEXT_DIR)
+    progress = TextProgress(len(by_video))
+    jobs = []
+    for vid, samples in sorted(by_video.items()):
+        if previous.get(vid, (RETRY,))[0] != RETRY:
+            progress.counts["done"] += 1
+            continue
+        spans = section_spans([(s.start, s.end) for s in samples], margin=0.5, merge_gap=5.0)
+        jobs.append(AsrJob(vid, samples[0].url, tuple(spans)))
+
+    def on_asr(result) -> None:
+        samples = by_video[result.video_id]
+        if result.failure is not None:
+            o = TextOutcome(result.video_id, samples[0].url, status=DONE if result.failure.permanent else RETRY,
+                            failures=[result.failure])
+        else:
+            got, fails = retext_video(samples, list(result.words), result.language, plan)
+            o = TextOutcome(result.video_id, samples[0].url, got, fails)
+        journal.add(o.to_result())
+        progress.counts["asr_done"] += 1
+        progress.counts["done"] += 1
+        progress.counts["samples"] += len(o.samples)
+        progress.counts["failed"] += not o.samples
+        progress.tick()
+
+    progress.counts["asr_queued"] = len(jobs)
+    try:
+        transcribe(jobs, opts, fetch, on_asr)
+    finally:
+        journal.flush()
+    progress.tick(force=True)
+    counts: Counter = Counter(videos=done["summary"]["videos"])
+    samples: list[PlannedSample] = []
+    failures = list(plan_failures)
+    for vid, (_status, payload) in read_journal(out, TEXT_DIR).items():
+        if vid in by_video:
+            samples += [plan_row_to_sample(r) for r in payload["rows"]]
+            failures += [Failure(**r) for r in payload["failures"]]
+    counts["clips_total"] = done["summary"]["clips_total"]
+    counts["dropped_short_runs"] = done["summary"]["dropped_short_runs"]
+    return write_plan(out_dir, samples, failures, plan, done["inputs"] | {"asr": _asr_marker(opts)}, counts)
+
+
+def _asr_marker(opts: TextOptions) -> str | None:
+    """What the plan's text came from, so a rerun with other ASR settings re-plans."""
+    return None if opts.asr == "off" else _fingerprint(asdict(opts))
