@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir 
 
 from lfvila_data.cli import app  # noqa: E402
 
-DEFAULT_TRUE = {"sections"}  # boolean options whose off switch is --no-<name>
+# boolean options whose off switch is --no-<name> (on by default, or tri-state)
+NEGATABLE = {"sections", "language_check", "asr_gpu"}
 
 
 def config_to_args(cfg: dict) -> list[str]:
@@ -33,7 +34,7 @@ def config_to_args(cfg: dict) -> list[str]:
         if isinstance(value, bool):
             if value:
                 args.append(flag)
-            elif key.replace("-", "_") in DEFAULT_TRUE:
+            elif key.replace("-", "_") in NEGATABLE:
                 args.append("--no-" + key.replace("_", "-"))
         elif isinstance(value, (list, tuple)):
             for v in value:
