@@ -145,9 +145,12 @@ def run_build(cfg: BuildConfig) -> dict:
     else:
         find_videos(list(cfg.inputs))
     if cfg.text_opts.asr != "off":
-        from .asr import check_model
+        from .asr import AsrModelError, check_model
 
-        check_model(cfg.text_opts.asr_config)  # a wrong model path fails now, not after planning
+        try:  # a wrong model path fails now, not after planning
+            check_model(cfg.text_opts.asr_config)
+        except AsrModelError as e:
+            raise InputError(str(e)) from None
     out = OutputDir(cfg.output)
     check_output(out)
     init_ray(cfg.ray_address)

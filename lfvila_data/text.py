@@ -108,8 +108,8 @@ def plan_from_words(video_id: str, url: str, words: list[Word], text_source: str
                              tuple(by_id[c.clip_id] for c in s.clips), text_source, language)
                for s in samples]
     if not samples and not fails:
-        what = "speech recognition" if text_source == "asr" else "subtitles"
+        what = "speech recognition gives" if text_source == "asr" else "subtitles give"
         failures.append(Failure(video_id, None, Stage.TEXT.value,
-                                f"{what} give {len(clips)} clips, no run of {plan.min_clips} "
+                                f"{what} {len(clips)} clips, no run of {plan.min_clips} "
                                 f"consecutive clips within {plan.max_gap} s of each other"))
     return samples, failures

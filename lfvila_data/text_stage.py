@@ -325,8 +325,9 @@ def retext_video(samples: list[PlannedSample], words: list[Word], language: str 
     for w in words:
         mid = (w.start + w.end) / 2
         i = bisect_right(starts, mid) - 1
-        if i >= 0 and mid <= clips[i].end:
-            heard[clips[i].clip_id].append(w)
+        if i >= 0 and mid <= clips[i].end:  # clamped: a sentence never leaves its clip
+            c = clips[i]
+            heard[c.clip_id].append(Word(w.text, max(w.start, c.start), min(w.end, c.end)))
     new_clips, texts = [], {}
     for c in clips:
         sentences = split_sentences(heard.get(c.clip_id, []))

@@ -1,0 +1,141 @@
+"""Speech recognition inside `build`: `--asr auto` for videos without subtitles (local and
+youtube sources) and `--source hdvila --asr always`, with a tiny random Whisper saved to
+disk and loaded by path, so the real loading, actor pool and batching run. Its words are
+meaningless: these tests check the plumbing (source times, samples, ledger)."""
+from __future__ import annotations
+
+
+import pandas as pd
+import pytest
+
+from lfvila_data.asr import AsrConfig
+from lfvila_data.build import BuildConfig, run_build
+from lfvila_data.fetch import FetchConfig
+from lfvila_data.localserver import MediaServer
+from lfvila_data.plan import PlanConfig
+from lfvila_data.source_hdvila import InputError
+from lfvila_data.source_local import local_video_id
+from lfvila_data.source_youtube import url_video_id
+from lfvila_data.records import Clip, PlannedSample
+from lfvila_data.subtitles import Word
+from lfvila_data.text_stage import TextOptions, retext_video
+from lfvila_data.video_task import TaskContext
+from tests.asr_model import build_tiny_whisper
+from tests.corpus import VideoSpec, even_spans, write_metadata
+from tests.media import make_timecoded_video
+from tests.test_source_youtube import numbered_vtt, page
+
+
+def test_retext_video_assigns_words_by_midpoint():
+    # clip k spans [10k, 10k + 9]
+    clips = tuple(Clip(f"v.{k}.mp4", k, 10.0 * k, 10.0 * k + 9, f"metadata {k}") for k in range(1, 7))
+    sample = PlannedSample("v_00001_00006", "v", "u", 10.0, 69.0, clips)
+    words = [Word("straddles", 18.2, 19.4),   # midpoint 18.8: clip 1, clamped to end at 19
+             Word("hello.", 20.2, 20.8), Word("two", 31.0, 31.5), Word("three", 41.0, 41.2),
+             Word("four", 51.0, 51.4), Word("between", 59.3, 59.8)]  # midpoint in no clip
+    got, fails = retext_video([sample], words, "en", PlanConfig(min_clips=2))
+    assert [(f.clip_id, f.stage) for f in fails] == [("v.6.mp4", "asr")]
+    assert "heard no words" in fails[0].reason
+    [s] = got
+    assert (s.key, s.text_source, s.language) == ("v_00001_00005", "asr", "en")
+    assert [c.text for c in s.clips] == ["straddles", "hello.", "two", "three", "four"]
+    assert (s.clips[0].sentences[0].start, s.clips[0].sentences[0].end) == (18.2, 19.0)
+    assert [(c.start, c.end) for c in s.clips] == [(c.start, c.end) for c in clips[:5]]
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory):
+    return build_tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny")
+
+
+# The random model's words come in bursts a few seconds apart: allow wider gaps.
+PLAN = PlanConfig(max_clips=4, max_gap=10.0)
+
+
+def asr_opts(model, mode="auto", **kw) -> TextOptions:
+    return TextOptions(langs=("en",), asr=mode,
+                       asr_config=AsrConfig(model=str(model), language="en", batch_size=2, **kw))
+
+
+def check_asr_samples(m: pd.DataFrame, duration: float) -> None:
+    assert len(m) >= 1 and (m.text_source == "asr").all() and (m.language == "en").all()
+    for row in m.itertuples():
+        assert 0 <= row.start < row.end <= duration
+        for c in row.clips:
+            assert c["text"] and " ".join(t["text"] for t in c["sentences"]) == c["text"]
+            assert all(c["start"] - 1e-6 <= t["start"] <= t["end"] <= c["end"] + 1e-6 for t in c["sentences"])
+
+
+def test_local_asr_auto(tmp_path, whisper, ray_module):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    make_timecoded_video(lib / "speech.mp4", 100, width=64, height=48)      # no subtitles
+    make_timecoded_video(lib / "subbed.mp4", 60, width=64, height=48)
+    (lib / "subbed.en.vtt").write_text(numbered_vtt(16))
+    make_timecoded_video(lib / "mute.mp4", 30, width=64, height=48, audio=False)  # neither
+    out = tmp_path / "out"
+    run_build(BuildConfig(metadata=(), text=(), output=str(out), source="local", inputs=(str(lib),),
+                          plan=PlanConfig(max_clips=4, max_gap=10.0, allow_local_files=True),
+                          text_opts=asr_opts(whisper),
+                          task=TaskContext(output=str(out), source="local",
+                                           fetch=FetchConfig(allow_local_files=True))))
+    m = pd.read_parquet(out / "manifest.parquet")
+    speech = m[m.video_id == local_video_id((lib / "speech.mp4").resolve())]
+    check_asr_samples(speech, 100.0)
+    subbed = m[m.video_id == local_video_id((lib / "subbed.mp4").resolve())]
+    assert len(subbed) >= 1 and (subbed.text_source == "subtitles").all()  # subtitles win in auto
+    f = pd.read_parquet(out / "failures.parquet")
+    mute = f[f.video_id == local_video_id((lib / "mute.mp4").resolve())]
+    assert mute.stage.tolist() == ["asr"]
+    assert "no subtitles" in mute.reason.iloc[0] and "audio" in mute.reason.iloc[0]
+
+
+def test_youtube_asr_auto(tmp_path, whisper, ray_module):
+    root = tmp_path / "site"
+    root.mkdir()
+    make_timecoded_video(root / "talk.mp4", 90, width=64, height=48)
+    (root / "talk.fr.vtt").write_text("WEBVTT\n\n00:00:01.000 --> 00:00:03.000\nBonjour.\n")
+    (root / "french.html").write_text(page("talk.mp4", {"fr": "talk.fr.vtt"}))
+    with MediaServer(root) as srv:
+        lst = tmp_path / "list.txt"
+        lst.write_text(srv.url("french.html") + "\n")
+        out = tmp_path / "out"
+        run_build(BuildConfig(metadata=(), text=(), output=str(out), source="youtube", inputs=(str(lst),),
+                              plan=PLAN, text_opts=asr_opts(whisper),
+                              task=TaskContext(output=str(out), source="youtube")))
+        m = pd.read_parquet(out / "manifest.parquet")
+        assert set(m.video_id) == {url_video_id(srv.url("french.html"))}
+        check_asr_samples(m, 90.0)
+        assert srv.requests["talk.fr.vtt"] == 0  # French was not asked for: never downloaded
+
+
+def test_hdvila_asr_always_retranscribes_planned_spans(tmp_path, whisper, ray_module):
+    root = tmp_path / "site"
+    root.mkdir()
+    make_timecoded_video(root / "v1.mp4", 100, width=64, height=48)
+    with MediaServer(root) as srv:
+        spec = VideoSpec("vidAAAAAAA1", srv.url("v1.mp4"), even_spans(8, 6.0, 0.5, first=45.0))
+        meta, text = write_metadata(tmp_path / "meta", [spec])
+        out = tmp_path / "out"
+        cfg = BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(out),
+                          plan=PLAN, text_opts=asr_opts(whisper, "always"),
+                          task=TaskContext(output=str(out)))
+        run_build(cfg)
+    m = pd.read_parquet(out / "manifest.parquet")
+    check_asr_samples(m, 100.0)
+    assert all("says hello" not in c["text"] for row in m.itertuples() for c in row.clips)
+    # only the planned spans (44.5 s onwards, with the margin) were transcribed
+    assert all(t["start"] >= 44.5 for row in m.itertuples() for c in row.clips for t in c["sentences"])
+    spans = {c["clip_id"]: (c["start"], c["end"]) for row in m.itertuples() for c in row.clips}
+    assert all(spans[cid] == pytest.approx(s) for cid, s in
+               zip([spec.clip_id(k) for k in range(1, 9)], spec.spans) if cid in spans)
+
+
+def test_bad_model_path_fails_before_planning(tmp_path, ray_module):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    make_timecoded_video(lib / "a.mp4", 5, width=64, height=48)
+    with pytest.raises(InputError, match="Whisper"):
+        run_build(BuildConfig(metadata=(), text=(), output=str(tmp_path / "out"), source="local",
+                              inputs=(str(lib),), text_opts=asr_opts(tmp_path / "no-such-model")))
+    assert not (tmp_path / "out" / "plan").exists()
