@@ -11,4 +11,4 @@ fi
 # torch first, pinned: the local CPU wheel. Unpinned, a dependency (wids, datasets) would
 # pull a multi-GB CUDA build.
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[test,s3,model]"
+python -m pip install -q -e ".[test,s3,model,asr]"
