@@ -1,7 +1,9 @@
-"""lfvila-train: train LF-VILA (stage 1) on shards, locally or on Ray Train, and evaluate retrieval.
+"""lfvila-train: train LF-VILA (stage 1, or stage 2 on a stage-1 checkpoint) on shards, locally or
+on Ray Train, and evaluate (retrieval; stage 2 adds MLM and video-text matching accuracy).
 
     lfvila-train --train-shards 'shards/train-{000000..000099}.tar' --config paper.yaml optim.lr=1e-4
     lfvila-train --train-shards shards/ --config tiny --num-workers 2 --resume
+    lfvila-train --train-shards shards/ --config tiny_stage2 --stage1-checkpoint runs/tiny/checkpoints
     lfvila-train eval --checkpoint runs/tiny/checkpoints --val-shards shards/
 """
 from __future__ import annotations
@@ -62,6 +64,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="Ray cluster address (default: start or join a local one)")
     p.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in checkpoint.dir")
     p.add_argument("--resume-from", metavar="PATH", help="resume from this step-* checkpoint directory")
+    p.add_argument("--stage1-checkpoint", metavar="PATH",
+                   help="train stage 2 on this stage-1 checkpoint (step-* or checkpoint dir; = stage=2 "
+                        "stage2.stage1_checkpoint=PATH)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate the latest checkpoint on --val-shards")
     return p
 
@@ -98,6 +103,10 @@ def run(argv: list[str]) -> int:
     if not a.config:
         raise UsageError("--config is required")
     cfg = load_config(a.config, a.overrides)
+    if a.stage1_checkpoint:
+        if not os.path.exists(a.stage1_checkpoint):
+            raise UsageError(f"stage-1 checkpoint not found: {a.stage1_checkpoint}")
+        cfg.stage, cfg.stage2.stage1_checkpoint = 2, os.path.abspath(a.stage1_checkpoint)
     if a.eval_only:
         if not a.val_shards:
             raise UsageError("--eval-only needs --val-shards")

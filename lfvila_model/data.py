@@ -2,21 +2,27 @@
 (`shards/README.md`), as a chain of small webdataset steps:
 
     shard list -> split by node -> split by worker -> open -> tar members -> samples
-    -> shuffle buffer (train) -> decode + augment + tokenize -> batch
+    -> shuffle buffer (train) -> decode + augment + tokenize -> batch -> round robin over workers
 
 A sample is one long-form video (4..max_clips clips, 3 fps, 240 px) in memory; only the
 32 frames of one 4-clip window are decoded from it, straight from the mp4 bytes, so the
 loader never touches per-clip files or full-resolution sources.
 
-Sharding across processes: the shard list is split by rank (`wds.split_by_node`, which
-reads RANK/WORLD_SIZE from the environment, else torch.distributed - Ray Train sets up
-both) and then by DataLoader worker (`wds.split_by_worker`), so with `resample=False`
-every sample is read exactly once per epoch across all ranks and workers. A rank or worker
-whose split is empty (fewer shards than world_size x num_workers) yields nothing and logs
-a warning; ranks then see different numbers of batches, which stalls collective ops in
-DDP, so train with `resample=True` (each rank and worker draws shards at random with
+Sharding across processes: the shard list is split by rank (RANK/WORLD_SIZE from the
+environment, else torch.distributed, as `wds.split_by_node` reads them - Ray Train sets up
+both - or an explicit rank) and then by DataLoader worker, so with `resample=False` every
+sample is read exactly once per epoch across all ranks and workers. A rank or worker whose
+split is empty (fewer shards than world_size x num_workers) yields nothing and logs a
+warning; ranks then see different numbers of batches, which stalls collective ops in DDP,
+so train with `resample=True` (each rank and worker draws shards at random with
 replacement, an endless stream; bound it by steps) or with at least world_size x
 num_workers shards of similar size, and evaluate on rank 0 or tolerate uneven ends.
+
+Exact resume: the shard order, shuffle and augmentations are drawn from (seed, epoch, rank,
+worker) and each sample's ordinal, and every batch carries the loader's `position` after
+it; `make_loader(..., epoch=e, resume=position)` continues sample for sample, re-reading
+only the samples that sat in the shuffle buffers and decoding nothing twice
+(`lfvila_model.stream`).
 
 Bad samples (missing members, unreadable json, fewer clips than the window, undecodable
 video) and unreadable shards are skipped and counted by reason in a per-worker
@@ -34,14 +40,22 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from glob import glob
-from itertools import islice
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from lfvila_model.stream import (
+    OrderedLoader,
+    positioned_batches,
+    positioned_shuffle,
+    read_shards,
+    resume_filter,
+    stream_id,
+    worker_shards,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +209,6 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
     return urls
 
 
-def worker_seed(seed: int, epoch: int) -> str:
-    """A seed distinct per (seed, epoch, rank, worker): augmentations differ across workers
-    and epochs yet a run is reproducible."""
-    rank, _, worker, _ = wds.utils.pytorch_worker_info()
-    return f"{seed}/{epoch}/{rank}/{worker}"
-
-
 # ---------------------------------------------------------------- failures as data
 
 @dataclass
@@ -275,38 +282,6 @@ def open_shards(src: Iterable[dict], handler: Callable[[Exception], bool]) -> It
                 break
 
 
-def warn_if_empty(src: Iterable[dict]) -> Iterator[dict]:
-    """Pass shards through; warn when this rank/worker got none (see module docstring)."""
-    n = 0
-    for sample in src:
-        n += 1
-        yield sample
-    if n == 0:
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
-        log.warning("rank %d/%d worker %d/%d got no shards: fewer shards than readers",
-                    rank, world, worker, workers)
-
-
-def split_by_rank(rank: int, world_size: int) -> Callable[[Iterable], Iterator]:
-    """An explicit-rank stand-in for wds.split_by_node (tests, custom launchers)."""
-    def step(src: Iterable) -> Iterator:
-        return islice(src, rank, None, world_size)
-    return step
-
-
-class ShuffleBuffer:
-    """wds.shuffle with an rng made at iteration time, per worker and pass, so workers and
-    epochs see different orders (wds.shuffle's own rng would be copied into every worker)."""
-
-    def __init__(self, bufsize: int, seed: int):
-        self.bufsize, self.seed, self.epoch = bufsize, seed, 0
-
-    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
-        self.epoch += 1
-        rng = random.Random(worker_seed(self.seed, self.epoch) + "/shuffle")
-        yield from wds.shuffle(self.bufsize, initial=self.bufsize, rng=rng)(src)
-
-
 class SampleDecoder:
     """The decode step: json -> window -> frame indices -> decode only those frames from
     the in-memory mp4 -> one crop box and flip for the whole sample -> tokenized clip
@@ -314,20 +289,19 @@ class SampleDecoder:
 
     def __init__(self, cfg: DataConfig, train: bool, tokenizer: Any, counter: SkipCounter):
         self.cfg, self.train, self.tokenizer, self.counter = cfg, train, tokenizer, counter
-        self.epoch = 0
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
-        self.epoch += 1
-        rng = random.Random(worker_seed(self.cfg.seed, self.epoch) + "/decode")
         try:
             for sample in src:
                 self.counter.tick()
+                rng = random.Random(sample.get("__seed__", sample.get("__key__", "")))  # one per sample
                 try:
                     out = self.decode(sample, rng)
                 except SkipSample as s:
                     self.counter.skip(s.reason, sample.get("__key__", "?"), s.message)
                     continue
                 self.counter.kept += 1
+                out["position"] = sample.get("__position__")
                 yield out
         finally:
             self.counter.report()
@@ -398,55 +372,75 @@ def load_tokenizer(name_or_path: str) -> Any:
     return AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
 
 
-def shard_source(urls: list[str], cfg: DataConfig, train: bool, rank: int | None,
-                 world_size: int | None) -> list:
-    """The shard-list steps. resample: an endless random draw per rank and worker (seeded
-    by rank*1000+worker). Otherwise each shard once, in an order shuffled per epoch with
-    the same seed on every rank (so the split stays disjoint), then split by rank and by
-    DataLoader worker."""
-    if cfg.resample and train:
-        return [wds.ResampledShards(urls, seed=cfg.seed, deterministic=True)]
-    steps: list = [wds.SimpleShardList(urls)]
-    if train:
-        steps.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=cfg.seed))
-    steps.append(wds.split_by_node if rank is None else split_by_rank(rank, world_size or 1))
-    steps += [wds.split_by_worker, warn_if_empty]
-    return steps
+class WorkerStream:
+    """The pipeline's source, run in each DataLoader worker: this worker's shards, read and
+    shuffled, every sample tagged with its decode seed and the stream position after it."""
+
+    def __init__(self, urls: list[str], cfg: DataConfig, train: bool, handler: Callable,
+                 rank: int | None, world_size: int | None, epoch: int, resume: dict | None):
+        self.urls, self.cfg, self.train, self.handler = urls, cfg, train, handler
+        self.rank, self.world_size, self.epoch, self.resume = rank, world_size, epoch, resume
+        self.passes = 0
+
+    def __call__(self) -> Iterator[dict]:
+        sid = stream_id(self.cfg.seed, self.epoch + self.passes, self.rank, self.world_size)
+        resume = self.resume if self.passes == 0 else None  # a second pass is the next epoch
+        self.passes += 1
+        start = None
+        if resume is not None:
+            if sid.worker in resume["ended"]:
+                return
+            start = resume["workers"][sid.worker]
+        first, wanted = resume_filter(start)
+        shards = worker_shards(self.urls, sid, shuffle=self.train, resample=self.train and self.cfg.resample,
+                               start=first)
+        bufsize = self.cfg.shuffle_buffer if self.train else 1
+        for sample in positioned_shuffle(read_shards(shards, open_shards, self.handler, wanted), bufsize, sid, start):
+            sample["__seed__"] = sid.tag(f"decode/{sample['__n__']}")
+            yield sample
 
 
 def make_pipeline(shards: str | Sequence[str], cfg: DataConfig, train: bool,
                   tokenizer: Any = None, *, rank: int | None = None,
-                  world_size: int | None = None) -> wds.DataPipeline:
-    """The whole chain as a wds.DataPipeline yielding batches. rank/world_size override
-    what wds.split_by_node would read (RANK/WORLD_SIZE env, else torch.distributed).
-    `.counter` is the SkipCounter of this process (of num_workers=0 loaders)."""
+                  world_size: int | None = None, epoch: int = 0,
+                  resume: dict | None = None) -> wds.DataPipeline:
+    """The whole chain as a wds.DataPipeline yielding batches (then one end marker per
+    worker: read it through make_loader). rank/world_size override what wds.split_by_node
+    would read (RANK/WORLD_SIZE env, else torch.distributed); epoch seeds the shard order,
+    shuffle and augmentations; resume is a loader position. `.counter` is the SkipCounter
+    of this process (of num_workers=0 loaders)."""
     counter = SkipCounter(log_every=cfg.log_every)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
     on_shard_error = partial(counter.on_error, "shard_error")
-    steps = shard_source(expand_shards(shards), cfg, train, rank, world_size)
-    steps += [partial(open_shards, handler=on_shard_error),
-              partial(tar_file_expander, handler=on_shard_error),
-              partial(group_by_keys, handler=on_shard_error)]
-    if train and cfg.shuffle_buffer > 1:
-        steps.append(ShuffleBuffer(cfg.shuffle_buffer, cfg.seed))
-    steps += [SampleDecoder(cfg, train, tokenizer, counter),
-              wds.batched(cfg.batch_size, collation_fn=collate, partial=not cfg.drop_last)]
-    pipeline = wds.DataPipeline(*steps)
+    pipeline = wds.DataPipeline(
+        WorkerStream(expand_shards(shards), cfg, train, on_shard_error, rank, world_size, epoch, resume),
+        SampleDecoder(cfg, train, tokenizer, counter),
+        partial(positioned_batches, batch_size=cfg.batch_size, partial=not cfg.drop_last, collate=collate))
     pipeline.counter = counter
     return pipeline
 
 
 def make_loader(shards: str | Sequence[str], cfg: DataConfig, train: bool,
                 tokenizer: Any = None, *, rank: int | None = None,
-                world_size: int | None = None) -> torch.utils.data.DataLoader:
-    """A DataLoader of batches dict(video B×T×3×H×W float, input_ids B×k×L, attention_mask
-    B×k×L, key list[str]). Workers are persistent so the per-epoch shard and sample
-    shuffles advance from one epoch to the next."""
+                world_size: int | None = None, epoch: int = 0,
+                resume: dict | None = None) -> OrderedLoader:
+    """An iterable of batches dict(video B×T×3×H×W float, input_ids B×k×L, attention_mask
+    B×k×L, key list[str], position dict), served in a fixed round robin over the
+    DataLoader workers. ``resume``: a batch's ``position`` (same shards, config, epoch,
+    rank and num_workers) to continue right after that batch. Workers are persistent:
+    iterating again is the next epoch's pass."""
+    workers = max(1, cfg.num_workers)
+    if resume is not None and resume.get("num_workers") != workers:
+        raise ValueError(f"position of a {resume.get('num_workers')}-worker loader, this one has {workers}")
     if cfg.num_workers > 0:
         # the tokenizer's own thread pool is not fork-safe; the workers are the parallelism
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    pipeline = make_pipeline(shards, cfg, train, tokenizer, rank=rank, world_size=world_size)
-    return torch.utils.data.DataLoader(
+    pipeline = make_pipeline(shards, cfg, train, tokenizer, rank=rank, world_size=world_size,
+                             epoch=epoch, resume=resume)
+    loader = torch.utils.data.DataLoader(
         pipeline, batch_size=None, num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
-        prefetch_factor=2 if cfg.num_workers > 0 else None)
+        prefetch_factor=2 if cfg.num_workers > 0 else None,
+        # its own generator: starting a loader must not draw from the training RNG (dropout)
+        generator=torch.Generator().manual_seed(cfg.seed))
+    return OrderedLoader(loader, cfg.num_workers, resume)

@@ -1,14 +1,16 @@
 """Paragraph-to-video retrieval: encode a validation set, score every paragraph against every
-video, report recall at K and median rank in both directions."""
+video, report recall at K and median rank in both directions; for a stage-2 model, also MLM
+and video-text matching accuracy on the same pass."""
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 KS = (1, 5, 10, 50)
@@ -80,16 +82,89 @@ def evaluate(model: nn.Module, batches: Iterable[dict], device: torch.device | s
     return retrieval_metrics(paragraph @ video.T)
 
 
+def _at_least_two(batches: Iterable[dict]) -> Iterator[dict]:
+    """The batches, with a last batch of one sample merged into the one before (VTM needs a
+    second sample for its negatives)."""
+    held = None
+    for batch in batches:
+        if held is not None and len(batch["input_ids"]) < 2:
+            batch = {k: (held[k] + batch[k]) if isinstance(held[k], list) else torch.cat([held[k], batch[k]])
+                     for k in ("video", "input_ids", "attention_mask", "key") if k in batch}
+            held = None
+        if held is not None:
+            yield held
+        held = batch
+    if held is not None:
+        if len(held["input_ids"]) < 2:
+            raise ValueError("stage-2 evaluation needs at least 2 samples")
+        yield held
+
+
+@torch.no_grad()
+def evaluate_stage2(model: nn.Module, batches: Iterable[dict], masker, device: torch.device | str = "cpu",
+                    bf16: bool = False, seed: int = 0) -> dict:
+    """Retrieval of the (frozen) stage-1 features, plus "stage2": MLM loss and accuracy over
+    the masked tokens and VTM loss and accuracy (overall, on matched and on mismatched
+    pairs; random in-batch negatives), masks and negatives seeded by ``seed`` and batch."""
+    from lfvila_model.losses import IGNORE_INDEX, vtm_labels
+    from lfvila_model.stage2 import MatchingObjective
+
+    device = torch.device(device)
+    objective = MatchingObjective(masker)
+    was_training, negatives = model.training, model.negatives
+    model.eval()
+    model.negatives = "random"
+    videos, paragraphs, keys = [], [], []
+    mlm_ce = mlm_hits = mlm_n = vtm_ce = 0.0
+    vtm_hits, vtm_n = torch.zeros(2), torch.zeros(2)  # [mismatched, matched]
+    try:
+        for i, batch in enumerate(_at_least_two(batches)):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+                out = model(**objective.inputs(batch, device, seed * 1_000_003 + i))
+            logits, labels = out["mlm_logits"].float(), out["mlm_labels"]
+            valid = labels != IGNORE_INDEX
+            mlm_ce += float(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+            mlm_hits += float(((logits.argmax(-1) == labels) & valid).sum())
+            mlm_n += float(valid.sum())
+            target = vtm_labels(len(batch["input_ids"]), device)
+            vtm_logits = out["vtm_logits"].float()
+            vtm_ce += float(F.cross_entropy(vtm_logits, target, reduction="sum"))
+            hit = (vtm_logits.argmax(-1) == target).cpu()
+            for cls in (0, 1):
+                vtm_hits[cls] += hit[target.cpu() == cls].sum()
+                vtm_n[cls] += (target == cls).sum().cpu()
+            videos.append(out["video"].float().cpu())
+            paragraphs.append(out["paragraph"].float().cpu())
+            keys.extend(batch.get("key") or [f"{i}_{j}" for j in range(len(batch["video"]))])
+    finally:
+        model.train(was_training)
+        model.negatives = negatives
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate sample keys in the validation set (a resampled stream?)")
+    metrics = retrieval_metrics(torch.cat(paragraphs) @ torch.cat(videos).T)
+    metrics["stage2"] = {
+        "mlm_loss": mlm_ce / max(mlm_n, 1), "mlm_accuracy": 100.0 * mlm_hits / max(mlm_n, 1),
+        "masked_tokens": int(mlm_n), "vtm_loss": vtm_ce / float(vtm_n.sum()),
+        "vtm_accuracy": float(100.0 * vtm_hits.sum() / vtm_n.sum()),
+        "vtm_matched_accuracy": float(100.0 * vtm_hits[1] / vtm_n[1]),
+        "vtm_mismatched_accuracy": float(100.0 * vtm_hits[0] / vtm_n[0]),
+    }
+    return metrics
+
+
 def run_eval(checkpoint: str | os.PathLike, val_shards: list[str], output: str | os.PathLike | None = None,
              overrides_cfg=None, device: str | None = None) -> dict:
     """Load a checkpoint (its stored config unless ``overrides_cfg``), evaluate on ``val_shards``,
     write the metrics as JSON to ``output`` (default: next to the checkpoint)."""
-    from lfvila_model.train import load_model, setup_data
+    from lfvila_model.train import load_model, setup_data, setup_masker
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_model(checkpoint, dev, overrides_cfg)
     batches = setup_data(cfg, list(val_shards), train=False)(0, 1)(0, 0)
-    metrics = evaluate(model, batches, dev, bf16=cfg.optim.bf16)
+    if cfg.stage == 2:
+        metrics = evaluate_stage2(model, batches, setup_masker(cfg), dev, bf16=cfg.optim.bf16)
+    else:
+        metrics = evaluate(model, batches, dev, bf16=cfg.optim.bf16)
     metrics["checkpoint"] = str(checkpoint)
     out = Path(output) if output else (Path(checkpoint) / "eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""LF-VILA stage-1 losses: global video–paragraph InfoNCE and multimodal temporal contrast (MTC).
+"""LF-VILA losses: stage 1, global video–paragraph InfoNCE and multimodal temporal contrast (MTC);
+stage 2, masked language modelling + video–text matching.
 
 Gathering across GPUs is kept apart from the losses (open_clip style): each rank scores
 its own rows against the gathered batch, so summed gradients equal one big-batch loss.
@@ -168,3 +169,45 @@ class LFVILALoss(nn.Module):
             all_clip=gather_features(feats["clip"]), all_sent=gather_features(feats["sentence"]),
             offset=offset, **self.mtc_kwargs)
         return {"loss": self.global_weight * g + self.mtc_weight * mtc, "global": g, "mtc": mtc}
+
+
+# ----------------------------------------------------------------------------- stage 2
+def vtm_labels(batch: int, device=None) -> torch.Tensor:
+    """Labels of LFVILAStage2's 3B pairs: B matched (1), then 2B mismatched (0)."""
+    return torch.cat([torch.ones(batch, dtype=torch.long, device=device),
+                      torch.zeros(2 * batch, dtype=torch.long, device=device)])
+
+
+class MatchingLoss(nn.Module):
+    """Stage-2 objective: masked language modelling + video-text matching (2-way cross entropy).
+
+    MLM cross entropy is summed over this rank's masked tokens and divided by the count over
+    all ranks (times the world size), so with DDP's gradient averaging it is the mean over
+    every masked token of the global batch, however they fall across ranks. Accuracies are
+    detached, for the log."""
+
+    def __init__(self, mlm_weight: float = 1.0, vtm_weight: float = 1.0):
+        super().__init__()
+        self.mlm_weight, self.vtm_weight = mlm_weight, vtm_weight
+
+    def forward(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """out: LFVILAStage2's "mlm_logits" K×V, "mlm_labels" K, "vtm_logits" 3B×2."""
+        logits, labels = out["mlm_logits"], out["mlm_labels"]
+        valid = labels != IGNORE_INDEX
+        count = valid.sum().float()
+        world = 1
+        if _distributed():
+            count = count.clone()
+            dist.all_reduce(count)
+            world = dist.get_world_size()
+        ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        mlm = ce * world / count.clamp(min=1)
+        vtm_logits = out["vtm_logits"]
+        target = vtm_labels(vtm_logits.shape[0] // 3, vtm_logits.device)
+        vtm = F.cross_entropy(vtm_logits, target)
+        with torch.no_grad():
+            hits = (logits.argmax(-1) == labels) & valid
+            mlm_acc = hits.sum() / valid.sum().clamp(min=1)
+            vtm_acc = (vtm_logits.argmax(-1) == target).float().mean()
+        return {"loss": self.mlm_weight * mlm + self.vtm_weight * vtm, "mlm": mlm, "vtm": vtm,
+                "mlm_acc": mlm_acc, "vtm_acc": vtm_acc}

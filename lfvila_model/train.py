@@ -1,9 +1,13 @@
-"""LF-VILA stage-1 training recipe: config, setup_model, setup_optimizer, setup_data, train_step,
-save/load_checkpoint and the loop, run in one process or inside Ray Train (DDP).
+"""LF-VILA training recipe: config, setup_model, setup_optimizer, setup_data, train_step,
+save/load_checkpoint and the loop, run in one process or inside Ray Train (DDP), for stage 1
+(contrastive) or, with ``stage: 2``, stage 2 (MLM + video-text matching on a frozen stage-1
+model, lfvila_model.stage2).
 
 Data come from a *source factory* ``(rank, world) -> source`` where a source is
 ``(epoch, skip) -> iterable of micro-batches`` starting ``skip`` micro-batches into ``epoch``:
-that is how resume finds its place in the data and how tests inject synthetic batches.
+that is how resume finds its place in the data and how tests inject synthetic batches. A
+source whose batches carry a ``position`` (the shard loader's) is also called as
+``(epoch, skip, position)`` on resume, to continue exactly after the last batch consumed.
 """
 from __future__ import annotations
 
@@ -39,9 +43,15 @@ from lfvila_model.losses import (
     sample_mtc,
 )
 from lfvila_model.models import presets
-from lfvila_model.models.lfvila import LFVILA, LFVILAConfig, synthetic_batch
+from lfvila_model.models.lfvila import (
+    LFVILA,
+    LFVILAConfig,
+    LFVILAStage2,
+    synthetic_batch,
+)
+from lfvila_model.stage2 import Masker, MatchingObjective, load_stage1_weights
 
-Source = Callable[[int, int], Iterable[dict]]  # (epoch, skip micro-batches) -> micro-batches
+Source = Callable[..., Iterable[dict]]  # (epoch, skip micro-batches[, position]) -> micro-batches
 SourceFactory = Callable[[int, int], Source]  # (rank, world) -> Source
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -61,6 +71,7 @@ class ModelSection:
     num_clips: int | None = None
     frame_size: tuple[int, int] | None = None
     max_tokens: int | None = None
+    cross: dict = field(default_factory=dict)  # CrossModalConfig overrides (stage 2)
 
 
 @dataclass
@@ -117,6 +128,26 @@ class LogConfig:
 
 
 @dataclass
+class Stage2Config:
+    """Stage 2 (``stage: 2``): the cross-modal encoder trained with MLM + video-text matching
+    on top of a frozen stage-1 model loaded from ``stage1_checkpoint``."""
+
+    stage1_checkpoint: str | None = None  # a step-* directory, or a checkpoint dir (its latest)
+    negatives: str = "random"  # "random" in-batch, or "hard" (∝ exp(stage-1 similarity / 0.05))
+    mlm_probability: float = 0.15
+    mlm_weight: float = 1.0
+    vtm_weight: float = 1.0
+    mask_token_id: int | None = None  # default: data.tokenizer's [MASK]
+    special_token_ids: list[int] | None = None  # default: data.tokenizer's special tokens
+
+    def __post_init__(self):
+        if self.negatives not in ("random", "hard"):
+            raise ConfigError(f"stage2.negatives must be random or hard, not {self.negatives!r}")
+        if not 0 < float(self.mlm_probability) < 1:
+            raise ConfigError("stage2.mlm_probability must be in (0, 1)")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: dict = field(default_factory=dict)  # lfvila_model.data.DataConfig fields (shapes come from the model)
@@ -124,6 +155,12 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0
+    stage: int = 1
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ConfigError(f"stage must be 1 or 2, not {self.stage!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -141,7 +178,8 @@ def _build(cls, d: dict, prefix: str):
     for key, value in d.items():
         if key not in fields:
             raise ConfigError(f"unknown config key {prefix}{key}")
-        sub = {"model": ModelSection, "optim": OptimConfig, "checkpoint": CheckpointConfig, "log": LogConfig}
+        sub = {"model": ModelSection, "optim": OptimConfig, "checkpoint": CheckpointConfig, "log": LogConfig,
+               "stage2": Stage2Config}
         kwargs[key] = _build(sub[key], value, f"{key}.") if cls is TrainConfig and key in sub else value
     try:
         return cls(**kwargs)
@@ -199,7 +237,8 @@ def model_config(section: ModelSection) -> LFVILAConfig:
         cfg = builders[section.preset](**video)
         text = dict(section.text)
         bert = {**cfg.text.bert, **text.pop("bert", {})}
-        cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, bert=bert, **text))
+        cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, bert=bert, **text),
+                                  cross=dataclasses.replace(cfg.cross, **section.cross))
         top = {k: _tuples(getattr(section, k)) for k in ("num_clips", "frame_size", "max_tokens")
                if getattr(section, k) is not None}
         return dataclasses.replace(cfg, **top)
@@ -224,9 +263,53 @@ def data_config(cfg: TrainConfig, mcfg: LFVILAConfig, **extra) -> dict:
 
 
 # ----------------------------------------------------------------------------- setup
-def setup_model(cfg: TrainConfig, device: torch.device) -> LFVILA:
-    """A freshly initialised LF-VILA (seeded by the caller) on ``device``, in train mode."""
-    return LFVILA(model_config(cfg.model)).to(device).train()
+def setup_model(cfg: TrainConfig, device: torch.device) -> LFVILA | LFVILAStage2:
+    """A freshly initialised LF-VILA (seeded by the caller) on ``device``, in train mode: the
+    stage-1 model, or for stage 2 the stage-1 model (frozen, to be loaded with
+    ``load_stage1``) under a new cross-modal encoder and heads."""
+    mcfg = model_config(cfg.model)
+    if cfg.stage == 2:
+        return LFVILAStage2(mcfg, negatives=cfg.stage2.negatives).to(device).train()
+    return LFVILA(mcfg).to(device).train()
+
+
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    """A step-* directory as is; a checkpoint directory → its latest step."""
+    path = Path(path)
+    if (path / "trainer.json").is_file():
+        return path
+    found = checkpoints(path)
+    if not found:
+        raise ConfigError(f"no checkpoint at {path}")
+    return found[-1]
+
+
+def load_stage1(model: LFVILAStage2, path: str | os.PathLike) -> Path:
+    """Load a stage-1 checkpoint of our trainer into ``model.stage1``; returns the step directory."""
+    path = checkpoint_path(path)
+    stored = json.loads((path / "trainer.json").read_text()).get("config", {})
+    if stored.get("stage", 1) != 1:
+        raise ConfigError(f"{path} is a stage-{stored['stage']} checkpoint, stage 2 starts from a stage-1 one")
+    try:
+        load_stage1_weights(model, torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    except RuntimeError as e:
+        raise ConfigError(f"{path} does not fit this model config: {str(e).splitlines()[0]} "
+                          f"(model.* must match the stage-1 run)") from None
+    return path
+
+
+def setup_masker(cfg: TrainConfig) -> Masker:
+    """Stage-2 masking ids from ``stage2.mask_token_id``/``special_token_ids``, else from
+    the tokenizer in ``data.tokenizer``."""
+    s2, vocab = cfg.stage2, model_config(cfg.model).text.bert.get("vocab_size", 30522)
+    if s2.mask_token_id is not None:
+        specials = tuple(s2.special_token_ids) if s2.special_token_ids is not None else ()
+        return Masker(int(s2.mask_token_id), specials, vocab, float(s2.mlm_probability))
+    if not cfg.data.get("tokenizer"):
+        raise ConfigError("stage 2 needs data.tokenizer (or stage2.mask_token_id and stage2.special_token_ids)")
+    from lfvila_model.data import load_tokenizer
+
+    return Masker.from_tokenizer(load_tokenizer(cfg.data["tokenizer"]), vocab, float(s2.mlm_probability))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -279,9 +362,10 @@ class SyntheticSource:
 @dataclass
 class ShardSource:
     """Batches from WebDataset shards via lfvila_model.data.make_loader, which splits the shards
-    (or, resampled, seeds the draw) by rank. A resumed epoch is re-seeded from (epoch, skip)
-    rather than replayed sample by sample: decoding what was already seen would cost as much
-    as training on it."""
+    (or, resampled, seeds the draw) by rank. Resumed with the loader position saved in the
+    checkpoint, an epoch continues sample for sample (nothing already consumed is decoded
+    again); without one (a checkpoint of another world size or worker count) the rest of the
+    epoch is re-drawn from (epoch, skip) instead."""
 
     shards: list[str]
     data: dict  # DataConfig fields
@@ -292,11 +376,18 @@ class ShardSource:
 
         tokenizer = load_tokenizer(self.data["tokenizer"]) if self.data.get("tokenizer") else None
         base = {k: _tuples(v) for k, v in self.data.items()}
+        workers = max(1, int(base.get("num_workers", 0)))
 
-        def epoch_batches(epoch: int, skip: int) -> Iterable[dict]:
-            seed = int(base.get("seed", 0)) + epoch * 100_003 + skip
+        def epoch_batches(epoch: int, skip: int, position: dict | None = None) -> Iterable[dict]:
+            seed = int(base.get("seed", 0))
+            if position is not None and position.get("num_workers") != workers:
+                print(f"data position of {position.get('num_workers')} loader workers, running {workers}: "
+                      "re-drawing the rest of the epoch", file=sys.stderr)
+                position = None
+            if position is None and skip:
+                seed += skip * 100_003  # no position to continue from: a fresh draw, not a replay
             return make_loader(self.shards, DataConfig(**{**base, "seed": seed}), train=self.train,
-                               tokenizer=tokenizer, rank=rank, world_size=world)
+                               tokenizer=tokenizer, rank=rank, world_size=world, epoch=epoch, resume=position)
         return epoch_batches
 
 
@@ -349,21 +440,42 @@ def _move(batch: dict, device: torch.device) -> dict:
     return {k: batch[k].to(device, non_blocking=True) for k in ("video", "input_ids", "attention_mask")}
 
 
-def train_step(model: nn.Module, loss_fn: nn.Module, optimizer, scheduler, micro_batches: list[dict],
-               optim: OptimConfig, device: torch.device, mtc_seed: int) -> dict[str, float]:
-    """One optimizer update over ``micro_batches`` (gradient accumulation); returns local metrics."""
+class ContrastiveObjective:
+    """Stage 1 on one micro-batch: features, then GlobalBatchLoss with an MTC draw seeded by ``seed``."""
+
+    names = ("loss", "global", "mtc")
+
+    def __init__(self):
+        self.loss_fn = GlobalBatchLoss()
+
+    def __call__(self, model: nn.Module, batch: dict, device: torch.device, seed: int,
+                 bf16: bool = False) -> dict[str, torch.Tensor]:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            feats = model(**_move(batch, device))
+        return self.loss_fn({k: v.float() for k, v in feats.items()}, generator=torch.Generator().manual_seed(seed))
+
+
+def setup_objective(cfg: TrainConfig, rank: int = 0):
+    """The stage's objective: ContrastiveObjective (stage 1) or MatchingObjective (stage 2;
+    its masks and negatives differ across ranks)."""
+    if cfg.stage == 2:
+        return MatchingObjective(setup_masker(cfg), cfg.stage2.mlm_weight, cfg.stage2.vtm_weight, rank=rank)
+    return ContrastiveObjective()
+
+
+def train_step(model: nn.Module, objective, optimizer, scheduler, micro_batches: list[dict],
+               optim: OptimConfig, device: torch.device, seed: int) -> dict[str, float]:
+    """One optimizer update over ``micro_batches`` (gradient accumulation); returns local metrics
+    (``loss_sums``: the mean over micro-batches of each of ``objective.names``)."""
     bf16 = optim.bf16 and device.type == "cuda"
-    sums = torch.zeros(3, device=device)
+    sums = torch.zeros(len(objective.names), device=device)
     n = len(micro_batches)
     for i, batch in enumerate(micro_batches):
         sync = nullcontext() if i == n - 1 or not hasattr(model, "no_sync") else model.no_sync()
-        gen = torch.Generator().manual_seed(mtc_seed * 1000 + i)
         with sync:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                feats = model(**_move(batch, device))
-            out = loss_fn({k: v.float() for k, v in feats.items()}, generator=gen)
+            out = objective(model, batch, device, seed * 1000 + i, bf16)
             (out["loss"] / n).backward()
-        sums += torch.stack([out["loss"], out["global"], out["mtc"]]).detach() / n
+        sums += torch.stack([out[k].float() for k in objective.names]).detach() / n
     grad_norm = float("nan")
     if optim.clip_grad_norm:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad_norm))
@@ -383,6 +495,7 @@ class TrainState:
     epoch: int = 0
     epoch_batches: int = 0  # micro-batches consumed in this epoch
     samples: int = 0  # global samples seen
+    position: dict | None = field(default=None, repr=False)  # this rank's loader position (not in trainer.json)
 
 
 def _rng_state() -> dict:
@@ -420,10 +533,12 @@ def save_checkpoint(root: str | os.PathLike, model: nn.Module, optimizer, schedu
     """Write ``root/step-XXXXXXXX`` via a temporary directory renamed when complete; keep the last
     ``keep`` (0 = all). Collective under torch.distributed (RNG states of every rank); rank 0 writes."""
     rank, world = _rank_world()
-    rngs = [_rng_state()]
+    mine = (_rng_state(), state.position)
+    gathered = [mine]
     if world > 1:
-        rngs = [None] * world
-        dist.all_gather_object(rngs, _rng_state())
+        gathered = [None] * world
+        dist.all_gather_object(gathered, mine)
+    rngs, positions = [g[0] for g in gathered], [g[1] for g in gathered]
     final = Path(root) / f"step-{state.step:08d}"
     if rank == 0:
         tmp = Path(root) / f".tmp-step-{state.step:08d}"
@@ -433,8 +548,11 @@ def save_checkpoint(root: str | os.PathLike, model: nn.Module, optimizer, schedu
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rngs, tmp / "rng.pt")
+        if any(p is not None for p in positions):  # per rank: where its loader stands in the epoch
+            (tmp / "data_position.json").write_text(json.dumps({"epoch": state.epoch, "positions": positions}))
+        meta = {k: v for k, v in asdict(state).items() if k != "position"}
         (tmp / "trainer.json").write_text(json.dumps(
-            {"state": asdict(state), "world_size": world, "config": cfg.to_dict()}, indent=1, default=list))
+            {"state": meta, "world_size": world, "config": cfg.to_dict()}, indent=1, default=list))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         if keep:
@@ -455,25 +573,29 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, s
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     if scheduler is not None:
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    state = TrainState(**meta["state"])
+    rank, world = _rank_world()
     if restore_rng:
-        rank, world = _rank_world()
         rngs = torch.load(path / "rng.pt", weights_only=False)
         if len(rngs) == world:
             _set_rng_state(rngs[rank])
         else:
             print(f"checkpoint has {len(rngs)} ranks' RNG states, running {world}: RNG not restored",
                   file=sys.stderr)
-    return TrainState(**meta["state"])
+    if (path / "data_position.json").is_file():
+        saved = json.loads((path / "data_position.json").read_text())
+        if len(saved["positions"]) == world and saved["epoch"] == state.epoch:
+            state.position = saved["positions"][rank]
+        else:
+            print(f"checkpoint has {len(saved['positions'])} ranks' data positions, running {world}: "
+                  "the epoch's remaining data is re-drawn", file=sys.stderr)
+    return state
 
 
-def load_model(path: str | os.PathLike, device="cpu", cfg: TrainConfig | None = None) -> tuple[LFVILA, TrainConfig]:
+def load_model(path: str | os.PathLike, device="cpu",
+               cfg: TrainConfig | None = None) -> tuple[LFVILA | LFVILAStage2, TrainConfig]:
     """The model of a checkpoint, built from the config stored in it (or ``cfg``), in eval mode."""
-    path = Path(path)
-    if not (path / "trainer.json").is_file():
-        found = checkpoints(path)
-        if not found:
-            raise ConfigError(f"no checkpoint at {path}")
-        path = found[-1]
+    path = checkpoint_path(path)
     if cfg is None:
         cfg = TrainConfig.from_dict(json.loads((path / "trainer.json").read_text())["config"])
     model = setup_model(cfg, torch.device(device))
@@ -483,12 +605,13 @@ def load_model(path: str | os.PathLike, device="cpu", cfg: TrainConfig | None = 
 
 # ----------------------------------------------------------------------------- logging
 class MetricLogger:
-    """Rank-0 metrics: a stdout line every N steps, a CSV log, TensorBoard and tqdm when available."""
+    """Rank-0 metrics: a stdout line every N steps, a CSV log, TensorBoard and tqdm when available.
+    ``names``: the objective's values, "loss" first (stage 1: global, mtc; stage 2: mlm, vtm, ...)."""
 
-    COLUMNS = ("step", "epoch", "samples", "loss", "global", "mtc", "lr", "grad_norm", "samples_per_s", "gpu_mem_gib")
-
-    def __init__(self, log: LogConfig, total: int, start: int, enabled: bool = True):
-        self.log, self.enabled, self.total = log, enabled, total
+    def __init__(self, log: LogConfig, total: int, start: int, enabled: bool = True,
+                 names: tuple[str, ...] = ContrastiveObjective.names):
+        self.log, self.enabled, self.total, self.names = log, enabled, total, tuple(names)
+        self.COLUMNS = ("step", "epoch", "samples", *self.names, "lr", "grad_norm", "samples_per_s", "gpu_mem_gib")
         self.writer = self.bar = None
         if not enabled:
             return
@@ -520,11 +643,12 @@ class MetricLogger:
         self.csv.writerow([row.get(c, "") for c in self.COLUMNS])
         self.csv_file.flush()
         if self.writer is not None:
-            for k in ("loss", "global", "mtc", "lr", "samples_per_s"):
+            for k in (*self.names, "lr", "samples_per_s"):
                 self.writer.add_scalar(f"train/{k}", row[k], row["step"])
         mem = f" | mem {row['gpu_mem_gib']:.1f} GiB" if row.get("gpu_mem_gib") != "" else ""
-        line = (f"step {row['step']}/{self.total} | loss {row['loss']:.4f} (global {row['global']:.4f}, "
-                f"mtc {row['mtc']:.4f}) | lr {row['lr']:.3e} | {row['samples_per_s']:.1f} samples/s{mem}")
+        parts = ", ".join(f"{k} {row[k]:.4f}" for k in self.names[1:])
+        line = (f"step {row['step']}/{self.total} | loss {row['loss']:.4f} ({parts}) | lr {row['lr']:.3e} | "
+                f"{row['samples_per_s']:.1f} samples/s{mem}")
         if self.bar is not None:
             self.bar.update(row["step"] - self.bar.n)
             self.bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -546,9 +670,11 @@ def _micro_batches(source: Source, state: TrainState, grad_accum: int, per_epoch
     next epoch after ``per_epoch`` steps or when the source runs out."""
     while True:
         if per_epoch is not None and state.epoch_batches >= per_epoch * grad_accum:
-            state.epoch, state.epoch_batches = state.epoch + 1, 0
+            state.epoch, state.epoch_batches, state.position = state.epoch + 1, 0, None
         start = state.epoch_batches
-        it = iter(source(state.epoch, start))
+        batches = source(state.epoch, start) if state.position is None else \
+            source(state.epoch, start, state.position)
+        it = iter(batches)
         while per_epoch is None or state.epoch_batches < per_epoch * grad_accum:
             chunk = [b for _, b in zip(range(grad_accum), it)]
             if len(chunk) < grad_accum:
@@ -556,7 +682,7 @@ def _micro_batches(source: Source, state: TrainState, grad_accum: int, per_epoch
             yield chunk
         if start == 0 and state.epoch_batches == 0:
             raise RuntimeError(f"the data source yielded no full step in epoch {state.epoch}")
-        state.epoch, state.epoch_batches = state.epoch + 1, 0
+        state.epoch, state.epoch_batches, state.position = state.epoch + 1, 0, None
 
 
 def _device() -> torch.device:
@@ -568,6 +694,8 @@ def train(cfg: TrainConfig, sources: SourceFactory, *, resume: bool | str = Fals
           report: Callable[[dict], None] | None = None) -> dict:
     """Train to ``optim.total_steps()`` updates; returns the last logged metrics.
 
+    Stage 2 (``cfg.stage == 2``) starts from ``stage2.stage1_checkpoint`` (frozen: outside the
+    optimizer and DDP's gradient buckets, in eval mode) unless it resumes a stage-2 run.
     resume: True = latest checkpoint in ``checkpoint.dir`` (if any), or a checkpoint path.
     wrap_model/report: hooks for Ray Train (prepare_model, ray.train.report); torch.distributed
     must already be initialised when running with several ranks.
@@ -581,26 +709,43 @@ def train(cfg: TrainConfig, sources: SourceFactory, *, resume: bool | str = Fals
     torch.manual_seed(cfg.seed + 1 + rank)  # same init on every rank, different dropout masks
     optimizer, scheduler = setup_optimizer(raw, cfg.optim)
     total = cfg.optim.total_steps()
+    if cfg.stage == 2 and int(cfg.data.get("batch_size", 2)) < 2:
+        raise ConfigError("stage 2 needs data.batch_size >= 2 (video-text negatives come from the batch)")
+    objective = setup_objective(cfg, rank)
     state = TrainState()
+    found = []
     if resume:
         found = checkpoints(cfg.checkpoint.dir) if resume is True else [Path(resume)]
         if found:
+            stored = json.loads((found[-1] / "trainer.json").read_text()).get("config", {}).get("stage", 1)
+            if stored != cfg.stage:
+                raise ConfigError(f"{found[-1]} is a stage-{stored} checkpoint and this is stage {cfg.stage}: "
+                                  "give each stage its own checkpoint.dir")
             state = load_checkpoint(found[-1], raw, optimizer, scheduler)
             if rank == 0:
                 print(f"resumed from {found[-1]} at step {state.step}", flush=True)
+    if cfg.stage == 2 and not found:
+        if not cfg.stage2.stage1_checkpoint:
+            raise ConfigError("stage 2 needs stage2.stage1_checkpoint (a stage-1 checkpoint of this trainer)")
+        if checkpoints(cfg.checkpoint.dir):
+            raise ConfigError(f"checkpoint.dir {cfg.checkpoint.dir} already holds checkpoints: give stage 2 "
+                              "its own checkpoint.dir (or --resume a stage-2 run)")
+        loaded = load_stage1(raw, cfg.stage2.stage1_checkpoint)
+        if rank == 0:
+            print(f"stage 2: stage-1 weights from {loaded} (frozen)", flush=True)
     model = wrap_model(raw) if wrap_model is not None else raw
-    loss_fn = GlobalBatchLoss()
-    logger = MetricLogger(cfg.log, total, state.step, enabled=rank == 0)
+    logger = MetricLogger(cfg.log, total, state.step, enabled=rank == 0, names=objective.names)
     batches = _micro_batches(sources(rank, world), state, cfg.optim.grad_accum, cfg.optim.steps_per_epoch)
     last, t0, samples0 = {}, time.perf_counter(), state.samples
     try:
         while state.step < total:
             micro = next(batches)
-            out = train_step(model, loss_fn, optimizer, scheduler, micro, cfg.optim, device,
-                             mtc_seed=cfg.seed * 1_000_003 + state.step)
+            out = train_step(model, objective, optimizer, scheduler, micro, cfg.optim, device,
+                             seed=cfg.seed * 1_000_003 + state.step)
             state.step += 1
             state.epoch_batches += len(micro)
             state.samples += sum(len(b["input_ids"]) for b in micro) * world
+            state.position = micro[-1].get("position", state.position)
             if state.step % cfg.log.every_steps == 0 or state.step == total:
                 sums = out["loss_sums"]
                 if world > 1:
@@ -608,7 +753,7 @@ def train(cfg: TrainConfig, sources: SourceFactory, *, resume: bool | str = Fals
                     sums = sums / world
                 dt = time.perf_counter() - t0
                 last = {"step": state.step, "epoch": state.epoch, "samples": state.samples,
-                        "loss": float(sums[0]), "global": float(sums[1]), "mtc": float(sums[2]),
+                        **{k: float(v) for k, v in zip(objective.names, sums)},
                         "lr": out["lr"], "grad_norm": out["grad_norm"],
                         "samples_per_s": (state.samples - samples0) / max(dt, 1e-9),
                         "gpu_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else ""}
@@ -629,6 +774,11 @@ def _absolute(cfg: TrainConfig) -> TrainConfig:
     cfg = dataclasses.replace(cfg)
     cfg.checkpoint = dataclasses.replace(cfg.checkpoint, dir=os.path.abspath(cfg.checkpoint.dir))
     cfg.log = dataclasses.replace(cfg.log, dir=os.path.abspath(cfg.log.dir))
+    if cfg.stage2.stage1_checkpoint:
+        cfg.stage2 = dataclasses.replace(cfg.stage2, stage1_checkpoint=os.path.abspath(cfg.stage2.stage1_checkpoint))
+    tok = cfg.data.get("tokenizer")
+    if tok and os.path.exists(tok):  # a local vocabulary, not a hub name
+        cfg.data = {**cfg.data, "tokenizer": os.path.abspath(tok)}
     return cfg
 
 

@@ -1,6 +1,7 @@
 """Named LF-VILA sizes: each preset only supplies numbers."""
 from __future__ import annotations
 
+from lfvila_model.models.crossmodal import CrossModalConfig
 from lfvila_model.models.lfvila import LFVILAConfig
 from lfvila_model.models.text import TextEncoderConfig
 from lfvila_model.models.video import VideoEncoderConfig
@@ -12,16 +13,18 @@ BERT_LARGE = dict(  # bert-large-uncased, built from its config (no download)
 
 
 def paper(**video_overrides) -> LFVILAConfig:
-    """The paper's stage-1 model: 3D Swin-B-sized HTWA video encoder, BERT-large layers 0–11."""
+    """The paper's model: 3D Swin-B-sized HTWA video encoder, BERT-large layers 0–11 (stage 1),
+    layers 12–23 as the cross-modal encoder (stage 2)."""
     return LFVILAConfig(
         video=VideoEncoderConfig(**video_overrides),
         text=TextEncoderConfig(bert=BERT_LARGE, split=8, paragraph_layers=4, proj_dim=1024),
-        num_clips=4, frame_size=(192, 320), max_tokens=50,
+        num_clips=4, frame_size=(192, 320), max_tokens=50, cross=CrossModalConfig(num_layers=12),
     )
 
 
 def tiny(**video_overrides) -> LFVILAConfig:
-    """A CPU-test size: 2 clips × 4 frames × 32×64, three video layers, a 4-layer BERT."""
+    """A CPU-test size: 2 clips × 4 frames × 32×64, three video layers, a 4-layer BERT
+    (+ 2 cross-modal layers in stage 2)."""
     video = dict(
         embed_dim=16, depths=(2, 2, 2), heads=(1, 2, 4), windows=((2, 2, 4), (4, 2, 4), (8, 2, 2)),
         merge_after=(0, 1), frames_per_clip=4, drop_path=0.0, proj_dim=32,
@@ -32,5 +35,5 @@ def tiny(**video_overrides) -> LFVILAConfig:
     return LFVILAConfig(
         video=VideoEncoderConfig(**video),
         text=TextEncoderConfig(bert=bert, split=2, paragraph_layers=2, max_sentences=8, proj_dim=32),
-        num_clips=2, frame_size=(32, 64), max_tokens=12,
+        num_clips=2, frame_size=(32, 64), max_tokens=12, cross=CrossModalConfig(num_layers=2),
     )

@@ -63,6 +63,13 @@ class TextEncoder(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unprojected sentence [CLS] (B×m×H) and paragraph token (B×H)."""
+        cls, tokens, _ = self.paragraph_tokens(input_ids, attention_mask)
+        return cls, tokens[:, 0]
+
+    def paragraph_tokens(self, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sentence [CLS] (B×m×H), the paragraph layers' output tokens (B×(1+m·L)×H: the
+        paragraph token, then every sentence's tokens in order) and their 0/1 mask."""
         b, m, length = input_ids.shape
         if m > self.cfg.max_sentences:
             raise ValueError(f"{m} sentences > max_sentences={self.cfg.max_sentences}")
@@ -83,11 +90,15 @@ class TextEncoder(nn.Module):
         ext = _extended_mask(mask, tokens.dtype)
         for layer in layers[self.cfg.split:]:
             tokens = _run(layer, tokens, ext)
-        return cls, tokens[:, 0]
+        return cls, tokens, mask
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"sentence": B×m×D, "paragraph": B×D}, both L2-normalised."""
         cls, para = self.encode(input_ids, attention_mask)
+        return self.project(cls, para)
+
+    def project(self, cls: torch.Tensor, para: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sentence [CLS] and paragraph token → forward's L2-normalised features."""
         return {
             "sentence": F.normalize(self.sentence_proj(cls), dim=-1),
             "paragraph": F.normalize(self.paragraph_proj(para), dim=-1),

@@ -73,6 +73,14 @@ class VideoEncoderConfig:
                 return i
         raise ValueError(f"no layer has a temporal window of one clip ({self.tokens_per_clip} tokens)")
 
+    def token_grid(self, frames: int, frame_size: tuple[int, int]) -> tuple[int, int, int]:
+        """(T, H, W) of the last layer's tokens for ``frames`` frames of ``frame_size``."""
+        pt, ph, pw = self.patch_size
+        t, h, w = -(-frames // pt), -(-frame_size[0] // ph), -(-frame_size[1] // pw)
+        for _ in (i for i in self.merge_after if i < len(self.depths) - 1):
+            h, w = -(-h // 2), -(-w // 2)
+        return t, h, w
+
     def layer_window(self, i: int) -> tuple[int, int, int] | None:
         return None if self.attention == "full" else tuple(self.windows[i])
 
@@ -148,11 +156,16 @@ class VideoEncoder(nn.Module):
 
     def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"clip": B×clips×D, "video": B×D}, both L2-normalised."""
+        return self.features_and_tokens(video)[0]
+
+    def features_and_tokens(self, video: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``forward``'s features and the last layer's normalised tokens (B×T×H×W×C, what the
+        stage-2 cross-modal encoder attends to), from one pass."""
         clip_tokens, last_tokens = self.forward_features(video)
         tpc, grid = self.cfg.tokens_per_clip, self.cfg.pool_grid
         clip = F.normalize(self.clip_proj(pool_clips(clip_tokens, tpc, grid)), dim=-1)
         video_feat = F.normalize(self.video_proj(pool_clips(last_tokens, tpc, grid).mean(1)), dim=-1)
-        return {"clip": clip, "video": video_feat}
+        return {"clip": clip, "video": video_feat}, last_tokens
 
     def load_swin2d(self, path_or_state: str | dict) -> "LoadReport":
         """Inflate 2D Swin weights (official key layout) into this encoder."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lfvila_data.demo import COLOURS, TEMPLATES
+from lfvila_data.demo import COLOURS
 from lfvila_model.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -23,7 +23,6 @@ from lfvila_model.data import (
     choose_window,
     frame_indices,
     frame_times,
-    load_tokenizer,
     make_loader,
     random_resized_crop_box,
 )
@@ -94,50 +93,6 @@ def test_center_crop_box_keeps_output_aspect():
 
 
 # ---------------------------------------------------------------- real shards
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    """A tiny WordPiece vocabulary covering the demo sentences (no downloads)."""
-    words = {w for t in TEMPLATES for w in re.findall(r"[a-z]+", t.lower().replace("{c}", ""))}
-    d = tmp_path_factory.mktemp("tok")
-    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".",
-                                            *sorted(words | set(COLOURS))]) + "\n")
-    return load_tokenizer(str(d))
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """Shards from the real pipeline: 3 demo videos x 10 clips, max 6 clips per sample
-    (samples of 6 and 4 clips), one sample per shard so ranks and workers can split."""
-    import ray
-
-    from lfvila_data.build import BuildConfig, run_build
-    from lfvila_data.demo import make_corpus
-    from lfvila_data.fetch import FetchConfig
-    from lfvila_data.localserver import MediaServer
-    from lfvila_data.plan import PlanConfig
-    from lfvila_data.shard import ShardConfig, run_shard
-    from lfvila_data.video_task import TaskContext
-
-    started = not ray.is_initialized()
-    if started:  # address="local": never join a cluster someone else left running
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=512 * 1024 * 1024)
-    root = tmp_path_factory.mktemp("loader")
-    try:
-        with MediaServer(root / "www") as srv:
-            meta, text = make_corpus(root, srv.url("").rstrip("/"), videos=3, clips=10, seed=0)
-            build = root / "build"
-            run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(build),
-                                  plan=PlanConfig(max_clips=6),
-                                  task=TaskContext(output=str(build), fetch=FetchConfig(retries=0))))
-        out = root / "shards"
-        run_shard([str(build)], str(out), ShardConfig(val_count=2, samples_per_shard=1))
-    finally:
-        if started:
-            ray.shutdown()
-    return sorted(str(p) for p in out.glob("*.tar"))
-
 
 def read_metas(urls: list[str]) -> dict[str, dict]:
     metas = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -220,6 +219,9 @@ def test_ray_two_workers_match_one_process_and_resume(tmp_path, ray_local):
     (["--config", "tiny", "--bogus"], "unrecognized arguments"),
     (["--config", "tiny", "--num-workers", "0", "--train-shards", "x"], None),
     (["--config", "tiny", "--eval-only"], "--eval-only needs --val-shards"),
+    (["--config", "tiny", "--train-shards", "x.tar", "--stage1-checkpoint", "/nope"], "stage-1 checkpoint not found"),
+    (["--config", "tiny", "stage=3", "--train-shards", "x.tar"], "stage must be 1 or 2"),
+    (["--config", "tiny_stage2", "stage2.negatives=hardest", "--train-shards", "x.tar"], "stage2.negatives"),
     (["eval", "--val-shards", "x.tar"], "required: --checkpoint"),
     (["eval", "--checkpoint", "/nope", "--val-shards", "x.tar"], "checkpoint not found"),
 ])
@@ -233,24 +235,11 @@ def test_cli_errors_are_one_line(argv, message, capsys):
 
 # ----------------------------------------------------------------------------- real shards
 
-try:  # the shard fixture of the loader tests: demo corpus -> build -> shard, our own pipeline
-    from tests.model.test_data import shards  # noqa: F401
-    HAVE_DATA = True
-except ImportError as e:  # lfvila_model/data.py (or its deps) not there yet
-    HAVE_DATA, DATA_ERROR = False, str(e)
-
-
-@pytest.mark.skipif(not HAVE_DATA, reason="lfvila_model.data (the shard loader) is not importable")
-def test_cli_trains_and_evaluates_on_real_shards(shards, tmp_path, capsys):
+def test_cli_trains_and_evaluates_on_real_shards(shards, vocab_dir, tmp_path, capsys):
     """`lfvila-train` on real shards: 3 steps on train shards, retrieval eval on the val shards,
     then the `eval` subcommand on the latest checkpoint."""
-    from lfvila_data.demo import COLOURS, TEMPLATES
-
-    words = {w for t in TEMPLATES for w in re.findall(r"[a-z]+", t.lower().replace("{c}", ""))}
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *sorted(words | set(COLOURS))]
-    tok = tmp_path / "tok"
-    tok.mkdir()
-    (tok / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = vocab_dir
+    vocab = (tok / "vocab.txt").read_text().split()
     shard_dir = str(Path(shards[0]).parent)
     common = [f"checkpoint.dir={tmp_path}/ck", f"log.dir={tmp_path}/log", "log.tensorboard=false",
               f"data.tokenizer={tok}", f"model.text.bert.vocab_size={max(128, len(vocab))}",
