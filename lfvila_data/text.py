@@ -92,7 +92,7 @@ def plan_from_words(video_id: str, url: str, words: list[Word], text_source: str
         failures.append(Failure(video_id, None, Stage.TEXT.value,
                                 f"{len(past)} of {len(words)} subtitle words lie past the end of the "
                                 f"video ({past[0].start:.1f} s onwards, video is {duration:.1f} s): "
-                                f"subtitles longer than the video; they were dropped", False))
+                                f"subtitles longer than the video; they were dropped"))
         words = [w for w in words if w.end <= duration + END_SLACK]
     if language and sentence_cfg.language != language.split("-")[0] and language.split("-")[0] in _PYSBD_LANGS:
         sentence_cfg = replace(sentence_cfg, language=language.split("-")[0])

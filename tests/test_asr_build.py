@@ -139,3 +139,26 @@ def test_bad_model_path_fails_before_planning(tmp_path, ray_module):
         run_build(BuildConfig(metadata=(), text=(), output=str(tmp_path / "out"), source="local",
                               inputs=(str(lib),), text_opts=asr_opts(tmp_path / "no-such-model")))
     assert not (tmp_path / "out" / "plan").exists()
+
+
+def test_cli_text_source_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "build", *args,
+                            "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+        return r.returncode, r.stderr.strip()
+
+    code, err = run("--source", "youtube")
+    assert code == 2 and "--input is required for --source youtube" in err
+    lst = tmp_path / "list.txt"
+    lst.write_text("QMi8x8o55Ns\n")
+    code, err = run("--source", "youtube", "--input", str(lst), "--asr", "auto",
+                    "--asr-model", str(tmp_path / "no-model"))
+    assert code == 2 and "Whisper model" in err and "no such directory" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    code, err = run("--source", "youtube", "--input", str(lst), "--asr-timestamps", "char")
+    assert code == 2 and "--asr-timestamps" in err
+    code, err = run("--source", "youtube", "--input", str(tmp_path / "missing.txt"))
+    assert code == 2 and "missing.txt" in err

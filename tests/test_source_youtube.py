@@ -182,3 +182,13 @@ def test_youtube_rerun_uses_the_text_journal(youtube_build, site):
     assert srv.requests["talk.en.vtt"] == before["talk.en.vtt"]  # subtitles not fetched again
     assert srv.requests["missing.html"] == before["missing.html"]  # permanent failure not retried
     pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), manifest)
+
+
+def test_subtitles_longer_than_the_video_are_recorded():
+    from lfvila_data.text import plan_subtitled_video
+
+    samples, failures = plan_subtitled_video("vid", "u", numbered_vtt(16).encode(), "vtt", "en",
+                                             PlanConfig(min_clips=1), duration=30.0)
+    assert samples and max(s.end for s in samples) <= 31.0
+    [f] = [f for f in failures if "past the end" in f.reason]
+    assert f.stage == "text" and "video is 30.0 s" in f.reason and "subtitles longer than the video" in f.reason
