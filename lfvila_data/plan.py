@@ -548,24 +548,63 @@ __all__ = [
 ]
 
 
+class PlanWriter:
+    """Writes a plan made outside `build_plan` (URL lists, local files, re-transcribed
+    plans) part by part as whole videos arrive, in the same layout, so memory stays at one
+    part however long the list. A video's samples always land in one part."""
+
+    def __init__(self, out_dir: str, cfg: PlanConfig, samples_per_part: int = 50_000):
+        _clear_plan_dir(out_dir)
+        self.out_dir, self.cfg, self.samples_per_part = out_dir, cfg, samples_per_part
+        self.samples: list[PlannedSample] = []
+        self.failures: list[Failure] = []
+        self.parts = 0
+        self.videos_with_samples: set[str] = set()
+        self.totals: Counter = Counter()
+        self.by_stage: Counter = Counter()
+
+    def add(self, samples: list[PlannedSample], failures: list[Failure]) -> None:
+        """All samples and ledger rows of one or more whole videos."""
+        self.samples += samples
+        self.failures += failures
+        if len(self.samples) >= self.samples_per_part:
+            self._flush()
+
+    def _flush(self) -> None:
+        samples = sorted(self.samples, key=lambda s: s.key)
+        failures = sorted(self.failures, key=lambda f: (f.stage, f.video_id or "", f.clip_id or "", f.reason))
+        _write_parquet(pa.Table.from_pylist([sample_to_row(s) for s in samples], schema=PLAN_SCHEMA),
+                       self.out_dir, f"part-{self.parts:05d}.parquet")
+        _write_parquet(_failure_table(failures), self.out_dir, f"failures-{self.parts:05d}.parquet")
+        self.parts += 1
+        self.videos_with_samples.update(s.video_id for s in samples)
+        self.totals["samples"] += len(samples)
+        self.totals["clips"] += sum(len(s.clips) for s in samples)
+        self.totals["seconds"] += sum(s.duration for s in samples)
+        self.by_stage.update(f.stage for f in failures)
+        self.samples, self.failures = [], []
+
+    def close(self, inputs: dict, counts: Counter) -> PlanSummary:
+        """Write the last part and the success record; the plan is finished from here."""
+        if self.samples or self.failures or not self.parts:
+            self._flush()
+        summary = PlanSummary(
+            videos=counts["videos"], videos_with_samples=len(self.videos_with_samples),
+            clips_total=counts["clips_total"], clips_in_samples=self.totals["clips"],
+            samples=self.totals["samples"], hours=round(self.totals["seconds"] / 3600, 6),
+            dropped_short_runs=counts["dropped_short_runs"],
+            failures_by_stage=dict(sorted(self.by_stage.items())))
+        record = {"summary": asdict(summary), "config": asdict(self.cfg), "num_buckets": self.parts,
+                  "inputs": inputs}
+        fs, plan_dir = _plan_fs(self.out_dir)
+        _write_bytes_atomic(fs, f"{plan_dir}/{_SUCCESS}",
+                            lambda f: f.write(json.dumps(record, indent=2).encode()))
+        return summary
+
+
 def write_plan(out_dir: str, samples: list[PlannedSample], failures: list[Failure],
                cfg: PlanConfig, inputs: dict, counts: Counter) -> PlanSummary:
-    """Write a plan made in one process (small sources: local files, URL lists) in the
-    same layout as `build_plan`, so the fetch and cut stages read it the same way."""
-    _clear_plan_dir(out_dir)
-    samples = sorted(samples, key=lambda s: s.key)
-    _write_parquet(pa.Table.from_pylist([sample_to_row(s) for s in samples], schema=PLAN_SCHEMA),
-                   out_dir, "part-00000.parquet")
-    failures = sorted(failures, key=lambda f: (f.stage, f.video_id or "", f.clip_id or "", f.reason))
-    _write_parquet(_failure_table(failures), out_dir, "failures-00000.parquet")
-    summary = PlanSummary(
-        videos=counts["videos"], videos_with_samples=len({s.video_id for s in samples}),
-        clips_total=counts["clips_total"], clips_in_samples=sum(len(s.clips) for s in samples),
-        samples=len(samples), hours=round(sum(s.duration for s in samples) / 3600, 6),
-        dropped_short_runs=counts["dropped_short_runs"],
-        failures_by_stage=dict(sorted(Counter(f.stage for f in failures).items())))
-    record = {"summary": asdict(summary), "config": asdict(cfg), "num_buckets": 1, "inputs": inputs}
-    fs, plan_dir = _plan_fs(out_dir)
-    _write_bytes_atomic(fs, f"{plan_dir}/{_SUCCESS}",
-                        lambda f: f.write(json.dumps(record, indent=2).encode()))
-    return summary
+    """A small plan made in one process, written in one go (see PlanWriter)."""
+    writer = PlanWriter(out_dir, cfg, samples_per_part=max(1, len(samples)))
+    writer.add(samples, failures)
+    return writer.close(inputs, counts)

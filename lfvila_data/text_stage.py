@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .fetch import FetchConfig, FetchError, Fetcher
-from .plan import PlanConfig, PlanSummary, iter_plan_parts, plan_row_to_sample, read_plan_failures, \
-    sample_to_row, write_plan
+from .plan import (PlanConfig, PlanSummary, PlanWriter, iter_plan_parts, plan_row_to_sample,
+                   read_plan_failures, sample_to_row)
 from .progress import human_time
 from .records import Clip, Failure, PlannedSample, Stage, TimedText
 from .sentences import SentenceConfig, split_sentences
@@ -26,7 +26,7 @@ from .source_local import find_subtitles, find_videos, local_video_id
 from .source_youtube import VideoRef, fetch_subtitles, read_video_list
 from .subtitles import Word
 from .text import ClipConfig, plan_from_words, plan_subtitled_video
-from .write import DONE, FAILED, RETRY, Journal, OutputDir, read_journal
+from .write import DONE, FAILED, RETRY, Journal, OutputDir, iter_journal, journal_status
 
 TEXT_DIR = "_text"
 ASR_MODES = ("off", "auto", "always")
@@ -142,11 +142,17 @@ class AudioResolver:
             raise RuntimeError(e.reason) from None
 
 
-def transcribe(jobs: list, opts: TextOptions, fetch: FetchConfig,
+def transcribe(jobs: Iterable, opts: TextOptions, fetch: FetchConfig,
                on_result: Callable[[object], None]) -> None:
-    """Run the Whisper actor pool over `jobs` (AsrJob), calling `on_result` per video."""
-    if not jobs:
+    """Run the Whisper actor pool over `jobs` (AsrJob, possibly a lazy stream), calling
+    `on_result` per video; starts no actor when there is nothing to transcribe."""
+    from itertools import chain
+
+    jobs = iter(jobs)
+    first = next(jobs, None)
+    if first is None:
         return
+    jobs = chain([first], jobs)
     from .asr import transcribe_all
 
     for result in transcribe_all(jobs, opts.asr_config, resolve=AudioResolver(fetch)):
@@ -176,14 +182,15 @@ def _fingerprint(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _journal_for(out: OutputDir, settings: dict) -> dict[str, tuple[str, dict]]:
-    """The text journal of earlier runs with the same settings (cleared when they differ)."""
+def _journal_for(out: OutputDir, settings: dict) -> dict[str, str]:
+    """Each video's status in the text journal of earlier runs with the same settings
+    (the journal is cleared when they differ)."""
     marker = _fingerprint(settings)
     path = f"{TEXT_DIR}/SETTINGS"
     if out.exists(path) and out.fs.cat_file(out.path(path)).decode() != marker:
         out.fs.rm(out.path(TEXT_DIR), recursive=True)
     out.write_bytes(path, marker.encode())
-    return read_journal(out, TEXT_DIR)
+    return journal_status(out, TEXT_DIR)
 
 
 class TextProgress:
@@ -221,7 +228,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
     def key(item) -> str:
         return item.video_id if isinstance(item, VideoRef) else local_video_id(item)
 
-    todo = [it for it in items if previous.get(key(it), (RETRY,))[0] == RETRY]
+    todo = [it for it in items if previous.get(key(it), RETRY) == RETRY]
     progress.counts["done"] = len(items) - len(todo)
 
     def record(o: TextOutcome) -> None:
@@ -261,8 +268,8 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
     finally:
         journal.flush()
     progress.tick(force=True)
-    return _write_plan_from_journal(out, out_dir, plan, inputs, list(list_failures), len(items),
-                                    {key(it) for it in items})
+    return _write_plan_from_journal(out, out_dir, plan, inputs, list(list_failures),
+                                    Counter(videos=len(items)), {key(it) for it in items})
 
 
 def _crashed(video_id: str, url: str, err: Exception) -> TextOutcome:
@@ -272,16 +279,17 @@ def _crashed(video_id: str, url: str, err: Exception) -> TextOutcome:
 
 
 def _write_plan_from_journal(out: OutputDir, out_dir: str, plan: PlanConfig, inputs: dict,
-                             failures: list[Failure], n_videos: int, wanted: set[str]) -> PlanSummary:
-    samples: list[PlannedSample] = []
-    counts: Counter = Counter(videos=n_videos)
-    for vid, (_status, payload) in read_journal(out, TEXT_DIR).items():
-        if vid not in wanted:
-            continue
-        samples += [plan_row_to_sample(r) for r in payload["rows"]]
-        failures += [Failure(**r) for r in payload["failures"]]
-    counts["clips_total"] = sum(len(s.clips) for s in samples)
-    return write_plan(out_dir, samples, failures, plan, inputs, counts)
+                             failures: list[Failure], counts: Counter, wanted: set[str]) -> PlanSummary:
+    """The plan of every wanted video's journaled outcome, streamed part by part."""
+    writer = PlanWriter(out_dir, plan)
+    writer.add([], failures)
+    count_clips = "clips_total" not in counts  # else: known from the plan this one rewrites
+    for vid, _status, payload in iter_journal(out, TEXT_DIR):
+        if vid in wanted:
+            samples = [plan_row_to_sample(r) for r in payload["rows"]]
+            counts["clips_total"] += sum(len(s.clips) for s in samples) if count_clips else 0
+            writer.add(samples, [Failure(**r) for r in payload["failures"]])
+    return writer.close(inputs, counts)
 
 
 def plan_local_text(inputs: list[str], out_dir: str, plan: PlanConfig, opts: TextOptions,
@@ -344,33 +352,40 @@ def retext_video(samples: list[PlannedSample], words: list[Word], language: str 
 
 def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetch: FetchConfig) -> PlanSummary:
     """`--source hdvila --asr always`: transcribe the planned spans of every video (not the
-    whole video) and rewrite the plan with the transcript as text."""
+    whole video) and rewrite the plan with the transcript as text. The plan is streamed
+    into the actor pool; only videos in flight are held in memory."""
     from .asr import AsrJob
     from .fetch import section_spans
     from .plan import _read_success
 
     done = _read_success(out_dir)
     out = OutputDir(out_dir)
-    by_video: dict[str, list[PlannedSample]] = defaultdict(list)
-    for table in iter_plan_parts(out_dir):
-        for row in table.to_pylist():
-            by_video[row["video_id"]].append(plan_row_to_sample(row))
     plan_failures = [Failure(**{k: r[k] for k in ("video_id", "clip_id", "stage", "reason", "permanent")})
                      for r in read_plan_failures(out_dir).to_pylist()]
     previous = _journal_for(out, {"hdvila_plan": done["summary"], "plan": asdict(plan),
                                   "opts": asdict(opts)})
     journal = Journal(out, dir=TEXT_DIR)
-    progress = TextProgress(len(by_video))
-    jobs = []
-    for vid, samples in sorted(by_video.items()):
-        if previous.get(vid, (RETRY,))[0] != RETRY:
-            progress.counts["done"] += 1
-            continue
-        spans = section_spans([(s.start, s.end) for s in samples], margin=0.5, merge_gap=5.0)
-        jobs.append(AsrJob(vid, samples[0].url, tuple(spans)))
+    progress = TextProgress(done["summary"]["videos_with_samples"])
+    in_flight: dict[str, list[PlannedSample]] = {}
+    planned: set[str] = set()
+
+    def jobs():
+        for table in iter_plan_parts(out_dir):
+            by_video: dict[str, list[PlannedSample]] = defaultdict(list)
+            for row in table.to_pylist():
+                by_video[row["video_id"]].append(plan_row_to_sample(row))
+            for vid, samples in sorted(by_video.items()):
+                planned.add(vid)
+                if previous.get(vid, RETRY) != RETRY:
+                    progress.counts["done"] += 1
+                    continue
+                in_flight[vid] = samples
+                progress.counts["asr_queued"] += 1
+                spans = section_spans([(s.start, s.end) for s in samples], margin=0.5, merge_gap=5.0)
+                yield AsrJob(vid, samples[0].url, tuple(spans))
 
     def on_asr(result) -> None:
-        samples = by_video[result.video_id]
+        samples = in_flight.pop(result.video_id)
         if result.failure is not None:
             o = TextOutcome(result.video_id, samples[0].url, status=DONE if result.failure.permanent else RETRY,
                             failures=[result.failure])
@@ -384,22 +399,16 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
         progress.counts["failed"] += not o.samples
         progress.tick()
 
-    progress.counts["asr_queued"] = len(jobs)
     try:
-        transcribe(jobs, opts, fetch, on_asr)
+        transcribe(jobs(), opts, fetch, on_asr)
     finally:
         journal.flush()
     progress.tick(force=True)
-    counts: Counter = Counter(videos=done["summary"]["videos"])
-    samples: list[PlannedSample] = []
-    failures = list(plan_failures)
-    for vid, (_status, payload) in read_journal(out, TEXT_DIR).items():
-        if vid in by_video:
-            samples += [plan_row_to_sample(r) for r in payload["rows"]]
-            failures += [Failure(**r) for r in payload["failures"]]
-    counts["clips_total"] = done["summary"]["clips_total"]
-    counts["dropped_short_runs"] = done["summary"]["dropped_short_runs"]
-    return write_plan(out_dir, samples, failures, plan, done["inputs"] | {"asr": _asr_marker(opts)}, counts)
+    counts: Counter = Counter(videos=done["summary"]["videos"], clips_total=done["summary"]["clips_total"],
+                              dropped_short_runs=done["summary"]["dropped_short_runs"])
+    summary = _write_plan_from_journal(out, out_dir, plan, done["inputs"] | {"asr": _asr_marker(opts)},
+                                       plan_failures, counts, planned)
+    return summary
 
 
 def _asr_marker(opts: TextOptions) -> str | None:

@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import fsspec
 import pyarrow as pa
@@ -158,6 +159,35 @@ def read_journal(out: OutputDir, dir: str = Journal.DIR) -> dict[str, tuple[str,
                                           ("video_id", "status", "payload"))):
             latest[vid] = (status, json.loads(payload))
     return latest
+
+
+def journal_status(out: OutputDir, dir: str = Journal.DIR) -> dict[str, str]:
+    """The latest status of each journaled video, without reading the payloads."""
+    status: dict[str, str] = {}
+    for name in out.list(dir, ".parquet"):
+        with out.fs.open(name, "rb") as f:
+            table = pq.read_table(f, columns=["video_id", "status"])
+        status.update(zip(table.column("video_id").to_pylist(), table.column("status").to_pylist()))
+    return status
+
+
+def iter_journal(out: OutputDir, dir: str = Journal.DIR) -> Iterator[tuple[str, str, dict]]:
+    """(video, status, payload) of each video's latest entry, one journal file in memory
+    at a time: a first pass reads only the ids to find which entry is the latest."""
+    names = out.list(dir, ".parquet")
+    latest: dict[str, tuple[int, int]] = {}
+    for i, name in enumerate(names):
+        with out.fs.open(name, "rb") as f:
+            ids = pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist()
+        for j, vid in enumerate(ids):
+            latest[vid] = (i, j)
+    for i, name in enumerate(names):
+        with out.fs.open(name, "rb") as f:
+            table = pq.read_table(f)
+        for j, (vid, status, payload) in enumerate(zip(*(table.column(c).to_pylist() for c in
+                                                         ("video_id", "status", "payload")))):
+            if latest.get(vid) == (i, j):
+                yield vid, status, json.loads(payload)
 
 
 def finalize(out: OutputDir, journal: dict[str, tuple[str, dict]],

@@ -339,3 +339,26 @@ def test_local_files_when_allowed(ray_local, tmp_path):
 def test_missing_inputs_fail_before_any_work(ray_local, tmp_path):
     with pytest.raises(InputError):
         build_plan([str(tmp_path / "none*.jsonl")], [str(tmp_path / "t.jsonl")], str(tmp_path))
+
+
+def test_plan_writer_streams_parts_with_whole_videos(tmp_path):
+    from collections import Counter
+
+    from lfvila_data.plan import PlanWriter, read_plan, read_plan_failures
+    from lfvila_data.records import Clip, Failure, PlannedSample
+
+    def samples(vid: str, n: int) -> list[PlannedSample]:
+        return [PlannedSample(f"{vid}_{i:05d}_{i:05d}", vid, "u", float(i), i + 1.0,
+                              (Clip(f"{vid}.{i}.mp4", i, float(i), i + 1.0, "t"),)) for i in range(1, n + 1)]
+
+    writer = PlanWriter(str(tmp_path), PlanConfig(), samples_per_part=3)
+    writer.add(samples("vidB", 2), [Failure("vidB", None, "text", "x")])
+    writer.add(samples("vidA", 2), [])   # 4 samples >= 3: part 0 holds both videos whole
+    writer.add(samples("vidC", 1), [])
+    summary = writer.close({"x": 1}, Counter(videos=4, clips_total=5))
+    plan_dir = tmp_path / "plan"
+    assert sorted(p.name for p in plan_dir.glob("part-*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+    table = read_plan(str(tmp_path))
+    assert table.column("key").to_pylist() == sorted(table.column("key").to_pylist()[:4]) + ["vidC_00001_00001"]
+    assert (summary.samples, summary.videos_with_samples, summary.clips_in_samples) == (5, 3, 5)
+    assert summary.failures_by_stage == {"text": 1} and read_plan_failures(str(tmp_path)).num_rows == 1
