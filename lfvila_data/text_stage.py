@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 from .fetch import FetchConfig, FetchError, Fetcher
 from .plan import (PlanConfig, PlanSummary, PlanWriter, iter_plan_parts, plan_row_to_sample,
                    read_plan_failures, sample_to_row)
+from .language import normalise_language
 from .progress import human_time
 from .records import Clip, Failure, PlannedSample, Stage, TimedText
 from .sentences import SentenceConfig, split_sentences
@@ -170,6 +171,12 @@ def asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str 
         return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value,
                                                        f"speech recognition heard no words in "
                                                        f"{result.audio_seconds:.0f} s of audio")])
+    spoken = normalise_language(result.language)
+    wanted = {normalise_language(lang) for lang in opts.langs}
+    if opts.check_language and spoken and opts.asr_config.language is None and spoken not in wanted:
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value,
+                                                       f"speech recognition detected {spoken!r} speech; "
+                                                       f"asked for {'/'.join(opts.langs)}")])
     samples, failures = plan_from_words(vid, url, list(result.words), "asr", result.language, plan,
                                         opts.clip, SentenceConfig())
     return TextOutcome(vid, url, samples, failures)

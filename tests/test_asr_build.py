@@ -162,3 +162,19 @@ def test_cli_text_source_errors_are_one_line(tmp_path):
     assert code == 2 and "--asr-timestamps" in err
     code, err = run("--source", "youtube", "--input", str(tmp_path / "missing.txt"))
     assert code == 2 and "missing.txt" in err
+
+
+def test_asr_outcome_language_and_empty_transcripts():
+    from lfvila_data.asr import AsrResult
+    from lfvila_data.text_stage import asr_outcome
+
+    words = [Word(f"w{i}.", 2.0 * i, 2.0 * i + 1.5) for i in range(40)]
+    detect = TextOptions(langs=("en",), asr="auto", asr_config=AsrConfig(model="m"))
+    o = asr_outcome(AsrResult("v", words, "de", 80.0), "u", PLAN, detect, None)
+    assert not o.samples and "detected 'de' speech; asked for en" in o.failures[0].reason
+    o = asr_outcome(AsrResult("v", words, "en-US", 80.0), "u", PLAN, detect, None)
+    assert o.samples and all(s.text_source == "asr" and s.language == "en-US" for s in o.samples)
+    forced = TextOptions(langs=("en",), asr="auto", asr_config=AsrConfig(model="m", language="de"))
+    assert asr_outcome(AsrResult("v", words, "de", 80.0), "u", PLAN, forced, None).samples  # asked for
+    o = asr_outcome(AsrResult("v", [], "en", 80.0), "u", PLAN, detect, "no subtitles")
+    assert o.failures[0].stage == "asr" and "heard no words in 80 s" in o.failures[0].reason
