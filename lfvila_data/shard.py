@@ -154,12 +154,13 @@ def sample_json(row: dict) -> dict:
             "duration": row["duration"], "fps": row["fps"], "width": int(row["width"]),
             "height": int(row["height"]), "frames": int(row.get("frames") or 0),
             "n_clips": len(clips), "clips": clips,
-            "text_source": row.get("text_source") or "metadata", "language": row.get("language")}
+            "text_source": _text_or(row.get("text_source"), "metadata"),
+            "language": _text_or(row.get("language"), None)}
 
 
 def sample_members(row: dict) -> tuple[bytes, bytes]:
     """The json and txt member bytes of a sample (deterministic serialisation)."""
-    meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True).encode()
+    meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True, allow_nan=False).encode()
     text = " ".join(c["text"] for c in row["clips"]).encode()
     return meta, text
 
@@ -298,6 +299,11 @@ def read_manifests(inputs: list[str]) -> tuple[pd.DataFrame, int]:
     return df.drop_duplicates("key", keep="first").reset_index(drop=True), dups
 
 
+def _text_or(value: object, default: str | None) -> str | None:
+    """A string field of a manifest row; pandas turns an all-null column into NaN."""
+    return value if isinstance(value, str) and value else default
+
+
 def _words(text: str) -> int:
     return len(text.split())
 
@@ -312,11 +318,14 @@ def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> p
                          "n_clips": len(row["clips"]), "duration": float(row["duration"]),
                          "bytes": int(row["bytes"]),
                          "paragraph_words": _words(" ".join(c["text"] for c in row["clips"])),
-                         "clip_words": [_words(c["text"]) for c in row["clips"]]})
+                         "clip_words": [_words(c["text"]) for c in row["clips"]],
+                         "text_source": _text_or(row.get("text_source"), "metadata"),
+                         "language": _text_or(row.get("language"), None)})
     schema = pa.schema([("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
                         ("offset", pa.int64()), ("index", pa.int32()), ("video_id", pa.string()),
                         ("n_clips", pa.int32()), ("duration", pa.float64()), ("bytes", pa.int64()),
-                        ("paragraph_words", pa.int32()), ("clip_words", pa.list_(pa.int32()))])
+                        ("paragraph_words", pa.int32()), ("clip_words", pa.list_(pa.int32())),
+                        ("text_source", pa.string()), ("language", pa.string())])
     return pa.Table.from_pylist(rows, schema=schema).sort_by("key")
 
 

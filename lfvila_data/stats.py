@@ -168,8 +168,21 @@ def _distributions(n_clips, duration, paragraph_words, clip_words) -> dict:
     return {name: distribution(values[name], DISTRIBUTIONS[name][3]) for name in DISTRIBUTIONS}
 
 
+def text_origin(t: pa.Table) -> dict:
+    """Samples and hours by where the text came from, and samples by language."""
+    if "text_source" not in t.column_names or not t.num_rows:
+        return {}
+    df = t.select([c for c in ("text_source", "language", "duration") if c in t.column_names]).to_pandas()
+    out = {"text_sources": {str(k): {"samples": int(len(g)), "hours": float(g.duration.sum()) / 3600}
+                            for k, g in sorted(df.groupby(df.text_source.fillna("metadata")))}}
+    if "language" in df:
+        counts = df.language.fillna("unknown").value_counts()
+        out["languages"] = {str(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+    return out
+
+
 def _build_stats(fs, root: str) -> dict:
-    cols = ["video_id", "n_clips", "duration", "bytes", "paragraph", "clips"]
+    cols = ["video_id", "n_clips", "duration", "bytes", "paragraph", "clips", "text_source", "language"]
     t = _read_table(fs, f"{root}/manifest.parquet")
     t = t.select([c for c in cols if c in t.column_names])
     clips = pc.list_flatten(t["clips"])
@@ -180,6 +193,7 @@ def _build_stats(fs, root: str) -> dict:
     stats = {"kind": "build", **_common(t), "distributions": _distributions(
         n_clips.to_numpy(zero_copy_only=False), t["duration"].to_numpy(zero_copy_only=False),
         word_counts(paragraphs), word_counts(texts))}
+    stats.update(text_origin(t))
     path = f"{root}/failures.parquet"
     failures = (_read_table(fs, path).to_pandas() if fs.exists(path)
                 else pd.DataFrame(columns=["stage", "reason", "permanent"]))
@@ -209,6 +223,7 @@ def shard_table_stats(t: pa.Table) -> dict:
     stats["distributions"] = _distributions(
         t["n_clips"].to_numpy(zero_copy_only=False), t["duration"].to_numpy(zero_copy_only=False),
         t["paragraph_words"].to_numpy(zero_copy_only=False), clip_words)
+    stats.update(text_origin(t))
     return stats
 
 
@@ -369,6 +384,11 @@ def render_summary(stats: dict) -> list[tuple[str, str]]:
         rows.append(("sample video bytes", human_bytes(stats["bytes"])))
     if "shards" in stats:
         rows.append(("shards", f"{stats['shards']:,}"))
+    if stats.get("text_sources"):
+        rows.append(("text sources", ", ".join(f"{k} {v['samples']:,} ({v['hours']:,.2f} h)"
+                                               for k, v in stats["text_sources"].items())))
+    if stats.get("languages"):
+        rows.append(("languages", ", ".join(f"{k} {v:,}" for k, v in list(stats["languages"].items())[:10])))
     for split, s in stats.get("splits", {}).items():
         rows.append((f"split {split}", f"{s['samples']:,} samples, {s['videos']:,} videos, "
                                        f"{s['hours']:,.2f} h"))

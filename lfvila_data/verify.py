@@ -166,6 +166,11 @@ def _field_errors(obj: dict, spec: dict[str, str], where: str) -> list[str]:
     return errors
 
 
+def _not_json(name: str) -> None:
+    """Python's json reads NaN and Infinity; strict readers (JS, serde, jq) reject them."""
+    raise ValueError(f"{name} is not JSON (strict readers reject it)")
+
+
 def check_meta(key: str, meta: object) -> list[tuple[str, str]]:
     """(check, message) for a parsed {key}.json: fields and types, then clip times."""
     if not isinstance(meta, dict):
@@ -614,7 +619,7 @@ class Verifier:
         if "json" not in sample.data:
             return None
         try:
-            meta = json.loads(sample.data["json"].decode("utf-8"))
+            meta = json.loads(sample.data["json"].decode("utf-8"), parse_constant=_not_json)
         except (UnicodeDecodeError, ValueError) as e:
             add("json", f"json does not parse: {e}")
             return None

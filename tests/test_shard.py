@@ -132,7 +132,8 @@ def test_tarfile_reader_matches_the_build(shards, builds):
                 src = rows[key]
                 video = tar.extractfile(members[i]).read()
                 assert video == (src["_build"] / src["video"]).read_bytes()
-                meta = json.loads(tar.extractfile(members[i + 1]).read())
+                meta = json.loads(tar.extractfile(members[i + 1]).read(),
+                                  parse_constant=lambda c: pytest.fail(f"{c} in json"))
                 assert meta["key"] == key and meta["video_id"] == src["video_id"]
                 assert meta["start"] == src["start"] and meta["duration"] == src["duration"]
                 assert meta["clips"][0]["start"] == 0.0

@@ -49,7 +49,7 @@ FAILURES = [  # (stage, reason); the two probe rows and two text rows must count
 def build_dir(tmp_path) -> Path:
     rows = [manifest_row("vidAAAAAAA1", 1, ["a b", "c", "d e f", "g"], 10.0),
             manifest_row("vidAAAAAAA1", 9, ["one two three"] * 5, 20.0),
-            manifest_row("vidBBBBBBB2", 1, [" x "] * 4, 30.0)]
+            manifest_row("vidBBBBBBB2", 1, [" x "] * 4, 30.0) | {"text_source": "asr", "language": "en"}]
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp_path / "manifest.parquet")
     fails = [{"video_id": "vidCCCCCCC3", "clip_id": None, "key": None, "stage": s, "reason": r,
               "permanent": s != "download"} for s, r in FAILURES]
@@ -98,6 +98,8 @@ def test_build_numbers(build_dir):
             d["words_per_paragraph"]["median"]) == (3, 26 / 3, 7.0)
     assert (d["words_per_clip"]["count"], d["words_per_clip"]["mean"],
             d["words_per_clip"]["max"]) == (13, 2.0, 3.0)
+    assert s["text_sources"] == {"asr": {"samples": 1, "hours": pytest.approx(30 / 3600)},
+                                 "metadata": {"samples": 2, "hours": pytest.approx(30 / 3600)}}
     assert sum(d["words_per_clip"]["histogram"]["counts"]) == 13
 
 
@@ -186,6 +188,8 @@ def test_render_summary(build_dir, shard_dir):
     assert rows["failures"] == "8 (cut 1, download 2, probe 2, text 3)"
     assert rows["top failure reason"].startswith("[text] no text for clip (3)")
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in rows.items())
+    assert rows["text sources"] == "asr 1 (0.01 h), metadata 2 (0.01 h)"
+    assert rows["languages"] == "unknown 2, en 1"
     rows = dict(render_summary(collect_stats(str(shard_dir))))
     assert rows["shards"] == "3" and rows["split val"].startswith("1 samples")
 

@@ -250,6 +250,16 @@ def test_wrong_duration_in_json(tmp_path, videos):
     assert report.problems[0].key == bad["key"]
 
 
+def test_nan_in_json_is_not_json(tmp_path, videos):
+    layout = one_sample_layout(videos)
+    bad = layout["train"][0][0]
+    bad["meta"]["language"] = float("nan")  # Python writes NaN; strict JSON readers refuse it
+    root = tmp_path / "shards"
+    write_shard_dir(root, layout)
+    report = verify(root)
+    assert checks(report) == {"json"} and "NaN is not JSON" in report.problems[0].message
+
+
 def test_tar_not_in_index(good, videos):
     extra = make_sample("vidDDDDDDD4", 1, 4, videos[2], 2)
     write_tar(good / "train-000002.tar", [extra])
