@@ -73,7 +73,7 @@ def build(
     audio: bool = typer.Option(False, "--audio", help="Keep the audio track."),
     sections: bool = typer.Option(True, help="Download only the planned sections (--no-sections: whole files)."),
     margin: float = typer.Option(1.0, help="Seconds downloaded around each planned span."),
-    download_concurrency: int = typer.Option(8, help="Videos downloading at once."),
+    download_concurrency: int = typer.Option(8, help="Videos downloading at once (and subtitle look-ups at once)."),
     cut_concurrency: Optional[int] = typer.Option(None, help="Cutting tasks at once (default: cluster CPUs / cut threads)."),
     cut_threads: int = typer.Option(1, help="ffmpeg threads (and Ray CPUs) per cutting task."),
     x264_preset: str = typer.Option("veryfast", help="x264 preset: ultrafast cuts 240p sources ~1.5x faster, files ~2x larger."),
@@ -132,7 +132,7 @@ def build(
                                 batch_size=asr_batch_size, num_actors=asr_actors, use_gpu=asr_gpu)
         text_opts = TextOptions(langs=tuple(lang), asr=asr.value, asr_config=asr_cfg,
                                 clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds),
-                                check_language=language_check)
+                                check_language=language_check, concurrency=download_concurrency)
         cfg = BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output, plan=plan,
                           source=source.value, inputs=tuple(input), text_opts=text_opts,
                           task=task, run=RunConfig(fetch_concurrency=download_concurrency,
