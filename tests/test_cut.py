@@ -12,7 +12,7 @@ from lfvila_data.records import Clip, PlannedSample
 from lfvila_data.video_task import fit_to_media
 from tests.media import decode_times, make_timecoded_video
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "videos"
+from tests.realdata import VIDEOS as REAL
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,7 @@ from lfvila_data.language import (
 )
 from lfvila_data.subtitles import parse_subtitles
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "subtitles"
-if not REAL.is_dir():  # a checkout next to shared/ rather than inside the workspace
-    REAL = Path("/work/shared/data/real/subtitles")
+from tests.realdata import SUBTITLES as REAL
 
 FILES = sorted(p.name for p in REAL.glob("*") if p.suffix in (".vtt", ".srt"))
 FRENCH = ["jlm_fr_2017-02-21.faire-la-revolution-fiscale-edcc15.fr.vtt", "pysrt_fr_windows-1252.srt"]

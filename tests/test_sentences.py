@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +17,7 @@ from lfvila_data.sentences import (
 )
 from lfvila_data.subtitles import Word, parse_subtitles
 
-REAL = Path("/work/shared/data/real/subtitles")
+from tests.realdata import SUBTITLES as REAL
 
 
 def _stream(text: str, step: float = 0.3, pauses: dict[int, float] | None = None) -> list[Word]:

@@ -3,7 +3,6 @@ samples, with text from the subtitles aligned to the video."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,7 +16,7 @@ from lfvila_data.video_task import TaskContext
 from lfvila_data.fetch import FetchConfig
 from tests.media import decode_times, make_timecoded_video
 
-REAL_SUBS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "subtitles"
+from tests.realdata import SUBTITLES as REAL_SUBS
 
 
 def vtt_time(t: float) -> str:

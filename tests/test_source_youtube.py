@@ -3,8 +3,6 @@ order), and a real yt-dlp build against loopback web pages with <track> subtitle
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -22,7 +20,6 @@ from lfvila_data.text_stage import TextOptions
 from lfvila_data.video_task import TaskContext
 from tests.media import decode_times, make_timecoded_video
 
-REAL_SUBS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "subtitles"
 
 
 def vtt_time(t: float) -> str:
@@ -116,7 +113,12 @@ def site(tmp_path_factory):
     (root / "talk.fr.vtt").write_text("WEBVTT\n\n00:00:01.000 --> 00:00:03.000\nBonjour.\n")
     (root / "talk.html").write_text(page("talk.mp4", {"fr": "talk.fr.vtt", "en": "talk.en.vtt"}))
     (root / "french.html").write_text(page("talk.mp4", {"fr": "talk.fr.vtt"}))
-    shutil.copy(REAL_SUBS / "jlm_fr_2017-02-21.faire-la-revolution-fiscale-edcc15.fr.vtt", root / "jlm.vtt")
+    french = ["Bonjour à tous et merci d'être venus si nombreux ce soir.",
+              "Nous allons parler de la réforme fiscale et de ce qu'elle change pour chacun.",
+              "Les impôts doivent être plus justes, plus simples et mieux compris par tous.",
+              "Voilà pourquoi nous proposons aujourd'hui une révolution fiscale."]
+    (root / "jlm.vtt").write_text("WEBVTT\n\n" + "\n".join(
+        f"{vtt_time(1 + 4 * i)} --> {vtt_time(4 + 4 * i)}\n{french[i % 4]}\n" for i in range(12)))
     (root / "mislabelled.html").write_text(page("talk.mp4", {"en": "jlm.vtt"}))
     (root / "garbage.vtt").write_bytes(b"\x00\xff\x10 nothing here")
     (root / "garbage.html").write_text(page("talk.mp4", {"en": "garbage.vtt"}))

@@ -12,9 +12,7 @@ from hypothesis import strategies as st
 from lfvila_data.records import Stage
 from lfvila_data.subtitles import SubtitleError, Word, detect_kind, parse_subtitles
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "subtitles"
-if not REAL.is_dir():  # a checkout next to shared/ rather than inside the workspace
-    REAL = Path("/work/shared/data/real/subtitles")
+from tests.realdata import SUBTITLES as REAL
 
 FILES = sorted(p.name for p in REAL.glob("*") if p.suffix in (".vtt", ".srt"))
 AUTO = [
