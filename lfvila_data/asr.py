@@ -24,8 +24,8 @@ span. There is no voice-activity or no-speech detection: silence may be "transcr
 from __future__ import annotations
 
 import json
-
 import logging
+import math
 import queue
 import threading
 import zlib
@@ -80,7 +80,8 @@ class AsrConfig:
     one actor per 8 CPUs (each running 8 torch threads), at least one. More actors than
     GPUs share the GPUs (fractional `num_gpus`), which lets one actor decode audio while
     another runs the model. `dtype="auto"` is float16 on GPU and float32 on CPU.
-    `max_new_tokens` is clamped to what the model's decoder can hold."""
+    `max_new_tokens` is clamped to what the model's decoder can hold. Windows whose RMS level
+    is below `silence_db` are skipped (None decodes everything)."""
 
     model: str = "openai/whisper-large-v3"
     language: str | None = None
@@ -91,6 +92,7 @@ class AsrConfig:
     use_gpu: bool | None = None
     dtype: str = "auto"
     max_new_tokens: int = 440
+    silence_db: float | None = -50.0  # windows quieter than this (RMS, dBFS) are not decoded
 
     def __post_init__(self) -> None:
         if self.timestamps not in ("word", "segment"):
@@ -352,6 +354,15 @@ def check_model(cfg: AsrConfig) -> None:
         raise AsrModelError(f"{cfg.model!r} is a {kind!r} model, not Whisper")
 
 
+def level_db(samples: np.ndarray) -> float:
+    """RMS level in dBFS. Whisper invents text for silence (a known failure on long
+    recordings), so silent windows are skipped instead of decoded."""
+    if not len(samples):
+        return -math.inf
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return 20 * math.log10(rms) if rms > 0 else -math.inf
+
+
 class WhisperTranscriber:
     """Loads a Whisper processor and model once (`from_pretrained(cfg.model)`), then
     transcribes jobs; `device` defaults to the GPU when there is one and `cfg.use_gpu`
@@ -456,7 +467,8 @@ class WhisperTranscriber:
         """(text, start, end) per word of each window, seconds from the window's start, from
         one `generate` call; with `language` None it is first detected (the language of most
         windows) and returned."""
-        keep = [i for i, c in enumerate(chunks) if c.duration >= _MIN_WINDOW_SECONDS]
+        keep = [i for i, c in enumerate(chunks) if c.duration >= _MIN_WINDOW_SECONDS
+                and (self.cfg.silence_db is None or level_db(c.samples) >= self.cfg.silence_db)]
         out: list[list[tuple[str, float, float]]] = [[] for _ in chunks]
         if keep:
             timed, language = self._transcribe_windows([chunks[i] for i in keep], language)

@@ -58,6 +58,7 @@ def build(
     asr_batch_size: int = typer.Option(8, help="30-s audio windows per Whisper forward pass."),
     asr_actors: Optional[int] = typer.Option(None, help="Whisper actors (default: one per GPU, else 1)."),
     asr_gpu: Optional[bool] = typer.Option(None, "--asr-gpu/--no-asr-gpu", help="Run Whisper on GPUs (default: when the cluster has them)."),
+    asr_silence_db: float = typer.Option(-50.0, help="Audio windows quieter than this (RMS dBFS) are not transcribed (Whisper invents text for silence)."),
     min_clip_seconds: float = typer.Option(8.0, help="Subtitles/ASR: sentences are merged into clips of at least this length..."),
     max_clip_seconds: float = typer.Option(20.0, help="...and at most this length."),
     language_check: bool = typer.Option(True, help="Reject subtitles whose text is clearly in another language than asked."),
@@ -129,7 +130,8 @@ def build(
             from .asr import AsrConfig
 
             asr_cfg = AsrConfig(model=asr_model, language=asr_language, timestamps=asr_timestamps,
-                                batch_size=asr_batch_size, num_actors=asr_actors, use_gpu=asr_gpu)
+                                batch_size=asr_batch_size, num_actors=asr_actors, use_gpu=asr_gpu,
+                                silence_db=asr_silence_db)
         text_opts = TextOptions(langs=tuple(lang), asr=asr.value, asr_config=asr_cfg,
                                 clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds),
                                 check_language=language_check, concurrency=download_concurrency)

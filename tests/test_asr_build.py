@@ -178,3 +178,21 @@ def test_asr_outcome_language_and_empty_transcripts():
     assert asr_outcome(AsrResult("v", words, "de", 80.0), "u", PLAN, forced, None).samples  # asked for
     o = asr_outcome(AsrResult("v", [], "en", 80.0), "u", PLAN, detect, "no subtitles")
     assert o.failures[0].stage == "asr" and "heard no words in 80 s" in o.failures[0].reason
+
+
+def test_silent_windows_are_not_decoded(tmp_path, whisper):
+    import subprocess
+
+    from lfvila_data.asr import AsrJob, WhisperTranscriber
+
+    media = tmp_path / "quiet.mp4"  # 20 s of a tone, then 40 s of digital silence
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=64x48:r=5:d=60",
+                    "-f", "lavfi", "-i", "sine=frequency=440:duration=20,apad=whole_dur=60",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest", str(media)],
+                   check=True)
+    cfg = AsrConfig(model=str(whisper), language="en", batch_size=2, chunk_seconds=10.0)
+    words = WhisperTranscriber(cfg).transcribe(AsrJob("q", str(media))).words
+    assert words and max(w.end for w in words) <= 20.5  # the tone only; silence invents nothing
+    loud = WhisperTranscriber(AsrConfig(model=str(whisper), language="en", batch_size=2,
+                                        chunk_seconds=10.0, silence_db=None))
+    assert max(w.end for w in loud.transcribe(AsrJob("q", str(media))).words) > 30  # a random model would
