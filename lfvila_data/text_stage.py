@@ -109,12 +109,19 @@ def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: Fetc
     """A video's subtitles through yt-dlp, or a request to transcribe it."""
     if opts.asr == "always":
         return TextOutcome(ref.video_id, ref.url, asr_reason="--asr always")
-    try:
-        got = fetch_subtitles(ref, fetch, list(opts.langs))
-    except FetchError as e:
-        status = FAILED if e.permanent else RETRY
-        return TextOutcome(ref.video_id, ref.url, status=status, failures=[
-            Failure(ref.video_id, None, Stage.DOWNLOAD.value, e.reason, e.permanent)])
+    delay = fetch.backoff
+    for attempt in range(fetch.retries + 1):  # transient errors: backoff, like video downloads
+        try:
+            got = fetch_subtitles(ref, fetch, list(opts.langs))
+            break
+        except FetchError as e:
+            if e.permanent or attempt == fetch.retries:
+                reason = e.reason + (f" (after {attempt + 1} attempts)" if attempt else "")
+                return TextOutcome(ref.video_id, ref.url, status=FAILED if e.permanent else RETRY,
+                                   failures=[Failure(ref.video_id, None, Stage.DOWNLOAD.value, reason,
+                                                     e.permanent)])
+            time.sleep(delay)
+            delay *= 2
     if got.track is None or got.data is None:
         offered = ", ".join(got.available) or "none"
         reason = f"no subtitles or automatic captions in {'/'.join(opts.langs)} (the video offers: {offered})"

@@ -194,3 +194,19 @@ def test_subtitles_longer_than_the_video_are_recorded():
     assert samples and max(s.end for s in samples) <= 31.0
     [f] = [f for f in failures if "past the end" in f.reason]
     assert f.stage == "text" and "video is 30.0 s" in f.reason and "subtitles longer than the video" in f.reason
+
+
+def test_subtitle_lookup_retries_transient_errors(site):
+    from lfvila_data.text_stage import youtube_text
+
+    _root, srv = site
+    ref, _ = parse_entry(srv.url("talk.html"))
+    opts = TextOptions(langs=("en",))
+    srv.fail_transient["talk.html"] = 1
+    got = youtube_text(ref, PlanConfig(max_clips=4), opts, FetchConfig(retries=1, backoff=0.05))
+    assert got.samples and got.status == "done" and srv.fail_transient["talk.html"] == 0
+    srv.fail_transient["talk.html"] = 1
+    got = youtube_text(ref, PlanConfig(max_clips=4), opts, FetchConfig(retries=0))
+    assert got.status == "retry" and not got.samples
+    [f] = got.failures
+    assert f.stage == "download" and not f.permanent and "503" in f.reason
