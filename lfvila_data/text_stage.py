@@ -192,6 +192,21 @@ def asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str 
 # ------------------------------------------------------------------ orchestration
 
 
+# Options that change how fast the text is made, not what it is: changing them keeps the journal.
+_SPEED_ONLY = ("concurrency", "num_actors", "use_gpu", "batch_size")
+
+
+def content_settings(opts: TextOptions) -> dict:
+    """The text options that decide the text, for the journal's settings marker. Adding
+    videos to a list or a folder keeps it too: outcomes are journaled per video."""
+    d = asdict(opts)
+    for name in _SPEED_ONLY:
+        d.pop(name, None)
+        if isinstance(d.get("asr_config"), dict):
+            d["asr_config"].pop(name, None)
+    return d
+
+
 def _fingerprint(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -234,7 +249,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
     from .runner import map_unordered
 
     out = OutputDir(out_dir)
-    previous = _journal_for(out, settings | {"plan": asdict(plan), "opts": asdict(opts)})
+    previous = _journal_for(out, settings | {"plan": asdict(plan), "opts": content_settings(opts)})
     journal = Journal(out, dir=TEXT_DIR)
     progress = TextProgress(len(items))
     asr_jobs, asr_why, urls = [], {}, {}
@@ -312,7 +327,7 @@ def plan_local_text(inputs: list[str], out_dir: str, plan: PlanConfig, opts: Tex
     videos = find_videos(inputs)
     listing = [[str(v), v.stat().st_size] for v in videos]
     return run_text_stage(videos, local_text, False, out_dir, plan, opts, fetch,
-                          {"local": listing}, {"local": listing, "langs": list(opts.langs)})
+                          {"source": "local"}, {"local": listing, "langs": list(opts.langs)})
 
 
 def plan_youtube(lists: list[str], out_dir: str, plan: PlanConfig, opts: TextOptions,
@@ -324,7 +339,7 @@ def plan_youtube(lists: list[str], out_dir: str, plan: PlanConfig, opts: TextOpt
     refs, bad = read_video_list(lists)
     listing = _input_listing(expand_paths(lists))
     return run_text_stage(refs, youtube_text, True, out_dir, plan, opts, fetch,
-                          {"youtube": listing}, {"youtube": listing, "langs": list(opts.langs)}, bad)
+                          {"source": "youtube"}, {"youtube": listing, "langs": list(opts.langs)}, bad)
 
 
 # ------------------------------------------------------------------ hdvila --asr
@@ -377,7 +392,7 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
     plan_failures = [Failure(**{k: r[k] for k in ("video_id", "clip_id", "stage", "reason", "permanent")})
                      for r in read_plan_failures(out_dir).to_pylist()]
     previous = _journal_for(out, {"hdvila_plan": done["summary"], "plan": asdict(plan),
-                                  "opts": asdict(opts)})
+                                  "opts": content_settings(opts)})
     journal = Journal(out, dir=TEXT_DIR)
     progress = TextProgress(done["summary"]["videos_with_samples"])
     in_flight: dict[str, list[PlannedSample]] = {}
@@ -427,4 +442,4 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
 
 def _asr_marker(opts: TextOptions) -> str | None:
     """What the plan's text came from, so a rerun with other ASR settings re-plans."""
-    return None if opts.asr == "off" else _fingerprint(asdict(opts))
+    return None if opts.asr == "off" else _fingerprint(content_settings(opts))

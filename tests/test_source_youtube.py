@@ -3,6 +3,8 @@ order), and a real yt-dlp build against loopback web pages with <track> subtitle
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -184,6 +186,15 @@ def test_youtube_rerun_uses_the_text_journal(youtube_build, site):
     assert srv.requests["talk.en.vtt"] == before["talk.en.vtt"]  # subtitles not fetched again
     assert srv.requests["missing.html"] == before["missing.html"]  # permanent failure not retried
     pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), manifest)
+    # one more video in the list, other speed settings: only the new video is looked up
+    root, _ = site
+    (root / "again.html").write_text(page("talk.mp4", {"en": "talk.en.vtt"}))
+    lst = Path(cfg.inputs[0])
+    lst.write_text(lst.read_text() + srv.url("again.html") + "\n")
+    run_build(replace(cfg, text_opts=replace(cfg.text_opts, concurrency=3)))
+    assert srv.requests["talk.en.vtt"] == before["talk.en.vtt"] + 1
+    m = pd.read_parquet(out / "manifest.parquet")
+    assert set(m.video_id) == {manifest.video_id.iloc[0], url_video_id(srv.url("again.html"))}
 
 
 def test_subtitles_longer_than_the_video_are_recorded():
