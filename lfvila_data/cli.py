@@ -97,6 +97,9 @@ def build(
         _fail("--metadata and --text are both required for --source hdvila")
     if source in (Source.local, Source.youtube) and not input:
         _fail(f"--input is required for --source {source.value}")
+    if source == Source.hdvila and asr == Asr.auto:
+        typer.echo("lfvila-data: note: HD-VILA metadata has text for every clip, so --asr auto "
+                   "transcribes nothing; --asr always re-transcribes the planned spans", err=True)
     if asr_timestamps not in ("word", "segment"):
         _fail(f"--asr-timestamps must be 'word' or 'segment', got {asr_timestamps!r}")
     if not 0 < min_clip_seconds <= max_clip_seconds:
