@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
-from .records import Failure, Stage
+from .records import Failure, Stage, error_line
 from .subtitles import Word
 
 if TYPE_CHECKING:
@@ -129,11 +129,6 @@ class AsrResult:
     language: str | None = None
     audio_seconds: float = 0.0
     failure: Failure | None = None
-
-
-def _one_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(err).__name__)[:300]
 
 
 def _failed(job: AsrJob, reason: str, permanent: bool) -> AsrResult:
@@ -388,7 +383,7 @@ class WhisperTranscriber:
             self.processor = WhisperProcessor.from_pretrained(source)
             self.model = WhisperForConditionalGeneration.from_pretrained(source, dtype=self.dtype)
         except Exception as e:  # noqa: BLE001 - every loading error means the same to the user
-            raise AsrModelError(f"cannot load Whisper model {cfg.model!r}: {_one_line(e)}") from e
+            raise AsrModelError(f"cannot load Whisper model {cfg.model!r}: {error_line(e)}") from e
         self.model.to(device).eval()
         self.tokenizer = self.processor.tokenizer
         gen = self.model.generation_config
@@ -425,7 +420,7 @@ class WhisperTranscriber:
         try:
             media = resolve(job.media) if resolve is not None else job.media
         except Exception as e:  # noqa: BLE001 - the resolver's errors are the video's
-            return _failed(job, f"could not resolve the media URL: {_one_line(e)}",
+            return _failed(job, f"could not resolve the media URL: {error_line(e)}",
                            bool(getattr(e, "permanent", False)))
         spans = merge_spans(job.spans) if job.spans is not None else None
         words: list[Word] = []
@@ -613,7 +608,7 @@ class _AsrWorker:
                 import torch
 
                 torch.cuda.empty_cache()
-            return _failed(job, f"asr failed: {type(e).__name__}: {_one_line(e)}", False)
+            return _failed(job, f"asr failed: {type(e).__name__}: {error_line(e)}", False)
 
 
 class PoolShape(NamedTuple):
@@ -647,7 +642,7 @@ def _model_error(err: Exception, cfg: AsrConfig) -> AsrModelError:
     for line in text.splitlines():
         if "AsrModelError:" in line:
             return AsrModelError(line.split("AsrModelError:", 1)[1].strip())
-    return AsrModelError(f"cannot start a Whisper worker for {cfg.model!r}: {_one_line(err)}")
+    return AsrModelError(f"cannot start a Whisper worker for {cfg.model!r}: {error_line(err)}")
 
 
 def transcribe_all(jobs: Iterable[AsrJob], cfg: AsrConfig, resolve: Callable[[str], str] | None = None,
@@ -700,15 +695,15 @@ def transcribe_all(jobs: Iterable[AsrJob], cfg: AsrConfig, resolve: Callable[[st
                 try:
                     result = ray.get(ref)
                 except RayActorError as e:
-                    result = _failed(job, f"asr worker crashed: {_one_line(e)}", False)
+                    result = _failed(job, f"asr worker crashed: {error_line(e)}", False)
                     if actors[k] is actor:  # replace it once, however many of its jobs were lost
                         replacements += 1
                         if replacements > 3 * len(actors):
-                            raise RuntimeError(f"asr workers keep crashing: {_one_line(e)}") from e
+                            raise RuntimeError(f"asr workers keep crashing: {error_line(e)}") from e
                         ray.kill(actor, no_restart=True)
                         actors[k] = start()
                 except Exception as e:  # noqa: BLE001 - a task error is the video's failure
-                    result = _failed(job, f"asr failed: {_one_line(e)}", False)
+                    result = _failed(job, f"asr failed: {error_line(e)}", False)
                 if on_result is not None:
                     on_result(result)
                 yield result

@@ -14,9 +14,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import unquote, urlparse
 
 INF = math.inf
+T = TypeVar("T")
 
 # Messages that no retry will change. Anything else (5xx, 429, timeouts, resets) is
 # transient: retried now with backoff, and again on the next run.
@@ -87,6 +89,23 @@ def section_spans(spans: list[tuple[float, float]], margin: float,
         else:
             merged.append([s, e])
     return [(round(s, 3), round(e, 3)) for s, e in merged]
+
+
+def with_retries(call: Callable[[], T], cfg: FetchConfig) -> T:
+    """`call()` until it succeeds, fails for good, or `cfg.retries` retries with doubling
+    backoff are spent; a transient error that outlasted them says how many attempts."""
+    delay = cfg.backoff
+    for attempt in range(cfg.retries + 1):
+        try:
+            return call()
+        except FetchError as e:
+            if e.permanent or attempt == cfg.retries:
+                if not e.permanent and attempt:
+                    e.reason += f" (after {attempt + 1} attempts)"
+                raise
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
 
 
 def is_permanent(message: str) -> bool:
@@ -184,21 +203,17 @@ class Fetcher:
             raise FetchError(f"only http(s) URLs are fetched, not {url[:80]!r}", True)
         wanted = section_spans(spans, self.cfg.margin, self.cfg.merge_gap) if self.cfg.sections else None
         target = self.workdir / video_id
-        delay = self.cfg.backoff
-        for attempt in range(self.cfg.retries + 1):
+
+        def attempt() -> Fetched:
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True, exist_ok=True)
-            try:
-                return self._download(url, target, wanted)
-            except FetchError as e:
-                if e.permanent or attempt == self.cfg.retries:
-                    shutil.rmtree(target, ignore_errors=True)
-                    if not e.permanent and attempt:
-                        e.reason += f" (after {attempt + 1} attempts)"
-                    raise
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+            return self._download(url, target, wanted)
+
+        try:
+            return with_retries(attempt, self.cfg)
+        except FetchError:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
 
     def media_url(self, url: str) -> str:
         """What ffmpeg should read for the audio of `url`: the file itself for local

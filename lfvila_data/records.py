@@ -84,6 +84,13 @@ class Clip:
                 for s in self.timed_sentences()]
 
 
+def error_line(err: BaseException) -> str:
+    """An exception as one ledger-sized line: its last non-empty line (a Ray task error
+    ends with the original message), else its type."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:300]
+
+
 @dataclass(frozen=True)
 class Failure:
     """A ledger row: what failed, where, and why in words a person can act on."""

@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .records import Failure, Stage
+from .records import Failure, Stage, error_line
 from .video_task import FetchOutcome, TaskContext, VideoJob, cut_video, fetch_video
 from .write import RETRY, VideoResult
 
@@ -26,7 +26,7 @@ class RunConfig:
 
 def _crash(job: VideoJob, stage: Stage, err: Exception) -> VideoResult:
     """A task that died (worker crash, bug) is recorded and retried on the next run."""
-    reason = f"{stage.value} task failed: {str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__}"
+    reason = f"{stage.value} task failed: {error_line(err)}"
     return VideoResult(job.video_id, RETRY, [], [Failure(job.video_id, None, stage.value, reason,
                                                           False).to_row()], {})
 

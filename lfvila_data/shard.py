@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .records import error_line
 from .source_hdvila import InputError
 from .stats import shard_table_stats
 from .write import OutputDir
@@ -389,8 +390,7 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *,
         try:
             records[p.name] = ray.get(ready[0])
         except Exception as e:  # noqa: BLE001 - one bad shard must not stop the rest
-            msg = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
-            failed.append(f"{p.name}: {msg}")
+            failed.append(f"{p.name}: {error_line(e)}")
         if on_progress:
             on_progress(len(records), len(plans), sum(r.filesize for r in records.values()))
     if failed:

@@ -100,13 +100,10 @@ def plan_from_words(video_id: str, url: str, words: list[Word], text_source: str
     clips = sentences_to_clips(sentences, video_id, clip_cfg)
     if stats is not None:
         stats["clips_total"] += len(clips)
-    meta = VideoMeta(video_id, url, tuple(Clip(c.clip_id, c.k, c.start, c.end) for c in clips))
-    samples, fails = group_runs(meta, {c.clip_id: c.text for c in clips}, plan, stats)
+    samples, fails = group_runs(VideoMeta(video_id, url, tuple(clips)),
+                                {c.clip_id: c.text for c in clips}, plan, stats)
     failures += fails
-    by_id = {c.clip_id: c for c in clips}  # group_runs keeps clip texts, not sentences
-    samples = [PlannedSample(s.key, s.video_id, s.url, s.start, s.end,
-                             tuple(by_id[c.clip_id] for c in s.clips), text_source, language)
-               for s in samples]
+    samples = [replace(s, text_source=text_source, language=language) for s in samples]
     if not samples and not fails:
         what = "speech recognition gives" if text_source == "asr" else "subtitles give"
         failures.append(Failure(video_id, None, Stage.TEXT.value,

@@ -12,16 +12,16 @@ import json
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .fetch import FetchConfig, FetchError, Fetcher
+from .fetch import FetchConfig, FetchError, Fetcher, with_retries
 from .plan import (PlanConfig, PlanSummary, PlanWriter, iter_plan_parts, plan_row_to_sample,
                    read_plan_failures, sample_to_row)
 from .language import normalise_language
 from .progress import human_time
-from .records import Clip, Failure, PlannedSample, Stage, TimedText
+from .records import Clip, Failure, PlannedSample, Stage, TimedText, error_line
 from .sentences import SentenceConfig, split_sentences
 from .source_local import find_subtitles, find_videos, local_video_id
 from .source_youtube import VideoRef, fetch_subtitles, read_video_list
@@ -109,19 +109,12 @@ def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: Fetc
     """A video's subtitles through yt-dlp, or a request to transcribe it."""
     if opts.asr == "always":
         return TextOutcome(ref.video_id, ref.url, asr_reason="--asr always")
-    delay = fetch.backoff
-    for attempt in range(fetch.retries + 1):  # transient errors: backoff, like video downloads
-        try:
-            got = fetch_subtitles(ref, fetch, list(opts.langs))
-            break
-        except FetchError as e:
-            if e.permanent or attempt == fetch.retries:
-                reason = e.reason + (f" (after {attempt + 1} attempts)" if attempt else "")
-                return TextOutcome(ref.video_id, ref.url, status=FAILED if e.permanent else RETRY,
-                                   failures=[Failure(ref.video_id, None, Stage.DOWNLOAD.value, reason,
-                                                     e.permanent)])
-            time.sleep(delay)
-            delay *= 2
+    try:  # transient errors are retried with backoff, like video downloads
+        got = with_retries(lambda: fetch_subtitles(ref, fetch, list(opts.langs)), fetch)
+    except FetchError as e:
+        return TextOutcome(ref.video_id, ref.url, status=FAILED if e.permanent else RETRY,
+                           failures=[Failure(ref.video_id, None, Stage.DOWNLOAD.value, e.reason,
+                                             e.permanent)])
     if got.track is None or got.data is None:
         offered = ", ".join(got.available) or "none"
         reason = f"no subtitles or automatic captions in {'/'.join(opts.langs)} (the video offers: {offered})"
@@ -228,6 +221,16 @@ class TextProgress:
         self.counts: Counter = Counter()
         self.started = self._last = time.monotonic()
 
+    def finished(self, outcome: TextOutcome, transcribed: bool) -> None:
+        """Count one video whose text is settled (journaled), then maybe print."""
+        c = self.counts
+        c["done"] += 1
+        c["asr_done"] += transcribed
+        c["samples"] += len(outcome.samples)
+        c["failed"] += not outcome.samples
+        c["subtitles"] += bool(outcome.samples) and not transcribed
+        self.tick()
+
     def tick(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last >= self.every_s:
@@ -270,10 +273,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
             progress.counts["asr_queued"] += 1
             return
         journal.add(o.to_result())
-        progress.counts["done"] += 1
-        progress.counts["samples"] += len(o.samples)
-        progress.counts["subtitles" if o.samples else "failed"] += 1
-        progress.tick()
+        progress.finished(o, transcribed=False)
 
     try:
         if remote:
@@ -287,11 +287,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
         def on_asr(result) -> None:
             o = asr_outcome(result, urls[result.video_id], plan, opts, asr_why.get(result.video_id))
             journal.add(o.to_result())
-            progress.counts["asr_done"] += 1
-            progress.counts["done"] += 1
-            progress.counts["samples"] += len(o.samples)
-            progress.counts["failed"] += not o.samples
-            progress.tick()
+            progress.finished(o, transcribed=True)
 
         transcribe(asr_jobs, opts, fetch, on_asr)
     finally:
@@ -302,9 +298,8 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
 
 
 def _crashed(video_id: str, url: str, err: Exception) -> TextOutcome:
-    msg = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
     return TextOutcome(video_id, url, status=RETRY, failures=[
-        Failure(video_id, None, Stage.TEXT.value, f"text task failed: {msg}", False)])
+        Failure(video_id, None, Stage.TEXT.value, f"text task failed: {error_line(err)}", False)])
 
 
 def _write_plan_from_journal(out: OutputDir, out_dir: str, plan: PlanConfig, inputs: dict,
@@ -375,8 +370,7 @@ def retext_video(samples: list[PlannedSample], words: list[Word], language: str 
     got, fails = group_runs(VideoMeta(vid, url, tuple(new_clips)), texts, plan)
     fails = [Failure(f.video_id, f.clip_id, Stage.ASR.value, "speech recognition heard no words in "
                      "this clip", True) if f.reason == "no text for clip" else f for f in fails]
-    return [PlannedSample(s.key, s.video_id, s.url, s.start, s.end, s.clips, "asr", language)
-            for s in got], fails
+    return [replace(s, text_source="asr", language=language) for s in got], fails
 
 
 def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetch: FetchConfig) -> PlanSummary:
@@ -422,11 +416,7 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
             got, fails = retext_video(samples, list(result.words), result.language, plan)
             o = TextOutcome(result.video_id, samples[0].url, got, fails)
         journal.add(o.to_result())
-        progress.counts["asr_done"] += 1
-        progress.counts["done"] += 1
-        progress.counts["samples"] += len(o.samples)
-        progress.counts["failed"] += not o.samples
-        progress.tick()
+        progress.finished(o, transcribed=True)
 
     try:
         transcribe(jobs(), opts, fetch, on_asr)
