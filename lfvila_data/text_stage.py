@@ -137,10 +137,8 @@ class AudioResolver:
         self.fetch = fetch
 
     def __call__(self, url: str) -> str:
-        try:
-            return Fetcher(self.fetch, Path(".")).media_url(url)
-        except FetchError as e:
-            raise RuntimeError(e.reason) from None
+        # a FetchError keeps `permanent`, so a 404 is not retried on every rerun
+        return Fetcher(self.fetch, Path(".")).media_url(url)
 
 
 def transcribe(jobs: Iterable, opts: TextOptions, fetch: FetchConfig,

@@ -196,3 +196,14 @@ def test_silent_windows_are_not_decoded(tmp_path, whisper):
     loud = WhisperTranscriber(AsrConfig(model=str(whisper), language="en", batch_size=2,
                                         chunk_seconds=10.0, silence_db=None))
     assert max(w.end for w in loud.transcribe(AsrJob("q", str(media))).words) > 30  # a random model would
+
+
+def test_audio_resolver_keeps_permanent_failures(tmp_path, whisper):
+    from lfvila_data.asr import AsrJob, WhisperTranscriber
+    from lfvila_data.text_stage import AudioResolver
+
+    with MediaServer(tmp_path) as srv:
+        result = WhisperTranscriber(AsrConfig(model=str(whisper))).transcribe(
+            AsrJob("gone", srv.url("gone.html")), resolve=AudioResolver(FetchConfig()))
+    assert result.failure.stage == "asr" and "404" in result.failure.reason
+    assert result.failure.permanent  # not retried on every rerun
