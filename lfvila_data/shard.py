@@ -138,7 +138,10 @@ def pack(sizes: list[tuple[str, int]], cfg: ShardConfig) -> list[list[str]]:
 def _sentences(clip: dict) -> list[dict]:
     """A manifest clip's sentences (source time); builds older than sentence spans had
     none, and their clip is its one sentence."""
-    return clip.get("sentences") or [{"text": clip["text"], "start": clip["start"], "end": clip["end"]}]
+    sentences = clip.get("sentences")  # pandas/pyarrow give a numpy array, never a list
+    if sentences is None or len(sentences) == 0:
+        return [{"text": clip["text"], "start": clip["start"], "end": clip["end"]}]
+    return list(sentences)
 
 
 def sample_json(row: dict) -> dict:

@@ -21,6 +21,7 @@ from lfvila_data.subtitles import Word
 from lfvila_data.text_stage import TextOptions, retext_video
 from lfvila_data.video_task import TaskContext
 from tests.asr_model import build_tiny_whisper
+from tests.endtoend import shard_verify_load
 from tests.corpus import VideoSpec, even_spans, write_metadata
 from tests.media import make_timecoded_video
 from tests.test_source_youtube import numbered_vtt, page
@@ -88,6 +89,8 @@ def test_local_asr_auto(tmp_path, whisper, ray_module):
     mute = f[f.video_id == local_video_id((lib / "mute.mp4").resolve())]
     assert mute.stage.tolist() == ["asr"]
     assert "no subtitles" in mute.reason.iloc[0] and "audio" in mute.reason.iloc[0]
+    got = shard_verify_load([out], tmp_path / "e2e")  # ASR clips hold several sentences
+    assert got["samples"] == len(m) and got["loaded"] == int((m.n_clips >= 4).sum())
 
 
 def test_youtube_asr_auto(tmp_path, whisper, ray_module):
@@ -129,6 +132,8 @@ def test_hdvila_asr_always_retranscribes_planned_spans(tmp_path, whisper, ray_mo
     spans = {c["clip_id"]: (c["start"], c["end"]) for row in m.itertuples() for c in row.clips}
     assert all(spans[cid] == pytest.approx(s) for cid, s in
                zip([spec.clip_id(k) for k in range(1, 9)], spec.spans) if cid in spans)
+    got = shard_verify_load([out], tmp_path / "e2e", multi_sentence=False)
+    assert got["samples"] == len(m)
 
 
 def test_bad_model_path_fails_before_planning(tmp_path, ray_module):

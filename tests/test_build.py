@@ -278,3 +278,11 @@ def test_plan_only_prints_the_totals(site, tmp_path):
     assert not (tmp_path / "p" / "videos").exists()
     plan = pd.concat(pd.read_parquet(f) for f in sorted((tmp_path / "p" / "plan").glob("part-*.parquet")))
     assert len(plan) == 11
+
+
+def test_hdvila_build_shards_verifies_and_loads(built, tmp_path):
+    """build -> shard -> verify -> the model's loader; HD-VILA clips are one sentence each."""
+    from tests.endtoend import shard_verify_load
+
+    got = shard_verify_load([built[0]], tmp_path, multi_sentence=False)
+    assert got == {"samples": 6, "loaded": 6, "sentences": 31}

@@ -107,3 +107,14 @@ def test_local_build_ledger(local_build):
     assert garbage.stage.tolist() == ["text"] and "unusable subtitles" in garbage.reason.iloc[0]
     caps = f[f.video_id == local_video_id((lib / "captions.mp4").resolve())]
     assert len(caps) and caps.reason.str.contains("beyond the end").all()  # captions run past 60 s
+
+
+def test_local_build_shards_verifies_and_loads(local_build, tmp_path):
+    """The regression of the shard crash: clips of several sentences, read back as pandas
+    gives them, through shard -> verify -> the model's loader."""
+    from tests.endtoend import shard_verify_load
+
+    out, _ = local_build
+    m = pd.read_parquet(out / "manifest.parquet")
+    got = shard_verify_load([out], tmp_path)
+    assert got["samples"] == len(m) and got["loaded"] == int((m.n_clips >= 4).sum())

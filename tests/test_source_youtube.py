@@ -221,3 +221,12 @@ def test_subtitle_lookup_retries_transient_errors(site):
     assert got.status == "retry" and not got.samples
     [f] = got.failures
     assert f.stage == "download" and not f.permanent and "503" in f.reason
+
+
+def test_youtube_build_shards_verifies_and_loads(youtube_build, tmp_path):
+    from tests.endtoend import shard_verify_load
+
+    out = youtube_build[0]
+    m = pd.read_parquet(out / "manifest.parquet")
+    got = shard_verify_load([out], tmp_path)
+    assert got["samples"] == len(m) and got["loaded"] == int((m.n_clips >= 4).sum())
