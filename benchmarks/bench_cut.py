@@ -49,14 +49,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lfvila_data import cut as _cut  # noqa: E402
-from lfvila_data.cut import (INPUT_GUARD, CutConfig, MediaError, cut_command,  # noqa: E402
-                             cut_sample, probe)
+from lfvila_data.media import cut as _cut  # noqa: E402
+from lfvila_data.media.cut import INPUT_GUARD, CutConfig, cut_command, cut_sample, probe  # noqa: E402
 
 
 def one_cut_command(src: Path, dst: Path, start: float, end: float, cfg: CutConfig,
                     with_audio: bool) -> list[str]:
-    """cut_command for one span, whichever of its signatures lfvila_data.cut has."""
+    """cut_command for one span, whichever of its signatures lfvila_data.media.cut has."""
     if hasattr(_cut, "Span"):  # cut_command(src, [Span(start, end, dst)], cfg, with_audio)
         return cut_command(src, [_cut.Span(start, end, dst)], cfg, with_audio)
     return cut_command(src, dst, start, end, cfg, with_audio)

@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lfvila_data.fetch import FetchConfig, Fetcher, section_spans  # noqa: E402
 from lfvila_data.localserver import MediaServer  # noqa: E402
+from lfvila_data.media.fetch import FetchConfig, Fetcher, section_spans  # noqa: E402
 
 
 @dataclass

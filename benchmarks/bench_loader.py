@@ -67,11 +67,11 @@ def build_shards(root: Path, videos: int, clips: int, max_clips: int) -> Path:
 
     from lfvila_data.build import BuildConfig, run_build
     from lfvila_data.demo import make_corpus
-    from lfvila_data.fetch import FetchConfig
     from lfvila_data.localserver import MediaServer
-    from lfvila_data.plan import PlanConfig
-    from lfvila_data.shard import ShardConfig, run_shard
-    from lfvila_data.video_task import TaskContext
+    from lfvila_data.media.fetch import FetchConfig
+    from lfvila_data.media.task import TaskContext
+    from lfvila_data.plan.join import PlanConfig
+    from lfvila_data.shards.write import ShardConfig, run_shard
 
     out = root / "shards"
     if (out / "shard.json").exists():

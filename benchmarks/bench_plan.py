@@ -204,7 +204,7 @@ def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | N
             chunk_mib: int, max_in_flight: int | None) -> dict:
     import ray
 
-    from lfvila_data.plan import PlanConfig, build_plan
+    from lfvila_data.plan.join import PlanConfig, build_plan
 
     with MemorySampler(os.getpid()) as mem:
         t0 = time.monotonic()
@@ -223,8 +223,8 @@ def naive_pandas(meta: list[str], text: list[str]) -> dict:
     """What one would write first: the whole text file in a dict, then join in pandas."""
     import pandas as pd
 
-    from lfvila_data.plan import PlanConfig, group_runs
-    from lfvila_data.source_hdvila import parse_video_line
+    from lfvila_data.plan.join import PlanConfig, group_runs
+    from lfvila_data.sources.hdvila import parse_video_line
 
     texts_df = pd.concat(pd.read_json(p, lines=True, dtype={"clip_id": str, "text": str}) for p in text)
     texts = dict(zip(texts_df["clip_id"], texts_df["text"]))
@@ -238,8 +238,7 @@ def naive_pandas(meta: list[str], text: list[str]) -> dict:
     clips = pd.DataFrame(rows, columns=["video_id", "url", "clip_id", "k", "start", "end"])
     clips["text"] = clips["clip_id"].map(texts)
     cfg, samples = PlanConfig(), 0
-    from lfvila_data.source_hdvila import VideoMeta
-    from lfvila_data.records import Clip
+    from lfvila_data.records import Clip, VideoMeta
     for (vid, url), g in clips.groupby(["video_id", "url"], sort=False):
         meta_v = VideoMeta(vid, url, tuple(Clip(*r) for r in zip(g["clip_id"], g["k"], g["start"], g["end"])))
         samples += len(group_runs(meta_v, {c: t for c, t in zip(g["clip_id"], g["text"]) if isinstance(t, str)}, cfg)[0])

@@ -17,8 +17,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lfvila_data.shard import ShardConfig, run_shard  # noqa: E402
-from lfvila_data.write import MANIFEST_SCHEMA, OutputDir  # noqa: E402
+from lfvila_data.output.write import MANIFEST_SCHEMA, OutputDir  # noqa: E402
+from lfvila_data.shards.write import ShardConfig, run_shard  # noqa: E402
 
 
 def make_build(root: Path, samples: int, mb: float) -> Path:

@@ -33,13 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import srt
 import webvtt
 
-from lfvila_data.language import _get_identifier, language_mismatch
-from lfvila_data.plan import PlanConfig, group_runs
-from lfvila_data.records import Clip
-from lfvila_data.sentences import SentenceConfig, split_sentences
-from lfvila_data.source_hdvila import VideoMeta
-from lfvila_data.subtitles import Word, detect_kind, parse_subtitles
-from lfvila_data.text import ClipConfig, plan_subtitled_video, sentences_to_clips
+from lfvila_data.plan.join import PlanConfig, group_runs
+from lfvila_data.records import Clip, VideoMeta
+from lfvila_data.text.clips import ClipConfig, plan_subtitled_video, sentences_to_clips
+from lfvila_data.text.language import _get_identifier, language_mismatch
+from lfvila_data.text.sentences import SentenceConfig, split_sentences
+from lfvila_data.text.subtitles import Word, detect_kind, parse_subtitles
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "subtitles"
 _LANGUAGE_IN_NAME = re.compile(r"_(en|fr|es)[_.]")

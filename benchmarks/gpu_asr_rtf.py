@@ -1,4 +1,4 @@
-"""Real-time factor of Whisper speech recognition (lfvila_data.asr) on one device.
+"""Real-time factor of Whisper speech recognition (lfvila_data.text.asr) on one device.
 
 RTF = processing seconds / audio seconds (lower is better); xRT = its inverse ("x real
 time"). Each row transcribes the same audio end to end — ffmpeg decoding, features,
@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import transformers
 
-from lfvila_data.asr import AsrConfig, AsrJob, WhisperTranscriber
-from lfvila_data.audio import SAMPLE_RATE, stream_audio
+from lfvila_data.media.audio import SAMPLE_RATE, stream_audio
+from lfvila_data.text.asr import AsrConfig, AsrJob, WhisperTranscriber
 
 T0 = time.monotonic()
 

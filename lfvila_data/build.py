@@ -7,8 +7,8 @@ on disk are reused instead of being downloaded and cut again."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -17,18 +17,31 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
-
-from . import __version__
-from .plan import (PlanConfig, PlanSummary, _read_success, build_plan, iter_plan_parts,
-                   load_plan_summary, plan_row_to_sample, read_plan_failures)
-from .progress import BuildProgress, human_bytes, human_time, print_summary
-from .records import PlannedSample
-from .runner import RunConfig, run_videos
-from .source_hdvila import InputError, expand_paths
-from .source_local import find_videos
-from .text_stage import TextOptions, _asr_marker, plan_local_text, plan_youtube, retext_plan_with_asr
-from .video_task import TaskContext, VideoJob
-from .write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
+from lfvila_data import __version__
+from lfvila_data.executor.runner import RunConfig, run_videos
+from lfvila_data.inputs import InputError, expand_paths
+from lfvila_data.media.task import TaskContext, VideoJob
+from lfvila_data.output.write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
+from lfvila_data.plan.join import (
+    PlanConfig,
+    PlanSummary,
+    _read_success,
+    build_plan,
+    iter_plan_parts,
+    load_plan_summary,
+    plan_row_to_sample,
+    read_plan_failures,
+)
+from lfvila_data.progress import BuildProgress, human_bytes, human_time, print_summary
+from lfvila_data.records import PlannedSample
+from lfvila_data.sources.local import find_videos
+from lfvila_data.text.stage import (
+    TextOptions,
+    _asr_marker,
+    plan_local_text,
+    plan_youtube,
+    retext_plan_with_asr,
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +158,7 @@ def run_build(cfg: BuildConfig) -> dict:
     else:
         find_videos(list(cfg.inputs))
     if cfg.text_opts.asr != "off":
-        from .asr import AsrModelError, check_model
+        from lfvila_data.text.asr import AsrModelError, check_model
 
         try:  # a wrong model path fails now, not after planning
             check_model(cfg.text_opts.asr_config)

@@ -9,14 +9,14 @@ from typing import List, Optional
 
 import typer
 
-from .cut import CutConfig
-from .fetch import FetchConfig
-from .plan import PlanConfig
-from .runner import RunConfig
-from .source_hdvila import InputError
-from .text import ClipConfig
-from .text_stage import TextOptions
-from .video_task import TaskContext
+from lfvila_data.executor.runner import RunConfig
+from lfvila_data.inputs import InputError
+from lfvila_data.media.cut import CutConfig
+from lfvila_data.media.fetch import FetchConfig
+from lfvila_data.media.task import TaskContext
+from lfvila_data.plan.join import PlanConfig
+from lfvila_data.text.clips import ClipConfig
+from lfvila_data.text.stage import TextOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build long-form video-paragraph datasets (LF-VILA) on Ray.")
@@ -91,7 +91,7 @@ def build(
 ) -> None:
     """Plan long-form samples (HD-VILA metadata; YouTube or local videos with subtitles or
     speech recognition), then download, cut and record them."""
-    from .build import BuildConfig, run_build
+    from lfvila_data.build import BuildConfig, run_build
 
     if source == Source.hdvila and (not metadata or not text):
         _fail("--metadata and --text are both required for --source hdvila")
@@ -130,7 +130,7 @@ def build(
                           preset=x264_preset))
         asr_cfg = None
         if asr != Asr.off:
-            from .asr import AsrConfig
+            from lfvila_data.text.asr import AsrConfig
 
             asr_cfg = AsrConfig(model=asr_model, language=asr_language, timestamps=asr_timestamps,
                                 batch_size=asr_batch_size, num_actors=asr_actors, use_gpu=asr_gpu,
@@ -166,15 +166,15 @@ def shard(
     """Pack built samples into WebDataset shards (format: shards/README.md)."""
     import time
 
-    from .build import init_ray
-    from .progress import human_bytes, human_time, print_summary
-    from .shard import ShardConfig, run_shard
+    from lfvila_data.build import init_ray
+    from lfvila_data.progress import human_bytes, human_time, print_summary
+    from lfvila_data.shards.write import ShardConfig, run_shard
 
     started = time.monotonic()
     try:
         cfg = ShardConfig(val_fraction=val_fraction, val_count=val_count, seed=seed,
                           samples_per_shard=samples_per_shard, max_shard_bytes=max_shard_bytes)
-        from .shard import read_manifests
+        from lfvila_data.shards.write import read_manifests
         read_manifests(list(input))  # bad inputs fail before Ray starts
         init_ray(ray_address)
         last = [0.0]
@@ -205,7 +205,7 @@ def verify(
     decode: bool = typer.Option(True, help="Decode every mp4 (--no-decode: structure and checksums only)."),
 ) -> None:
     """Check every shard: tar integrity, members, json vs index and manifest, MD5, decoding."""
-    from .verify import verify_shards
+    from lfvila_data.shards.verify import verify_shards
 
     report = verify_shards(shard_dir, decode=decode)
     typer.echo(report.render())
@@ -219,8 +219,8 @@ def stats(
     out: Optional[str] = typer.Option(None, help="Where the plots and index.html go (default DIR/report)."),
 ) -> None:
     """Print the summary and write plots (PNG) and an HTML page of the distributions."""
-    from .progress import print_summary
-    from .stats import StatsInputError, render_summary, write_report
+    from lfvila_data.progress import print_summary
+    from lfvila_data.shards.stats import StatsInputError, render_summary, write_report
 
     try:
         result = write_report(directory, out)
@@ -240,11 +240,11 @@ def demo(
 ) -> None:
     """Build and shard the built-in demo corpus end to end (no internet needed), then train
     the tiny demo model a few steps on the shards and evaluate retrieval."""
-    from .build import BuildConfig, run_build
-    from .demo import make_corpus, train_demo
-    from .localserver import MediaServer
-    from .progress import print_summary
-    from .shard import ShardConfig, run_shard
+    from lfvila_data.build import BuildConfig, run_build
+    from lfvila_data.demo import make_corpus, train_demo
+    from lfvila_data.localserver import MediaServer
+    from lfvila_data.progress import print_summary
+    from lfvila_data.shards.write import ShardConfig, run_shard
 
     if train_steps < 0:
         _fail(f"--train-steps must be >= 0, got {train_steps}")

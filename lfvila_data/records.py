@@ -126,3 +126,12 @@ class PlannedSample:
     @property
     def paragraph(self) -> str:
         return " ".join(c.text for c in self.clips if c.text)
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    """One video line of the url/span metadata, with its valid clips sorted by k."""
+
+    video_id: str
+    url: str
+    clips: tuple[Clip, ...]

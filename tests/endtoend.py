@@ -23,8 +23,8 @@ def _vocab_dir(texts: list[str], root: Path) -> Path:
 def shard_verify_load(builds: list[Path], root: Path, *, multi_sentence: bool = True) -> dict:
     """Shard the builds, verify the shards, read every json back with tarfile and every
     sample of four clips or more through the model's loader. Returns what was counted."""
-    from lfvila_data.shard import ShardConfig, run_shard
-    from lfvila_data.verify import verify_shards
+    from lfvila_data.shards.verify import verify_shards
+    from lfvila_data.shards.write import ShardConfig, run_shard
     from lfvila_model.data import DataConfig, load_tokenizer, make_loader
 
     manifest = pd.concat([pd.read_parquet(b / "manifest.parquet") for b in builds], ignore_index=True)

@@ -15,7 +15,9 @@ import numpy as np
 import psutil
 import pytest
 
-from lfvila_data.asr import (
+from lfvila_data.localserver import MediaServer
+from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
+from lfvila_data.text.asr import (
     AsrConfig,
     AsrJob,
     AsrModelError,
@@ -28,8 +30,6 @@ from lfvila_data.asr import (
     spread_words,
     transcribe_all,
 )
-from lfvila_data.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
-from lfvila_data.localserver import MediaServer
 from tests.asr_model import LANGUAGES, build_tiny_whisper
 from tests.media import make_timecoded_video
 

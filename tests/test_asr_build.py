@@ -4,25 +4,24 @@ disk and loaded by path, so the real loading, actor pool and batching run. Its w
 meaningless: these tests check the plumbing (source times, samples, ledger)."""
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 
-from lfvila_data.asr import AsrConfig
 from lfvila_data.build import BuildConfig, run_build
-from lfvila_data.fetch import FetchConfig
+from lfvila_data.inputs import InputError
 from lfvila_data.localserver import MediaServer
-from lfvila_data.plan import PlanConfig
-from lfvila_data.source_hdvila import InputError
-from lfvila_data.source_local import local_video_id
-from lfvila_data.source_youtube import url_video_id
+from lfvila_data.media.fetch import FetchConfig
+from lfvila_data.media.task import TaskContext
+from lfvila_data.plan.join import PlanConfig
 from lfvila_data.records import Clip, PlannedSample
-from lfvila_data.subtitles import Word
-from lfvila_data.text_stage import TextOptions, retext_video
-from lfvila_data.video_task import TaskContext
+from lfvila_data.sources.local import local_video_id
+from lfvila_data.sources.youtube import url_video_id
+from lfvila_data.text.asr import AsrConfig
+from lfvila_data.text.stage import TextOptions, retext_video
+from lfvila_data.text.subtitles import Word
 from tests.asr_model import build_tiny_whisper
-from tests.endtoend import shard_verify_load
 from tests.corpus import VideoSpec, even_spans, write_metadata
+from tests.endtoend import shard_verify_load
 from tests.media import make_timecoded_video
 from tests.test_source_youtube import numbered_vtt, page
 
@@ -170,8 +169,8 @@ def test_cli_text_source_errors_are_one_line(tmp_path):
 
 
 def test_asr_outcome_language_and_empty_transcripts():
-    from lfvila_data.asr import AsrResult
-    from lfvila_data.text_stage import asr_outcome
+    from lfvila_data.text.asr import AsrResult
+    from lfvila_data.text.stage import asr_outcome
 
     words = [Word(f"w{i}.", 2.0 * i, 2.0 * i + 1.5) for i in range(40)]
     detect = TextOptions(langs=("en",), asr="auto", asr_config=AsrConfig(model="m"))
@@ -188,7 +187,7 @@ def test_asr_outcome_language_and_empty_transcripts():
 def test_silent_windows_are_not_decoded(tmp_path, whisper):
     import subprocess
 
-    from lfvila_data.asr import AsrJob, WhisperTranscriber
+    from lfvila_data.text.asr import AsrJob, WhisperTranscriber
 
     media = tmp_path / "quiet.mp4"  # 20 s of a tone, then 40 s of digital silence
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=64x48:r=5:d=60",
@@ -204,8 +203,8 @@ def test_silent_windows_are_not_decoded(tmp_path, whisper):
 
 
 def test_audio_resolver_keeps_permanent_failures(tmp_path, whisper):
-    from lfvila_data.asr import AsrJob, WhisperTranscriber
-    from lfvila_data.text_stage import AudioResolver
+    from lfvila_data.text.asr import AsrJob, WhisperTranscriber
+    from lfvila_data.text.stage import AudioResolver
 
     with MediaServer(tmp_path) as srv:
         result = WhisperTranscriber(AsrConfig(model=str(whisper))).transcribe(

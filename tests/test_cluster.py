@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 
 from lfvila_data.build import BuildConfig, run_build
-from lfvila_data.fetch import FetchConfig
-from lfvila_data.plan import PlanConfig
-from lfvila_data.video_task import TaskContext
-from tests.corpus import VideoSpec, even_spans, write_metadata
 from lfvila_data.localserver import MediaServer
+from lfvila_data.media.fetch import FetchConfig
+from lfvila_data.media.task import TaskContext
+from lfvila_data.plan.join import PlanConfig
+from tests.corpus import VideoSpec, even_spans, write_metadata
 from tests.media import decode_times, make_timecoded_video
 
 

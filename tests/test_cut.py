@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lfvila_data.cut import CutConfig, MediaError, cut_sample, probe
+from lfvila_data.media.cut import CutConfig, MediaError, cut_sample, probe
+from lfvila_data.media.task import fit_to_media
 from lfvila_data.records import Clip, PlannedSample
-from lfvila_data.video_task import fit_to_media
 from tests.media import decode_times, make_timecoded_video
-
 from tests.realdata import VIDEOS as REAL
 
 
@@ -151,7 +150,7 @@ def test_no_partial_file_on_failure(media, tmp_path):
 
 
 def test_adjacent_spans_cut_in_one_pass(media, tmp_path):
-    from lfvila_data.cut import Span, cut_command, cut_spans
+    from lfvila_data.media.cut import Span, cut_command, cut_spans
     spans = [Span(1.0, 9.5, tmp_path / "a.mp4"), Span(10.0, 17.3, tmp_path / "b.mp4"),
              Span(17.3, 25.0, tmp_path / "c.mp4")]
     cmd = cut_command(media["h264"], spans, CutConfig(audio=True), with_audio=True)

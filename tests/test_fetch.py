@@ -5,10 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from lfvila_data.cut import probe
-from lfvila_data.fetch import (FetchConfig, FetchError, Fetcher, format_spec, is_permanent,
-                               local_path, section_spans)
 from lfvila_data.localserver import MediaServer
+from lfvila_data.media.cut import probe
+from lfvila_data.media.fetch import (
+    FetchConfig,
+    Fetcher,
+    FetchError,
+    format_spec,
+    is_permanent,
+    local_path,
+    section_spans,
+)
 from tests.media import decode_times, make_timecoded_video
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lfvila_data.language import (
+from lfvila_data.text.language import (
     clean_for_detection,
     detect_language,
     known_languages,
@@ -21,8 +21,7 @@ from lfvila_data.language import (
     sample_text,
     sample_windows,
 )
-from lfvila_data.subtitles import parse_subtitles
-
+from lfvila_data.text.subtitles import parse_subtitles
 from tests.realdata import SUBTITLES as REAL
 
 FILES = sorted(p.name for p in REAL.glob("*") if p.suffix in (".vtt", ".srt"))

@@ -10,11 +10,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lfvila_data.plan import (FAILURE_SCHEMA, PLAN_SCHEMA, PlanConfig, PlanSummary, build_plan,
-                              group_runs, iter_plan_parts, load_plan_summary, plan_row_to_sample,
-                              read_plan, read_plan_failures, sample_to_row)
-from lfvila_data.records import Clip, Failure, sample_key
-from lfvila_data.source_hdvila import InputError, VideoMeta, parse_text_line, parse_video_line
+from lfvila_data.inputs import InputError
+from lfvila_data.plan.join import (
+    FAILURE_SCHEMA,
+    PLAN_SCHEMA,
+    PlanConfig,
+    PlanSummary,
+    build_plan,
+    group_runs,
+    iter_plan_parts,
+    load_plan_summary,
+    plan_row_to_sample,
+    read_plan,
+    read_plan_failures,
+    sample_to_row,
+)
+from lfvila_data.records import Clip, Failure, VideoMeta, sample_key
+from lfvila_data.sources.hdvila import parse_text_line, parse_video_line
 
 CFG = PlanConfig(min_clips=2, max_clips=3, max_gap=2.0)
 
@@ -344,7 +356,7 @@ def test_missing_inputs_fail_before_any_work(ray_local, tmp_path):
 def test_plan_writer_streams_parts_with_whole_videos(tmp_path):
     from collections import Counter
 
-    from lfvila_data.plan import PlanWriter, read_plan, read_plan_failures
+    from lfvila_data.plan.join import PlanWriter, read_plan, read_plan_failures
     from lfvila_data.records import Clip, Failure, PlannedSample
 
     def samples(vid: str, n: int) -> list[PlannedSample]:

@@ -8,8 +8,8 @@ import io
 import json
 import os
 import subprocess
-import tarfile
 import sys
+import tarfile
 
 import pandas as pd
 import pytest

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lfvila_data.sentences import (
+from lfvila_data.text.sentences import (
     Sentence,
     SentenceConfig,
     is_punctuated,
@@ -15,8 +15,7 @@ from lfvila_data.sentences import (
     split_long,
     split_sentences,
 )
-from lfvila_data.subtitles import Word, parse_subtitles
-
+from lfvila_data.text.subtitles import Word, parse_subtitles
 from tests.realdata import SUBTITLES as REAL
 
 

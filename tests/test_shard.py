@@ -18,11 +18,11 @@ import pytest
 
 from lfvila_data.build import BuildConfig, run_build
 from lfvila_data.demo import make_corpus
-from lfvila_data.fetch import FetchConfig
 from lfvila_data.localserver import MediaServer
-from lfvila_data.plan import PlanConfig
-from lfvila_data.shard import ShardConfig, pack, run_shard, shuffled, split_videos
-from lfvila_data.video_task import TaskContext
+from lfvila_data.media.fetch import FetchConfig
+from lfvila_data.media.task import TaskContext
+from lfvila_data.plan.join import PlanConfig
+from lfvila_data.shards.write import ShardConfig, pack, run_shard, shuffled, split_videos
 
 
 def test_split_is_by_video_and_seeded():
@@ -256,7 +256,8 @@ def test_shard_cli_errors(tmp_path):
 
 def test_verify_our_shards_and_catch_corruption(shards, tmp_path):
     import shutil
-    from lfvila_data.verify import verify_shards
+
+    from lfvila_data.shards.verify import verify_shards
     out, _ = shards
     report = verify_shards(str(out))
     assert report.ok, report.render()

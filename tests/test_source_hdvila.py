@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lfvila_data.records import Clip
-from lfvila_data.source_hdvila import (InputError, VideoMeta, expand_paths, iter_line_ranges,
-                                       parse_span, parse_text_line, parse_video_line,
-                                       read_lines_in_range)
+from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range
+from lfvila_data.records import Clip, VideoMeta
+from lfvila_data.sources.hdvila import parse_span, parse_text_line, parse_video_line
 
 VID = "QMi8x8o55Ns"
 

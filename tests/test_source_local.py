@@ -8,14 +8,13 @@ import pandas as pd
 import pytest
 
 from lfvila_data.build import BuildConfig, run_build
-from lfvila_data.plan import PlanConfig
-from lfvila_data.sentences import Sentence
-from lfvila_data.source_local import find_subtitles, local_video_id
-from lfvila_data.text import ClipConfig, sentences_to_clips
-from lfvila_data.video_task import TaskContext
-from lfvila_data.fetch import FetchConfig
+from lfvila_data.media.fetch import FetchConfig
+from lfvila_data.media.task import TaskContext
+from lfvila_data.plan.join import PlanConfig
+from lfvila_data.sources.local import find_subtitles, local_video_id
+from lfvila_data.text.clips import ClipConfig, sentences_to_clips
+from lfvila_data.text.sentences import Sentence
 from tests.media import decode_times, make_timecoded_video
-
 from tests.realdata import SUBTITLES as REAL_SUBS
 
 

@@ -12,16 +12,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from lfvila_data.build import BuildConfig, run_build
-from lfvila_data.fetch import FetchConfig
+from lfvila_data.inputs import InputError
 from lfvila_data.localserver import MediaServer
-from lfvila_data.plan import PlanConfig
-from lfvila_data.source_hdvila import InputError
-from lfvila_data.source_youtube import (AUTO, HUMAN, available_tracks, choose_subtitles, parse_entry,
-                                        read_video_list, url_video_id, youtube_id)
-from lfvila_data.text_stage import TextOptions
-from lfvila_data.video_task import TaskContext
+from lfvila_data.media.fetch import FetchConfig
+from lfvila_data.media.task import TaskContext
+from lfvila_data.plan.join import PlanConfig
+from lfvila_data.sources.youtube import (
+    AUTO,
+    HUMAN,
+    available_tracks,
+    choose_subtitles,
+    parse_entry,
+    read_video_list,
+    url_video_id,
+    youtube_id,
+)
+from lfvila_data.text.stage import TextOptions
 from tests.media import decode_times, make_timecoded_video
-
 
 
 def vtt_time(t: float) -> str:
@@ -198,7 +205,7 @@ def test_youtube_rerun_uses_the_text_journal(youtube_build, site):
 
 
 def test_subtitles_longer_than_the_video_are_recorded():
-    from lfvila_data.text import plan_subtitled_video
+    from lfvila_data.text.clips import plan_subtitled_video
 
     samples, failures = plan_subtitled_video("vid", "u", numbered_vtt(16).encode(), "vtt", "en",
                                              PlanConfig(min_clips=1), duration=30.0)
@@ -208,7 +215,7 @@ def test_subtitles_longer_than_the_video_are_recorded():
 
 
 def test_subtitle_lookup_retries_transient_errors(site):
-    from lfvila_data.text_stage import youtube_text
+    from lfvila_data.text.stage import youtube_text
 
     _root, srv = site
     ref, _ = parse_entry(srv.url("talk.html"))

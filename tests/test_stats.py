@@ -13,9 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lfvila_data.stats import (StatsInputError, collect_stats, distribution, failure_stats,
-                               normalise_reason, render_summary, write_report)
-from lfvila_data.write import FAILURE_SCHEMA, MANIFEST_SCHEMA
+from lfvila_data.output.write import FAILURE_SCHEMA, MANIFEST_SCHEMA
+from lfvila_data.shards.stats import (
+    StatsInputError,
+    collect_stats,
+    distribution,
+    failure_stats,
+    normalise_reason,
+    render_summary,
+    write_report,
+)
 from tests.test_verify import standard_layout, write_shard_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

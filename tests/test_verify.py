@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lfvila_data.verify import check_meta, check_txt, verify_shards
+from lfvila_data.shards.verify import check_meta, check_txt, verify_shards
 
 FPS = 3.0
 WORDS = ["alpha", "beta gamma", "delta epsilon zeta", "eta"]

@@ -2,7 +2,11 @@ import pytest
 import torch
 
 from lfvila_model.modules.attention import (
-    WindowAttentionBlock, effective_window, shifted_window_mask, window_partition, window_reverse,
+    WindowAttentionBlock,
+    effective_window,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
 )
 from lfvila_model.modules.patch import PatchEmbed3D, PatchMerging
 

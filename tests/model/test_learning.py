@@ -33,13 +33,13 @@ def corpus(tmp_path_factory, ray_module):
     other sample starts with (eval reads window 0), so none is indistinguishable; videos are
     small (160x120 generated, 96 px built) to keep decoding cheap."""
     from lfvila_data.build import BuildConfig, run_build
-    from lfvila_data.cut import CutConfig
     from lfvila_data.demo import make_corpus
-    from lfvila_data.fetch import FetchConfig
     from lfvila_data.localserver import MediaServer
-    from lfvila_data.plan import PlanConfig
-    from lfvila_data.shard import ShardConfig, run_shard
-    from lfvila_data.video_task import TaskContext
+    from lfvila_data.media.cut import CutConfig
+    from lfvila_data.media.fetch import FetchConfig
+    from lfvila_data.media.task import TaskContext
+    from lfvila_data.plan.join import PlanConfig
+    from lfvila_data.shards.write import ShardConfig, run_shard
 
     root = tmp_path_factory.mktemp("learning")
     build = root / "build"

@@ -4,7 +4,13 @@ import torch
 import torch.nn.functional as F
 
 from lfvila_model.losses import (
-    IGNORE_INDEX, LFVILALoss, MTCSample, gather_features, global_contrastive_loss, mtc_labels, mtc_loss,
+    IGNORE_INDEX,
+    LFVILALoss,
+    MTCSample,
+    gather_features,
+    global_contrastive_loss,
+    mtc_labels,
+    mtc_loss,
     sample_mtc,
 )
 

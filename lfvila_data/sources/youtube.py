@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlparse
 
 import fsspec
 
-from .fetch import FetchConfig, FetchError, Fetcher, _clean, _Log, is_permanent
-from .records import Failure, Stage, is_safe_video_id
-from .source_hdvila import InputError, expand_paths
+from lfvila_data.inputs import InputError, expand_paths
+from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError, _clean, _Log, is_permanent
+from lfvila_data.records import Failure, Stage, is_safe_video_id
 
 _YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 _YOUTUBE_HOSTS = ("youtube.com", "youtu.be", "youtube-nocookie.com")

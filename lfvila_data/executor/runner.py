@@ -12,9 +12,9 @@ from typing import Callable, Iterable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .records import Failure, Stage, error_line
-from .video_task import FetchOutcome, TaskContext, VideoJob, cut_video, fetch_video
-from .write import RETRY, VideoResult
+from lfvila_data.media.task import FetchOutcome, TaskContext, VideoJob, cut_video, fetch_video
+from lfvila_data.output.write import RETRY, VideoResult
+from lfvila_data.records import Failure, Stage, error_line
 
 
 @dataclass(frozen=True)

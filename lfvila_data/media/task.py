@@ -9,10 +9,10 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .cut import CutConfig, MediaError, Probe, Span, cut_spans, probe
-from .fetch import FetchConfig, Fetched, FetchError, Fetcher, Section
-from .records import Failure, PlannedSample, Stage, sample_key
-from .write import DONE, FAILED, RETRY, OutputDir, VideoResult
+from lfvila_data.media.cut import CutConfig, MediaError, Probe, Span, cut_spans, probe
+from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, FetchError, Section
+from lfvila_data.output.write import DONE, FAILED, RETRY, OutputDir, VideoResult
+from lfvila_data.records import Failure, PlannedSample, Stage, sample_key
 
 END_TOLERANCE = 0.5  # seconds a clip may run past the last frame (span rounding)
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .progress import human_bytes
+from lfvila_data.progress import human_bytes
 
 # name: (title, x axis label with unit, what is counted on the y axis, integer values)
 DISTRIBUTIONS = {

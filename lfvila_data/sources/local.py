@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from .source_hdvila import InputError, expand_paths
+from lfvila_data.inputs import InputError, expand_paths
 
 VIDEO_EXTS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".flv", ".ts", ".mpg", ".mpeg"}
 SUB_EXTS = (".vtt", ".srt")

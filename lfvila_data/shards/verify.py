@@ -27,8 +27,8 @@ from typing import Callable
 
 import fsspec
 
-from .cut import INPUT_GUARD, MediaError, probe
-from .progress import human_bytes, human_time
+from lfvila_data.media.cut import INPUT_GUARD, MediaError, probe
+from lfvila_data.progress import human_bytes, human_time
 
 # The check names a Problem can carry, and what each means.
 CHECKS = {

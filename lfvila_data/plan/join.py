@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .records import Clip, Failure, PlannedSample, Stage, TimedText, sample_key
-from .source_hdvila import (InputError, VideoMeta, expand_paths, iter_line_ranges,
-                            parse_text_line, parse_video_line, read_lines_in_range)
+from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range
+from lfvila_data.records import Clip, Failure, PlannedSample, Stage, TimedText, VideoMeta, sample_key
+from lfvila_data.sources.hdvila import parse_text_line, parse_video_line
 
 # Sentences inside a clip with their own spans (source seconds); empty for HD-VILA clips.
 SENTENCE_TYPE = pa.struct([("text", pa.string()), ("start", pa.float64()), ("end", pa.float64())])

@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .records import error_line
-from .source_hdvila import InputError
-from .stats import shard_table_stats
-from .write import OutputDir
+from lfvila_data.inputs import InputError
+from lfvila_data.output.write import OutputDir
+from lfvila_data.records import error_line
+from lfvila_data.shards.stats import shard_table_stats
 
 SPLITS = ("train", "val")
 _BLOCK = 512

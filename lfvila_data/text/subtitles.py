@@ -25,7 +25,7 @@ import srt
 import webvtt
 from webvtt.errors import MalformedCaptionError, MalformedFileError
 
-from .records import Failure, Stage
+from lfvila_data.records import Failure, Stage
 
 SubtitleKind = Literal["auto_captions", "subtitles"]
 

@@ -8,13 +8,11 @@ from dataclasses import dataclass, replace
 
 from pysbd.languages import LANGUAGE_CODES
 
-from .language import language_mismatch
-from .plan import PlanConfig, group_runs
-from .records import Clip, Failure, PlannedSample, Stage, TimedText
-from .sentences import Sentence, SentenceConfig, split_sentences
-from .source_hdvila import VideoMeta
-from .subtitles import SubtitleError, Word, detect_kind, parse_subtitles
-
+from lfvila_data.plan.join import PlanConfig, group_runs
+from lfvila_data.records import Clip, Failure, PlannedSample, Stage, TimedText, VideoMeta
+from lfvila_data.text.language import language_mismatch
+from lfvila_data.text.sentences import Sentence, SentenceConfig, split_sentences
+from lfvila_data.text.subtitles import SubtitleError, Word, detect_kind, parse_subtitles
 
 END_SLACK = 1.0  # seconds subtitles may run past the video's reported duration
 # languages pysbd has rules for (others split with its English rules)

@@ -18,7 +18,7 @@ from itertools import pairwise
 
 import pysbd
 
-from .subtitles import Word
+from lfvila_data.text.subtitles import Word
 
 # words -> the same words as one punctuated string (e.g. a restoration model by path).
 Punctuator = Callable[[Sequence[Word]], str]

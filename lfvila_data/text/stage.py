@@ -16,18 +16,25 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .fetch import FetchConfig, FetchError, Fetcher, with_retries
-from .plan import (PlanConfig, PlanSummary, PlanWriter, iter_plan_parts, plan_row_to_sample,
-                   read_plan_failures, sample_to_row)
-from .language import normalise_language
-from .progress import human_time
-from .records import Clip, Failure, PlannedSample, Stage, TimedText, error_line
-from .sentences import SentenceConfig, split_sentences
-from .source_local import find_subtitles, find_videos, local_video_id
-from .source_youtube import VideoRef, fetch_subtitles, read_video_list
-from .subtitles import Word
-from .text import ClipConfig, plan_from_words, plan_subtitled_video
-from .write import DONE, FAILED, RETRY, Journal, OutputDir, iter_journal, journal_status
+from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError, with_retries
+from lfvila_data.output.write import DONE, FAILED, RETRY, Journal, OutputDir, iter_journal, journal_status
+from lfvila_data.plan.join import (
+    PlanConfig,
+    PlanSummary,
+    PlanWriter,
+    iter_plan_parts,
+    plan_row_to_sample,
+    read_plan_failures,
+    sample_to_row,
+)
+from lfvila_data.progress import human_time
+from lfvila_data.records import Clip, Failure, PlannedSample, Stage, TimedText, error_line
+from lfvila_data.sources.local import find_subtitles, find_videos, local_video_id
+from lfvila_data.sources.youtube import VideoRef, fetch_subtitles, read_video_list
+from lfvila_data.text.clips import ClipConfig, plan_from_words, plan_subtitled_video
+from lfvila_data.text.language import normalise_language
+from lfvila_data.text.sentences import SentenceConfig, split_sentences
+from lfvila_data.text.subtitles import Word
 
 TEXT_DIR = "_text"
 ASR_MODES = ("off", "auto", "always")
@@ -63,7 +70,7 @@ class TextOutcome:
     asr_reason: str | None = None  # set: transcribe this video (why: no usable subtitles...)
 
     def to_result(self):
-        from .write import VideoResult
+        from lfvila_data.output.write import VideoResult
 
         return VideoResult(self.video_id, self.status, [sample_to_row(s) for s in self.samples],
                            [f.to_row() for f in self.failures], {})
@@ -152,7 +159,7 @@ def transcribe(jobs: Iterable, opts: TextOptions, fetch: FetchConfig,
     if first is None:
         return
     jobs = chain([first], jobs)
-    from .asr import transcribe_all
+    from lfvila_data.text.asr import transcribe_all
 
     for result in transcribe_all(jobs, opts.asr_config, resolve=AudioResolver(fetch)):
         on_result(result)
@@ -247,7 +254,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
     ones that asked for it, journal each outcome, then write the plan from the journal."""
     import ray
 
-    from .runner import map_unordered
+    from lfvila_data.executor.runner import map_unordered
 
     out = OutputDir(out_dir)
     previous = _journal_for(out, settings | {"plan": asdict(plan), "opts": content_settings(opts)})
@@ -263,7 +270,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
 
     def record(o: TextOutcome) -> None:
         if o.asr_reason is not None:
-            from .asr import AsrJob
+            from lfvila_data.text.asr import AsrJob
 
             asr_jobs.append(AsrJob(o.video_id, o.url))
             asr_why[o.video_id] = None if o.asr_reason == "--asr always" else o.asr_reason
@@ -326,8 +333,8 @@ def plan_local_text(inputs: list[str], out_dir: str, plan: PlanConfig, opts: Tex
 def plan_youtube(lists: list[str], out_dir: str, plan: PlanConfig, opts: TextOptions,
                  fetch: FetchConfig) -> PlanSummary:
     """`--source youtube`: yt-dlp subtitle look-ups on Ray, then ASR where asked."""
-    from .plan import _input_listing
-    from .source_hdvila import expand_paths
+    from lfvila_data.inputs import expand_paths
+    from lfvila_data.plan.join import _input_listing
 
     refs, bad = read_video_list(lists)
     listing = _input_listing(expand_paths(lists))
@@ -345,8 +352,8 @@ def retext_video(samples: list[PlannedSample], words: list[Word], language: str 
     break their run, as a clip without text does in planning."""
     from bisect import bisect_right
 
-    from .plan import group_runs
-    from .source_hdvila import VideoMeta
+    from lfvila_data.plan.join import group_runs
+    from lfvila_data.records import VideoMeta
 
     vid, url = samples[0].video_id, samples[0].url
     clips = sorted({c.clip_id: c for s in samples for c in s.clips}.values(), key=lambda c: c.start)
@@ -375,9 +382,9 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
     """`--source hdvila --asr always`: transcribe the planned spans of every video (not the
     whole video) and rewrite the plan with the transcript as text. The plan is streamed
     into the actor pool; only videos in flight are held in memory."""
-    from .asr import AsrJob
-    from .fetch import section_spans
-    from .plan import _read_success
+    from lfvila_data.media.fetch import section_spans
+    from lfvila_data.plan.join import _read_success
+    from lfvila_data.text.asr import AsrJob
 
     done = _read_success(out_dir)
     out = OutputDir(out_dir)

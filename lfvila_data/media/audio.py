@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cut import INPUT_GUARD
+from lfvila_data.media.cut import INPUT_GUARD
 
 SAMPLE_RATE = 16000
 # Seek this far ahead of a span, then trim exactly: demuxers seek to a packet at or before

@@ -8,97 +8,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import fsspec
-
-from .records import Clip, Failure, Stage, is_safe_video_id, parse_clip_id
-
-
-class InputError(Exception):
-    """The job cannot run (no input files, unreadable plan); the CLI prints one line."""
-
-
-@dataclass(frozen=True)
-class VideoMeta:
-    """One video line of the url/span metadata, with its valid clips sorted by k."""
-
-    video_id: str
-    url: str
-    clips: tuple[Clip, ...]
-
-
-# ---------------------------------------------------------------------------------------
-# paths and byte ranges
-
-
-def _has_magic(pattern: str) -> bool:
-    return any(ch in pattern for ch in "*?[")
-
-
-def expand_paths(patterns: list[str]) -> list[str]:
-    """Turn user patterns (paths, globs, fsspec URLs) into the files to read, so a typo
-    fails the job at once instead of silently planning from nothing."""
-    found: set[str] = set()
-    for pattern in patterns:
-        fs, _, paths = fsspec.core.get_fs_token_paths(pattern, mode="rb")
-        local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-        matched = [p for p in paths if fs.isfile(p)]
-        if not matched:
-            what = "matches no file" if _has_magic(pattern) else "is not a file"
-            raise InputError(f"input {pattern!r} {what}")
-        for p in matched:
-            found.add(p if local else fs.unstrip_protocol(p))
-    return sorted(found)
-
-
-def iter_line_ranges(path: str, chunk_bytes: int) -> list[tuple[str, int, int]]:
-    """Split a file into byte ranges that workers read independently, so a 20 GB jsonl
-    never has to pass through one process."""
-    if chunk_bytes <= 0:
-        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-    fs, fpath = fsspec.core.url_to_fs(path)
-    size = int(fs.size(fpath))
-    return [(path, s, min(s + chunk_bytes, size)) for s in range(0, size, chunk_bytes)]
-
-
-def read_lines_in_range(path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    """Yield (byte offset, line without its newline) for every line that starts in
-    [start, end): Hadoop split semantics, so adjacent ranges read each line exactly once.
-
-    A range that does not start at 0 skips the partial line it starts inside; the last
-    line may run past `end` and is read to its end."""
-    if end <= start:
-        return
-    with fsspec.open(path, "rb") as f:
-        if start > 0:
-            f.seek(start - 1)
-            pos = start - 1 + len(f.readline())  # rest of the line holding byte start-1
-        else:
-            pos = 0
-        if pos >= end:
-            return
-        f.seek(pos)
-        data = f.read(end - pos)
-        if data and not data.endswith(b"\n"):
-            data += f.readline()  # the last owned line runs past `end`
-    yield from _split_lines(data, pos)
-
-
-def _split_lines(data: bytes, base: int) -> Iterator[tuple[int, bytes]]:
-    lo, n = 0, len(data)
-    while lo < n:
-        hi = data.find(b"\n", lo)
-        if hi < 0:
-            hi = n
-        line = data[lo:hi]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        yield base + lo, line
-        lo = hi + 1
-
+from lfvila_data.records import Clip, Failure, Stage, VideoMeta, is_safe_video_id, parse_clip_id
 
 # ---------------------------------------------------------------------------------------
 # spans

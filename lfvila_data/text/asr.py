@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
-from .records import Failure, Stage, error_line
-from .subtitles import Word
+from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
+from lfvila_data.records import Failure, Stage, error_line
+from lfvila_data.text.subtitles import Word
 
 if TYPE_CHECKING:
     import torch
