@@ -283,6 +283,26 @@ def demo(
         _fail(f"training needs the model extra ({e}); --train-steps 0 skips it")
 
 
+@app.command()
+def browse(
+    directory: str = typer.Argument(..., help="A build or a shard directory."),
+    samples: int = typer.Option(20, help="Random samples on the page."),
+    seed: int = typer.Option(0, help="Which samples: the same seed draws the same ones."),
+    output: Optional[str] = typer.Option(None, help="Where index.html and thumbs/ go (default DIR/browse)."),
+) -> None:
+    """Write a static HTML page of random samples, one frame per clip at its middle with the
+    clip's times and text under it: to check by eye that text and footage go together."""
+    from lfvila_data.shards.browse import write_browse
+    from lfvila_data.shards.stats import StatsInputError
+
+    try:
+        result = write_browse(directory, output, samples, seed)
+    except (StatsInputError, InputError, FileNotFoundError) as e:
+        _fail(str(e))
+    missing = f" ({result.missing_images} clips without a frame)" if result.missing_images else ""
+    typer.echo(f"browse: {result.samples} samples, {result.images} thumbnails{missing}: {result.page}")
+
+
 def main() -> None:
     try:
         app()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 from pathlib import Path
 
@@ -329,6 +330,13 @@ def render_html(stats: dict, images: dict[str, str]) -> str:
             parts.append(f'<img src="{html.escape(img)}" alt="{html.escape(DISTRIBUTIONS[name][0])}">')
     if "failures" in stats:
         parts += _failures_html(stats["failures"], images.get("failures"))
+    if stats.get("browse"):
+        parts.insert(2, f'<p>Samples with a frame per clip: <a href="{html.escape(stats["browse"])}">'
+                        "the browse page</a></p>")
+    elif "browse" in stats:
+        parts.insert(2, f"<p>To look at samples (a frame per clip under its text), run "
+                        f"<code>lfvila-data browse {html.escape(str(stats['dir']))}</code> "
+                        "and run stats again to link its page here.</p>")
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>lfvila report</title>"
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 
@@ -362,9 +370,18 @@ def write_report(dir: str, out_dir: str | None = None) -> dict:
         images["failures"] = FAILURE_PNG
     stats["report"] = str(out / "index.html")
     stats["images"] = images
+    stats["browse"] = _browse_link(dir, out)
     (out / "index.html").write_text(render_html(stats, images), encoding="utf-8")
     (out / "report.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
     return stats
+
+
+def _browse_link(dir: str, report_dir: Path) -> str | None:
+    """The `lfvila-data browse` page of DIR relative to the report, when one was made."""
+    from lfvila_data.shards.browse import DEFAULT_DIR, PAGE
+
+    page = Path(dir.rstrip("/")) / DEFAULT_DIR / PAGE
+    return os.path.relpath(page, report_dir) if page.is_file() else None
 
 
 def _dist_line(d: dict) -> str:
@@ -404,4 +421,7 @@ def render_summary(stats: dict) -> list[tuple[str, str]]:
                                                f"({r['count']:,})"))
     if "report" in stats:
         rows.append(("report", stats["report"]))
+    if "browse" in stats:
+        rows.append(("samples page", os.path.normpath(Path(stats["report"]).parent / stats["browse"])
+                     if stats["browse"] else f"none yet: lfvila-data browse {stats['dir']}"))
     return rows
