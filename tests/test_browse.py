@@ -10,6 +10,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -18,12 +19,14 @@ from lfvila_data.shards.browse import (
     ClipCard,
     SampleCard,
     clip_middles,
+    extract_thumbnails,
     fmt_time,
     pick,
     render_page,
     thumbnail_command,
     write_browse,
 )
+from tests.media import decode_times, make_timecoded_video
 
 EVIL = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
 
@@ -93,6 +96,20 @@ def test_helpers():
     assert cmd[-1] == "file:/o/1.jpg" and cmd.count("-frames:v") == 2
 
 
+def test_thumbnails_show_the_frame_at_the_time_asked(tmp_path):
+    """The pixels of the time-coded video say which instant each JPEG shows: the first
+    frame at or after the time (3 fps: within a third of a second)."""
+    video = make_timecoded_video(tmp_path / "v.mp4", 12, width=160, height=120, fps=3, audio=False)
+    times = [1.1, 5.6, 9.0, 11.6]
+    outs = [tmp_path / f"{i}.jpg" for i in range(len(times))]
+    assert extract_thumbnails(video, times, outs) == [True] * 4
+    for t, out in zip(times, outs):
+        (shown,) = decode_times(out)
+        assert t - 0.25 <= shown <= t + 1 / 3, (t, shown)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video" * 100)
+    assert extract_thumbnails(tmp_path / "bad.mp4", [1.0], [tmp_path / "bad.jpg"]) == [False]
+
+
 # ---------------------------------------------------------------------------------------
 # a real build and its shards, in a real browser
 
@@ -155,6 +172,34 @@ def check_page(page: Path, manifest: pd.DataFrame, samples: int) -> _Page:
         assert not src.startswith("/") and ".." not in src
         assert (page.parent / src).read_bytes()[:2] == b"\xff\xd8"
     return parsed
+
+
+def shown_colour(jpeg: Path) -> str:
+    """The demo colour a thumbnail shows (the median pixel: the moving box and noise aside)."""
+    from lfvila_data.demo import COLOURS
+
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(jpeg), "-vf", "scale=8:8",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True,
+                         capture_output=True).stdout
+    rgb = np.median(np.frombuffer(raw, np.uint8).reshape(-1, 3), axis=0)
+    return min(COLOURS, key=lambda c: np.abs(rgb - np.array(
+        [int(COLOURS[c][i:i + 2], 16) for i in (2, 4, 6)])).sum())
+
+
+def test_frames_go_with_their_text(built, tmp_path):
+    """Alignment, the point of the page: under each demo frame is the sentence naming the
+    colour that frame shows, for the build and for the shards."""
+    from lfvila_data.demo import COLOURS
+
+    build, shards = built
+    for d, out in ((build, tmp_path / "b"), (shards, tmp_path / "s")):
+        page = write_browse(str(d), str(out), samples=2, seed=3).page.read_text()
+        pairs = re.findall(r'<img src="([^"]+)" alt="clip \d+"><figcaption><div class="t">'
+                           r'[^<]*</div>([^<]*)</figcaption>', page)
+        assert len(pairs) >= 8
+        for src, text in pairs:
+            named = next(c for c in COLOURS if re.search(rf"\b{c}\b", text))
+            assert shown_colour(out / src) == named, (d, src, text)
 
 
 def test_browse_build_and_shards_in_chromium(built, tmp_path):
