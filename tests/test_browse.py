@@ -96,6 +96,24 @@ def test_helpers():
     assert cmd[-1] == "file:/o/1.jpg" and cmd.count("-frames:v") == 2
 
 
+def test_drawn_rows_come_from_their_row_groups(tmp_path):
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lfvila_data.shards.browse import _picked_rows
+
+    table = pa.table({"key": [f"k{i:03d}" for i in range(100)],
+                      "clips": [[{"text": f"t{i}", "start": 0.0, "end": 1.0}] for i in range(100)]})
+    pq.write_table(table, tmp_path / "manifest.parquet", row_group_size=7)
+    fs, root = fsspec.core.url_to_fs(str(tmp_path))
+    rows, total = _picked_rows(fs, root, 12, 5)
+    assert total == 100 and list(rows.key) == [f"k{i:03d}" for i in pick(100, 12, 5)]
+    assert [c[0]["text"] for c in rows.clips] == [f"t{i}" for i in pick(100, 12, 5)]
+    rows, total = _picked_rows(fs, root, 500, 0)
+    assert total == len(rows) == 100
+
+
 def test_thumbnails_show_the_frame_at_the_time_asked(tmp_path):
     """The pixels of the time-coded video say which instant each JPEG shows: the first
     frame at or after the time (3 fps: within a third of a second)."""

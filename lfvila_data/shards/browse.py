@@ -22,6 +22,8 @@ from pathlib import Path
 
 import fsspec
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from lfvila_data.inputs import InputError
 from lfvila_data.media.cut import INPUT_GUARD
@@ -182,9 +184,22 @@ def pick(n_total: int, n: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_total), min(n, n_total)))
 
 
-def _read_manifest(fs, root: str) -> pd.DataFrame:
+def _picked_rows(fs, root: str, n: int, seed: int) -> tuple[pd.DataFrame, int]:
+    """The drawn manifest rows (as pandas gives them) and the number of rows. Only the row
+    groups holding drawn rows are read: a build manifest of millions of samples carries
+    every clip's text."""
     with fs.open(f"{root}/manifest.parquet", "rb") as f:
-        return pd.read_parquet(f)
+        pf = pq.ParquetFile(f)
+        total = pf.metadata.num_rows
+        picked, parts, first = pick(total, n, seed), [], 0
+        for g in range(pf.num_row_groups):
+            size = pf.metadata.row_group(g).num_rows
+            local = [i - first for i in picked if first <= i < first + size]
+            if local:
+                parts.append(pf.read_row_group(g).take(local))
+            first += size
+        table = pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
+    return table.to_pandas(), total
 
 
 def _build_samples(fs, root: str, rows: pd.DataFrame) -> Iterator[tuple[dict, str, bytes | str, str]]:
@@ -252,12 +267,11 @@ def write_browse(directory: str, out_dir: str | None = None, samples: int = 20,
     (out / THUMB_DIR).mkdir(parents=True, exist_ok=True)
     for old in (out / THUMB_DIR).glob("*.jpg"):  # another seed's thumbnails
         old.unlink()
-    manifest = _read_manifest(fs, root)
-    rows = manifest.iloc[pick(len(manifest), samples, seed)]
+    rows, total = _picked_rows(fs, root, samples, seed)
     read = _build_samples if kind == "build" else _shard_samples
     cards = [_card(meta, paragraph, where, _thumbs(video, meta, out, n))
              for n, (meta, paragraph, video, where) in enumerate(read(fs, root, rows))]
-    note = (f"{len(cards)} of {len(manifest):,} samples of the {kind} directory "
+    note = (f"{len(cards)} of {total:,} samples of the {kind} directory "
             f"{directory}, drawn with seed {seed}; one frame per clip, at the clip's middle.")
     page = out / PAGE
     tmp = page.with_name(f".{PAGE}.tmp")
