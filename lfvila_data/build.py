@@ -6,8 +6,6 @@ unchanged, videos the journal records as finished are skipped, and sample files 
 on disk are reused instead of being downloaded and cut again."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import subprocess
@@ -21,6 +19,7 @@ from lfvila_data import __version__
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
 from lfvila_data.media.task import TaskContext, VideoJob
+from lfvila_data.output.fingerprint import content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
 from lfvila_data.plan.join import (
     PlanConfig,
@@ -88,10 +87,6 @@ def check_output(out: OutputDir) -> None:
         out.fs.rm(out.path("_write_check"))
     except (OSError, PermissionError) as e:
         raise InputError(f"output {out.url!r} is not writable: {e}") from e
-
-
-def _fingerprint(plan_dir_summary: dict) -> str:
-    return hashlib.sha256(json.dumps(plan_dir_summary, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def iter_jobs(output: str, skip: set[str]) -> Iterator[VideoJob]:
@@ -175,10 +170,8 @@ def run_build(cfg: BuildConfig) -> dict:
     task = cfg.task or TaskContext(output=cfg.output, min_clips=cfg.plan.min_clips)
     # A new plan means journaled results may name samples that no longer exist: start a
     # new journal; files of unchanged samples are still found on disk and reused.
-    marker = _fingerprint(asdict(plan) | {"plan": asdict(cfg.plan)})
-    if out.exists("_journal/PLAN") and out.fs.cat_file(out.path("_journal/PLAN")).decode() != marker:
-        out.fs.rm(out.path("_journal"), recursive=True)
-    out.write_bytes("_journal/PLAN", marker.encode())
+    reuse_or_clear(out, f"{Journal.DIR}/PLAN", fingerprint(asdict(plan) | {"plan": content(cfg.plan)}),
+                   remove_dir(out, Journal.DIR))
     previous = read_journal(out)
     skip = {vid for vid, (status, payload) in previous.items()
             if status == DONE and not (cfg.retry_failed and payload["failures"])
