@@ -121,7 +121,7 @@ def build(
         plan = PlanConfig(min_clips=min_clips, max_clips=max_clips, max_gap=max_gap,
                           allow_local_files=allow_local_files, num_buckets=plan_buckets)
         task = TaskContext(
-            output=output, min_clips=min_clips, source=source.value, workdir=workdir,
+            output=output, source=source.value, workdir=workdir,
             fetch=FetchConfig(height=height, audio=audio, sections=sections, margin=margin,
                               socket_timeout=socket_timeout, retries=retries,
                               max_filesize=max_filesize, cookies=str(cookies) if cookies else None,
