@@ -162,7 +162,7 @@ def test_nothing_written_outside_output(built, site):
     for base in (root, out, out.parent):
         assert not list(base.rglob("*evil*")) and not list(base.parent.glob("*evil*"))
     written = {p.relative_to(out).parts[0] for p in out.rglob("*")}
-    assert written <= {"videos", "plan", "_journal", "manifest.parquet", "failures.parquet",
+    assert written <= {"videos", "plan", "_journal", "_fit", "manifest.parquet", "failures.parquet",
                        "downloads.parquet", "build.json"}
     assert not list(out.rglob("*.part")) and not list(out.rglob("*.tmp"))
     assert not list((root / "scratch").rglob("*.*"))  # downloads are cleaned up
@@ -209,6 +209,21 @@ def test_lost_journal_reuses_finished_files(built, site):
     run_build(config(site, out))
     assert site["srv"].requests["a.mp4"] == 0 and site["srv"].requests["k.mp4"] == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), expected)
+
+
+def test_lost_journal_reuses_files_of_trimmed_samples(built, site):
+    """vidD and vidF are shorter than their metadata: their samples are trimmed and written
+    under the fitted key. Without the journal, a rerun finds those files (and the clips
+    they lost) without downloading or cutting again."""
+    out, _ = built
+    expected, failures = pd.read_parquet(out / "manifest.parquet"), ledger(out)
+    assert {"vidD_00001_00004", "vidF_00001_00006"} <= set(expected.key)
+    shutil.rmtree(out / "_journal")
+    site["srv"].requests.clear()
+    run_build(config(site, out))
+    assert site["srv"].requests["d.mp4"] == 0 and site["srv"].requests["f.mp4"] == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), expected)
+    pd.testing.assert_frame_equal(ledger(out), failures)
 
 
 def cli(site, out: Path, *extra: str) -> list[str]:

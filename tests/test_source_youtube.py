@@ -204,6 +204,18 @@ def test_youtube_rerun_uses_the_text_journal(youtube_build, site):
     assert set(m.video_id) == {manifest.video_id.iloc[0], url_video_id(srv.url("again.html"))}
 
 
+def test_youtube_rerun_with_other_plan_buckets_keeps_the_text_journal(youtube_build, site):
+    """--plan-buckets changes how planning is split, never its result: no look-up again."""
+    out, cfg, _ids, _ = youtube_build
+    _root, srv = site
+    before = dict(srv.requests)
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    run_build(replace(cfg, plan=replace(cfg.plan, num_buckets=5)))
+    assert srv.requests["talk.en.vtt"] == before["talk.en.vtt"]
+    assert srv.requests["talk.html"] == before["talk.html"]
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), manifest)
+
+
 def test_subtitles_longer_than_the_video_are_recorded():
     from lfvila_data.text.clips import plan_subtitled_video
 

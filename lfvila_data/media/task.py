@@ -4,6 +4,8 @@
 Both run without Ray too, which is how the unit tests call them."""
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -24,7 +26,6 @@ class TaskContext:
     output: str
     fetch: FetchConfig = FetchConfig()
     cut: CutConfig = CutConfig()
-    min_clips: int = 4
     source: str = "hdvila"
     workdir: str | None = None
 
@@ -38,6 +39,8 @@ class VideoJob:
     video_id: str
     url: str
     samples: tuple[PlannedSample, ...]
+    min_clips: int  # PlanConfig.min_clips: the fewest clips a sample trimmed to a short video keeps
+    retry_failed: bool = False  # samples once trimmed to a short video are downloaded again
 
 
 @dataclass
@@ -47,7 +50,8 @@ class FetchOutcome:
     job: VideoJob
     node_id: str | None
     fetched: Fetched | None = None
-    existing: list[str] = field(default_factory=list)  # keys whose video already exists
+    # planned key -> the media end its existing file was fitted to (inf: not trimmed)
+    existing: dict[str, float] = field(default_factory=dict)
     failure: Failure | None = None
 
 
@@ -64,6 +68,26 @@ def fit_to_media(sample: PlannedSample, media_end: float, min_clips: int,
         return None, fails
     key = sample_key(sample.video_id, keep[0].k, keep[-1].k)
     return replace(sample, key=key, clips=tuple(keep), end=min(keep[-1].end, media_end)), fails
+
+
+def fit_rel(video_id: str, planned_key: str) -> str:
+    """Where a sample trimmed to a short video records that video's end: its file has the
+    fitted key, which only the end decides, so a rerun can find it without a download."""
+    return f"_fit/{video_id[:2]}/{planned_key}.json"
+
+
+def finished_until(out: OutputDir, sample: PlannedSample, min_clips: int,
+                   retry_trimmed: bool = False) -> float | None:
+    """The media end an already written sample was fitted to (inf when it was not
+    trimmed), or None when the sample still has to be made."""
+    if out.exists(out.video_rel(sample.video_id, sample.key)):
+        return math.inf
+    marker = fit_rel(sample.video_id, sample.key)
+    if retry_trimmed or not out.exists(marker):
+        return None
+    end = float(json.loads(out.fs.cat_file(out.path(marker)))["media_end"])
+    fit, _ = fit_to_media(sample, end, min_clips)
+    return end if fit is None or out.exists(out.video_rel(fit.video_id, fit.key)) else None
 
 
 def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, source: str) -> dict:
@@ -91,7 +115,8 @@ def _node_id() -> str | None:
 def fetch_video(job: VideoJob, ctx: TaskContext) -> FetchOutcome:
     """Download what the video's unfinished samples need."""
     out = OutputDir(ctx.output)
-    existing = [s.key for s in job.samples if out.exists(out.video_rel(s.video_id, s.key))]
+    existing = {s.key: end for s in job.samples
+                if (end := finished_until(out, s, job.min_clips, job.retry_failed)) is not None}
     todo = [s for s in job.samples if s.key not in existing]
     outcome = FetchOutcome(job, _node_id(), existing=existing)
     if not todo:
@@ -127,10 +152,14 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
             return VideoResult(job.video_id, status, [], [outcome.failure.to_row()], {})
         for s in job.samples:
             if s.key in outcome.existing:
-                rows.append(_existing_row(out, s, ctx))
-                downloads[s.key] = 0
+                fit, fails = fit_to_media(s, outcome.existing[s.key], job.min_clips)
+                failures.extend(fails)
+                if fit is not None:
+                    rows.append(_existing_row(out, fit, ctx))
+                    downloads[fit.key] = 0
         if outcome.fetched is not None:
-            _cut_all(job, outcome.fetched, out, ctx, rows, failures, downloads)
+            todo = [s for s in job.samples if s.key not in outcome.existing]
+            _cut_all(job, todo, outcome.fetched, out, ctx, rows, failures, downloads)
         transient = any(not f.permanent for f in failures)
         status = RETRY if transient else DONE
         return VideoResult(job.video_id, status, rows, [f.to_row() for f in failures], downloads,
@@ -140,10 +169,9 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
             shutil.rmtree(ctx.scratch() / job.video_id, ignore_errors=True)
 
 
-def _cut_all(job: VideoJob, fetched: Fetched, out: OutputDir, ctx: TaskContext,
-             rows: list[dict], failures: list[Failure], downloads: dict[str, int]) -> None:
-    done = {r["key"] for r in rows}
-    todo = [s for s in job.samples if s.key not in done]
+def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: OutputDir,
+             ctx: TaskContext, rows: list[dict], failures: list[Failure],
+             downloads: dict[str, int]) -> None:
     share = _byte_shares(fetched, todo)
     by_section: dict[Section, list[PlannedSample]] = {}
     for sample in todo:
@@ -163,8 +191,10 @@ def _cut_all(job: VideoJob, fetched: Fetched, out: OutputDir, ctx: TaskContext,
             continue
         fitted = []
         for sample in samples:
-            fit, fails = fit_to_media(sample, media.end, ctx.min_clips)
+            fit, fails = fit_to_media(sample, media.end, job.min_clips)
             failures.extend(fails)
+            if fails:  # trimmed: its file, if any, has another key (see finished_until)
+                out.write_json(fit_rel(sample.video_id, sample.key), {"media_end": media.end})
             if fit is not None:
                 fitted.append((sample.key, fit))
         for group in adjacent_groups(fitted):

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range
+from lfvila_data.output.fingerprint import LAYOUT, content, fingerprint
 from lfvila_data.records import Clip, Failure, PlannedSample, Stage, TimedText, VideoMeta, sample_key
 from lfvila_data.sources.hdvila import parse_text_line, parse_video_line
 
@@ -50,8 +51,6 @@ _CLIP_SCHEMA = pa.schema([("video_id", pa.string()), ("file_idx", pa.int32()),
 _TEXT_SCHEMA = pa.schema([("clip_id", pa.string()), ("text", pa.string()),
                           ("file_idx", pa.int32()), ("offset", pa.int64())])
 _SUCCESS = "_SUCCESS.json"
-# Fields that change what the plan contains; chunking and bucketing only change layout.
-_CONTENT_FIELDS = ("min_clips", "max_clips", "max_gap", "allow_local_files")
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,8 @@ class PlanConfig:
     max_clips: int = 32
     max_gap: float = 3.0
     allow_local_files: bool = False
-    num_buckets: int | None = None
-    chunk_bytes: int = 64 * 1024 * 1024
+    num_buckets: int | None = field(default=None, metadata=LAYOUT)
+    chunk_bytes: int = field(default=64 * 1024 * 1024, metadata=LAYOUT)
 
     def __post_init__(self) -> None:
         if self.min_clips < 1 or self.max_clips < self.min_clips:
@@ -391,8 +390,10 @@ def load_plan_summary(out_dir: str, *, metadata: list[str] | None = None,
     done = _read_success(out_dir)
     if done is None:
         return None
-    if cfg is not None and any(done["config"].get(f) != getattr(cfg, f) for f in _CONTENT_FIELDS):
-        return None
+    if cfg is not None:
+        want = content(cfg)
+        if fingerprint({f: done["config"].get(f) for f in want}) != fingerprint(want):
+            return None
     for name, patterns in (("metadata", metadata), ("text", text)):
         if patterns is not None and done["inputs"][name] != _input_listing(expand_paths(patterns)):
             return None

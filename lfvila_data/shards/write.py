@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lfvila_data.inputs import InputError
+from lfvila_data.output.fingerprint import content, reuse_or_clear
 from lfvila_data.output.write import OutputDir
 from lfvila_data.records import error_line
 from lfvila_data.shards.stats import shard_table_stats
@@ -340,7 +341,9 @@ def wids_index(split: str, records: list[ShardRecord]) -> dict:
 
 
 def _layout_id(plans: list[ShardPlan], cfg: ShardConfig) -> str:
-    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    """What decides every shard's bytes: the content settings and each shard's samples
+    (hashed as a stream: a plan may list millions of samples)."""
+    h = hashlib.sha256(json.dumps(content(cfg), sort_keys=True).encode())
     for p in plans:
         h.update(p.name.encode())
         for r in p.rows:
@@ -350,11 +353,10 @@ def _layout_id(plans: list[ShardPlan], cfg: ShardConfig) -> str:
 
 def _clear_stale(out: OutputDir, layout: str) -> None:
     """A different layout makes every old shard wrong: remove them before writing."""
-    if out.exists("_meta/LAYOUT") and out.fs.cat_file(out.path("_meta/LAYOUT")).decode() == layout:
-        return
-    for name in out.list("", ".tar") + out.list("_meta", ".json"):
-        out.fs.rm(name)
-    out.write_bytes("_meta/LAYOUT", layout.encode())
+    def clear() -> None:
+        for name in out.list("", ".tar") + out.list("_meta", ".json"):
+            out.fs.rm(name)
+    reuse_or_clear(out, "_meta/LAYOUT", layout, clear)
 
 
 def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *,

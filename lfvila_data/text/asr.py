@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
+from lfvila_data.output.fingerprint import SPEED
 from lfvila_data.records import Failure, Stage, error_line
 from lfvila_data.text.subtitles import Word
 
@@ -86,10 +87,10 @@ class AsrConfig:
     model: str = "openai/whisper-large-v3"
     language: str | None = None
     timestamps: str = "word"
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=SPEED)
     chunk_seconds: float = 30.0
-    num_actors: int | None = None
-    use_gpu: bool | None = None
+    num_actors: int | None = field(default=None, metadata=SPEED)
+    use_gpu: bool | None = field(default=None, metadata=SPEED)
     dtype: str = "auto"
     max_new_tokens: int = 440
     silence_db: float | None = -50.0  # windows quieter than this (RMS, dBFS) are not decoded

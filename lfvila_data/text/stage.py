@@ -7,16 +7,15 @@ Each video's outcome is journaled (`_text/`), so a rerun neither asks YouTube fo
 subtitles again nor re-transcribes; the plan is rewritten from the journal at the end."""
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
 from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError, with_retries
+from lfvila_data.output.fingerprint import SPEED, content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.write import DONE, FAILED, RETRY, Journal, OutputDir, iter_journal, journal_status
 from lfvila_data.plan.join import (
     PlanConfig,
@@ -49,7 +48,7 @@ class TextOptions:
     asr_config: object | None = None  # lfvila_data.asr.AsrConfig (imported only when used)
     clip: ClipConfig = ClipConfig()
     check_language: bool = True
-    concurrency: int = 16         # subtitle look-ups at once
+    concurrency: int = field(default=16, metadata=SPEED)  # subtitle look-ups at once
 
     def __post_init__(self):
         if self.asr not in ASR_MODES:
@@ -190,33 +189,12 @@ def asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str 
 # ------------------------------------------------------------------ orchestration
 
 
-# Options that change how fast the text is made, not what it is: changing them keeps the journal.
-_SPEED_ONLY = ("concurrency", "num_actors", "use_gpu", "batch_size")
-
-
-def content_settings(opts: TextOptions) -> dict:
-    """The text options that decide the text, for the journal's settings marker. Adding
-    videos to a list or a folder keeps it too: outcomes are journaled per video."""
-    d = asdict(opts)
-    for name in _SPEED_ONLY:
-        d.pop(name, None)
-        if isinstance(d.get("asr_config"), dict):
-            d["asr_config"].pop(name, None)
-    return d
-
-
-def _fingerprint(record: dict) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _journal_for(out: OutputDir, settings: dict) -> dict[str, str]:
-    """Each video's status in the text journal of earlier runs with the same settings
-    (the journal is cleared when they differ)."""
-    marker = _fingerprint(settings)
-    path = f"{TEXT_DIR}/SETTINGS"
-    if out.exists(path) and out.fs.cat_file(out.path(path)).decode() != marker:
-        out.fs.rm(out.path(TEXT_DIR), recursive=True)
-    out.write_bytes(path, marker.encode())
+def _journal_for(out: OutputDir, settings: dict, plan: PlanConfig, opts: TextOptions) -> dict[str, str]:
+    """Each video's status in the text journal of earlier runs with the same content
+    settings (the journal is cleared when they differ; layout and speed settings, and
+    videos added to a list or a folder, keep it: outcomes are journaled per video)."""
+    value = fingerprint(settings | {"plan": content(plan), "opts": content(opts)})
+    reuse_or_clear(out, f"{TEXT_DIR}/SETTINGS", value, remove_dir(out, TEXT_DIR))
     return journal_status(out, TEXT_DIR)
 
 
@@ -257,7 +235,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
     from lfvila_data.executor.runner import map_unordered
 
     out = OutputDir(out_dir)
-    previous = _journal_for(out, settings | {"plan": asdict(plan), "opts": content_settings(opts)})
+    previous = _journal_for(out, settings, plan, opts)
     journal = Journal(out, dir=TEXT_DIR)
     progress = TextProgress(len(items))
     asr_jobs, asr_why, urls = [], {}, {}
@@ -390,8 +368,7 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
     out = OutputDir(out_dir)
     plan_failures = [Failure(**{k: r[k] for k in ("video_id", "clip_id", "stage", "reason", "permanent")})
                      for r in read_plan_failures(out_dir).to_pylist()]
-    previous = _journal_for(out, {"hdvila_plan": done["summary"], "plan": asdict(plan),
-                                  "opts": content_settings(opts)})
+    previous = _journal_for(out, {"hdvila_plan": done["summary"]}, plan, opts)
     journal = Journal(out, dir=TEXT_DIR)
     progress = TextProgress(done["summary"]["videos_with_samples"])
     in_flight: dict[str, list[PlannedSample]] = {}
@@ -437,4 +414,4 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
 
 def _asr_marker(opts: TextOptions) -> str | None:
     """What the plan's text came from, so a rerun with other ASR settings re-plans."""
-    return None if opts.asr == "off" else _fingerprint(content_settings(opts))
+    return None if opts.asr == "off" else fingerprint(content(opts))
