@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import fsspec
 
 from lfvila_data.media.cut import INPUT_GUARD, MediaError, probe
 from lfvila_data.progress import human_bytes, human_time
+from lfvila_data.records import paragraph, parse_sample_key
+from lfvila_data.shards.write import MEMBER_EXTS
 
 # The check names a Problem can carry, and what each means.
 CHECKS = {
@@ -39,7 +40,7 @@ CHECKS = {
     "tar": "the tar is truncated or corrupt",
     "unindexed": "a .tar in the directory is listed in no index",
     "members": "a sample is not exactly {key}.mp4, {key}.json, {key}.txt",
-    "key": "a key has a dot or characters outside [A-Za-z0-9_-]",
+    "key": "a key is not <video_id>_<first clip>_<last clip> (no dot, only [A-Za-z0-9_-])",
     "duplicate": "a key appears more than once in the shard set",
     "nsamples": "samples in a shard differ from the index nsamples",
     "json": "the json does not parse, lacks a field, has a wrong type or disagrees with its key",
@@ -52,8 +53,6 @@ CHECKS = {
 }
 INDEX_NAMES = ("train.json", "val.json")
 INDEX_KIND = "wids-shard-index-v1"
-MEMBER_EXTS = ("mp4", "json", "txt")
-KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_TEXT_MEMBER = 16 * 1024 * 1024  # a json or txt member larger than this is a problem
 DURATION_SLACK = 0.05  # seconds, on top of one frame
 DECODE_TIMEOUT = 1800.0
@@ -190,8 +189,9 @@ def check_meta(key: str, meta: object) -> list[tuple[str, str]]:
         return errors
     if meta["key"] != key:
         errors.append(("json", f"json key {meta['key']!r} differs from the member key"))
-    if not key.startswith(meta["video_id"] + "_"):
-        errors.append(("json", f"key does not start with video_id {meta['video_id']!r}"))
+    parsed = parse_sample_key(key)
+    if parsed is not None and parsed[0] != meta["video_id"]:
+        errors.append(("json", f"key is of video {parsed[0]!r}, json says video_id {meta['video_id']!r}"))
     if meta["n_clips"] != len(clips):
         errors.append(("json", f"n_clips {meta['n_clips']} but {len(clips)} clips"))
     if meta["duration"] <= 0 or meta["fps"] <= 0 or meta["width"] <= 0 or meta["height"] <= 0:
@@ -242,7 +242,7 @@ def check_txt(meta: dict, txt: bytes) -> list[str]:
     except UnicodeDecodeError as e:
         return [f"txt is not UTF-8: {e}"]
     texts = [c["text"] for c in meta["clips"]]
-    if text in (" ".join(texts), " ".join(t.strip() for t in texts)):
+    if text in (paragraph(texts), paragraph(t.strip() for t in texts)):
         return []
     return [f"txt ({len(text)} chars) is not the {len(texts)} clip texts joined by spaces: "
             f"{text[:60]!r}"]
@@ -254,8 +254,9 @@ def check_members(sample: Sample) -> list[tuple[str, str]]:
     if "." in sample.key:
         out.append(("key", f"key {sample.key!r} has a dot: WebDataset would split it at "
                            f"{sample.key.split('.', 1)[0]!r}"))
-    elif not KEY_RE.match(sample.key):
-        out.append(("key", f"key {sample.key!r} has characters outside [A-Za-z0-9_-]"))
+    elif parse_sample_key(sample.key) is None:
+        out.append(("key", f"key {sample.key!r} is not <video_id>_<first clip>_<last clip> "
+                           f"of [A-Za-z0-9_-]"))
     for ext in MEMBER_EXTS:
         n = sample.exts.count(ext)
         if n == 0:
