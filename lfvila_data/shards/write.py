@@ -145,11 +145,13 @@ def member_name(key: str, ext: str) -> str:
 
 def sample_json(row: dict) -> dict:
     """The `{key}.json` member: clip and sentence times relative to the sample video's
-    first frame (the manifest keeps source times)."""
-    start = float(row["start"])
-    clips = [{"clip_id": c.clip_id, "start": relative_time(c.start, start),
-              "end": relative_time(c.end, start), "source_start": c.start,
-              "source_end": c.end, "text": c.text, "sentences": c.sentence_rows(start)}
+    first frame and within [0, duration], so each names a frame the file has (a file cut
+    to whole frames, or from a video that ends early, can be shorter than its planned
+    span); the `source_*` times and the manifest keep the planned source times."""
+    start, duration = float(row["start"]), float(row["duration"])
+    clips = [{"clip_id": c.clip_id, "start": relative_time(c.start, start, duration),
+              "end": relative_time(c.end, start, duration), "source_start": c.start,
+              "source_end": c.end, "text": c.text, "sentences": c.sentence_rows(start, duration)}
              for c in manifest_clips(row)]
     return {"key": row["key"], "video_id": row["video_id"], "url": row["url"],
             "source": row.get("source") or "hdvila", "start": start, "end": row["end"],
