@@ -154,6 +154,12 @@ def test_ledger_names_every_problem(built):
     joined = " | ".join(meta.reason)
     assert "../evil" in joined and "a/b" in joined and "file:///etc/passwd" in joined
     assert "malformed JSON" in joined and "url" in joined
+    codes = {vid: set(g.code) for vid, g in f.groupby("video_id")}
+    assert (codes["vidA"], codes["vidC"], codes["vidD"], codes["vidE"]) == (
+        {"no_text"}, {"not_found"}, {"past_media_end"}, {"not_a_video"})
+    assert (codes["vidF"], codes["vidG"], codes["vidH"], codes["vidU"], codes["vidK"]) == (
+        {"past_media_end"}, {"not_a_video"}, {"overlapping_clip"}, {"network"}, {"network"})
+    assert {"unsafe_id", "bad_url", "bad_line"} <= set(meta.code)
 
 
 def test_nothing_written_outside_output(built, site):

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
+from lfvila_data.media.fetch import fetch_code
 from lfvila_data.records import Failure, FailureCode, Stage, error_line
 from lfvila_data.text.subtitles import Word
 
@@ -423,7 +424,7 @@ class WhisperTranscriber:
             media = resolve(job.media) if resolve is not None else job.media
         except Exception as e:  # noqa: BLE001 - the resolver's errors are the video's
             return _failed(job, f"could not resolve the media URL: {error_line(e)}",
-                           bool(getattr(e, "permanent", False)), getattr(e, "code", FailureCode.TASK_CRASHED))
+                           bool(getattr(e, "permanent", False)), getattr(e, "code", None) or fetch_code(str(e)))
         spans = merge_spans(job.spans) if job.spans is not None else None
         words: list[Word] = []
         language = self.cfg.language if self.cfg.language or self.multilingual else "en"
