@@ -203,8 +203,12 @@ def finalize(out: OutputDir, journal: dict[str, tuple[str, dict]],
     stages: dict[str, int] = {}
     for s in ledger.column("stage").to_pylist():
         stages[s] = stages.get(s, 0) + 1
+    codes: dict[str, int] = {}
+    for c in ledger.column("code").to_pylist():
+        codes[c] = codes.get(c, 0) + 1
     return {"samples_written": manifest.num_rows,
             "hours_written": round(sum(manifest.column("duration").to_pylist()) / 3600, 4),
             "video_bytes": int(sum(manifest.column("bytes").to_pylist())),
             "failures": ledger.num_rows, "failures_by_stage": stages,
+            "failures_by_code": dict(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))),
             "download_bytes": int(sum(d["download_bytes"] for d in downloads))}

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lfvila_data.progress import human_bytes
+from lfvila_data.records import paragraph
 
 # name: (title, x axis label with unit, what is counted on the y axis, integer values)
 DISTRIBUTIONS = {
@@ -155,7 +156,7 @@ def _build_stats(fs, root: str) -> dict:
     clips = pc.list_flatten(t["clips"])
     texts = pc.struct_field(clips, "text") if len(clips) else pa.array([], pa.string())
     paragraphs = (t["paragraph"] if "paragraph" in t.column_names
-                  else pa.array([" ".join(c["text"] or "" for c in row) for row in t["clips"].to_pylist()]))
+                  else pa.array([paragraph(c["text"] for c in row) for row in t["clips"].to_pylist()]))
     n_clips = (t["n_clips"] if "n_clips" in t.column_names else pc.list_value_length(t["clips"]))
     stats = {"kind": "build", **_common(t), "distributions": _distributions(
         n_clips.to_numpy(zero_copy_only=False), t["duration"].to_numpy(zero_copy_only=False),

@@ -322,7 +322,7 @@ def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> p
                          "offset": rec.offsets[i], "index": i, "video_id": row["video_id"],
                          "n_clips": len(row["clips"]), "duration": float(row["duration"]),
                          "bytes": int(row["bytes"]),
-                         "paragraph_words": _words(" ".join(c["text"] for c in row["clips"])),
+                         "paragraph_words": _words(paragraph(c["text"] for c in row["clips"])),
                          "clip_words": [_words(c["text"]) for c in row["clips"]],
                          "text_source": _text_or(row.get("text_source"), "metadata"),
                          "language": _text_or(row.get("language"), None)})
