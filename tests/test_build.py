@@ -154,6 +154,12 @@ def test_ledger_names_every_problem(built):
     joined = " | ".join(meta.reason)
     assert "../evil" in joined and "a/b" in joined and "file:///etc/passwd" in joined
     assert "malformed JSON" in joined and "url" in joined
+    codes = {vid: set(g.code) for vid, g in f.groupby("video_id")}
+    assert (codes["vidA"], codes["vidC"], codes["vidD"], codes["vidE"]) == (
+        {"no_text"}, {"not_found"}, {"past_media_end"}, {"not_a_video"})
+    assert (codes["vidF"], codes["vidG"], codes["vidH"], codes["vidU"], codes["vidK"]) == (
+        {"past_media_end"}, {"not_a_video"}, {"overlapping_clip"}, {"network"}, {"network"})
+    assert {"unsafe_id", "bad_url", "bad_line"} <= set(meta.code)
 
 
 def test_nothing_written_outside_output(built, site):
@@ -174,6 +180,8 @@ def test_build_json_and_downloads(built):
     assert info["plan_config"]["min_clips"] == 4 and info["plan_config"]["max_gap"] == 3.0
     assert info["cut"]["fps"] == 3.0 and info["counts"]["samples_written"] == 6
     assert info["plan"]["samples"] == 11
+    ledger_codes = pd.read_parquet(out / "failures.parquet").code.value_counts().to_dict()
+    assert info["counts"]["failures_by_code"] == ledger_codes and ledger_codes["past_media_end"] == 8
     dl = pd.read_parquet(out / "downloads.parquet")
     assert set(dl.key) == set(pd.read_parquet(out / "manifest.parquet").key)
     assert (dl.download_bytes > 0).all() and info["counts"]["download_bytes"] == dl.download_bytes.sum()

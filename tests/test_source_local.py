@@ -101,9 +101,10 @@ def test_local_build_ledger(local_build):
     out, lib = local_build
     f = pd.read_parquet(out / "failures.parquet")
     silent = f[f.video_id == local_video_id((lib / "silent.mp4").resolve())]
-    assert "no subtitles" in silent.reason.iloc[0]
+    assert "no subtitles" in silent.reason.iloc[0] and silent.code.tolist() == ["no_subtitles"]
     garbage = f[f.video_id == local_video_id((lib / "garbage.mp4").resolve())]
     assert garbage.stage.tolist() == ["text"] and "unusable subtitles" in garbage.reason.iloc[0]
+    assert garbage.code.tolist() == ["unusable_subtitles"]
     caps = f[f.video_id == local_video_id((lib / "captions.mp4").resolve())]
     assert len(caps) and caps.reason.str.contains("beyond the end").all()  # captions run past 60 s
 

@@ -14,7 +14,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lfvila_data.media.task import FetchOutcome, TaskContext, VideoJob, cut_video, fetch_video
 from lfvila_data.output.write import RETRY, VideoResult
-from lfvila_data.records import Failure, Stage, error_line
+from lfvila_data.records import Failure, FailureCode, Stage, error_line
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,8 @@ class RunConfig:
 def _crash(job: VideoJob, stage: Stage, err: Exception) -> VideoResult:
     """A task that died (worker crash, bug) is recorded and retried on the next run."""
     reason = f"{stage.value} task failed: {error_line(err)}"
-    return VideoResult(job.video_id, RETRY, [], [Failure(job.video_id, None, stage.value, reason,
-                                                          False).to_row()], {})
+    return VideoResult(job.video_id, RETRY, [], [Failure(job.video_id, None, stage.value, FailureCode.TASK_CRASHED,
+                                                          reason, False).to_row()], {})
 
 
 def run_videos(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,

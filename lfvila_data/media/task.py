@@ -14,7 +14,8 @@ from pathlib import Path
 from lfvila_data.media.cut import CutConfig, MediaError, Probe, Span, cut_spans, probe
 from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, FetchError, Section
 from lfvila_data.output.write import DONE, FAILED, RETRY, OutputDir, VideoResult
-from lfvila_data.records import Failure, PlannedSample, Stage, sample_key
+from lfvila_data.records import Failure, FailureCode, PlannedSample, Stage, sample_key
+from lfvila_data.schemas import manifest_row
 
 END_TOLERANCE = 0.5  # seconds a clip may run past the last frame (span rounding)
 
@@ -61,7 +62,7 @@ def fit_to_media(sample: PlannedSample, media_end: float, min_clips: int,
     keep = [c for c in sample.clips if c.end <= media_end + tol]
     if len(keep) == len(sample.clips):
         return sample, []
-    fails = [Failure(sample.video_id, c.clip_id, Stage.PROBE.value,
+    fails = [Failure(sample.video_id, c.clip_id, Stage.PROBE.value, FailureCode.PAST_MEDIA_END,
                      f"clip span {c.start:.3f}-{c.end:.3f} s is beyond the end of the video "
                      f"data at {media_end:.3f} s (video shorter than its metadata, or truncated)") for c in sample.clips[len(keep):]]
     if len(keep) < min_clips:
@@ -90,20 +91,6 @@ def finished_until(out: OutputDir, sample: PlannedSample, min_clips: int,
     return end if fit is None or out.exists(out.video_rel(fit.video_id, fit.key)) else None
 
 
-def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, source: str) -> dict:
-    """One manifest row; built the same way for fresh cuts and for files found on rerun."""
-    return {
-        "key": sample.key, "video_id": sample.video_id, "url": sample.url, "source": source,
-        "start": sample.start, "end": sample.end, "n_clips": len(sample.clips),
-        "clips": [{"clip_id": c.clip_id, "start": c.start, "end": c.end, "text": c.text,
-                   "sentences": c.sentence_rows()} for c in sample.clips],
-        "paragraph": sample.paragraph, "video": rel, "fps": round(out.fps, 6),
-        "width": out.width, "height": out.height, "duration": round(out.duration, 6),
-        "frames": out.nb_frames or 0, "bytes": nbytes,
-        "text_source": sample.text_source, "language": sample.language,
-    }
-
-
 def _node_id() -> str | None:
     try:
         import ray
@@ -125,7 +112,7 @@ def fetch_video(job: VideoJob, ctx: TaskContext) -> FetchOutcome:
         outcome.fetched = Fetcher(ctx.fetch, ctx.scratch())(
             job.video_id, job.url, [(s.start, s.end) for s in todo])
     except FetchError as e:
-        outcome.failure = Failure(job.video_id, None, Stage.DOWNLOAD.value, e.reason, e.permanent)
+        outcome.failure = Failure(job.video_id, None, Stage.DOWNLOAD.value, e.code, e.reason, e.permanent)
     return outcome
 
 
@@ -185,7 +172,7 @@ def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: Ou
             media = probe(Path(section.path))
         except MediaError as e:
             where = "" if fetched.local else f"downloaded section {section.start:.3f}-{section.end:.3f} s: "
-            failures.extend(Failure(job.video_id, None, Stage.PROBE.value,
+            failures.extend(Failure(job.video_id, None, Stage.PROBE.value, FailureCode.PROBE_FAILED,
                                     f"{where}{e} (corrupt file, or the video ends before "
                                     f"{s.start:.3f} s)", True, key=s.key) for s in samples)
             continue
@@ -200,7 +187,7 @@ def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: Ou
         for group in adjacent_groups(fitted):
             for planned_key, fit, result in _cut_group(Path(section.path), group, media, out, ctx):
                 if isinstance(result, MediaError):
-                    failures.append(Failure(job.video_id, None, Stage.CUT.value, str(result),
+                    failures.append(Failure(job.video_id, None, Stage.CUT.value, FailureCode.CUT_FAILED, str(result),
                                             True, key=fit.key))
                 else:
                     rows.append(result)

@@ -27,7 +27,7 @@ from lfvila_data.plan.join import (
     sample_to_row,
 )
 from lfvila_data.progress import human_time
-from lfvila_data.records import Clip, Failure, PlannedSample, Stage, TimedText, error_line
+from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, TimedText, error_line
 from lfvila_data.sources.local import find_subtitles, find_videos, local_video_id
 from lfvila_data.sources.youtube import VideoRef, fetch_subtitles, read_video_list
 from lfvila_data.text.clips import ClipConfig, plan_from_words, plan_subtitled_video
@@ -99,13 +99,13 @@ def local_text(video: Path, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
                   f"{video.stem}[.{'|.'.join(opts.langs)}].vtt/.srt)")
         if opts.asr == "auto":
             return TextOutcome(vid, url, asr_reason=reason)
-        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value,
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value, FailureCode.NO_SUBTITLES,
                                                        reason + "; use --asr auto to transcribe")])
     path, lang = sub
     try:
         data = path.read_bytes()
     except OSError as e:
-        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value,
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value, FailureCode.UNUSABLE_SUBTITLES,
                                                        f"cannot read {path.name}: {e}")])
     return _from_subtitles(vid, url, data, path.suffix, lang or (opts.langs[0] if opts.langs else None),
                            None, None, plan, opts)
@@ -119,7 +119,7 @@ def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: Fetc
         got = with_retries(lambda: fetch_subtitles(ref, fetch, list(opts.langs)), fetch)
     except FetchError as e:
         return TextOutcome(ref.video_id, ref.url, status=FAILED if e.permanent else RETRY,
-                           failures=[Failure(ref.video_id, None, Stage.DOWNLOAD.value, e.reason,
+                           failures=[Failure(ref.video_id, None, Stage.DOWNLOAD.value, e.code, e.reason,
                                              e.permanent)])
     if got.track is None or got.data is None:
         offered = ", ".join(got.available) or "none"
@@ -127,7 +127,8 @@ def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: Fetc
         if opts.asr == "auto":
             return TextOutcome(ref.video_id, ref.url, asr_reason=reason)
         return TextOutcome(ref.video_id, ref.url, failures=[
-            Failure(ref.video_id, None, Stage.TEXT.value, reason + "; use --asr auto to transcribe")])
+            Failure(ref.video_id, None, Stage.TEXT.value, FailureCode.NO_SUBTITLES,
+                    reason + "; use --asr auto to transcribe")])
     t = got.track
     return _from_subtitles(ref.video_id, ref.url, got.data, t.ext, t.lang.removesuffix("-orig"), t.kind,
                            got.duration, plan, opts)
@@ -170,15 +171,16 @@ def asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str 
     if result.failure is not None:
         reason = result.failure.reason if not why else f"{why}; speech recognition failed: {result.failure.reason}"
         return TextOutcome(vid, url, status=DONE if result.failure.permanent else RETRY,
-                           failures=[Failure(vid, None, Stage.ASR.value, reason, result.failure.permanent)])
+                           failures=[Failure(vid, None, Stage.ASR.value, result.failure.code, reason,
+                                                   result.failure.permanent)])
     if not result.words:
-        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value,
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value, FailureCode.ASR_NO_WORDS,
                                                        f"speech recognition heard no words in "
                                                        f"{result.audio_seconds:.0f} s of audio")])
     spoken = normalise_language(result.language)
     wanted = {normalise_language(lang) for lang in opts.langs}
     if opts.check_language and spoken and opts.asr_config.language is None and spoken not in wanted:
-        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value,
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value, FailureCode.WRONG_LANGUAGE,
                                                        f"speech recognition detected {spoken!r} speech; "
                                                        f"asked for {'/'.join(opts.langs)}")])
     samples, failures = plan_from_words(vid, url, list(result.words), "asr", result.language, plan,
@@ -282,7 +284,8 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
 
 def _crashed(video_id: str, url: str, err: Exception) -> TextOutcome:
     return TextOutcome(video_id, url, status=RETRY, failures=[
-        Failure(video_id, None, Stage.TEXT.value, f"text task failed: {error_line(err)}", False)])
+        Failure(video_id, None, Stage.TEXT.value, FailureCode.TASK_CRASHED, f"text task failed: {error_line(err)}",
+                False)])
 
 
 def _write_plan_from_journal(out: OutputDir, out_dir: str, plan: PlanConfig, inputs: dict,
@@ -295,7 +298,7 @@ def _write_plan_from_journal(out: OutputDir, out_dir: str, plan: PlanConfig, inp
         if vid in wanted:
             samples = [plan_row_to_sample(r) for r in payload["rows"]]
             counts["clips_total"] += sum(len(s.clips) for s in samples) if count_clips else 0
-            writer.add(samples, [Failure(**r) for r in payload["failures"]])
+            writer.add(samples, [Failure.from_row(r) for r in payload["failures"]])
     return writer.close(inputs, counts)
 
 
@@ -351,8 +354,8 @@ def retext_video(samples: list[PlannedSample], words: list[Word], language: str 
         if timed:
             texts[c.clip_id] = " ".join(t.text for t in timed)
     got, fails = group_runs(VideoMeta(vid, url, tuple(new_clips)), texts, plan)
-    fails = [Failure(f.video_id, f.clip_id, Stage.ASR.value, "speech recognition heard no words in "
-                     "this clip", True) if f.reason == "no text for clip" else f for f in fails]
+    fails = [Failure(f.video_id, f.clip_id, Stage.ASR.value, FailureCode.ASR_NO_WORDS, "speech recognition "
+                     "heard no words in this clip", True) if f.code is FailureCode.NO_TEXT else f for f in fails]
     return [replace(s, text_source="asr", language=language) for s in got], fails
 
 
@@ -366,8 +369,7 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
 
     done = _read_success(out_dir)
     out = OutputDir(out_dir)
-    plan_failures = [Failure(**{k: r[k] for k in ("video_id", "clip_id", "stage", "reason", "permanent")})
-                     for r in read_plan_failures(out_dir).to_pylist()]
+    plan_failures = [Failure.from_row(r) for r in read_plan_failures(out_dir).to_pylist()]
     previous = _journal_for(out, {"hdvila_plan": done["summary"]}, plan, opts)
     journal = Journal(out, dir=TEXT_DIR)
     progress = TextProgress(done["summary"]["videos_with_samples"])
