@@ -148,6 +148,7 @@ class FailureCode(str, Enum):
     PROBE_FAILED = "probe_failed"          # ffprobe cannot read the downloaded video
     CUT_FAILED = "cut_failed"              # ffmpeg could not cut the sample
     TASK_CRASHED = "task_crashed"          # a worker task died (crash, bug); retried on the next run
+    UNCLASSIFIED = "unclassified"          # a row written by a version before failures carried codes
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ class Failure:
     @classmethod
     def from_row(cls, row: dict) -> Failure:
         """The Failure of a ledger row as Arrow, pandas or a journal gives it back."""
-        return cls(_text_or_none(row["video_id"]), _text_or_none(row["clip_id"]), row["stage"], row["code"],
+        code = row.get("code") or FailureCode.UNCLASSIFIED  # journals of older versions have none
+        return cls(_text_or_none(row["video_id"]), _text_or_none(row["clip_id"]), row["stage"], code,
                    row["reason"], bool(row["permanent"]), _text_or_none(row.get("key")))
 
 

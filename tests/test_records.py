@@ -78,6 +78,12 @@ def test_failure_row_round_trip_through_json_arrow_and_pandas():
     assert [Failure.from_row(r) for r in table.to_pandas().to_dict("records")] == fails
 
 
+def test_failure_rows_of_older_journals_have_no_code():
+    old = {"video_id": "v", "clip_id": None, "stage": "download", "reason": "HTTP 404", "permanent": True}
+    f = Failure.from_row(old)  # a build resumed from a journal written before codes
+    assert f.code is FailureCode.UNCLASSIFIED and f.reason == "HTTP 404" and f.permanent
+
+
 def test_every_code_is_documented_in_one_line_and_in_the_readme():
     source = (ROOT / "lfvila_data" / "records.py").read_text()
     outputs = (ROOT / "README.md").read_text().split("### Outputs", 1)[1].split("\n### ", 1)[0]
