@@ -310,3 +310,13 @@ def test_hdvila_build_shards_verifies_and_loads(built, tmp_path):
     m = pd.read_parquet(built[0] / "manifest.parquet")  # earlier tests may have rerun the build
     got = shard_verify_load([built[0]], tmp_path, multi_sentence=False)
     assert got == {"samples": len(m), "loaded": int((m.n_clips >= 4).sum()), "sentences": int(m.n_clips.sum())}
+
+
+def test_scratch_is_one_folder_per_output(tmp_path):
+    """Two builds on one machine fetching the same video id into different outputs once
+    shared (and deleted) each other's downloads in one scratch folder."""
+    a = TaskContext(output=str(tmp_path / "a")).scratch()
+    b = TaskContext(output=str(tmp_path / "b")).scratch()
+    assert a != b and a.parent == b.parent
+    assert TaskContext(output=str(tmp_path / "a") + "/").scratch() == a
+    assert TaskContext(output="s3://bucket/a", workdir=str(tmp_path)).scratch().parent == tmp_path

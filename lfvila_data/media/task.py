@@ -4,6 +4,7 @@
 Both run without Ray too, which is how the unit tests call them."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -31,8 +32,11 @@ class TaskContext:
     workdir: str | None = None
 
     def scratch(self) -> Path:
-        """Node-local scratch space for downloads (never the possibly remote output)."""
-        return Path(self.workdir or Path(tempfile.gettempdir()) / "lfvila-work")
+        """Node-local scratch space for downloads (never the possibly remote output), one
+        folder per output: two builds on one machine fetching the same video id into
+        different outputs must not share (and delete) each other's downloads."""
+        root = Path(self.workdir or Path(tempfile.gettempdir()) / "lfvila-work")
+        return root / hashlib.sha1(self.output.rstrip("/").encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
