@@ -9,6 +9,8 @@ import sys
 
 import pandas as pd
 
+from tests.model.checks import assert_retrieval_consistent
+
 
 def test_demo_builds_shards_and_trains(tmp_path):
     out = tmp_path / "demo"
@@ -33,8 +35,14 @@ def test_demo_builds_shards_and_trains(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(float(r["loss"]) > 0 for r in rows)
     ev = json.loads((out / "train" / "eval.json").read_text())
     assert {s: ev[s]["num_samples"] for s in ("train", "val")} == {"train": 2, "val": 2}
-    assert 0 <= ev["train"]["paragraph_to_video"]["R@1"] <= 100
-    assert "loss" in r.stdout and "R@1" in r.stdout and "R@5" in r.stdout
+    assert ev["checkpoint"] == str(ckpt)
+    for split in ("train", "val"):
+        for direction in ("paragraph_to_video", "video_to_paragraph"):
+            assert_retrieval_consistent(ev[split][direction], n=2)
+        p2v = ev[split]["paragraph_to_video"]
+        assert f"{split} p->v" in r.stdout and f"R@1 {p2v['R@1']:.1f}%  R@5 {p2v['R@5']:.1f}%" in r.stdout
+    log = (out / "train" / "train.log").read_text()  # the lfvila-train runs' output
+    assert "step 3/3" in log and log.count('"paragraph_to_video"') == 2
 
 
 def test_demo_train_steps_zero_skips_training(tmp_path):
