@@ -189,6 +189,8 @@ def test_ray_two_workers_match_one_process_and_resume(tmp_path, ray_local):
     (["--config", "tiny_stage2", "stage2.negatives=hardest", "--train-shards", "x.tar"], "stage2.negatives"),
     (["eval", "--val-shards", "x.tar"], "Missing option '--checkpoint'"),
     (["eval", "--checkpoint", "/nope", "--val-shards", "x.tar"], "checkpoint not found"),
+    (["eval", "--checkpoint", "/nope", "--val-shards", "x.tar", "optim.lr=1"], "overrides need --config"),
+    (["--config", "tiny", "--train-shards", "x.tar", "--num-workers", "two"], "Invalid value for '--num-workers'"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
     assert cli.main(argv) == 2
@@ -196,6 +198,15 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert err.count("\n") == 1 and err.startswith("lfvila-train: error: "), err
     if message:
         assert message in err
+
+
+def test_cli_help_names_both_forms(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--train-shards" in out and "lfvila-train eval --help" in out
+    assert cli.main(["eval", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--checkpoint" in out and "--train-shards" not in out
 
 
 # ----------------------------------------------------------------------------- real shards
