@@ -2,10 +2,12 @@
 end to end offline."""
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -52,3 +54,16 @@ def test_demo_train_steps_zero_skips_training(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "shards" / "manifest.parquet").is_file() and not (out / "train").exists()
+
+
+def test_the_data_package_never_imports_the_model_package():
+    """The demo trains through the `lfvila-train` command; nothing in lfvila_data imports
+    lfvila_model (it is an optional extra of the data pipeline)."""
+    root = Path(__file__).resolve().parents[1] / "lfvila_data"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "lfvila_model"]
+    assert len(list(root.rglob("*.py"))) > 20 and found == []
