@@ -12,6 +12,7 @@ import json
 import random
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -118,34 +119,42 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def _train_command(args: list[str], log_file: Path) -> None:
+    """Run ``lfvila-train ARGS`` as the user would (this interpreter, so the same install),
+    its stdout and stderr appended to ``log_file`` as they come; a failure is a ValueError
+    carrying its last line."""
+    with open(log_file, "a") as f:
+        rc = subprocess.run([sys.executable, "-m", "lfvila_model.cli", *args], stdout=f,
+                            stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        lines = [line for line in log_file.read_text().splitlines() if line.strip()] or [f"exit code {rc}"]
+        name = "lfvila-train eval" if args[0] == "eval" else "lfvila-train"
+        raise ValueError(f"{name} failed: {lines[-1]} (see {log_file})")
+
+
 def train_demo(output: str | Path, steps: int, overrides: Iterable[str] = (), config: str = "demo",
                log: Callable[[str], None] = print) -> dict:
     """Train the demo config for ``steps`` updates on ``output/shards`` (train split), then
-    evaluate paragraph-to-video retrieval on each split; needs the `model` extra.
+    evaluate paragraph-to-video retrieval on each split, with ``lfvila-train`` (the `model`
+    extra) run as a command, so the data package never imports the model package.
 
     Writes ``output/tokenizer/vocab.txt`` (from the build's paragraphs), checkpoints in
-    ``output/train/checkpoints``, ``metrics.csv`` in ``output/train/logs``, the loop's step
-    lines in ``output/train/train.log`` and ``output/train/eval.json`` ({split: metrics}).
+    ``output/train/checkpoints``, ``metrics.csv`` in ``output/train/logs``, the commands'
+    output in ``output/train/train.log`` and ``output/train/eval.json`` ({split: metrics}).
     Returns {"loss_first", "loss_last" (means of the first and last few logged steps),
     "steps", "train_samples", "eval": {split: metrics}, "checkpoint"}."""
-    import contextlib
     import csv
+    import importlib.util
+    import tempfile
 
     import pandas as pd
-    import torch
 
-    from lfvila_model.eval import evaluate
-    from lfvila_model.train import (
-        checkpoints,
-        load_config,
-        load_model,
-        setup_data,
-        train,
-    )
-
+    for module in ("torch", "transformers", "lfvila_model"):
+        if importlib.util.find_spec(module) is None:  # the CLI says: --train-steps 0 skips training
+            raise ImportError(f"No module named {module!r}")
     out = Path(output)
     shard_dir, run = out / "shards", out / "train"
-    splits = {s: sorted(str(p) for p in shard_dir.glob(f"{s}-*.tar")) for s in ("train", "val")}
+    splits = {s: sorted(shard_dir.glob(f"{s}-*.tar")) for s in ("train", "val")}
     if not splits["train"]:
         raise ValueError(f"no train shards in {shard_dir}")
     counts = pd.read_parquet(shard_dir / "manifest.parquet").split.value_counts().to_dict()
@@ -153,26 +162,30 @@ def train_demo(output: str | Path, steps: int, overrides: Iterable[str] = (), co
     tok = write_vocab(out / "tokenizer", paragraphs)
     vocab = len((tok / "vocab.txt").read_text().split())
     n_train = int(counts.get("train", 0))
-    cfg = load_config(config, [
+    run.mkdir(parents=True, exist_ok=True)
+    train_log = run / "train.log"
+    train_log.write_text("")
+    log(f"train: {steps} steps of the {config} config on {n_train} train samples "
+        f"(step lines in {train_log})")
+    _train_command([
+        "--train-shards", str(shard_dir), "--config", config,
         f"data.tokenizer={tok}", f"model.text.bert.vocab_size={max(128, vocab)}",
         f"data.batch_size={max(2, min(8, n_train))}", f"optim.max_steps={steps}",
         f"optim.warmup_steps={max(1, min(10, steps // 4))}",
         f"checkpoint.dir={run / 'checkpoints'}", f"log.dir={run / 'logs'}", "log.every_steps=1",
-        "log.progress=false", "log.tensorboard=false", *overrides])
-    run.mkdir(parents=True, exist_ok=True)
-    log(f"train: {steps} steps of the {config} config on {n_train} train samples "
-        f"(step lines in {run / 'train.log'})")
-    with open(run / "train.log", "w") as f, contextlib.redirect_stdout(f):
-        train(cfg, setup_data(cfg, splits["train"]))
+        "log.progress=false", "log.tensorboard=false", *overrides], train_log)
     with open(run / "logs" / "metrics.csv") as f:
         losses = [float(r["loss"]) for r in csv.DictReader(f)]
     k = max(1, min(5, len(losses) // 4))
-    ckpt = checkpoints(cfg.checkpoint.dir)[-1]
-    model, _ = load_model(ckpt, torch.device("cpu"))
+    ckpt = sorted(p.parent for p in (run / "checkpoints").glob("step-*/trainer.json"))[-1]
     metrics = {}
-    for split, urls in splits.items():
-        if urls:
-            metrics[split] = evaluate(model, setup_data(cfg, urls, train=False)(0, 1)(0, 0))
+    with tempfile.TemporaryDirectory() as tmp:
+        for split, paths in splits.items():
+            if paths:
+                _train_command(["eval", "--checkpoint", str(ckpt), "--val-shards", ",".join(map(str, paths)),
+                                "--output", f"{tmp}/{split}.json"], train_log)
+                metrics[split] = {k: v for k, v in json.loads(Path(f"{tmp}/{split}.json").read_text()).items()
+                                  if k != "checkpoint"}
     (run / "eval.json").write_text(json.dumps({**metrics, "checkpoint": str(ckpt)}, indent=1))
     return {"loss_first": _mean(losses[:k]), "loss_last": _mean(losses[-k:]), "steps": len(losses),
             "train_samples": n_train, "eval": metrics, "checkpoint": str(ckpt)}

@@ -1,83 +1,52 @@
-"""lfvila-train: train LF-VILA (stage 1, or stage 2 on a stage-1 checkpoint) on shards, locally or
-on Ray Train, and evaluate (retrieval; stage 2 adds MLM and video-text matching accuracy).
+"""`lfvila-train`: train LF-VILA (stage 1, or stage 2 on a stage-1 checkpoint) on shards, locally
+or on Ray Train, and evaluate (retrieval; stage 2 adds MLM and video-text matching accuracy).
 
     lfvila-train --train-shards 'shards/train-{000000..000099}.tar' --config paper.yaml optim.lr=1e-4
     lfvila-train --train-shards shards/ --config tiny --num-workers 2 --resume
     lfvila-train --train-shards shards/ --config tiny_stage2 --stage1-checkpoint runs/tiny/checkpoints
     lfvila-train eval --checkpoint runs/tiny/checkpoints --val-shards shards/
+
+Training is the command itself (no subcommand name) and `eval` the one subcommand, so
+``main`` picks the typer app by the first argument. Errors that stop a run are one line on
+stderr and exit code 2.
 """
 from __future__ import annotations
 
-import argparse
-import glob
 import json
 import os
 import sys
+from typing import List, Optional
+
+import typer
+from typer.exceptions import TyperException
 
 PROG = "lfvila-train"
+
+train_app = typer.Typer(add_completion=False)
+eval_app = typer.Typer(add_completion=False)
+
+CONFIG = typer.Option(None, help="YAML file or bundled name (tiny, tiny_stage2, demo, paper).")
+OVERRIDES = typer.Argument(None, help="Config overrides: key.sub=value.", show_default=False)
+DEVICE = typer.Option(None, help="cpu or cuda (default: cuda when available).")
 
 
 class UsageError(Exception):
     """A bad argument or a missing file: reported as one line, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + message
-        raise UsageError(message)
+def shard_list(pattern: str, split: str) -> list[str]:
+    """lfvila_model.data.expand_shards, with a missing local shard a usage error here rather
+    than a skipped shard in the loader."""
+    from lfvila_model.data import expand_shards
 
-
-def expand_shards(pattern: str, split: str) -> list[str]:
-    """Shard paths from a brace pattern, a glob, a comma list or a shard directory (its ``split``-*.tar)."""
-    if os.path.isdir(pattern):
-        found = sorted(glob.glob(os.path.join(pattern, f"{split}-*.tar")))
-    else:
-        found = []
-        for part in pattern.split(","):
-            try:
-                from braceexpand import braceexpand
-                names = list(braceexpand(part))
-            except ImportError:
-                names = [part]
-            for name in names:
-                found.extend(sorted(glob.glob(name)) if glob.has_magic(name) else [name])
+    try:
+        found = expand_shards(pattern, split)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     missing = [p for p in found if "://" not in p and not os.path.isfile(p)]
     if missing:
         raise UsageError(f"shard not found: {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if not found:
-        raise UsageError(f"no shards match {pattern!r}")
     return found
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file or bundled name (tiny, paper)")
-    p.add_argument("overrides", nargs="*", help="config overrides: key.sub=value")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-
-
-def train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train-shards", help="shard pattern or directory")
-    p.add_argument("--val-shards", help="shard pattern or directory: retrieval eval after training")
-    _common(p)
-    p.add_argument("--num-workers", type=int, help="run on Ray Train with this many workers (DDP)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray worker (nccl)")
-    p.add_argument("--ray-address", help="Ray cluster address (default: start or join a local one)")
-    p.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in checkpoint.dir")
-    p.add_argument("--resume-from", metavar="PATH", help="resume from this step-* checkpoint directory")
-    p.add_argument("--stage1-checkpoint", metavar="PATH",
-                   help="train stage 2 on this stage-1 checkpoint (step-* or checkpoint dir; = stage=2 "
-                        "stage2.stage1_checkpoint=PATH)")
-    p.add_argument("--eval-only", action="store_true", help="only evaluate the latest checkpoint on --val-shards")
-    return p
-
-
-def eval_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"{PROG} eval", description="Paragraph-to-video retrieval of a checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="a step-* directory, or a checkpoint dir (latest)")
-    p.add_argument("--val-shards", required=True, help="shard pattern or directory")
-    _common(p)
-    p.add_argument("--output", help="metrics JSON (default: CHECKPOINT/eval.json)")
-    return p
 
 
 def _eval(checkpoint: str, val: str, output: str | None, cfg, device: str | None) -> int:
@@ -85,64 +54,109 @@ def _eval(checkpoint: str, val: str, output: str | None, cfg, device: str | None
 
     if not os.path.exists(checkpoint):
         raise UsageError(f"checkpoint not found: {checkpoint}")
-    metrics = run_eval(checkpoint, expand_shards(val, "val"), output, cfg, device)
+    metrics = run_eval(checkpoint, shard_list(val, "val"), output, cfg, device)
     print(json.dumps(metrics, indent=1))
     return 0
 
 
-def run(argv: list[str]) -> int:
-    from lfvila_model.train import load_config, setup_data, train, train_ray
+@train_app.command()
+def train(
+    train_shards: Optional[str] = typer.Option(None, help="Shard pattern, comma list or directory."),
+    val_shards: Optional[str] = typer.Option(None, help="Shard pattern or directory: retrieval eval after training."),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = OVERRIDES,
+    device: Optional[str] = DEVICE,
+    num_workers: Optional[int] = typer.Option(None, help="Run on Ray Train with this many workers (DDP)."),
+    use_gpu: bool = typer.Option(False, "--use-gpu", help="One GPU per Ray worker (nccl)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start or join a local one)."),
+    resume: bool = typer.Option(False, "--resume", help="Resume from the latest checkpoint in checkpoint.dir."),
+    resume_from: Optional[str] = typer.Option(None, metavar="PATH", help="Resume from this step-* checkpoint directory."),
+    stage1_checkpoint: Optional[str] = typer.Option(
+        None, metavar="PATH", help="Train stage 2 on this stage-1 checkpoint (step-* or checkpoint dir; "
+                                   "= stage=2 stage2.stage1_checkpoint=PATH)."),
+    eval_only: bool = typer.Option(False, "--eval-only", help="Only evaluate the latest checkpoint on --val-shards."),
+) -> int:
+    """Train LF-VILA on shards (stage 1, or stage 2 with --stage1-checkpoint), in this process or
+    on Ray Train; `lfvila-train eval --help` for evaluating a checkpoint.
 
-    if argv[:1] == ["eval"]:
-        a = eval_parser().parse_intermixed_args(argv[1:])
-        cfg = load_config(a.config, a.overrides) if a.config else None
-        if cfg is None and a.overrides:
-            raise UsageError("overrides need --config")
-        return _eval(a.checkpoint, a.val_shards, a.output, cfg, a.device)
-    a = train_parser().parse_intermixed_args(argv)
-    if not a.config:
+    \b
+    lfvila-train --train-shards 'shards/train-{000000..000099}.tar' --config paper optim.lr=1e-4
+    lfvila-train --train-shards shards/ --config tiny --num-workers 2 --resume
+    """
+    from lfvila_model.config import load_config
+    from lfvila_model.sources import setup_data
+
+    if not config:
         raise UsageError("--config is required")
-    cfg = load_config(a.config, a.overrides)
-    if a.stage1_checkpoint:
-        if not os.path.exists(a.stage1_checkpoint):
-            raise UsageError(f"stage-1 checkpoint not found: {a.stage1_checkpoint}")
-        cfg.stage, cfg.stage2.stage1_checkpoint = 2, os.path.abspath(a.stage1_checkpoint)
-    if a.eval_only:
-        if not a.val_shards:
+    cfg = load_config(config, overrides or [])
+    if stage1_checkpoint:
+        if not os.path.exists(stage1_checkpoint):
+            raise UsageError(f"stage-1 checkpoint not found: {stage1_checkpoint}")
+        cfg.stage, cfg.stage2.stage1_checkpoint = 2, os.path.abspath(stage1_checkpoint)
+    if eval_only:
+        if not val_shards:
             raise UsageError("--eval-only needs --val-shards")
-        return _eval(a.resume_from or cfg.checkpoint.dir, a.val_shards, None, None, a.device)
-    if not a.train_shards:
+        return _eval(resume_from or cfg.checkpoint.dir, val_shards, None, None, device)
+    if not train_shards:
         raise UsageError("--train-shards is required")
-    if a.num_workers is not None and a.num_workers < 1:
+    if num_workers is not None and num_workers < 1:
         raise UsageError("--num-workers must be >= 1")
-    if (a.use_gpu or a.ray_address) and a.num_workers is None:
+    if (use_gpu or ray_address) and num_workers is None:
         raise UsageError("--use-gpu/--ray-address need --num-workers")
-    if a.resume_from and not os.path.isfile(os.path.join(a.resume_from, "trainer.json")):
-        raise UsageError(f"not a checkpoint directory: {a.resume_from}")
-    resume = a.resume_from or a.resume
-    val = expand_shards(a.val_shards, "val") if a.val_shards else None
-    sources = setup_data(cfg, expand_shards(a.train_shards, "train"))
+    if resume_from and not os.path.isfile(os.path.join(resume_from, "trainer.json")):
+        raise UsageError(f"not a checkpoint directory: {resume_from}")
+    start = resume_from or resume
+    if val_shards:
+        shard_list(val_shards, "val")  # a bad pattern fails now, not after training
+    sources = setup_data(cfg, shard_list(train_shards, "train"))
     cfg.optim.total_steps(), cfg.optim.warmup()  # config errors before any worker starts
-    if a.num_workers:
-        train_ray(cfg, sources, a.num_workers, use_gpu=a.use_gpu, resume=resume, address=a.ray_address)
+    if num_workers:
+        from lfvila_model.ray_train import train_ray
+
+        train_ray(cfg, sources, num_workers, use_gpu=use_gpu, resume=start, address=ray_address)
     else:
         import torch
 
-        train(cfg, sources, resume=resume, device=torch.device(a.device) if a.device else None)
-    if val:
-        return _eval(cfg.checkpoint.dir, a.val_shards, None, None, a.device)
+        from lfvila_model.train import train as run_train
+
+        run_train(cfg, sources, resume=start, device=torch.device(device) if device else None)
+    if val_shards:
+        return _eval(cfg.checkpoint.dir, val_shards, None, None, device)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: config, setup, train (or eval); bad input is one line on stderr and exit 2."""
-    from lfvila_model.train import ConfigError
+@eval_app.command(name="eval")
+def evaluate(
+    checkpoint: str = typer.Option(..., help="A step-* directory, or a checkpoint dir (its latest)."),
+    val_shards: str = typer.Option(..., help="Shard pattern or directory."),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = OVERRIDES,
+    device: Optional[str] = DEVICE,
+    output: Optional[str] = typer.Option(None, help="Metrics JSON (default: CHECKPOINT/eval.json)."),
+) -> int:
+    """Paragraph-to-video retrieval of a checkpoint (its stored config unless --config)."""
+    from lfvila_model.config import load_config
 
+    if overrides and not config:
+        raise UsageError("overrides need --config")
+    cfg = load_config(config, overrides or []) if config else None
+    return _eval(checkpoint, val_shards, output, cfg, device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: `eval ...` or training; bad input is one line on stderr and exit 2."""
+    from lfvila_model.config import ConfigError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    app, args, name = (eval_app, argv[1:], f"{PROG} eval") if argv[:1] == ["eval"] else (train_app, argv, PROG)
     try:
-        return run(sys.argv[1:] if argv is None else list(argv))
+        return typer.main.get_command(app).main(args, prog_name=name, standalone_mode=False) or 0
+    except TyperException as e:  # typer's own usage errors (an unknown option, a missing value)
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
     except (UsageError, ConfigError, FileNotFoundError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+        message = str(e)
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -191,21 +191,25 @@ _MEAN_255 = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
 _STD_255 = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
 
 
-def expand_shards(shards: str | Sequence[str]) -> list[str]:
+def expand_shards(shards: str | Sequence[str], split: str | None = None) -> list[str]:
     """Shard URLs from brace patterns (`train-{000000..000009}.tar`), local globs, local
-    paths and remote URLs (s3://, gs://, http://), in the given order."""
+    paths, remote URLs (s3://, gs://, http://), comma lists and, given a ``split``, shard
+    directories (their `<split>-*.tar`), in the given order."""
     import braceexpand
 
-    items = [shards] if isinstance(shards, str) else list(shards)
+    items = shards.split(",") if isinstance(shards, str) else list(shards)
     urls: list[str] = []
     for item in items:
+        if split is not None and os.path.isdir(item):
+            urls += sorted(glob(os.path.join(item, f"{split}-*.tar")))
+            continue
         for url in braceexpand.braceexpand(item):
             if not urlparse(url).scheme and any(c in url for c in "*?["):
                 urls += sorted(glob(url))
             else:
                 urls.append(url)
     if not urls:
-        raise ValueError(f"no shards in {shards!r}")
+        raise ValueError(f"no shards match {shards!r}")
     return urls
 
 

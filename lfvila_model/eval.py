@@ -107,7 +107,7 @@ def evaluate_stage2(model: nn.Module, batches: Iterable[dict], masker, device: t
     the masked tokens and VTM loss and accuracy (overall, on matched and on mismatched
     pairs; random in-batch negatives), masks and negatives seeded by ``seed`` and batch."""
     from lfvila_model.losses import IGNORE_INDEX, vtm_labels
-    from lfvila_model.stage2 import MatchingObjective
+    from lfvila_model.objectives import MatchingObjective
 
     device = torch.device(device)
     objective = MatchingObjective(masker)
@@ -156,7 +156,9 @@ def run_eval(checkpoint: str | os.PathLike, val_shards: list[str], output: str |
              overrides_cfg=None, device: str | None = None) -> dict:
     """Load a checkpoint (its stored config unless ``overrides_cfg``), evaluate on ``val_shards``,
     write the metrics as JSON to ``output`` (default: next to the checkpoint)."""
-    from lfvila_model.train import load_model, setup_data, setup_masker
+    from lfvila_model.objectives import setup_masker
+    from lfvila_model.sources import setup_data
+    from lfvila_model.train import load_model
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_model(checkpoint, dev, overrides_cfg)

@@ -171,6 +171,40 @@ class LFVILALoss(nn.Module):
         return {"loss": self.global_weight * g + self.mtc_weight * mtc, "global": g, "mtc": mtc}
 
 
+class GlobalBatchLoss(LFVILALoss):
+    """LFVILALoss whose value and gradients do not depend on how the batch is split across ranks.
+
+    The MTC draw is made for the whole gathered batch from a generator seeded identically on
+    every rank, and each rank keeps its rows; MTC cross entropy is normalised by the gathered
+    count of non-ignored keys. Summed over ranks (what DDP + gradient all-gather do) this is the
+    single-process loss of the concatenated batch; in one process it equals LFVILALoss.
+    """
+
+    def forward(self, feats: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+        b, m = feats["clip"].shape[:2]
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        offset = rank_offset(b)
+        g = global_contrastive_loss(feats["video"], feats["paragraph"], self.temperature,
+                                    gather_features(feats["video"]), gather_features(feats["paragraph"]), offset)
+        all_clip, all_sent = gather_features(feats["clip"]), gather_features(feats["sentence"])
+        total = all_clip.shape[0]
+        full = sample_mtc(total, m, total, 0, generator=generator, **self.mtc_kwargs)
+        labels = mtc_labels(full.key_pos, full.value_pos)
+        valid = (labels != IGNORE_INDEX).sum().clamp(min=1)
+        rows = slice(offset, offset + b)
+        dev = feats["clip"].device
+        local = MTCSample(*(t[rows].to(dev) for t in (full.key_pos, full.value_pos, full.neg_sample, full.neg_pos)))
+        labels = labels[rows].reshape(-1).to(dev)
+        ce = 0.0
+        for keys, values, all_values in ((feats["sentence"], feats["clip"], all_clip),
+                                         (feats["clip"], feats["sentence"], all_sent)):
+            logits = mtc_logits(keys, values, all_values, local, self.temperature)
+            ce = ce + F.cross_entropy(logits.reshape(labels.numel(), -1), labels, ignore_index=IGNORE_INDEX,
+                                      reduction="sum")
+        mtc = ce * world / (2 * valid)
+        return {"loss": self.global_weight * g + self.mtc_weight * mtc, "global": g, "mtc": mtc}
+
+
 # ----------------------------------------------------------------------------- stage 2
 def vtm_labels(batch: int, device=None) -> torch.Tensor:
     """Labels of LFVILAStage2's 3B pairs: B matched (1), then 2B mismatched (0)."""

@@ -2,12 +2,16 @@
 end to end offline."""
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
+
+from tests.model.checks import assert_retrieval_consistent
 
 
 def test_demo_builds_shards_and_trains(tmp_path):
@@ -33,8 +37,14 @@ def test_demo_builds_shards_and_trains(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(float(r["loss"]) > 0 for r in rows)
     ev = json.loads((out / "train" / "eval.json").read_text())
     assert {s: ev[s]["num_samples"] for s in ("train", "val")} == {"train": 2, "val": 2}
-    assert 0 <= ev["train"]["paragraph_to_video"]["R@1"] <= 100
-    assert "loss" in r.stdout and "R@1" in r.stdout and "R@5" in r.stdout
+    assert ev["checkpoint"] == str(ckpt)
+    for split in ("train", "val"):
+        for direction in ("paragraph_to_video", "video_to_paragraph"):
+            assert_retrieval_consistent(ev[split][direction], n=2)
+        p2v = ev[split]["paragraph_to_video"]
+        assert f"{split} p->v" in r.stdout and f"R@1 {p2v['R@1']:.1f}%  R@5 {p2v['R@5']:.1f}%" in r.stdout
+    log = (out / "train" / "train.log").read_text()  # the lfvila-train runs' output
+    assert "step 3/3" in log and log.count('"paragraph_to_video"') == 2
 
 
 def test_demo_train_steps_zero_skips_training(tmp_path):
@@ -44,3 +54,16 @@ def test_demo_train_steps_zero_skips_training(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "shards" / "manifest.parquet").is_file() and not (out / "train").exists()
+
+
+def test_the_data_package_never_imports_the_model_package():
+    """The demo trains through the `lfvila-train` command; nothing in lfvila_data imports
+    lfvila_model (it is an optional extra of the data pipeline)."""
+    root = Path(__file__).resolve().parents[1] / "lfvila_data"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "lfvila_model"]
+    assert len(list(root.rglob("*.py"))) > 20 and found == []

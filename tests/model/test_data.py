@@ -21,6 +21,7 @@ from lfvila_model.data import (
     DataConfig,
     center_crop_box,
     choose_window,
+    expand_shards,
     frame_indices,
     frame_times,
     make_loader,
@@ -90,6 +91,25 @@ def test_random_resized_crop_box_in_bounds_and_scale(h, w, ratio):
 def test_center_crop_box_keeps_output_aspect():
     assert center_crop_box(240, 320, 320 / 192) == (24, 0, 192, 320)
     assert center_crop_box(240, 426, 320 / 192) == (0, 13, 240, 400)
+
+
+def test_expand_shards_forms(tmp_path):
+    """The one shard-pattern expander (the loader's and lfvila-train's): a directory is its
+    split's shards, patterns expand in order, remote URLs and missing paths pass through."""
+    for name in ("train-000000.tar", "train-000001.tar", "val-000000.tar", "train-000000.json"):
+        (tmp_path / name).write_text("")
+    d = str(tmp_path)
+    train = [f"{d}/train-000000.tar", f"{d}/train-000001.tar"]
+    assert expand_shards(d, "train") == train and expand_shards(d, "val") == [f"{d}/val-000000.tar"]
+    assert expand_shards(f"{d}/train-{{000000..000001}}.tar") == train
+    assert expand_shards(f"{d}/train-*.tar") == train
+    assert expand_shards(f"{d}/val-*.tar,{d}/train-*.tar") == [f"{d}/val-000000.tar", *train]
+    assert expand_shards(["s3://b/x-{0..1}.tar", f"{d}/nope.tar"]) == ["s3://b/x-0.tar", "s3://b/x-1.tar",
+                                                                     f"{d}/nope.tar"]
+    with pytest.raises(ValueError, match="no shards match"):
+        expand_shards(f"{d}/test-*.tar")
+    with pytest.raises(ValueError, match="no shards match"):
+        expand_shards(d, "test")  # a directory without that split
 
 
 # ---------------------------------------------------------------- real shards

@@ -5,6 +5,7 @@ import torch
 from lfvila_model.eval import evaluate, ranks_of_matches, retrieval_metrics
 from lfvila_model.models import presets
 from lfvila_model.models.lfvila import LFVILA, synthetic_batch
+from tests.model.checks import assert_retrieval_consistent
 
 
 def test_identity_is_perfect_both_ways():
@@ -60,13 +61,20 @@ def test_rejects_non_square():
 
 
 def test_evaluate_tiny_model_on_synthetic_batches():
+    """Batched evaluation in eval mode equals scoring all 6 samples in one forward pass."""
     cfg = presets.tiny()
     model = LFVILA(cfg).train()
     batches = [dict(synthetic_batch(cfg, 3, seed=s), key=[f"s{s}_{i}" for i in range(3)]) for s in range(2)]
     m = evaluate(model, batches)
     assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        whole = {k: torch.cat([b[k] for b in batches]) for k in ("video", "input_ids", "attention_mask")}
+        feats = model(**whole)
+    direct = retrieval_metrics(feats["paragraph"] @ feats["video"].T)
     assert m["num_samples"] == 6
-    assert 0 <= m["paragraph_to_video"]["R@1"] <= 100 and m["paragraph_to_video"]["R@50"] == 100.0
-    assert 1 <= m["video_to_paragraph"]["median_rank"] <= 6
+    for direction in ("paragraph_to_video", "video_to_paragraph"):
+        assert m[direction] == pytest.approx(direct[direction], abs=1e-9), direction
+        assert_retrieval_consistent(m[direction], n=6)
     with pytest.raises(ValueError, match="duplicate"):
         evaluate(model, batches + batches[:1])

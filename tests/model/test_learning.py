@@ -13,14 +13,10 @@ import torch
 
 from lfvila_data.demo import write_vocab
 from lfvila_model.eval import evaluate
-from lfvila_model.train import (
-    checkpoints,
-    load_config,
-    load_model,
-    setup_data,
-    setup_model,
-    train,
-)
+from lfvila_model.checkpoint import checkpoints
+from lfvila_model.config import load_config
+from lfvila_model.sources import setup_data
+from lfvila_model.train import load_model, setup_model, train
 
 VIDEOS, CLIPS, SAMPLE_CLIPS = 6, 16, 4   # 6 x 16/4 = 24 samples of 4 clips
 STEPS = 300   # 150 reached R@1 33%, 200: 71%, 300: 100% (seeds 0 and 1)

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lfvila_model.train import load_config, setup_data, train
+from lfvila_model.config import load_config
+from lfvila_model.sources import setup_data
+from lfvila_model.train import train
 from tests.model.recording import RecordKeys, recorded
 
 

@@ -14,22 +14,16 @@ import pytest
 import torch
 
 from lfvila_model import cli
+from lfvila_model.checkpoint import checkpoints
+from lfvila_model.config import ConfigError, load_config
 from lfvila_model.losses import IGNORE_INDEX, MatchingLoss, vtm_labels
 from lfvila_model.models import presets
 from lfvila_model.models.lfvila import LFVILAStage2, pick_negatives, synthetic_batch
-from lfvila_model.stage2 import Masker, MatchingObjective, mask_tokens
-from lfvila_model.train import (
-    ConfigError,
-    SyntheticSource,
-    checkpoints,
-    load_config,
-    load_model,
-    setup_data,
-    setup_model,
-    setup_optimizer,
-    train,
-    train_ray,
-)
+from lfvila_model.objectives import Masker, MatchingObjective, mask_tokens
+from lfvila_model.ray_train import train_ray
+from lfvila_model.sources import SyntheticSource, setup_data
+from lfvila_model.train import load_model, setup_model, setup_optimizer, train
+from tests.model.checks import assert_retrieval_consistent
 from tests.model.recording import RecordKeys, recorded
 
 SPECIAL = {"mask_token_id": 4, "special_token_ids": [0, 1, 2, 3]}  # the test vocabulary's, and synthetic_batch's
@@ -238,6 +232,8 @@ def test_stage2_freezes_stage1_trains_the_rest_and_resumes_exactly(tmp_path):
     assert max((final[k] - resumed[k]).abs().max().item() for k in final) <= 1e-6
     model, cfg = load_model(a.checkpoint.dir)
     assert isinstance(model, LFVILAStage2) and cfg.stage == 2 and not model.training
+    assert model.state_dict().keys() == final.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())  # the step-4 weights, all of them
 
     with pytest.raises(ConfigError, match="stage-2 checkpoint"):  # stage 2 starts from stage 1 only
         train(_cfg(tmp_path, "c", "tiny_stage2", *over, f"stage2.stage1_checkpoint={a.checkpoint.dir}"), source)
@@ -273,9 +269,15 @@ def test_stage2_on_shards_mlm_falls_and_eval_reports_accuracy(shards, vocab_dir,
     metrics = json.loads(out[out.index("{"):])
     s2 = metrics["stage2"]
     print("stage-2 eval on val:", s2)
-    assert metrics["num_samples"] == 2 and s2["masked_tokens"] > 0
-    assert 0 <= s2["mlm_accuracy"] <= 100 and 0 <= s2["vtm_accuracy"] <= 100 and s2["vtm_loss"] > 0
+    assert metrics["num_samples"] == 2 and s2["masked_tokens"] > 0 and s2["vtm_loss"] > 0 and s2["mlm_loss"] > 0
+    # counts behind the percentages: correct masked tokens out of masked_tokens; one batch of the
+    # 2 val samples, so 2 matched and 4 mismatched pairs
+    assert round(s2["mlm_accuracy"] * s2["masked_tokens"] / 100, 6).is_integer()
+    assert s2["vtm_matched_accuracy"] in (0.0, 50.0, 100.0)
+    assert s2["vtm_mismatched_accuracy"] in (0.0, 25.0, 50.0, 75.0, 100.0)
     assert s2["vtm_accuracy"] == pytest.approx((s2["vtm_matched_accuracy"] + 2 * s2["vtm_mismatched_accuracy"]) / 3)
+    for direction in ("paragraph_to_video", "video_to_paragraph"):
+        assert_retrieval_consistent(metrics[direction], n=2)
 
 
 def test_stage2_on_two_ray_workers_and_their_data_positions(shards, vocab_dir, tmp_path, ray_local):

@@ -11,24 +11,14 @@ import pytest
 import torch
 
 from lfvila_model import cli
-from lfvila_model.losses import LFVILALoss
+from lfvila_model.checkpoint import checkpoints
+from lfvila_model.config import TrainConfig, load_config, model_config
+from lfvila_model.losses import GlobalBatchLoss, LFVILALoss
 from lfvila_model.models.lfvila import synthetic_batch
-from lfvila_model.train import (
-    ConfigError,
-    GlobalBatchLoss,
-    SyntheticSource,
-    TrainConfig,
-    checkpoints,
-    load_config,
-    load_model,
-    lr_factor,
-    model_config,
-    param_groups,
-    setup_model,
-    setup_optimizer,
-    train,
-    train_ray,
-)
+from lfvila_model.ray_train import train_ray
+from lfvila_model.sources import SyntheticSource
+from lfvila_model.train import load_model, lr_factor, param_groups, setup_model, setup_optimizer, train
+from tests.model.checks import assert_retrieval_consistent
 
 NO_DROPOUT = ["model.text.bert.hidden_dropout_prob=0.0", "model.text.bert.attention_probs_dropout_prob=0.0"]
 
@@ -51,31 +41,6 @@ def assert_params_close(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst <= atol, worst
-
-
-# ----------------------------------------------------------------------------- config
-
-def test_config_files_and_overrides(tmp_path):
-    paper = load_config("paper")
-    mcfg = model_config(paper.model)
-    assert (mcfg.num_clips, mcfg.video.frames_per_clip, mcfg.frame_size, mcfg.max_tokens) == (4, 8, (192, 320), 50)
-    o = paper.optim
-    assert (o.lr, o.betas, o.eps, o.weight_decay, o.epochs, o.warmup()) == (5e-5, (0.9, 0.98), 1e-8, 0.05, 10,
-                                                                             o.steps_per_epoch)
-    assert paper.data["batch_size"] == 16
-    cfg = load_config("tiny", ["optim.lr=1e-4", "model.text.bert.hidden_dropout_prob=0", "model.num_clips=2",
-                               "checkpoint.keep=5"])
-    assert cfg.optim.lr == 1e-4 and cfg.checkpoint.keep == 5
-    assert model_config(cfg.model).text.bert["hidden_dropout_prob"] == 0
-    assert model_config(cfg.model).text.bert["hidden_size"] == 32  # preset values kept
-    with pytest.raises(ConfigError, match="unknown config key optim.lrr"):
-        load_config("tiny", ["optim.lrr=1"])
-    with pytest.raises(ConfigError, match="key.sub=value"):
-        load_config("tiny", ["optim.lr"])
-    with pytest.raises(ConfigError, match="preset"):
-        model_config(load_config("tiny", ["model.preset=huge"]).model)
-    with pytest.raises(ConfigError, match="steps_per_epoch"):
-        load_config("tiny", ["optim.max_steps=null", "optim.steps_per_epoch=null", "optim.epochs=2"]).optim.total_steps()
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -216,14 +181,16 @@ def test_ray_two_workers_match_one_process_and_resume(tmp_path, ray_local):
     (["--config", "/nope.yaml", "--train-shards", "x.tar"], "config file not found"),
     (["--config", "tiny", "--train-shards", "/nope/train-{000000..000001}.tar"], "shard not found"),
     (["--config", "tiny", "optim.nope=1", "--train-shards", "x.tar"], "unknown config key optim.nope"),
-    (["--config", "tiny", "--bogus"], "unrecognized arguments"),
+    (["--config", "tiny", "--bogus"], "No such option: --bogus"),
     (["--config", "tiny", "--num-workers", "0", "--train-shards", "x"], None),
     (["--config", "tiny", "--eval-only"], "--eval-only needs --val-shards"),
     (["--config", "tiny", "--train-shards", "x.tar", "--stage1-checkpoint", "/nope"], "stage-1 checkpoint not found"),
     (["--config", "tiny", "stage=3", "--train-shards", "x.tar"], "stage must be 1 or 2"),
     (["--config", "tiny_stage2", "stage2.negatives=hardest", "--train-shards", "x.tar"], "stage2.negatives"),
-    (["eval", "--val-shards", "x.tar"], "required: --checkpoint"),
+    (["eval", "--val-shards", "x.tar"], "Missing option '--checkpoint'"),
     (["eval", "--checkpoint", "/nope", "--val-shards", "x.tar"], "checkpoint not found"),
+    (["eval", "--checkpoint", "/nope", "--val-shards", "x.tar", "optim.lr=1"], "overrides need --config"),
+    (["--config", "tiny", "--train-shards", "x.tar", "--num-workers", "two"], "Invalid value for '--num-workers'"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
     assert cli.main(argv) == 2
@@ -231,6 +198,15 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert err.count("\n") == 1 and err.startswith("lfvila-train: error: "), err
     if message:
         assert message in err
+
+
+def test_cli_help_names_both_forms(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--train-shards" in out and "lfvila-train eval --help" in out
+    assert cli.main(["eval", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--checkpoint" in out and "--train-shards" not in out
 
 
 # ----------------------------------------------------------------------------- real shards
@@ -254,5 +230,11 @@ def test_cli_trains_and_evaluates_on_real_shards(shards, vocab_dir, tmp_path, ca
                    f"{shard_dir}/val-*.tar", "--output", str(tmp_path / "eval.json")])
     assert rc == 0
     m = json.loads((tmp_path / "eval.json").read_text())
-    assert m["num_samples"] == len(list(Path(shard_dir).glob("val-*.tar")))  # one sample per val shard
-    assert 0 <= m["paragraph_to_video"]["R@1"] <= 100 and m["video_to_paragraph"]["median_rank"] >= 1
+    assert m["num_samples"] == len(list(Path(shard_dir).glob("val-*.tar"))) == 2  # one sample per val shard
+    after_training = json.loads(out[out.index("{"):])
+    assert m["checkpoint"] == f"{tmp_path}/ck/step-00000003" and after_training["checkpoint"] == f"{tmp_path}/ck"
+    del m["checkpoint"], after_training["checkpoint"]
+    assert m == after_training  # eval is deterministic (window 0, centre crop): the same checkpoint, the same numbers
+    for direction in ("paragraph_to_video", "video_to_paragraph"):
+        assert_retrieval_consistent(m[direction], n=2)
+

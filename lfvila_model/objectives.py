@@ -1,6 +1,7 @@
-"""LF-VILA stage 2: BERT masking, the stage-2 objective (MLM + video-text matching) and loading
-the frozen stage-1 weights. The model is lfvila_model.models.lfvila.LFVILAStage2; the loss
-is lfvila_model.losses.MatchingLoss; train.py wires them like stage 1.
+"""The objectives: one micro-batch in, the loss terms out (``names``, "loss" first) - the
+model's forward under autocast, then a loss from lfvila_model.losses. Stage 1 is
+ContrastiveObjective (global + MTC); stage 2 is MatchingObjective (MLM + video-text
+matching), with BERT's masking (Masker, mask_tokens) drawing its inputs.
 """
 from __future__ import annotations
 
@@ -9,7 +10,27 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lfvila_model.losses import IGNORE_INDEX, MatchingLoss
+from lfvila_model.config import ConfigError, TrainConfig, model_config
+from lfvila_model.losses import IGNORE_INDEX, GlobalBatchLoss, MatchingLoss
+
+
+def _move(batch: dict, device: torch.device) -> dict:
+    return {k: batch[k].to(device, non_blocking=True) for k in ("video", "input_ids", "attention_mask")}
+
+
+class ContrastiveObjective:
+    """Stage 1 on one micro-batch: features, then GlobalBatchLoss with an MTC draw seeded by ``seed``."""
+
+    names = ("loss", "global", "mtc")
+
+    def __init__(self):
+        self.loss_fn = GlobalBatchLoss()
+
+    def __call__(self, model: nn.Module, batch: dict, device: torch.device, seed: int,
+                 bf16: bool = False) -> dict[str, torch.Tensor]:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            feats = model(**_move(batch, device))
+        return self.loss_fn({k: v.float() for k, v in feats.items()}, generator=torch.Generator().manual_seed(seed))
 
 
 @dataclass(frozen=True)
@@ -82,8 +103,23 @@ class MatchingObjective:
         return self.loss_fn({k: v.float() if v.is_floating_point() else v for k, v in out.items()})
 
 
-def load_stage1_weights(model: nn.Module, state: dict) -> None:
-    """Put a stage-1 LFVILA state dict into ``model.stage1`` (strict: same architecture)."""
-    model.stage1.load_state_dict(state)
-    model.stage1.requires_grad_(False)
-    model.stage1.eval()
+def setup_masker(cfg: TrainConfig) -> Masker:
+    """Stage-2 masking ids from ``stage2.mask_token_id``/``special_token_ids``, else from
+    the tokenizer in ``data.tokenizer``."""
+    s2, vocab = cfg.stage2, model_config(cfg.model).text.bert.get("vocab_size", 30522)
+    if s2.mask_token_id is not None:
+        specials = tuple(s2.special_token_ids) if s2.special_token_ids is not None else ()
+        return Masker(int(s2.mask_token_id), specials, vocab, float(s2.mlm_probability))
+    if not cfg.data.tokenizer:
+        raise ConfigError("stage 2 needs data.tokenizer (or stage2.mask_token_id and stage2.special_token_ids)")
+    from lfvila_model.data import load_tokenizer
+
+    return Masker.from_tokenizer(load_tokenizer(cfg.data.tokenizer), vocab, float(s2.mlm_probability))
+
+
+def setup_objective(cfg: TrainConfig, rank: int = 0) -> ContrastiveObjective | MatchingObjective:
+    """The stage's objective: ContrastiveObjective (stage 1) or MatchingObjective (stage 2;
+    its masks and negatives differ across ranks)."""
+    if cfg.stage == 2:
+        return MatchingObjective(setup_masker(cfg), cfg.stage2.mlm_weight, cfg.stage2.vtm_weight, rank=rank)
+    return ContrastiveObjective()
