@@ -173,7 +173,7 @@ def built(tmp_path_factory, ray_module):
         meta, text = make_corpus(root, srv.url("").rstrip("/"), videos=3, clips=10, seed=0)
         run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(build),
                               plan=PlanConfig(max_clips=6),
-                              task=TaskContext(output=str(build), fetch=FetchConfig(retries=0))))
+                              task=TaskContext(output=str(build), fetch=FetchConfig(retries=2, backoff=0.1))))
     shards = root / "shards"
     run_shard([str(build)], str(shards), ShardConfig(val_count=2, samples_per_shard=2))
     return build, shards

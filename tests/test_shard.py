@@ -69,7 +69,7 @@ def builds(tmp_path_factory, ray_module):
             out = root / f"build-{part}"
             run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(out),
                                   plan=PlanConfig(max_clips=4),
-                                  task=TaskContext(output=str(out), fetch=FetchConfig(retries=0))))
+                                  task=TaskContext(output=str(out), fetch=FetchConfig(retries=2, backoff=0.1))))
             outs.append(out)
     return outs
 
@@ -307,7 +307,7 @@ def test_json_times_lie_within_a_sample_file_shorter_than_its_span(tmp_path, ray
         meta.write_text(meta.read_text().replace('"00:00:17.500"', '"00:00:18.400"'))
         build = tmp_path / "build"
         run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(build),
-                              task=TaskContext(output=str(build), fetch=FetchConfig(retries=0))))
+                              task=TaskContext(output=str(build), fetch=FetchConfig(retries=2, backoff=0.1))))
     [row] = pd.read_parquet(build / "manifest.parquet").to_dict("records")
     assert row["clips"][-1]["end"] == 18.4 and row["duration"] < 18.4 - row["start"]
 

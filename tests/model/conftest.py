@@ -61,7 +61,7 @@ def shards(tmp_path_factory):
             build = root / "build"
             run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(build),
                                   plan=PlanConfig(max_clips=6),
-                                  task=TaskContext(output=str(build), fetch=FetchConfig(retries=0))))
+                                  task=TaskContext(output=str(build), fetch=FetchConfig(retries=2, backoff=0.1))))
         out = root / "shards"
         run_shard([str(build)], str(out), ShardConfig(val_count=2, samples_per_shard=1))
     finally:

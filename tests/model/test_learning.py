@@ -45,7 +45,7 @@ def corpus(tmp_path_factory, ray_module):
         run_build(BuildConfig(
             metadata=(str(meta),), text=(str(text),), output=str(build),
             plan=PlanConfig(min_clips=SAMPLE_CLIPS, max_clips=SAMPLE_CLIPS),
-            task=TaskContext(output=str(build), fetch=FetchConfig(retries=0, height=96),
+            task=TaskContext(output=str(build), fetch=FetchConfig(retries=2, backoff=0.1, height=96),
                              cut=CutConfig(height=96))))
     shards = root / "shards"
     run_shard([str(build)], str(shards), ShardConfig(val_count=0, samples_per_shard=4))
