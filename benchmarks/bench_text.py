@@ -1,6 +1,6 @@
 """Throughput of the text stage in hours of subtitles per second: subtitle bytes → words
 (`parse_subtitles`) → sentences (pysbd or pauses) → clips → samples
-(`lfvila_data.text.plan_subtitled_video`), plus the language check (`language_mismatch`)
+(`lfvila_data.text.clips.plan_subtitled_video`), plus the language check (`language_mismatch`)
 on the parsed text; against, in the same run and on the same bytes, the bare library
 parse (webvtt-py `from_buffer` or `srt.parse`, nothing else), so the ratio is what our
 cleaning, sentence, clip and language work costs on top of parsing.
