@@ -241,7 +241,9 @@ def test_kill_9_then_rerun_completes_identically(shards, builds, tmp_path):
     while not list(target.glob("_meta/*.tar.json")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the shard job ended before the kill"
+    assert list(target.glob("_meta/*.tar.json")), "killed before any shard was written"
+    assert not (target / "manifest.parquet").exists()  # the set was left incomplete
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert {p.name: md5(p) for p in target.glob("*.tar")} == reference

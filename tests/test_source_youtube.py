@@ -155,7 +155,9 @@ def youtube_build(site, tmp_path_factory, ray_module):
 def test_youtube_build_samples(youtube_build):
     out, _cfg, ids, record = youtube_build
     m = pd.read_parquet(out / "manifest.parquet")
-    assert set(m.video_id) == {ids["talk"]} and len(m) >= 1
+    # 16 cues of 3 s every 3.5 s: 5 clips of 3 sentences; one chunk of 4 clips, a tail of 1 dropped
+    assert list(m.key) == [f"{ids['talk']}_00001_00004"]
+    assert [len(c["sentences"]) for c in m.clips.iloc[0]] == [3, 3, 3, 3]
     assert (m.text_source == "subtitles").all() and (m.language == "en").all() and (m.source == "youtube").all()
     assert list(record["text_options"]["langs"]) == ["en"]
     for row in m.itertuples():
