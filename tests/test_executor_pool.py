@@ -42,6 +42,20 @@ class Loader:
         return x + self.offset, os.getpid(), self.loaded_at
 
 
+class LoadsOnce:
+    """Loads the first time only (a marker file), so a replacement actor cannot load."""
+
+    def __init__(self, marker: str) -> None:
+        if os.path.exists(marker):
+            raise Refused("cannot load again")
+        open(marker, "w").close()
+
+    def __call__(self, x: int) -> int:
+        if x == 13:
+            os._exit(1)
+        return x
+
+
 class BadLoader:
     def __init__(self) -> None:
         raise Refused("cannot load")
@@ -116,12 +130,20 @@ def test_actor_pool_loads_once_per_actor_and_answers_every_item(ray_local):
 
 
 def test_actor_pool_replaces_a_dead_actor(ray_local):
-    done = list(RayActors(num_actors=2, num_cpus=0)(partial(Loader, 0), range(10, 20)))
-    assert sorted(d.item for d in done) == list(range(10, 20))
-    lost = [d for d in done if d.error is not None]
-    assert 13 in {d.item for d in lost} and all(isinstance(d.error, WorkerCrashed) for d in lost)
-    assert len(lost) <= 2  # the dead actor's own items only (one running, one queued)
-    assert len({d.value[1] for d in done if d.error is None}) >= 2  # a new actor took over
+    done = {d.item: d for d in RayActors(num_actors=1, num_cpus=0)(partial(Loader, 0), range(10, 20))}
+    assert sorted(done) == list(range(10, 20))
+    lost = {x for x, d in done.items() if d.error is not None}
+    assert lost in ({13}, {13, 14}) and all(isinstance(done[x].error, WorkerCrashed) for x in lost)
+    before = {done[x].value[1] for x in (10, 11, 12)}
+    after = {done[x].value[1] for x in range(15, 20)}
+    assert len(before) == len(after) == 1 and before != after  # a new actor took over
+
+
+def test_a_replacement_that_cannot_load_fails_its_items_with_the_reason(ray_local, tmp_path):
+    pool = RayActors(num_actors=1, num_cpus=0)
+    done = {d.item: d for d in pool(partial(LoadsOnce, str(tmp_path / "loaded")), [13, 14, 15])}
+    assert isinstance(done[13].error, WorkerCrashed)
+    assert type(done[15].error) is Refused and str(done[15].error) == "cannot load again"
 
 
 def test_actor_pool_raises_the_loading_error_before_any_item(ray_local):

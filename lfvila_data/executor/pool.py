@@ -122,6 +122,7 @@ class _Host:
         return True
 
     def call(self, item: Any) -> Any:
+        self.ready()  # a replacement actor that could not load fails its items with the reason
         return self.fn(item)
 
 
@@ -172,8 +173,8 @@ class RayActors:
             for done in running.wait():
                 k, actor, item = done.item
                 load[k] -= 1
-                if isinstance(done.error, WorkerCrashed) and isinstance(done.error.__cause__, RayActorError) \
-                        and actors[k] is actor:  # replace it once, however many of its items were lost
+                died = isinstance(done.error, WorkerCrashed) and isinstance(done.error.__cause__, RayActorError)
+                if died and actors[k] is actor:  # replace it once, however many of its items were lost
                     replacements += 1
                     if replacements > 3 * len(actors):
                         raise RuntimeError(f"actors keep crashing: {done.error}") from done.error
