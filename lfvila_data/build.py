@@ -6,8 +6,6 @@ unchanged, videos the journal records as finished are skipped, and sample files 
 on disk are reused instead of being downloaded and cut again."""
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -23,6 +21,7 @@ from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
 from lfvila_data.media.task import TaskContext, VideoJob
+from lfvila_data.output.fingerprint import content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
 from lfvila_data.plan.join import (
     PlanConfig,
@@ -63,6 +62,10 @@ class BuildConfig:
     retry_failed: bool = False
     ray_address: str | None = None
 
+    def task_context(self) -> TaskContext:
+        """What every fetch and cut task gets (defaults unless `task` is given)."""
+        return self.task or TaskContext(output=self.output)
+
 
 def check_output(out: OutputDir) -> None:
     """Fail early, in one line, when the output cannot be written."""
@@ -73,11 +76,7 @@ def check_output(out: OutputDir) -> None:
         raise InputError(f"output {out.url!r} is not writable: {e}") from e
 
 
-def _fingerprint(plan_dir_summary: dict) -> str:
-    return hashlib.sha256(json.dumps(plan_dir_summary, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def iter_jobs(output: str, skip: set[str]) -> Iterator[VideoJob]:
+def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = False) -> Iterator[VideoJob]:
     """Stream the plan, one job per video, part by part (never the whole plan at once)."""
     for table in iter_plan_parts(output):
         by_video: dict[str, list[PlannedSample]] = defaultdict(list)
@@ -86,11 +85,11 @@ def iter_jobs(output: str, skip: set[str]) -> Iterator[VideoJob]:
                 by_video[row["video_id"]].append(plan_row_to_sample(row))
         for vid in sorted(by_video):
             samples = sorted(by_video[vid], key=lambda s: s.start)
-            yield VideoJob(vid, samples[0].url, tuple(samples))
+            yield VideoJob(vid, samples[0].url, tuple(samples), min_clips, retry_failed)
 
 
 def _plan(cfg: BuildConfig) -> PlanSummary:
-    fetch = (cfg.task or TaskContext(output=cfg.output)).fetch
+    fetch = cfg.task_context().fetch
     # text-first sources journal each video's text, so re-planning redoes only what is missing
     if cfg.source == "local":
         return plan_local_text(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch,
@@ -132,12 +131,12 @@ def _versions() -> dict:
     return {"lfvila": __version__, "yt_dlp": yt_dlp.version.__version__, "ffmpeg": ff}
 
 
-def run_build(cfg: BuildConfig) -> dict:
-    """The whole build; returns the counts written to build.json."""
-    started = time.time()
+def preflight(cfg: BuildConfig) -> OutputDir:
+    """Fail in one line, before Ray starts, on what would stop the build later: missing
+    ffmpeg, unreadable inputs, a wrong ASR model path, an output that cannot be written."""
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         raise InputError("ffmpeg and ffprobe must be on PATH (e.g. apt-get install ffmpeg)")
-    if cfg.source == "hdvila":  # unreadable inputs fail here, before Ray starts
+    if cfg.source == "hdvila":
         expand_paths(list(cfg.metadata))
         expand_paths(list(cfg.text))
     elif cfg.source == "youtube":
@@ -147,31 +146,37 @@ def run_build(cfg: BuildConfig) -> dict:
     if cfg.text_opts.asr != "off":
         from lfvila_data.text.asr import AsrModelError, check_model
 
-        try:  # a wrong model path fails now, not after planning
+        try:
             check_model(cfg.text_opts.asr_config)
         except AsrModelError as e:
             raise InputError(str(e)) from None
     out = OutputDir(cfg.output)
     check_output(out)
-    init_ray(cfg.ray_address)
-    plan = _plan(cfg)
-    if cfg.plan_only:
-        print_summary(f"plan of {cfg.output}", _plan_rows(plan))
-        return asdict(plan)
+    return out
 
-    task = cfg.task or TaskContext(output=cfg.output, min_clips=cfg.plan.min_clips)
-    # A new plan means journaled results may name samples that no longer exist: start a
-    # new journal; files of unchanged samples are still found on disk and reused.
-    marker = _fingerprint(asdict(plan) | {"plan": asdict(cfg.plan)})
-    if out.exists("_journal/PLAN") and out.fs.cat_file(out.path("_journal/PLAN")).decode() != marker:
-        out.fs.rm(out.path("_journal"), recursive=True)
-    out.write_bytes("_journal/PLAN", marker.encode())
-    previous = read_journal(out)
-    skip = {vid for vid, (status, payload) in previous.items()
-            if status == DONE and not (cfg.retry_failed and payload["failures"])
-            or status == FAILED and not cfg.retry_failed}
-    todo = plan.videos_with_samples - len(skip & set(previous))
-    progress = BuildProgress(videos_total=max(todo, 0))
+
+def reset_stale_journal(out: OutputDir, plan: PlanSummary, cfg: PlanConfig) -> dict[str, tuple[str, dict]]:
+    """The journal of earlier runs of this plan. A new plan means journaled results may
+    name samples that no longer exist: start a new journal; files of unchanged samples are
+    still found on disk and reused."""
+    reuse_or_clear(out, f"{Journal.DIR}/PLAN", fingerprint(asdict(plan) | {"plan": content(cfg)}),
+                   remove_dir(out, Journal.DIR))
+    return read_journal(out)
+
+
+def finished_videos(previous: dict[str, tuple[str, dict]], retry_failed: bool) -> set[str]:
+    """Videos a rerun skips: done ones, and failed ones unless --retry-failed (which also
+    retries done videos that lost samples or clips)."""
+    return {vid for vid, (status, payload) in previous.items()
+            if status == DONE and not (retry_failed and payload["failures"])
+            or status == FAILED and not retry_failed}
+
+
+def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
+                  previous: dict[str, tuple[str, dict]]) -> BuildProgress:
+    """Fetch and cut every unfinished video, journaling each result as it arrives."""
+    skip = finished_videos(previous, cfg.retry_failed)
+    progress = BuildProgress(videos_total=max(plan.videos_with_samples - len(skip & set(previous)), 0))
     journal = Journal(out)
 
     def on_result(r: VideoResult) -> None:
@@ -186,15 +191,20 @@ def run_build(cfg: BuildConfig) -> dict:
 
     if previous:
         print(f"build: resuming, {len(skip)} videos already finished", file=sys.stderr)
+    jobs = iter_jobs(cfg.output, skip, cfg.plan.min_clips, cfg.retry_failed)
     try:
-        run_videos(iter_jobs(cfg.output, skip), task, cfg.run, on_result, progress.tick)
+        run_videos(jobs, cfg.task_context(), cfg.run, on_result, progress.tick)
     finally:
         journal.flush()
     progress.tick(force=True)
+    return progress
 
-    counts = finalize(out, read_journal(out), read_plan_failures(cfg.output))
-    elapsed = time.time() - started
-    record = {
+
+def build_record(cfg: BuildConfig, plan: PlanSummary, counts: dict, progress: BuildProgress,
+                 elapsed: float) -> dict:
+    """build.json: the settings, the plan and the counts, so a build explains itself."""
+    task = cfg.task_context()
+    return {
         "source": task.source, "metadata": list(cfg.metadata), "text": list(cfg.text),
         "inputs": list(cfg.inputs), "text_options": asdict(cfg.text_opts),
         "output": cfg.output, "plan_config": asdict(cfg.plan), "fetch": asdict(task.fetch),
@@ -204,7 +214,10 @@ def run_build(cfg: BuildConfig) -> dict:
                      + progress.videos_failed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                            time.gmtime())},
     }
-    out.write_json("build.json", record)
+
+
+def print_build_summary(cfg: BuildConfig, plan: PlanSummary, counts: dict, progress: BuildProgress,
+                        elapsed: float) -> None:
     print_summary(f"build of {cfg.output}", [
         ("samples planned", f"{plan.samples:,}"),
         ("samples written", f"{counts['samples_written']:,}"),
@@ -216,4 +229,22 @@ def run_build(cfg: BuildConfig) -> dict:
         ("ledger rows", ", ".join(f"{k}: {v}" for k, v in counts["failures_by_stage"].items()) or "none"),
         ("time", human_time(elapsed)),
     ])
+
+
+def run_build(cfg: BuildConfig) -> dict:
+    """The whole build; returns the counts written to build.json."""
+    started = time.time()
+    out = preflight(cfg)
+    init_ray(cfg.ray_address)
+    plan = _plan(cfg)
+    if cfg.plan_only:
+        print_summary(f"plan of {cfg.output}", _plan_rows(plan))
+        return asdict(plan)
+    previous = reset_stale_journal(out, plan, cfg.plan)
+    progress = run_journaled(cfg, out, plan, previous)
+    counts = finalize(out, read_journal(out), read_plan_failures(cfg.output))
+    elapsed = time.time() - started
+    record = build_record(cfg, plan, counts, progress, elapsed)
+    out.write_json("build.json", record)
+    print_build_summary(cfg, plan, counts, progress, elapsed)
     return record

@@ -2,10 +2,13 @@
 nowhere else; errors that stop a job are one line on stderr and exit code 2."""
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import typer
 
@@ -17,6 +20,9 @@ from lfvila_data.media.task import TaskContext
 from lfvila_data.plan.join import PlanConfig
 from lfvila_data.text.clips import ClipConfig
 from lfvila_data.text.stage import TextOptions
+
+if TYPE_CHECKING:
+    from lfvila_data.build import BuildConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build long-form video-paragraph datasets (LF-VILA) on Ray.")
@@ -44,68 +50,145 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
-def build(
-    source: Source = typer.Option(Source.hdvila, help="Where videos and text come from."),
-    metadata: List[str] = typer.Option([], help="HD-VILA url/span jsonl files (paths, globs, s3://); repeatable."),
-    text: List[str] = typer.Option([], help="HD-VILA clip text jsonl files; repeatable."),
-    input: List[str] = typer.Option([], "--input", help="--source youtube: URL/id lists (txt, csv, jsonl, parquet); --source local: video files, globs or directories (sidecar .vtt/.srt subtitles)."),
-    lang: List[str] = typer.Option(["en"], help="Subtitle languages in order of preference; repeatable. Human-made subtitles in any of them are preferred to automatic captions."),
-    asr: Asr = typer.Option(Asr.off, help="Speech recognition: 'auto' transcribes videos without usable subtitles, 'always' every video (hdvila: re-transcribes the planned spans)."),
-    asr_model: str = typer.Option("openai/whisper-large-v3", help="Whisper model: hub id or local directory."),
-    asr_language: Optional[str] = typer.Option(None, help="Language Whisper transcribes in (default: detected)."),
-    asr_timestamps: str = typer.Option("word", help="'word' (cross-attention alignment) or 'segment' timestamps."),
-    asr_batch_size: int = typer.Option(8, help="30-s audio windows per Whisper forward pass."),
-    asr_actors: Optional[int] = typer.Option(None, help="Whisper actors (default: one per GPU, else 1)."),
-    asr_gpu: Optional[bool] = typer.Option(None, "--asr-gpu/--no-asr-gpu", help="Run Whisper on GPUs (default: when the cluster has them)."),
-    asr_silence_db: float = typer.Option(-50.0, help="Audio windows quieter than this (RMS dBFS) are not transcribed (Whisper invents text for silence)."),
-    min_clip_seconds: float = typer.Option(8.0, help="Subtitles/ASR: sentences are merged into clips of at least this length..."),
-    max_clip_seconds: float = typer.Option(20.0, help="...and at most this length."),
-    language_check: bool = typer.Option(True, help="Reject subtitles whose text is clearly in another language than asked."),
-    output: str = typer.Option(..., help="Output directory (local path or fsspec URL)."),
-    plan_only: bool = typer.Option(False, help="Stop after planning; print samples, clips, hours."),
-    min_clips: int = typer.Option(4, help="Fewest consecutive clips in a sample."),
-    max_clips: int = typer.Option(32, help="Most clips in a sample; longer runs are chunked."),
-    max_gap: float = typer.Option(3.0, help="Largest gap in seconds between consecutive clips of a sample."),
-    plan_buckets: Optional[int] = typer.Option(None, help="Partitions of the planning join (default: one per 256 MiB of input; more = less memory per task)."),
-    fps: float = typer.Option(3.0, help="Frame rate of sample videos."),
-    height: int = typer.Option(240, help="Height of sample videos (even); width keeps the aspect."),
-    copy: bool = typer.Option(False, "--copy", help="Stream-copy instead of re-encoding (fast, cuts on keyframes)."),
-    audio: bool = typer.Option(False, "--audio", help="Keep the audio track."),
-    sections: bool = typer.Option(True, help="Download only the planned sections (--no-sections: whole files)."),
-    margin: float = typer.Option(1.0, help="Seconds downloaded around each planned span."),
-    download_concurrency: int = typer.Option(8, help="Videos downloading at once (and subtitle look-ups at once)."),
-    cut_concurrency: Optional[int] = typer.Option(None, help="Cutting tasks at once (default: cluster CPUs / cut threads)."),
-    cut_threads: int = typer.Option(1, help="ffmpeg threads (and Ray CPUs) per cutting task."),
-    x264_preset: str = typer.Option("veryfast", help="x264 preset: ultrafast cuts 240p sources ~1.5x faster, files ~2x larger."),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster ('auto' or host:port); default a local Ray."),
-    retry_failed: bool = typer.Option(False, help="Also retry videos whose failure was permanent."),
-    allow_local_files: bool = typer.Option(False, help="Accept local paths and file:// URLs as video URLs."),
-    cookies: Optional[Path] = typer.Option(None, help="Netscape cookies file for yt-dlp."),
-    proxy: Optional[str] = typer.Option(None, help="Proxy URL for downloads."),
-    rate_limit: Optional[int] = typer.Option(None, help="Download rate limit in bytes/s (whole-file downloads)."),
-    max_filesize: int = typer.Option(2 * 1024**3, help="Size cap of one download in bytes."),
-    socket_timeout: float = typer.Option(20.0, help="Network timeout in seconds."),
-    retries: int = typer.Option(3, help="Retries of a transient download error (with backoff)."),
-    workdir: Optional[str] = typer.Option(None, help="Node-local scratch directory for downloads."),
-) -> None:
-    """Plan long-form samples (HD-VILA metadata; YouTube or local videos with subtitles or
-    speech recognition), then download, cut and record them."""
-    from lfvila_data.build import BuildConfig, run_build
+def _grouped_values(groups: tuple[Callable, ...], params: dict) -> list:
+    """Each group's settings from the parsed options; a bad value is the usual one-line error."""
+    try:
+        return [g(**{n: params[n] for n in inspect.signature(g).parameters}) for g in groups]
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+
+
+def _option_groups(*groups: Callable) -> Callable[[Callable], Callable]:
+    """Give a command the options of every group, in order, and call it with what each
+    group returns: a group is a function of typer options (one help panel) that checks
+    them and builds its stage's settings, so no command takes dozens of parameters."""
+    params = [p.replace(annotation=eval(p.annotation, g.__globals__))  # noqa: S307 - our own annotations
+              for g in groups for p in inspect.signature(g).parameters.values()]
+
+    def wrap(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def run(**kwargs: object) -> None:
+            command(*_grouped_values(groups, kwargs))
+
+        run.__signature__ = inspect.Signature(params)  # what typer reads the options from
+        return run
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class AsrChoice:
+    """--asr and, unless it is off, the Whisper settings."""
+
+    mode: str
+    config: object | None  # lfvila_data.text.asr.AsrConfig, imported only when used
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the build runs, never what it makes (cut CPUs come from --cut-threads)."""
+
+    run: RunConfig
+    ray_address: str | None
+    retry_failed: bool
+    workdir: str | None
+
+
+_INPUT, _TEXT, _ASR, _PLAN = "Input and output", "Subtitles and clips", "Speech recognition", "Planning"
+_FETCH, _CUT, _RUN = "Download", "Cutting", "Running"
+
+
+def input_options(
+    source: Source = typer.Option(Source.hdvila, help="Where videos and text come from.", rich_help_panel=_INPUT),
+    metadata: List[str] = typer.Option([], help="HD-VILA url/span jsonl files (paths, globs, s3://); repeatable.", rich_help_panel=_INPUT),
+    text: List[str] = typer.Option([], help="HD-VILA clip text jsonl files; repeatable.", rich_help_panel=_INPUT),
+    input: List[str] = typer.Option([], "--input", help="--source youtube: URL/id lists (txt, csv, jsonl, parquet); --source local: video files, globs or directories (sidecar .vtt/.srt subtitles).", rich_help_panel=_INPUT),
+    output: str = typer.Option(..., help="Output directory (local path or fsspec URL).", rich_help_panel=_INPUT),
+) -> BuildConfig:
+    """What is read and where the build goes; the other groups fill in the stages."""
+    from lfvila_data.build import BuildConfig
 
     if source == Source.hdvila and (not metadata or not text):
         _fail("--metadata and --text are both required for --source hdvila")
     if source in (Source.local, Source.youtube) and not input:
         _fail(f"--input is required for --source {source.value}")
-    if source == Source.hdvila and asr == Asr.auto:
-        typer.echo("lfvila-data: note: HD-VILA metadata has text for every clip, so --asr auto "
-                   "transcribes nothing; --asr always re-transcribes the planned spans", err=True)
-    if asr_timestamps not in ("word", "segment"):
-        _fail(f"--asr-timestamps must be 'word' or 'segment', got {asr_timestamps!r}")
+    return BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output,
+                       source=source.value, inputs=tuple(input))
+
+
+def text_options(
+    lang: List[str] = typer.Option(["en"], help="Subtitle languages in order of preference; repeatable. Human-made subtitles in any of them are preferred to automatic captions.", rich_help_panel=_TEXT),
+    min_clip_seconds: float = typer.Option(8.0, help="Subtitles/ASR: sentences are merged into clips of at least this length...", rich_help_panel=_TEXT),
+    max_clip_seconds: float = typer.Option(20.0, help="...and at most this length.", rich_help_panel=_TEXT),
+    language_check: bool = typer.Option(True, help="Reject subtitles whose text is clearly in another language than asked.", rich_help_panel=_TEXT),
+) -> TextOptions:
+    """How subtitles become clips (speech recognition and concurrency are set later)."""
     if not 0 < min_clip_seconds <= max_clip_seconds:
         _fail("--min-clip-seconds must be positive and at most --max-clip-seconds")
-    if source == Source.local:
-        allow_local_files = True  # the inputs are local files by definition
+    return TextOptions(langs=tuple(lang), check_language=language_check,
+                       clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds))
+
+
+def asr_options(
+    asr: Asr = typer.Option(Asr.off, help="Speech recognition: 'auto' transcribes videos without usable subtitles, 'always' every video (hdvila: re-transcribes the planned spans).", rich_help_panel=_ASR),
+    asr_model: str = typer.Option("openai/whisper-large-v3", help="Whisper model: hub id or local directory.", rich_help_panel=_ASR),
+    asr_language: Optional[str] = typer.Option(None, help="Language Whisper transcribes in (default: detected).", rich_help_panel=_ASR),
+    asr_timestamps: str = typer.Option("word", help="'word' (cross-attention alignment) or 'segment' timestamps.", rich_help_panel=_ASR),
+    asr_batch_size: int = typer.Option(8, help="30-s audio windows per Whisper forward pass.", rich_help_panel=_ASR),
+    asr_actors: Optional[int] = typer.Option(None, help="Whisper actors (default: one per GPU, else 1).", rich_help_panel=_ASR),
+    asr_gpu: Optional[bool] = typer.Option(None, "--asr-gpu/--no-asr-gpu", help="Run Whisper on GPUs (default: when the cluster has them).", rich_help_panel=_ASR),
+    asr_silence_db: float = typer.Option(-50.0, help="Audio windows quieter than this (RMS dBFS) are not transcribed (Whisper invents text for silence).", rich_help_panel=_ASR),
+) -> AsrChoice:
+    if asr_timestamps not in ("word", "segment"):
+        _fail(f"--asr-timestamps must be 'word' or 'segment', got {asr_timestamps!r}")
+    if asr == Asr.off:
+        return AsrChoice(asr.value, None)
+    from lfvila_data.text.asr import AsrConfig
+
+    return AsrChoice(asr.value, AsrConfig(model=asr_model, language=asr_language, timestamps=asr_timestamps,
+                                          batch_size=asr_batch_size, num_actors=asr_actors,
+                                          use_gpu=asr_gpu, silence_db=asr_silence_db))
+
+
+def plan_options(
+    min_clips: int = typer.Option(4, help="Fewest consecutive clips in a sample.", rich_help_panel=_PLAN),
+    max_clips: int = typer.Option(32, help="Most clips in a sample; longer runs are chunked.", rich_help_panel=_PLAN),
+    max_gap: float = typer.Option(3.0, help="Largest gap in seconds between consecutive clips of a sample.", rich_help_panel=_PLAN),
+    plan_buckets: Optional[int] = typer.Option(None, help="Partitions of the planning join (default: one per 256 MiB of input; more = less memory per task).", rich_help_panel=_PLAN),
+    plan_only: bool = typer.Option(False, help="Stop after planning; print samples, clips, hours.", rich_help_panel=_PLAN),
+) -> tuple[PlanConfig, bool]:
+    """The plan's settings, and whether to stop after planning."""
+    return PlanConfig(min_clips=min_clips, max_clips=max_clips, max_gap=max_gap,
+                      num_buckets=plan_buckets), plan_only
+
+
+def fetch_options(
+    sections: bool = typer.Option(True, help="Download only the planned sections (--no-sections: whole files).", rich_help_panel=_FETCH),
+    margin: float = typer.Option(1.0, help="Seconds downloaded around each planned span.", rich_help_panel=_FETCH),
+    allow_local_files: bool = typer.Option(False, help="Accept local paths and file:// URLs as video URLs.", rich_help_panel=_FETCH),
+    cookies: Optional[Path] = typer.Option(None, help="Netscape cookies file for yt-dlp.", rich_help_panel=_FETCH),
+    proxy: Optional[str] = typer.Option(None, help="Proxy URL for downloads.", rich_help_panel=_FETCH),
+    rate_limit: Optional[int] = typer.Option(None, help="Download rate limit in bytes/s (whole-file downloads).", rich_help_panel=_FETCH),
+    max_filesize: int = typer.Option(2 * 1024**3, help="Size cap of one download in bytes.", rich_help_panel=_FETCH),
+    socket_timeout: float = typer.Option(20.0, help="Network timeout in seconds.", rich_help_panel=_FETCH),
+    retries: int = typer.Option(3, help="Retries of a transient download error (with backoff).", rich_help_panel=_FETCH),
+) -> FetchConfig:
+    """Download settings (height and audio come from the cutting group)."""
+    if cookies is not None and not cookies.is_file():
+        _fail(f"cookies file not found: {cookies}")
+    return FetchConfig(sections=sections, margin=margin, socket_timeout=socket_timeout, retries=retries,
+                       max_filesize=max_filesize, cookies=str(cookies) if cookies else None,
+                       proxy=proxy, rate_limit=rate_limit, allow_local_files=allow_local_files)
+
+
+def cut_options(
+    fps: float = typer.Option(3.0, help="Frame rate of sample videos.", rich_help_panel=_CUT),
+    height: int = typer.Option(240, help="Height of sample videos (even); width keeps the aspect.", rich_help_panel=_CUT),
+    copy: bool = typer.Option(False, "--copy", help="Stream-copy instead of re-encoding (fast, cuts on keyframes).", rich_help_panel=_CUT),
+    audio: bool = typer.Option(False, "--audio", help="Keep the audio track.", rich_help_panel=_CUT),
+    cut_threads: int = typer.Option(1, help="ffmpeg threads (and Ray CPUs) per cutting task.", rich_help_panel=_CUT),
+    x264_preset: str = typer.Option("veryfast", help="x264 preset: ultrafast cuts 240p sources ~1.5x faster, files ~2x larger.", rich_help_panel=_CUT),
+) -> CutConfig:
     if height <= 0 or height % 2:
         _fail(f"--height must be a positive even number, got {height}")
     presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -115,35 +198,53 @@ def build(
         _fail(f"--cut-threads must be at least 1, got {cut_threads}")
     if fps <= 0:
         _fail(f"--fps must be positive, got {fps}")
-    if cookies is not None and not cookies.is_file():
-        _fail(f"cookies file not found: {cookies}")
-    try:
-        plan = PlanConfig(min_clips=min_clips, max_clips=max_clips, max_gap=max_gap,
-                          allow_local_files=allow_local_files, num_buckets=plan_buckets)
-        task = TaskContext(
-            output=output, min_clips=min_clips, source=source.value, workdir=workdir,
-            fetch=FetchConfig(height=height, audio=audio, sections=sections, margin=margin,
-                              socket_timeout=socket_timeout, retries=retries,
-                              max_filesize=max_filesize, cookies=str(cookies) if cookies else None,
-                              proxy=proxy, rate_limit=rate_limit, allow_local_files=allow_local_files),
-            cut=CutConfig(fps=fps, height=height, copy=copy, audio=audio, threads=cut_threads,
-                          preset=x264_preset))
-        asr_cfg = None
-        if asr != Asr.off:
-            from lfvila_data.text.asr import AsrConfig
+    return CutConfig(fps=fps, height=height, copy=copy, audio=audio, threads=cut_threads, preset=x264_preset)
 
-            asr_cfg = AsrConfig(model=asr_model, language=asr_language, timestamps=asr_timestamps,
-                                batch_size=asr_batch_size, num_actors=asr_actors, use_gpu=asr_gpu,
-                                silence_db=asr_silence_db)
-        text_opts = TextOptions(langs=tuple(lang), asr=asr.value, asr_config=asr_cfg,
-                                clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds),
-                                check_language=language_check, concurrency=download_concurrency)
-        cfg = BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output, plan=plan,
-                          source=source.value, inputs=tuple(input), text_opts=text_opts,
-                          task=task, run=RunConfig(fetch_concurrency=download_concurrency,
-                                                   cut_concurrency=cut_concurrency,
-                                                   cut_cpus=float(cut_threads)),
-                          plan_only=plan_only, retry_failed=retry_failed, ray_address=ray_address)
+
+def run_options(
+    download_concurrency: int = typer.Option(8, help="Videos downloading at once (and subtitle look-ups at once).", rich_help_panel=_RUN),
+    cut_concurrency: Optional[int] = typer.Option(None, help="Cutting tasks at once (default: cluster CPUs / cut threads).", rich_help_panel=_RUN),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster ('auto' or host:port); default a local Ray.", rich_help_panel=_RUN),
+    retry_failed: bool = typer.Option(False, help="Also retry videos whose failure was permanent.", rich_help_panel=_RUN),
+    workdir: Optional[str] = typer.Option(None, help="Node-local scratch directory for downloads.", rich_help_panel=_RUN),
+) -> RunOptions:
+    return RunOptions(RunConfig(fetch_concurrency=download_concurrency, cut_concurrency=cut_concurrency),
+                      ray_address, retry_failed, workdir)
+
+
+BUILD_OPTIONS = (input_options, text_options, asr_options, plan_options, fetch_options,
+                 cut_options, run_options)
+
+
+def build_config(build: BuildConfig, text: TextOptions, asr: AsrChoice, plan: tuple[PlanConfig, bool],
+                 fetch: FetchConfig, cut: CutConfig, run: RunOptions) -> BuildConfig:
+    """The build's settings from its option groups; settings that more than one stage
+    reads (height, audio, local files, concurrency, cut threads) are wired here."""
+    allow_local_files = fetch.allow_local_files or build.source == "local"  # local inputs are files
+    plan_cfg, plan_only = plan
+    return replace(
+        build, plan=replace(plan_cfg, allow_local_files=allow_local_files),
+        text_opts=replace(text, asr=asr.mode, asr_config=asr.config,
+                          concurrency=run.run.fetch_concurrency),
+        task=TaskContext(output=build.output, source=build.source, workdir=run.workdir, cut=cut,
+                         fetch=replace(fetch, height=cut.height, audio=cut.audio,
+                                       allow_local_files=allow_local_files)),
+        run=replace(run.run, cut_cpus=float(cut.threads)),
+        plan_only=plan_only, retry_failed=run.retry_failed, ray_address=run.ray_address)
+
+
+@app.command()
+@_option_groups(*BUILD_OPTIONS)
+def build(*groups: object) -> None:
+    """Plan long-form samples (HD-VILA metadata; YouTube or local videos with subtitles or
+    speech recognition), then download, cut and record them."""
+    from lfvila_data.build import run_build
+
+    cfg = build_config(*groups)
+    if cfg.source == "hdvila" and cfg.text_opts.asr == "auto":
+        typer.echo("lfvila-data: note: HD-VILA metadata has text for every clip, so --asr auto "
+                   "transcribes nothing; --asr always re-transcribes the planned spans", err=True)
+    try:
         run_build(cfg)
     except (InputError, ValueError) as e:
         _fail(str(e))
@@ -281,6 +382,26 @@ def demo(
         _fail(str(e))
     except ImportError as e:
         _fail(f"training needs the model extra ({e}); --train-steps 0 skips it")
+
+
+@app.command()
+def browse(
+    directory: str = typer.Argument(..., help="A build or a shard directory."),
+    samples: int = typer.Option(20, help="Random samples on the page."),
+    seed: int = typer.Option(0, help="Which samples: the same seed draws the same ones."),
+    output: Optional[str] = typer.Option(None, help="Where index.html and thumbs/ go (default DIR/browse)."),
+) -> None:
+    """Write a static HTML page of random samples, one frame per clip at its middle with the
+    clip's times and text under it: to check by eye that text and footage go together."""
+    from lfvila_data.shards.browse import write_browse
+    from lfvila_data.shards.stats import StatsInputError
+
+    try:
+        result = write_browse(directory, output, samples, seed)
+    except (StatsInputError, InputError, FileNotFoundError) as e:
+        _fail(str(e))
+    missing = f" ({result.missing_images} clips without a frame)" if result.missing_images else ""
+    typer.echo(f"browse: {result.samples} samples, {result.images} thumbnails{missing}: {result.page}")
 
 
 def main() -> None:

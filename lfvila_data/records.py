@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Iterable
 
 # YouTube ids are [A-Za-z0-9_-]{11}; we accept any length but only that alphabet, so an
 # id can never name a path outside the output directory.
@@ -41,6 +42,9 @@ def parse_clip_id(clip_id: object) -> tuple[str, int] | None:
     return m.group("vid"), int(m.group("k"))
 
 
+_KEY = re.compile(r"^(?P<vid>[A-Za-z0-9_-]{1,128})_(?P<first>[0-9]{5,})_(?P<last>[0-9]{5,})$")
+
+
 def sample_key(video_id: str, first_k: int, last_k: int) -> str:
     """Stable, dot-free key of a sample: the video and its clip-number range.
 
@@ -49,9 +53,32 @@ def sample_key(video_id: str, first_k: int, last_k: int) -> str:
     return f"{video_id}_{first_k:05d}_{last_k:05d}"
 
 
+def parse_sample_key(key: object) -> tuple[str, int, int] | None:
+    """(video_id, first_k, last_k) of a key made by `sample_key`; None for anything else,
+    so readers check keys by the rule that made them."""
+    if not isinstance(key, str):
+        return None
+    m = _KEY.match(key)
+    if not m:
+        return None
+    return m.group("vid"), int(m.group("first")), int(m.group("last"))
+
+
+def paragraph(texts: Iterable[str | None]) -> str:
+    """A sample's paragraph: its clip texts in order, joined by single spaces."""
+    return " ".join(t for t in texts if t)
+
+
+def relative_time(t: float, origin: float, limit: float | None = None) -> float:
+    """Source time `t` as seconds after `origin` (a sample's first frame), to the
+    microsecond, clamped to [0, limit] so it names a frame the sample file has."""
+    rel = max(0.0, round(t - origin, 6))
+    return rel if limit is None else min(rel, limit)
+
+
 @dataclass(frozen=True)
 class TimedText:
-    """A sentence and its span in seconds of source time."""
+    """A word or a sentence and its span in seconds of source time."""
 
     text: str
     start: float
@@ -78,10 +105,11 @@ class Clip:
             return self.sentences
         return (TimedText(self.text, self.start, self.end),) if self.text else ()
 
-    def sentence_rows(self, origin: float = 0.0) -> list[dict]:
-        """The sentences as plain dicts, times relative to `origin` (source time when 0)."""
-        return [{"text": s.text, "start": round(s.start - origin, 6), "end": round(s.end - origin, 6)}
-                for s in self.timed_sentences()]
+    def sentence_rows(self, origin: float = 0.0, limit: float | None = None) -> list[dict]:
+        """The sentences as plain dicts, times relative to `origin` (source time when 0)
+        and clamped to [0, limit] (see relative_time)."""
+        return [{"text": s.text, "start": relative_time(s.start, origin, limit),
+                 "end": relative_time(s.end, origin, limit)} for s in self.timed_sentences()]
 
 
 def error_line(err: BaseException) -> str:
@@ -91,19 +119,70 @@ def error_line(err: BaseException) -> str:
     return (lines[-1] if lines else type(err).__name__)[:300]
 
 
+class FailureCode(str, Enum):
+    """Why something failed, from a closed set: the ledger's `code` column, counted by
+    `stats`; the `reason` column says the same in words a person can act on."""
+
+    BAD_LINE = "bad_line"                  # an input line is not JSON, or lacks or mistypes a field
+    UNSAFE_ID = "unsafe_id"                # a video id outside [A-Za-z0-9_-]{1,128}
+    BAD_CLIP_ID = "bad_clip_id"            # a clip id that is not <video_id>.<k>.mp4 of its video
+    BAD_SPAN = "bad_span"                  # a clip span that is not [start, end] with end after start
+    DUPLICATE = "duplicate"                # a second line of a video or clip number; the first is used
+    OVERLAPPING_CLIP = "overlapping_clip"  # a clip starts before the previous one ends
+    BAD_URL = "bad_url"                    # a URL we do not fetch: not http(s), a playlist, a local file
+    NO_TEXT = "no_text"                    # a clip without text; it breaks its run
+    NO_SUBTITLES = "no_subtitles"          # no subtitles or captions in the wanted languages
+    UNUSABLE_SUBTITLES = "unusable_subtitles"  # a subtitle file that is empty, unreadable or malformed
+    WRONG_LANGUAGE = "wrong_language"      # the text or speech is not in the language asked for
+    SUBTITLES_PAST_END = "subtitles_past_end"  # subtitle words after the end of the video (dropped)
+    NO_RUN = "no_run"                      # clips, but no run of --min-clips consecutive clips
+    NOT_FOUND = "not_found"                # the video or media does not exist (HTTP 404/410, no file)
+    UNAVAILABLE = "unavailable"            # the host refuses it: private, removed, members-only, 401/403
+    TOO_LARGE = "too_large"                # a download or subtitle file above its size cap
+    NOT_A_VIDEO = "not_a_video"            # the media cannot be read as video (no format, bad data)
+    NETWORK = "network"                    # a transient network or server error (5xx, 429, timeout)
+    NO_AUDIO = "no_audio"                  # the media has no audio to transcribe
+    BAD_AUDIO = "bad_audio"                # ffmpeg cannot read or decode the audio
+    ASR_NO_WORDS = "asr_no_words"          # speech recognition heard no words (in a video or clip)
+    PAST_MEDIA_END = "past_media_end"      # a clip lies beyond the end of the video data
+    PROBE_FAILED = "probe_failed"          # ffprobe cannot read the downloaded video
+    CUT_FAILED = "cut_failed"              # ffmpeg could not cut the sample
+    TASK_CRASHED = "task_crashed"          # a worker task died (crash, bug); retried on the next run
+    UNCLASSIFIED = "unclassified"          # a row written by a version before failures carried codes
+
+
 @dataclass(frozen=True)
 class Failure:
-    """A ledger row: what failed, where, and why in words a person can act on."""
+    """A ledger row: what failed, where, why (a code from a closed set plus words a
+    person can act on), and whether a rerun may help."""
 
     video_id: str | None
     clip_id: str | None
     stage: str
+    code: FailureCode
     reason: str
     permanent: bool = True
     key: str | None = None  # the sample, when one sample failed rather than a clip or video
 
+    def __post_init__(self) -> None:
+        # raises ValueError on a code outside the set, e.g. a reason passed where the code goes
+        object.__setattr__(self, "code", FailureCode(self.code))
+
     def to_row(self) -> dict:
-        return asdict(self)
+        """The ledger row (FAILURE_SCHEMA) as plain values, also for JSON journals."""
+        return asdict(self) | {"code": self.code.value}
+
+    @classmethod
+    def from_row(cls, row: dict) -> Failure:
+        """The Failure of a ledger row as Arrow, pandas or a journal gives it back."""
+        code = row.get("code") or FailureCode.UNCLASSIFIED  # journals of older versions have none
+        return cls(_text_or_none(row["video_id"]), _text_or_none(row["clip_id"]), row["stage"], code,
+                   row["reason"], bool(row["permanent"]), _text_or_none(row.get("key")))
+
+
+def _text_or_none(value: object) -> str | None:
+    """A nullable text column's value: pandas gives NaN for a null string."""
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)
@@ -125,7 +204,7 @@ class PlannedSample:
 
     @property
     def paragraph(self) -> str:
-        return " ".join(c.text for c in self.clips if c.text)
+        return paragraph(c.text for c in self.clips)
 
 
 @dataclass(frozen=True)

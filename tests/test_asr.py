@@ -18,6 +18,7 @@ import pytest
 from lfvila_data.executor.asr import transcribe_on_ray
 from lfvila_data.localserver import MediaServer
 from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
+from lfvila_data.records import FailureCode
 from lfvila_data.text.asr import (
     AsrConfig,
     AsrJob,
@@ -276,7 +277,7 @@ def test_language_is_detected_when_not_given(tiny_model, media):
 def test_bad_media_and_resolver_errors_are_failed_results(transcriber, media):
     mute = transcriber.transcribe(AsrJob("mute", str(media["mute"])))
     assert mute.words == [] and mute.failure.stage == "asr" and "no audio stream" in mute.failure.reason
-    assert mute.failure.video_id == "mute" and mute.failure.permanent
+    assert mute.failure.video_id == "mute" and mute.failure.permanent and mute.failure.code is FailureCode.NO_AUDIO
 
     def resolve(url: str) -> str:
         if url.endswith("gone"):
@@ -285,6 +286,7 @@ def test_bad_media_and_resolver_errors_are_failed_results(transcriber, media):
 
     gone = transcriber.transcribe(AsrJob("gone", "https://www.youtube.com/watch?v=gone"), resolve)
     assert gone.failure.stage == "asr" and "Video unavailable" in gone.failure.reason
+    assert gone.failure.code is FailureCode.UNAVAILABLE
     ok = transcriber.transcribe(AsrJob("ok", "https://www.youtube.com/watch?v=ok", ((10.0, 20.0),)), resolve)
     assert ok.failure is None
     _check_words(ok.words, [(10.0, 20.0)])
@@ -319,6 +321,7 @@ def test_pool_transcribes_and_records_failures(ray_local, tiny_model, media):
     _check_words(results["near"].words, [(5.0, 20.0), (40.0, 45.0)])
     failure = results["mute"].failure
     assert results["mute"].words == [] and failure.stage == "asr" and "audio" in failure.reason
+    assert failure.code is FailureCode.NO_AUDIO
 
 
 def test_in_process_worker_transcribes_and_records_failures(tiny_model, media):

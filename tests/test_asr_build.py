@@ -13,7 +13,7 @@ from lfvila_data.localserver import MediaServer
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
 from lfvila_data.plan.join import PlanConfig
-from lfvila_data.records import Clip, PlannedSample
+from lfvila_data.records import Clip, FailureCode, PlannedSample
 from lfvila_data.sources.local import local_video_id
 from lfvila_data.sources.youtube import url_video_id
 from lfvila_data.text.asr import AsrConfig
@@ -35,7 +35,7 @@ def test_retext_video_assigns_words_by_midpoint():
              Word("four", 51.0, 51.4), Word("between", 59.3, 59.8)]  # midpoint in no clip
     got, fails = retext_video([sample], words, "en", PlanConfig(min_clips=2))
     assert [(f.clip_id, f.stage) for f in fails] == [("v.6.mp4", "asr")]
-    assert "heard no words" in fails[0].reason
+    assert "heard no words" in fails[0].reason and fails[0].code is FailureCode.ASR_NO_WORDS
     [s] = got
     assert (s.key, s.text_source, s.language) == ("v_00001_00005", "asr", "en")
     assert [c.text for c in s.clips] == ["straddles", "hello.", "two", "three", "four"]
@@ -88,6 +88,7 @@ def test_local_asr_auto(tmp_path, whisper, ray_module):
     mute = f[f.video_id == local_video_id((lib / "mute.mp4").resolve())]
     assert mute.stage.tolist() == ["asr"]
     assert "no subtitles" in mute.reason.iloc[0] and "audio" in mute.reason.iloc[0]
+    assert mute.code.tolist() == ["no_audio"]
     got = shard_verify_load([out], tmp_path / "e2e")  # ASR clips hold several sentences
     assert got["samples"] == len(m) and got["loaded"] == int((m.n_clips >= 4).sum())
 
@@ -176,12 +177,14 @@ def test_asr_outcome_language_and_empty_transcripts():
     detect = TextOptions(langs=("en",), asr="auto", asr_config=AsrConfig(model="m"))
     o = asr_outcome(AsrResult("v", words, "de", 80.0), "u", PLAN, detect, None)
     assert not o.samples and "detected 'de' speech; asked for en" in o.failures[0].reason
+    assert o.failures[0].code is FailureCode.WRONG_LANGUAGE
     o = asr_outcome(AsrResult("v", words, "en-US", 80.0), "u", PLAN, detect, None)
     assert o.samples and all(s.text_source == "asr" and s.language == "en-US" for s in o.samples)
     forced = TextOptions(langs=("en",), asr="auto", asr_config=AsrConfig(model="m", language="de"))
     assert asr_outcome(AsrResult("v", words, "de", 80.0), "u", PLAN, forced, None).samples  # asked for
     o = asr_outcome(AsrResult("v", [], "en", 80.0), "u", PLAN, detect, "no subtitles")
     assert o.failures[0].stage == "asr" and "heard no words in 80 s" in o.failures[0].reason
+    assert o.failures[0].code is FailureCode.ASR_NO_WORDS
 
 
 def test_silent_windows_are_not_decoded(tmp_path, whisper):
@@ -210,4 +213,5 @@ def test_audio_resolver_keeps_permanent_failures(tmp_path, whisper):
         result = WhisperTranscriber(AsrConfig(model=str(whisper))).transcribe(
             AsrJob("gone", srv.url("gone.html")), resolve=AudioResolver(FetchConfig()))
     assert result.failure.stage == "asr" and "404" in result.failure.reason
+    assert result.failure.code is FailureCode.NOT_FOUND
     assert result.failure.permanent  # not retried on every rerun

@@ -154,6 +154,12 @@ def test_ledger_names_every_problem(built):
     joined = " | ".join(meta.reason)
     assert "../evil" in joined and "a/b" in joined and "file:///etc/passwd" in joined
     assert "malformed JSON" in joined and "url" in joined
+    codes = {vid: set(g.code) for vid, g in f.groupby("video_id")}
+    assert (codes["vidA"], codes["vidC"], codes["vidD"], codes["vidE"]) == (
+        {"no_text"}, {"not_found"}, {"past_media_end"}, {"not_a_video"})
+    assert (codes["vidF"], codes["vidG"], codes["vidH"], codes["vidU"], codes["vidK"]) == (
+        {"past_media_end"}, {"not_a_video"}, {"overlapping_clip"}, {"network"}, {"network"})
+    assert {"unsafe_id", "bad_url", "bad_line"} <= set(meta.code)
 
 
 def test_nothing_written_outside_output(built, site):
@@ -162,7 +168,7 @@ def test_nothing_written_outside_output(built, site):
     for base in (root, out, out.parent):
         assert not list(base.rglob("*evil*")) and not list(base.parent.glob("*evil*"))
     written = {p.relative_to(out).parts[0] for p in out.rglob("*")}
-    assert written <= {"videos", "plan", "_journal", "manifest.parquet", "failures.parquet",
+    assert written <= {"videos", "plan", "_journal", "_fit", "manifest.parquet", "failures.parquet",
                        "downloads.parquet", "build.json"}
     assert not list(out.rglob("*.part")) and not list(out.rglob("*.tmp"))
     assert not list((root / "scratch").rglob("*.*"))  # downloads are cleaned up
@@ -174,6 +180,8 @@ def test_build_json_and_downloads(built):
     assert info["plan_config"]["min_clips"] == 4 and info["plan_config"]["max_gap"] == 3.0
     assert info["cut"]["fps"] == 3.0 and info["counts"]["samples_written"] == 6
     assert info["plan"]["samples"] == 11
+    ledger_codes = pd.read_parquet(out / "failures.parquet").code.value_counts().to_dict()
+    assert info["counts"]["failures_by_code"] == ledger_codes and ledger_codes["past_media_end"] == 8
     dl = pd.read_parquet(out / "downloads.parquet")
     assert set(dl.key) == set(pd.read_parquet(out / "manifest.parquet").key)
     assert (dl.download_bytes > 0).all() and info["counts"]["download_bytes"] == dl.download_bytes.sum()
@@ -209,6 +217,21 @@ def test_lost_journal_reuses_finished_files(built, site):
     run_build(config(site, out))
     assert site["srv"].requests["a.mp4"] == 0 and site["srv"].requests["k.mp4"] == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), expected)
+
+
+def test_lost_journal_reuses_files_of_trimmed_samples(built, site):
+    """vidD and vidF are shorter than their metadata: their samples are trimmed and written
+    under the fitted key. Without the journal, a rerun finds those files (and the clips
+    they lost) without downloading or cutting again."""
+    out, _ = built
+    expected, failures = pd.read_parquet(out / "manifest.parquet"), ledger(out)
+    assert {"vidD_00001_00004", "vidF_00001_00006"} <= set(expected.key)
+    shutil.rmtree(out / "_journal")
+    site["srv"].requests.clear()
+    run_build(config(site, out))
+    assert site["srv"].requests["d.mp4"] == 0 and site["srv"].requests["f.mp4"] == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), expected)
+    pd.testing.assert_frame_equal(ledger(out), failures)
 
 
 def cli(site, out: Path, *extra: str) -> list[str]:
@@ -284,5 +307,16 @@ def test_hdvila_build_shards_verifies_and_loads(built, tmp_path):
     """build -> shard -> verify -> the model's loader; HD-VILA clips are one sentence each."""
     from tests.endtoend import shard_verify_load
 
+    m = pd.read_parquet(built[0] / "manifest.parquet")  # earlier tests may have rerun the build
     got = shard_verify_load([built[0]], tmp_path, multi_sentence=False)
-    assert got == {"samples": 6, "loaded": 6, "sentences": 31}
+    assert got == {"samples": len(m), "loaded": int((m.n_clips >= 4).sum()), "sentences": int(m.n_clips.sum())}
+
+
+def test_scratch_is_one_folder_per_output(tmp_path):
+    """Two builds on one machine fetching the same video id into different outputs once
+    shared (and deleted) each other's downloads in one scratch folder."""
+    a = TaskContext(output=str(tmp_path / "a")).scratch()
+    b = TaskContext(output=str(tmp_path / "b")).scratch()
+    assert a != b and a.parent == b.parent
+    assert TaskContext(output=str(tmp_path / "a") + "/").scratch() == a
+    assert TaskContext(output="s3://bucket/a", workdir=str(tmp_path)).scratch().parent == tmp_path

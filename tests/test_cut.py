@@ -9,7 +9,7 @@ import pytest
 
 from lfvila_data.media.cut import CutConfig, MediaError, cut_sample, probe
 from lfvila_data.media.task import fit_to_media
-from lfvila_data.records import Clip, PlannedSample
+from lfvila_data.records import Clip, FailureCode, PlannedSample
 from tests.media import decode_times, make_timecoded_video
 from tests.realdata import VIDEOS as REAL
 
@@ -137,7 +137,8 @@ def test_fit_to_media_drops_clips_past_the_end():
     assert [c.k for c in cut.clips] == [1, 2, 3, 4] and cut.key == "v_00001_00004"
     assert cut.end == 16.0
     assert [f.clip_id for f in fails] == ["v.5.mp4", "v.6.mp4"]
-    assert all(f.stage == "probe" and "beyond the end" in f.reason for f in fails)
+    assert all(f.stage == "probe" and f.code is FailureCode.PAST_MEDIA_END and "beyond the end" in f.reason
+               for f in fails)
     gone, fails = fit_to_media(s, 10.0, min_clips=4)
     assert gone is None and len(fails) == 4
 

@@ -16,6 +16,7 @@ from lfvila_data.media.fetch import (
     local_path,
     section_spans,
 )
+from lfvila_data.records import FailureCode
 from tests.media import decode_times, make_timecoded_video
 
 
@@ -80,7 +81,7 @@ def test_404_is_permanent_and_not_retried(served, tmp_path):
     fresh(served)
     with pytest.raises(FetchError) as e:
         Fetcher(FetchConfig(retries=3, backoff=0.05), tmp_path)("v", served.url("nope.mp4"), [(1, 2)])
-    assert e.value.permanent and "404" in e.value.reason
+    assert e.value.permanent and "404" in e.value.reason and e.value.code is FailureCode.NOT_FOUND
     assert served.requests["nope.mp4"] == 1
 
 
@@ -94,24 +95,26 @@ def test_transient_errors_are_retried_with_backoff(served, tmp_path):
         Fetcher(FetchConfig(retries=1, backoff=0.05), tmp_path)("v", served.url("long.mp4"), [(5, 9)])
     served.fail_transient.clear()
     assert not e.value.permanent and "503" in e.value.reason and "2 attempts" in e.value.reason
+    assert e.value.code is FailureCode.NETWORK
 
 
 def test_unreachable_host_is_transient(tmp_path):
     with pytest.raises(FetchError) as e:
         Fetcher(FetchConfig(retries=0, socket_timeout=2), tmp_path)("v", "http://127.0.0.1:9/x.mp4", [(1, 2)])
-    assert not e.value.permanent and "refused" in e.value.reason.lower()
+    assert not e.value.permanent and "refused" in e.value.reason.lower() and e.value.code is FailureCode.NETWORK
 
 
 def test_not_a_video_is_permanent_with_a_clear_reason(served, tmp_path):
     with pytest.raises(FetchError) as e:
         Fetcher(FetchConfig(retries=2, backoff=0.05), tmp_path)("v", served.url("junk.mp4"), [(1, 2)])
     assert e.value.permanent and "does not serve a readable video" in e.value.reason
+    assert e.value.code is FailureCode.NOT_A_VIDEO
 
 
 def test_size_cap(served, tmp_path):
     with pytest.raises(FetchError) as e:
         Fetcher(FetchConfig(max_filesize=50_000), tmp_path)("v", served.url("long.mp4"), [(10, 60)])
-    assert e.value.permanent and "size cap" in e.value.reason
+    assert e.value.permanent and "size cap" in e.value.reason and e.value.code is FailureCode.TOO_LARGE
 
 
 def test_schemes_and_local_files(served, tmp_path):

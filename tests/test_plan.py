@@ -28,7 +28,7 @@ from lfvila_data.plan.join import (
     read_plan_failures,
     sample_to_row,
 )
-from lfvila_data.records import Clip, Failure, VideoMeta, sample_key
+from lfvila_data.records import Clip, Failure, FailureCode, VideoMeta, sample_key
 from lfvila_data.sources.hdvila import parse_text_line, parse_video_line
 
 CFG = PlanConfig(min_clips=2, max_clips=3, max_gap=2.0)
@@ -92,7 +92,7 @@ def test_clip_without_text_fails_and_breaks_the_run(bad_text):
         texts["v1.3.mp4"] = bad_text
     samples, failures = group_runs(v, texts, CFG)
     assert runs(samples) == [[1, 2], [4, 5]]
-    assert failures == [Failure("v1", "v1.3.mp4", "text", "no text for clip")]
+    assert failures == [Failure("v1", "v1.3.mp4", "text", FailureCode.NO_TEXT, "no text for clip")]
 
 
 def test_short_runs_are_dropped_and_counted():
@@ -210,7 +210,7 @@ def plan_directly(meta_paths, text_paths, cfg):
                 v, fails = parse_video_line(line, allow_local_files=cfg.allow_local_files)
                 failures += fails
                 if v and v.video_id in videos:
-                    failures.append(Failure(v.video_id, None, "metadata", "duplicate"))
+                    failures.append(Failure(v.video_id, None, "metadata", FailureCode.DUPLICATE, "duplicate"))
                 elif v:
                     videos[v.video_id] = v
     for path in text_paths:
@@ -230,7 +230,7 @@ def plan_directly(meta_paths, text_paths, cfg):
 
 
 def failure_ids(failures) -> list[tuple]:
-    return sorted((f.video_id or "", f.clip_id or "", f.stage) for f in failures)
+    return sorted((f.video_id or "", f.clip_id or "", f.stage, f.code) for f in failures)
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_build_plan_matches_the_pure_rules(inputs, reference):
     assert [plan_row_to_sample(r) for r in table.sort_by("key").to_pylist()] == expected
     failures = read_plan_failures(str(tmp_path))
     assert failures.schema == FAILURE_SCHEMA
-    got_failures = [Failure(**r) for r in failures.to_pylist()]
+    got_failures = [Failure.from_row(r) for r in failures.to_pylist()]
     assert failure_ids(got_failures) == failure_ids(expected_failures)
 
     reasons = {(f.video_id, f.clip_id): f.reason for f in got_failures}
@@ -279,6 +279,10 @@ def test_build_plan_matches_the_pure_rules(inputs, reference):
         assert words in all_reasons
     assert "is not http(s)" in reasons[("local1", None)]
     assert "duplicate video line" in reasons[("vid001x", None)]
+    codes = Counter(f.code for f in got_failures)
+    assert codes[FailureCode.UNSAFE_ID] == 2 and codes[FailureCode.BAD_LINE] >= 2
+    assert {f.code for f in got_failures if (f.video_id, f.clip_id) == ("local1", None)} == {FailureCode.BAD_URL}
+    assert {f.code for f in got_failures if (f.video_id, f.clip_id) == ("vid001x", None)} == {FailureCode.DUPLICATE}
     by_key = {r["key"]: r for r in table.to_pylist()}
     assert by_key["vid000x_00001_00006"]["clips"][0]["text"] == "first wins"
     assert by_key["vid001x_00001_00006"]["url"].startswith("https://")
@@ -373,7 +377,7 @@ def test_plan_writer_streams_parts_with_whole_videos(tmp_path):
                               (Clip(f"{vid}.{i}.mp4", i, float(i), i + 1.0, "t"),)) for i in range(1, n + 1)]
 
     writer = PlanWriter(str(tmp_path), PlanConfig(), samples_per_part=3)
-    writer.add(samples("vidB", 2), [Failure("vidB", None, "text", "x")])
+    writer.add(samples("vidB", 2), [Failure("vidB", None, "text", FailureCode.NO_TEXT, "x")])
     writer.add(samples("vidA", 2), [])   # 4 samples >= 3: part 0 holds both videos whole
     writer.add(samples("vidC", 1), [])
     summary = writer.close({"x": 1}, Counter(videos=4, clips_total=5))

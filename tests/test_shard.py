@@ -294,3 +294,35 @@ def test_verify_our_shards_and_catch_corruption(shards, tmp_path):
     r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "verify", str(tmp_path / "drop"),
                         "--no-decode"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "members" in r.stdout
+
+
+def test_json_times_lie_within_a_sample_file_shorter_than_its_span(tmp_path, ray_module):
+    """The last clip's span runs 0.4 s past the end of its video (kept: within the cut's
+    end tolerance), so the sample file is shorter than the planned span. In the shard json
+    every clip and sentence time lies in [0, duration], the last clip ends at the last
+    frame, verify finds nothing, and the manifest and `source_end` keep the source time."""
+    from lfvila_data.shards.verify import verify_shards
+
+    (tmp_path / "www").mkdir()
+    with MediaServer(tmp_path / "www") as srv:
+        meta, text = make_corpus(tmp_path, srv.url("").rstrip("/"), videos=1, clips=4)
+        assert '"00:00:17.500"' in meta.read_text()  # the last clip ends 0.5 s before the video
+        meta.write_text(meta.read_text().replace('"00:00:17.500"', '"00:00:18.400"'))
+        build = tmp_path / "build"
+        run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(build),
+                              task=TaskContext(output=str(build), fetch=FetchConfig(retries=0))))
+    [row] = pd.read_parquet(build / "manifest.parquet").to_dict("records")
+    assert row["clips"][-1]["end"] == 18.4 and row["duration"] < 18.4 - row["start"]
+
+    out = tmp_path / "shards"
+    run_shard([str(build)], str(out), ShardConfig(val_count=0), write=local_map)
+    report = verify_shards(str(out))
+    assert report.ok, report.render()
+    with tarfile.open(out / "train-000000.tar") as tar:
+        meta_json = json.loads(tar.extractfile(f"{row['key']}.json").read())
+    duration, clips = meta_json["duration"], meta_json["clips"]
+    times = [t for c in clips for t in (c["start"], c["end"])]
+    times += [t for c in clips for s in c["sentences"] for t in (s["start"], s["end"])]
+    assert all(0 <= t <= duration for t in times)
+    assert clips[-1]["end"] == clips[-1]["sentences"][-1]["end"] == duration
+    assert clips[-1]["source_end"] == 18.4 and clips[0]["start"] == 0.0

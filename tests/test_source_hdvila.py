@@ -9,10 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range
-from lfvila_data.records import Clip, VideoMeta
+from lfvila_data.records import Clip, FailureCode, VideoMeta
 from lfvila_data.sources.hdvila import parse_span, parse_text_line, parse_video_line
 
 VID = "QMi8x8o55Ns"
+
+C = FailureCode
 
 
 def video_line(video_id=VID, url=None, clips=None, **extra) -> str:
@@ -92,36 +94,36 @@ def _video_failure(line, allow_local_files=False):
     return failures[0]
 
 
-@pytest.mark.parametrize("line,words", [
-    ("{not json", "malformed JSON"),
-    (b"\xff\xfe{}", "malformed JSON"),
-    ("[1, 2]", "not a JSON object"),
-    (json.dumps({"url": "https://x/y", "clip": []}), "'video_id'"),
-    (video_line(video_id="../x"), "unsafe 'video_id' '../x'"),
-    (video_line(video_id="a/b"), "unsafe 'video_id' 'a/b'"),
-    (video_line(video_id=".."), "unsafe"),
-    (video_line(video_id=""), "unsafe"),
-    (json.dumps({"video_id": 7, "url": "https://x", "clip": []}), "non-string 'video_id'"),
+@pytest.mark.parametrize("line,words,code", [
+    ("{not json", "malformed JSON", C.BAD_LINE),
+    (b"\xff\xfe{}", "malformed JSON", C.BAD_LINE),
+    ("[1, 2]", "not a JSON object", C.BAD_LINE),
+    (json.dumps({"url": "https://x/y", "clip": []}), "'video_id'", C.BAD_LINE),
+    (video_line(video_id="../x"), "unsafe 'video_id' '../x'", C.UNSAFE_ID),
+    (video_line(video_id="a/b"), "unsafe 'video_id' 'a/b'", C.UNSAFE_ID),
+    (video_line(video_id=".."), "unsafe", C.UNSAFE_ID),
+    (video_line(video_id=""), "unsafe", C.UNSAFE_ID),
+    (json.dumps({"video_id": 7, "url": "https://x", "clip": []}), "non-string 'video_id'", C.BAD_LINE),
 ])
-def test_parse_video_line_unknown_video(line, words):
+def test_parse_video_line_unknown_video(line, words, code):
     failure = _video_failure(line)
     assert failure.video_id is None
-    assert words in failure.reason
+    assert words in failure.reason and failure.code is code
 
 
-@pytest.mark.parametrize("line,words", [
-    (json.dumps({"video_id": VID, "clip": []}), "'url'"),
-    (video_line(url="ftp://host/v.mp4"), "is not http(s)"),
-    (video_line(url="file:///data/v.mp4"), "is not http(s)"),
-    (video_line(url="/data/v.mp4"), "is not http(s)"),
-    (video_line(url="https:///nohost"), "is not http(s)"),
-    (json.dumps({"video_id": VID, "url": "https://x/y"}), "'clip'"),
-    (video_line(clips={"a": 1}), "non-list 'clip'"),
+@pytest.mark.parametrize("line,words,code", [
+    (json.dumps({"video_id": VID, "clip": []}), "'url'", C.BAD_LINE),
+    (video_line(url="ftp://host/v.mp4"), "is not http(s)", C.BAD_URL),
+    (video_line(url="file:///data/v.mp4"), "is not http(s)", C.BAD_URL),
+    (video_line(url="/data/v.mp4"), "is not http(s)", C.BAD_URL),
+    (video_line(url="https:///nohost"), "is not http(s)", C.BAD_URL),
+    (json.dumps({"video_id": VID, "url": "https://x/y"}), "'clip'", C.BAD_LINE),
+    (video_line(clips={"a": 1}), "non-list 'clip'", C.BAD_LINE),
 ])
-def test_parse_video_line_bad_video_fields(line, words):
+def test_parse_video_line_bad_video_fields(line, words, code):
     failure = _video_failure(line)
     assert failure.video_id == VID
-    assert words in failure.reason
+    assert words in failure.reason and failure.code is code
 
 
 @pytest.mark.parametrize("url", ["file:///data/v.mp4", "/data/v.mp4", "rel/v.mp4", "http://h/v"])
@@ -134,28 +136,28 @@ def test_local_files_only_when_allowed(url):
 C3 = f"{VID}.3.mp4"
 
 
-@pytest.mark.parametrize("bad,clip_id,words", [
+@pytest.mark.parametrize("bad,clip_id,words,code", [
     ({"clip_id": "other.3.mp4", "span": ["00:00:40", "00:00:41"]}, "other.3.mp4",
-     "belongs to video 'other'"),
-    ({"clip_id": f"{VID}.x.mp4", "span": ["00:00:40", "00:00:41"]}, None, "is not <video_id>.<k>.mp4"),
-    ({"clip_id": f"{VID}.0.mp4", "span": ["00:00:40", "00:00:41"]}, None, "k >= 1"),
-    ({"clip_id": f"{VID}/3.mp4", "span": ["00:00:40", "00:00:41"]}, None, "is not <video_id>"),
-    ({"span": ["00:00:40", "00:00:41"]}, None, "'clip_id' None"),
-    ({"clip_id": C3, "span": ["00:00:40", "soon"]}, C3, "unparsable 'span'"),
-    ({"clip_id": C3, "span": ["00:00:40"]}, C3, "is not [start, end]"),
-    ({"clip_id": C3}, C3, "'span' None"),
-    ({"clip_id": C3, "span": ["00:00:41", "00:00:40"]}, C3, "is not after"),
-    ({"clip_id": C3, "span": ["00:00:40", "00:00:40"]}, C3, "is not after"),
-    ("just a string", None, "not an object"),
+     "belongs to video 'other'", C.BAD_CLIP_ID),
+    ({"clip_id": f"{VID}.x.mp4", "span": ["00:00:40", "00:00:41"]}, None, "is not <video_id>.<k>.mp4", C.BAD_CLIP_ID),
+    ({"clip_id": f"{VID}.0.mp4", "span": ["00:00:40", "00:00:41"]}, None, "k >= 1", C.BAD_CLIP_ID),
+    ({"clip_id": f"{VID}/3.mp4", "span": ["00:00:40", "00:00:41"]}, None, "is not <video_id>", C.BAD_CLIP_ID),
+    ({"span": ["00:00:40", "00:00:41"]}, None, "'clip_id' None", C.BAD_CLIP_ID),
+    ({"clip_id": C3, "span": ["00:00:40", "soon"]}, C3, "unparsable 'span'", C.BAD_SPAN),
+    ({"clip_id": C3, "span": ["00:00:40"]}, C3, "is not [start, end]", C.BAD_SPAN),
+    ({"clip_id": C3}, C3, "'span' None", C.BAD_SPAN),
+    ({"clip_id": C3, "span": ["00:00:41", "00:00:40"]}, C3, "is not after", C.BAD_SPAN),
+    ({"clip_id": C3, "span": ["00:00:40", "00:00:40"]}, C3, "is not after", C.BAD_SPAN),
+    ("just a string", None, "not an object", C.BAD_LINE),
 ])
-def test_a_bad_clip_only_removes_that_clip(bad, clip_id, words):
+def test_a_bad_clip_only_removes_that_clip(bad, clip_id, words, code):
     line = video_line(clips=[clip(1, "00:00:01", "00:00:02"), clip(2, "00:00:02", "00:00:03"), bad,
                              clip(4, "00:00:50", "00:00:51")])
     video, failures = parse_video_line(line, allow_local_files=False)
     assert [c.k for c in video.clips] == [1, 2, 4]
     assert len(failures) == 1
     assert (failures[0].video_id, failures[0].clip_id, failures[0].stage) == (VID, clip_id, "metadata")
-    assert words in failures[0].reason
+    assert words in failures[0].reason and failures[0].code is code
 
 
 def test_clips_are_sorted_by_k_and_overlaps_fail():
@@ -167,6 +169,7 @@ def test_clips_are_sorted_by_k_and_overlaps_fail():
     assert [c.k for c in video.clips] == [1, 3, 5]
     assert [f.clip_id for f in failures] == [f"{VID}.2.mp4", f"{VID}.4.mp4"]
     assert "before the previous clip" in failures[0].reason
+    assert {f.code for f in failures} == {C.OVERLAPPING_CLIP}
 
 
 def test_duplicate_k_fails_the_duplicate():
@@ -174,7 +177,8 @@ def test_duplicate_k_fails_the_duplicate():
                              {"clip_id": f"{VID}.02.mp4", "span": ["00:00:12", "00:00:14"]}])
     video, failures = parse_video_line(line, allow_local_files=False)
     assert [(c.clip_id, c.end) for c in video.clips] == [(f"{VID}.1.mp4", 10), (f"{VID}.2.mp4", 12)]
-    assert [(f.clip_id, f.reason) for f in failures] == [(f"{VID}.02.mp4", "duplicate clip number k=2")]
+    assert [(f.clip_id, f.code, f.reason) for f in failures] == [
+        (f"{VID}.02.mp4", C.DUPLICATE, "duplicate clip number k=2")]
 
 
 def test_video_without_clips_is_not_a_failure():
@@ -192,17 +196,18 @@ def test_parse_text_line():
     assert parse_text_line(json.dumps({"clip_id": f"{VID}.1.mp4", "text": None})) == (f"{VID}.1.mp4", "")
 
 
-@pytest.mark.parametrize("line,video_id,words", [
-    ("{oops", None, "malformed JSON"),
-    ('"str"', None, "not a JSON object"),
-    (json.dumps({"clip_id": "../x.1.mp4", "text": "a"}), None, "is not <video_id>"),
-    (json.dumps({"text": "a"}), None, "'clip_id' None"),
-    (json.dumps({"clip_id": f"{VID}.1.mp4"}), VID, "missing field 'text'"),
-    (json.dumps({"clip_id": f"{VID}.1.mp4", "text": 5}), VID, "not a string"),
+@pytest.mark.parametrize("line,video_id,words,code", [
+    ("{oops", None, "malformed JSON", C.BAD_LINE),
+    ('"str"', None, "not a JSON object", C.BAD_LINE),
+    (json.dumps({"clip_id": "../x.1.mp4", "text": "a"}), None, "is not <video_id>", C.BAD_CLIP_ID),
+    (json.dumps({"text": "a"}), None, "'clip_id' None", C.BAD_CLIP_ID),
+    (json.dumps({"clip_id": f"{VID}.1.mp4"}), VID, "missing field 'text'", C.BAD_LINE),
+    (json.dumps({"clip_id": f"{VID}.1.mp4", "text": 5}), VID, "not a string", C.BAD_LINE),
 ])
-def test_parse_text_line_failures(line, video_id, words):
+def test_parse_text_line_failures(line, video_id, words, code):
     failure = parse_text_line(line)
     assert failure.stage == "text" and failure.video_id == video_id and words in failure.reason
+    assert failure.code is code
 
 
 # --- byte ranges ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from lfvila_data.build import BuildConfig, run_build
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
 from lfvila_data.plan.join import PlanConfig
-from lfvila_data.sources.local import find_subtitles, local_video_id
+from lfvila_data.sources.local import find_subtitles, find_videos, local_video_id
 from lfvila_data.text.clips import ClipConfig, sentences_to_clips
 from lfvila_data.text.sentences import Sentence
 from tests.media import decode_times, make_timecoded_video
@@ -101,9 +101,10 @@ def test_local_build_ledger(local_build):
     out, lib = local_build
     f = pd.read_parquet(out / "failures.parquet")
     silent = f[f.video_id == local_video_id((lib / "silent.mp4").resolve())]
-    assert "no subtitles" in silent.reason.iloc[0]
+    assert "no subtitles" in silent.reason.iloc[0] and silent.code.tolist() == ["no_subtitles"]
     garbage = f[f.video_id == local_video_id((lib / "garbage.mp4").resolve())]
     assert garbage.stage.tolist() == ["text"] and "unusable subtitles" in garbage.reason.iloc[0]
+    assert garbage.code.tolist() == ["unusable_subtitles"]
     caps = f[f.video_id == local_video_id((lib / "captions.mp4").resolve())]
     assert len(caps) and caps.reason.str.contains("beyond the end").all()  # captions run past 60 s
 
@@ -117,3 +118,50 @@ def test_local_build_shards_verifies_and_loads(local_build, tmp_path):
     m = pd.read_parquet(out / "manifest.parquet")
     got = shard_verify_load([out], tmp_path)
     assert got["samples"] == len(m) and got["loaded"] == int((m.n_clips >= 4).sum())
+
+
+def test_symlinked_video_takes_sidecars_beside_the_link(tmp_path):
+    store, named = tmp_path / "store", tmp_path / "named"
+    store.mkdir()
+    named.mkdir()
+    target = store / "abc123.mp4"
+    target.write_bytes(b"x")
+    link = named / "talk.mp4"
+    link.symlink_to(target)
+    assert find_subtitles(link, ["en"]) is None
+    (store / "abc123.vtt").write_text("WEBVTT\n")  # only the target has some: the fallback
+    assert find_subtitles(link, ["en"]) == (store / "abc123.vtt", None)
+    (named / "talk.fr.vtt").write_text("WEBVTT\n")  # beside the link wins, any language
+    assert find_subtitles(link, ["en", "fr"]) == (named / "talk.fr.vtt", "fr")
+    # a link and its target are one video: the path with sidecars beside it
+    assert find_videos([str(tmp_path)]) == [link]
+    (store / "abc123.vtt").unlink()
+    (named / "talk.fr.vtt").unlink()
+    assert find_videos([str(named), str(store)]) == [link]  # neither has any: sorted first
+
+
+def test_symlinked_video_build_reads_the_links_subtitles(tmp_path, ray_local):
+    """Issue 9 item 4: a video given as a symlink to a file in another folder, with its
+    sidecar beside the link (and another beside the target), is built from the link's."""
+    store, lib = tmp_path / "store", tmp_path / "library"
+    store.mkdir()
+    lib.mkdir()
+    make_timecoded_video(store / "abc123.mp4", 40, width=160, height=120)
+    link = lib / "talk.mp4"
+    link.symlink_to(store / "abc123.mp4")
+
+    def vtt(word: str) -> str:
+        return "WEBVTT\n\n" + "\n".join(f"{vtt_time(1 + 3.5 * i)} --> {vtt_time(4 + 3.5 * i)}\n"
+                                        f"{word} sentence number {i + 1}.\n" for i in range(10))
+    (lib / "talk.en.vtt").write_text(vtt("Link"))
+    (store / "abc123.en.vtt").write_text(vtt("Target"))
+    out = tmp_path / "out"
+    plan = PlanConfig(min_clips=2, max_clips=4, allow_local_files=True)
+    run_build(BuildConfig(metadata=(), text=(), output=str(out), source="local", inputs=(str(lib),),
+                          plan=plan, task=TaskContext(output=str(out),
+                                                      fetch=FetchConfig(allow_local_files=True))))
+    m = pd.read_parquet(out / "manifest.parquet")
+    assert len(m) >= 1 and m.paragraph.str.startswith("Link sentence number 1.").iloc[0]
+    assert not m.paragraph.str.contains("Target").any()
+    assert (m.video_id == local_video_id(link)).all()  # the id is the path the user gave
+    assert len(pd.read_parquet(out / "failures.parquet")) == 0

@@ -17,6 +17,7 @@ from lfvila_data.localserver import MediaServer
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
 from lfvila_data.plan.join import PlanConfig
+from lfvila_data.records import FailureCode
 from lfvila_data.sources.youtube import (
     AUTO,
     HUMAN,
@@ -70,7 +71,7 @@ def test_read_video_list_formats(tmp_path):
     assert [r.video_id for r in refs][:2] == ids  # first occurrence wins, no duplicates
     assert {r.video_id for r in refs} == {*ids, "zzzzzzzzzzz", url_video_id("https://example.com/v.html")}
     reasons = sorted(f.reason for f in bad)
-    assert len(bad) == 2 and all(f.stage == "metadata" for f in bad)
+    assert len(bad) == 2 and all(f.stage == "metadata" and f.code is FailureCode.BAD_LINE for f in bad)
     assert any("a.txt line 5" in r and "not-a-url" in r for r in reasons)
     assert any("c.jsonl line 2" in r and "bad json" in r for r in reasons)
     (tmp_path / "e.csv").write_text("name\nfoo\n")
@@ -179,9 +180,13 @@ def test_youtube_build_ledger(youtube_build):
     assert reasons("garbage") and f[f.video_id == ids["garbage"]].stage.tolist() == ["text"]
     missing = f[f.video_id == ids["missing"]]
     assert missing.stage.tolist() == ["download"] and "404" in missing.reason.iloc[0]
+    assert missing.code.tolist() == ["not_found"]
+    codes = {name: set(f[f.video_id == ids[name]].code) for name in ("french", "mislabelled", "garbage")}
+    assert codes == {"french": {"no_subtitles"}, "mislabelled": {"wrong_language"},
+                     "garbage": {"unusable_subtitles"}}
     assert missing.permanent.all()
     bad_line = f[f.stage == "metadata"]
-    assert len(bad_line) == 1 and "not a url" in bad_line.reason.iloc[0]
+    assert len(bad_line) == 1 and "not a url" in bad_line.reason.iloc[0] and bad_line.code.tolist() == ["bad_line"]
 
 
 def test_youtube_rerun_uses_the_text_journal(youtube_build, site):
@@ -204,6 +209,18 @@ def test_youtube_rerun_uses_the_text_journal(youtube_build, site):
     assert set(m.video_id) == {manifest.video_id.iloc[0], url_video_id(srv.url("again.html"))}
 
 
+def test_youtube_rerun_with_other_plan_buckets_keeps_the_text_journal(youtube_build, site):
+    """--plan-buckets changes how planning is split, never its result: no look-up again."""
+    out, cfg, _ids, _ = youtube_build
+    _root, srv = site
+    before = dict(srv.requests)
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    run_build(replace(cfg, plan=replace(cfg.plan, num_buckets=5)))
+    assert srv.requests["talk.en.vtt"] == before["talk.en.vtt"]
+    assert srv.requests["talk.html"] == before["talk.html"]
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), manifest)
+
+
 def test_subtitles_longer_than_the_video_are_recorded():
     from lfvila_data.text.clips import plan_subtitled_video
 
@@ -212,6 +229,7 @@ def test_subtitles_longer_than_the_video_are_recorded():
     assert samples and max(s.end for s in samples) <= 31.0
     [f] = [f for f in failures if "past the end" in f.reason]
     assert f.stage == "text" and "video is 30.0 s" in f.reason and "subtitles longer than the video" in f.reason
+    assert f.code is FailureCode.SUBTITLES_PAST_END
 
 
 def test_subtitle_lookup_retries_transient_errors(site):
@@ -227,7 +245,7 @@ def test_subtitle_lookup_retries_transient_errors(site):
     got = youtube_text(ref, PlanConfig(max_clips=4), opts, FetchConfig(retries=0))
     assert got.status == "retry" and not got.samples
     [f] = got.failures
-    assert f.stage == "download" and not f.permanent and "503" in f.reason
+    assert f.stage == "download" and not f.permanent and "503" in f.reason and f.code is FailureCode.NETWORK
 
 
 def test_youtube_build_shards_verifies_and_loads(youtube_build, tmp_path):

@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lfvila_data.output.write import FAILURE_SCHEMA, MANIFEST_SCHEMA
+from lfvila_data.records import Failure, FailureCode
+from lfvila_data.schemas import FAILURE_SCHEMA, MANIFEST_SCHEMA
 from lfvila_data.shards.stats import (
     StatsInputError,
     collect_stats,
     distribution,
     failure_stats,
-    normalise_reason,
     render_summary,
     write_report,
 )
@@ -40,15 +40,16 @@ def manifest_row(video_id: str, first: int, texts: list[str], duration: float) -
             "frames": int(duration * 3), "bytes": 1000}
 
 
-FAILURES = [  # (stage, reason); the two probe rows and two text rows must count together
-    ("probe", "clip span 1.000-2.000 s is beyond the end of the video data at 0.900 s"),
-    ("probe", "clip span 13.500-20.250 s is beyond the end of the video data at 12.000 s"),
-    ("download", "HTTP Error 404: Not Found"),
-    ("download", "HTTP Error 429: Too Many Requests (after 3 attempts)"),
-    ("text", "no text for clip"),
-    ("text", "no text for clip"),
-    ("text", "no text for clip"),
-    ("cut", "ffmpeg could not cut 1.000-2.000: [h264 @ 0x55d5a0] error while decoding"),
+C = FailureCode
+FAILURES = [  # (stage, code, reason); rows of one code count together whatever their reason
+    ("probe", C.PAST_MEDIA_END, "clip span 1.000-2.000 s is beyond the end of the video data at 0.900 s"),
+    ("probe", C.PAST_MEDIA_END, "clip span 13.500-20.250 s is beyond the end of the video data at 12.000 s"),
+    ("download", C.NOT_FOUND, "HTTP Error 404: Not Found"),
+    ("download", C.NETWORK, "HTTP Error 429: Too Many Requests (after 3 attempts)"),
+    ("text", C.NO_TEXT, "no text for clip"),
+    ("text", C.NO_TEXT, "no text for clip"),
+    ("text", C.NO_TEXT, "no text for clip"),
+    ("cut", C.CUT_FAILED, "ffmpeg could not cut 1.000-2.000: [h264 @ 0x55d5a0] error while decoding"),
 ]
 
 
@@ -58,8 +59,7 @@ def build_dir(tmp_path) -> Path:
             manifest_row("vidAAAAAAA1", 9, ["one two three"] * 5, 20.0),
             manifest_row("vidBBBBBBB2", 1, [" x "] * 4, 30.0) | {"text_source": "asr", "language": "en"}]
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp_path / "manifest.parquet")
-    fails = [{"video_id": "vidCCCCCCC3", "clip_id": None, "key": None, "stage": s, "reason": r,
-              "permanent": s != "download"} for s, r in FAILURES]
+    fails = [Failure("vidCCCCCCC3", None, s, c, r, s != "download").to_row() for s, c, r in FAILURES]
     pq.write_table(pa.Table.from_pylist(fails, schema=FAILURE_SCHEMA), tmp_path / "failures.parquet")
     return tmp_path
 
@@ -114,36 +114,26 @@ def test_build_failures(build_dir):
     f = collect_stats(str(build_dir))["failures"]
     assert (f["total"], f["permanent"]) == (8, 6)
     assert f["by_stage"] == {"cut": 1, "download": 2, "probe": 2, "text": 3}
-    top = [(r["stage"], r["reason"], r["count"]) for r in f["top_reasons"]]
-    assert top[0] == ("text", "no text for clip", 3)
-    assert top[1] == ("probe", "clip span <n>-<n> s is beyond the end of the video data at <n> s", 2)
-    assert ("download", "HTTP Error 404: Not Found", 1) in top  # status codes stay apart
-    assert ("download", "HTTP Error 429: Too Many Requests (after <n> attempts)", 1) in top
-    assert len(top) == 5
+    assert f["by_code"] == {"no_text": 3, "past_media_end": 2, "cut_failed": 1, "network": 1, "not_found": 1}
+    top = [(r["stage"], r["code"], r["count"], r["example"]) for r in f["top_codes"]]
+    assert top == [("text", "no_text", 3, "no text for clip"),
+                   ("probe", "past_media_end", 2, FAILURES[0][2]),
+                   ("cut", "cut_failed", 1, FAILURES[7][2]),
+                   ("download", "network", 1, FAILURES[3][2]),
+                   ("download", "not_found", 1, FAILURES[2][2])]
 
 
-def test_top_reasons_are_capped_at_15():
-    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
-             "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec"]
+def test_top_codes_are_capped_at_15_and_old_ledgers_count_as_unknown():
+    codes = list(FailureCode)[:17]
     df = pd.DataFrame({"stage": "metadata", "permanent": True,
-                       "reason": [f"bad {w}" for i, w in enumerate(words) for _ in range(i + 1)]})
+                       "code": [c.value for i, c in enumerate(codes) for _ in range(i + 1)],
+                       "reason": [f"bad {c.value}" for i, c in enumerate(codes) for _ in range(i + 1)]})
     f = failure_stats(df)
-    assert len(f["top_reasons"]) == 15
-    assert f["top_reasons"][0] == {"stage": "metadata", "reason": "bad quebec", "count": 17,
-                                   "example": "bad quebec"}
-
-
-@pytest.mark.parametrize("reason, pattern", [
-    ("download of https://www.youtube.com/watch?v=QMi8x8o55Ns failed", "download of <url> failed"),
-    ("ERROR: [youtube] QMi8x8o55Ns: Video unavailable", "ERROR: [youtube] <id>: Video unavailable"),
-    ("not a readable media file: /tmp/a/b/x.mp4: Invalid data", "not a readable media file: <path>: Invalid data"),
-    ("cut QMi8x8o55Ns_00001_00004 produced no frames", "cut <key> produced no frames"),
-    ("duplicate clip number k=3", "duplicate clip number k=<n>"),
-    ("clip QMi8x8o55Ns.12.mp4 has no text", "clip <clip> has no text"),
-    ("unsafe 'video_id' 'a/../b'", "unsafe 'video_id' <value>"),
-])
-def test_normalise_reason(reason, pattern):
-    assert normalise_reason(reason) == pattern
+    assert len(f["top_codes"]) == 15 and len(f["by_code"]) == 17
+    assert f["top_codes"][0] == {"stage": "metadata", "code": codes[16].value, "count": 17,
+                                 "example": f"bad {codes[16].value}"}
+    old = failure_stats(pd.DataFrame({"stage": ["text"], "reason": ["x"], "permanent": [True]}))
+    assert old["by_code"] == {"unknown": 1}
 
 
 def test_shard_numbers(shard_dir):
@@ -166,7 +156,7 @@ def test_build_report_files(build_dir):
     stats = write_report(str(build_dir))
     out = build_dir / "report"
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["clips_per_sample.png", "failure_reasons.png", "sample_duration_s.png",
+    assert pngs == ["clips_per_sample.png", "failure_codes.png", "sample_duration_s.png",
                     "words_per_clip.png", "words_per_paragraph.png"]
     for name in pngs:
         assert_real_plot(out / name)
@@ -174,7 +164,7 @@ def test_build_report_files(build_dir):
     for name in pngs:
         assert f'src="{name}"' in page
     assert not re.search(r"<script|<link|https?://(?!example)", page)  # self-contained
-    assert "no text for clip" in page and "Top 5 failure reasons" in page
+    assert "no_text" in page and "no text for clip" in page and "Top 5 failure codes" in page
     assert json.loads((out / "report.json").read_text())["samples"] == 3
     assert stats["report"] == str(out / "index.html")
 
@@ -183,7 +173,7 @@ def test_shard_report_to_chosen_dir(shard_dir, tmp_path):
     out = tmp_path / "elsewhere"
     write_report(str(shard_dir), str(out))
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert len(pngs) == 4 and "failure_reasons.png" not in pngs
+    assert len(pngs) == 4 and "failure_codes.png" not in pngs
     page = (out / "index.html").read_text()
     assert all(f'src="{n}"' in page for n in pngs)
     assert_real_plot(out / "sample_duration_s.png")
@@ -193,7 +183,7 @@ def test_render_summary(build_dir, shard_dir):
     rows = dict(render_summary(collect_stats(str(build_dir))))
     assert rows["samples"] == "3" and rows["videos"] == "2"
     assert rows["failures"] == "8 (cut 1, download 2, probe 2, text 3)"
-    assert rows["top failure reason"].startswith("[text] no text for clip (3)")
+    assert rows["failures by code"] == "no_text 3, past_media_end 2, cut_failed 1, network 1, not_found 1"
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in rows.items())
     assert rows["text sources"] == "asr 1 (0.01 h), metadata 2 (0.01 h)"
     assert rows["languages"] == "unknown 2, en 1"

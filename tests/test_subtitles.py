@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lfvila_data.records import Stage
+from lfvila_data.records import FailureCode, Stage
 from lfvila_data.text.subtitles import SubtitleError, Word, detect_kind, parse_subtitles
 from tests.realdata import SUBTITLES as REAL
 
@@ -267,6 +267,7 @@ def test_unusable_files_raise_subtitle_error(data: bytes, reason: str) -> None:
     assert info.value.reason == reason
     failure = info.value.to_failure("abc")
     assert failure.stage == Stage.TEXT.value and failure.reason.startswith(f"unusable subtitles ({reason})")
+    assert failure.code is FailureCode.UNUSABLE_SUBTITLES
 
 
 def test_unknown_format_name() -> None:

@@ -17,7 +17,7 @@ from lfvila_data.executor.cluster import node_id
 from lfvila_data.executor.pool import InFlight
 from lfvila_data.media.task import FetchOutcome, TaskContext, VideoJob, cut_video, fetch_video
 from lfvila_data.output.write import RETRY, VideoResult
-from lfvila_data.records import Failure, Stage
+from lfvila_data.records import Failure, FailureCode, Stage
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class RunConfig:
 def _crash(job: VideoJob, stage: Stage, err: Exception) -> VideoResult:
     """A task that died (worker crash, bug) is recorded and retried on the next run."""
     reason = f"{stage.value} task failed: {crash_line(err)}"
-    return VideoResult(job.video_id, RETRY, [], [Failure(job.video_id, None, stage.value, reason,
-                                                          False).to_row()], {})
+    return VideoResult(job.video_id, RETRY, [], [Failure(job.video_id, None, stage.value, FailureCode.TASK_CRASHED,
+                                                          reason, False).to_row()], {})
 
 
 def _fetch_here(job: VideoJob, ctx: TaskContext) -> FetchOutcome:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lfvila_data.media.cut import INPUT_GUARD
+from lfvila_data.records import FailureCode
 
 SAMPLE_RATE = 16000
 # Seek this far ahead of a span, then trim exactly: demuxers seek to a packet at or before
@@ -39,9 +40,10 @@ class AudioError(Exception):
     `permanent` says whether a rerun may help (a network error may pass, a file with no
     audio stream will not)."""
 
-    def __init__(self, message: str, permanent: bool = True):
+    def __init__(self, message: str, permanent: bool = True, code: FailureCode = FailureCode.BAD_AUDIO):
         super().__init__(message)
         self.permanent = permanent
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,11 @@ def _input(media: str) -> tuple[list[str], str]:
     if _is_url(media):
         return _URL_GUARD, media
     if "://" in media:
-        raise AudioError(f"unsupported media location {media[:80]!r} (local path or http(s) URL only)")
+        raise AudioError(f"unsupported media location {media[:80]!r} (local path or http(s) URL only)",
+                         code=FailureCode.BAD_URL)
     path = Path(media)
     if not path.is_file():
-        raise AudioError(f"the media file does not exist: {media}")
+        raise AudioError(f"the media file does not exist: {media}", code=FailureCode.NOT_FOUND)
     return _FILE_GUARD, "file:" + str(path.resolve())
 
 
@@ -82,14 +85,15 @@ def _reason(stderr: str, media: str) -> AudioError:
     text = " ".join(lines)
     last = lines[-1][:300] if lines else "no message"
     if "matches no streams" in text:
-        return AudioError("the media has no audio stream")
+        return AudioError("the media has no audio stream", code=FailureCode.NO_AUDIO)
     if "No such file or directory" in text:
-        return AudioError(f"the media file does not exist: {media}")
+        return AudioError(f"the media file does not exist: {media}", code=FailureCode.NOT_FOUND)
     if "not on whitelist" in text:
         return AudioError(f"the media refers to inputs we do not open: {last}")
     if _is_url(media):  # network and server errors may pass on a rerun
         permanent = any(f"Server returned {c}" in text for c in ("404", "410"))
-        return AudioError(f"could not read the audio from the URL: {last}", permanent)
+        return AudioError(f"could not read the audio from the URL: {last}", permanent,
+                          FailureCode.NOT_FOUND if permanent else FailureCode.NETWORK)
     if "Invalid data" in text or "moov atom not found" in text:
         return AudioError(f"not a readable media file: {last}")
     return AudioError(f"ffmpeg could not decode the audio: {last}")
@@ -103,12 +107,12 @@ def audio_start(media: str, *, timeout: float = 120.0) -> float:
     try:
         res = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
-        raise AudioError(f"ffprobe timed out after {timeout:.0f} s", permanent=False) from None
+        raise AudioError(f"ffprobe timed out after {timeout:.0f} s", permanent=False, code=FailureCode.NETWORK) from None
     if res.returncode != 0:
         raise _reason(res.stderr.decode("utf-8", "replace"), media)
     streams = json.loads(res.stdout or b"{}").get("streams") or []
     if not streams:
-        raise AudioError("the media has no audio stream")
+        raise AudioError("the media has no audio stream", code=FailureCode.NO_AUDIO)
     try:
         return max(0.0, float(streams[0].get("start_time", 0.0)))
     except (TypeError, ValueError):  # "N/A": the stream does not say
@@ -152,7 +156,7 @@ def stream_audio(media: str, spans: Sequence[tuple[float, float]] | None = None,
             yield AudioChunk(start + offset / SAMPLE_RATE, samples)
     if total == 0:
         where = "" if spans is None else " in " + ", ".join(f"{s:.1f}-{e:.1f} s" for s, e in todo)
-        raise AudioError(f"the media has no audio samples{where}")
+        raise AudioError(f"the media has no audio samples{where}", code=FailureCode.NO_AUDIO)
 
 
 def _read_pcm(cmd: list[str], chunk: int, timeout: float, media: str) -> Iterator[tuple[int, np.ndarray]]:
@@ -193,7 +197,8 @@ def _read_pcm(cmd: list[str], chunk: int, timeout: float, media: str) -> Iterato
         proc.wait()
         errors.join()
         if timed_out.is_set():
-            raise AudioError(f"no audio from ffmpeg for {timeout:.0f} s (stalled input)", permanent=False)
+            raise AudioError(f"no audio from ffmpeg for {timeout:.0f} s (stalled input)", permanent=False,
+                             code=FailureCode.NETWORK)
         if proc.returncode != 0:
             raise _reason("".join(tail), media)
     finally:

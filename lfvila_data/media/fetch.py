@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import unquote, urlparse
 
+from lfvila_data.records import FailureCode
+
 INF = math.inf
 T = TypeVar("T")
 
@@ -31,13 +33,33 @@ _PERMANENT = re.compile(
     re.IGNORECASE)
 
 
-class FetchError(Exception):
-    """A video that could not be fetched; `permanent` says whether a rerun may help."""
+# The ledger code of a download error, from what yt-dlp or ffmpeg said; first match wins.
+_CODES = (
+    (re.compile(r"HTTP Error (404|410)|file not found", re.IGNORECASE), FailureCode.NOT_FOUND),
+    (re.compile(r"size cap|larger than", re.IGNORECASE), FailureCode.TOO_LARGE),
+    (re.compile(r"Unsupported URL|is not a valid URL|only http|local files are not allowed|"
+                r"playlist or channel|HTTP Error (400|405)", re.IGNORECASE), FailureCode.BAD_URL),
+    (re.compile(r"readable video|No video formats found|Requested format is not available|"
+                r"no playable|media could not be read", re.IGNORECASE), FailureCode.NOT_A_VIDEO),
+    (_PERMANENT, FailureCode.UNAVAILABLE),
+)
 
-    def __init__(self, reason: str, permanent: bool):
+
+def fetch_code(message: str) -> FailureCode:
+    """The closed-set code of a download error message (NETWORK when none matches: what
+    is left is transient, a 5xx, 429, timeout or reset)."""
+    return next((code for pattern, code in _CODES if pattern.search(message)), FailureCode.NETWORK)
+
+
+class FetchError(Exception):
+    """A video that could not be fetched; `permanent` says whether a rerun may help and
+    `code` (by default read from the message) why, for the ledger."""
+
+    def __init__(self, reason: str, permanent: bool, code: FailureCode | None = None):
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.code = code or fetch_code(reason)
 
 
 @dataclass(frozen=True)
@@ -195,12 +217,14 @@ class Fetcher:
         local = local_path(url)
         if local is not None:
             if not self.cfg.allow_local_files:
-                raise FetchError("local files are not allowed (use --allow-local-files)", True)
+                raise FetchError("local files are not allowed (use --allow-local-files)", True,
+                                 FailureCode.BAD_URL)
             if not local.is_file():
-                raise FetchError(f"local file not found: {local}", True)
+                raise FetchError(f"local file not found: {local}", True, FailureCode.NOT_FOUND)
             return Fetched([Section(str(local), 0.0, INF)], 0, local=True)
         if urlparse(url).scheme not in ("http", "https"):
-            raise FetchError(f"only http(s) URLs are fetched, not {url[:80]!r}", True)
+            raise FetchError(f"only http(s) URLs are fetched, not {url[:80]!r}", True,
+                             FailureCode.BAD_URL)
         wanted = section_spans(spans, self.cfg.margin, self.cfg.merge_gap) if self.cfg.sections else None
         target = self.workdir / video_id
 
@@ -224,7 +248,8 @@ class Fetcher:
         local = local_path(url)
         if local is not None:
             if not self.cfg.allow_local_files:
-                raise FetchError("local files are not allowed (use --allow-local-files)", True)
+                raise FetchError("local files are not allowed (use --allow-local-files)", True,
+                                 FailureCode.BAD_URL)
             return str(local)
         log = _Log()
         params = self.params(self.workdir, None, log) | {"format": "ba/wa*/b/w", "format_sort": []}
@@ -236,7 +261,8 @@ class Fetcher:
             raise FetchError(msg, is_permanent(msg)) from None
         urls = _media_urls(info)
         if not urls:
-            raise FetchError("yt-dlp found no playable audio or video format", True)
+            raise FetchError("yt-dlp found no playable audio or video format", True,
+                             FailureCode.NOT_A_VIDEO)
         return urls[-1]  # with separate streams the audio one comes last
 
     def _download(self, url: str, target: Path, wanted: list[tuple[float, float]] | None) -> Fetched:
@@ -263,7 +289,8 @@ class Fetcher:
                 raise FetchError("download produced no file (server closed early?)", False)
             size = path.stat().st_size
             if size >= self.cfg.max_filesize:
-                raise FetchError(f"download exceeds the size cap of {self.cfg.max_filesize} bytes", True)
+                raise FetchError(f"download exceeds the size cap of {self.cfg.max_filesize} bytes", True,
+                                 FailureCode.TOO_LARGE)
             total += size
             start = float(d.get("section_start") or 0.0)
             end = float(d["section_end"]) if d.get("section_end") is not None else INF

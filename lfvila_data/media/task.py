@@ -4,6 +4,9 @@
 Both run without Ray too, which is how the unit tests call them."""
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -12,7 +15,8 @@ from pathlib import Path
 from lfvila_data.media.cut import CutConfig, MediaError, Probe, Span, cut_spans, probe
 from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, FetchError, Section
 from lfvila_data.output.write import DONE, FAILED, RETRY, OutputDir, VideoResult
-from lfvila_data.records import Failure, PlannedSample, Stage, sample_key
+from lfvila_data.records import Failure, FailureCode, PlannedSample, Stage, sample_key
+from lfvila_data.schemas import manifest_row
 
 END_TOLERANCE = 0.5  # seconds a clip may run past the last frame (span rounding)
 
@@ -24,13 +28,15 @@ class TaskContext:
     output: str
     fetch: FetchConfig = FetchConfig()
     cut: CutConfig = CutConfig()
-    min_clips: int = 4
     source: str = "hdvila"
     workdir: str | None = None
 
     def scratch(self) -> Path:
-        """Node-local scratch space for downloads (never the possibly remote output)."""
-        return Path(self.workdir or Path(tempfile.gettempdir()) / "lfvila-work")
+        """Node-local scratch space for downloads (never the possibly remote output), one
+        folder per output: two builds on one machine fetching the same video id into
+        different outputs must not share (and delete) each other's downloads."""
+        root = Path(self.workdir or Path(tempfile.gettempdir()) / "lfvila-work")
+        return root / hashlib.sha1(self.output.rstrip("/").encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class VideoJob:
     video_id: str
     url: str
     samples: tuple[PlannedSample, ...]
+    min_clips: int  # PlanConfig.min_clips: the fewest clips a sample trimmed to a short video keeps
+    retry_failed: bool = False  # samples once trimmed to a short video are downloaded again
 
 
 @dataclass
@@ -47,7 +55,8 @@ class FetchOutcome:
     job: VideoJob
     node_id: str | None
     fetched: Fetched | None = None
-    existing: list[str] = field(default_factory=list)  # keys whose video already exists
+    # planned key -> the media end its existing file was fitted to (inf: not trimmed)
+    existing: dict[str, float] = field(default_factory=dict)
     failure: Failure | None = None
 
 
@@ -57,7 +66,7 @@ def fit_to_media(sample: PlannedSample, media_end: float, min_clips: int,
     keep = [c for c in sample.clips if c.end <= media_end + tol]
     if len(keep) == len(sample.clips):
         return sample, []
-    fails = [Failure(sample.video_id, c.clip_id, Stage.PROBE.value,
+    fails = [Failure(sample.video_id, c.clip_id, Stage.PROBE.value, FailureCode.PAST_MEDIA_END,
                      f"clip span {c.start:.3f}-{c.end:.3f} s is beyond the end of the video "
                      f"data at {media_end:.3f} s (video shorter than its metadata, or truncated)") for c in sample.clips[len(keep):]]
     if len(keep) < min_clips:
@@ -66,24 +75,31 @@ def fit_to_media(sample: PlannedSample, media_end: float, min_clips: int,
     return replace(sample, key=key, clips=tuple(keep), end=min(keep[-1].end, media_end)), fails
 
 
-def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, source: str) -> dict:
-    """One manifest row; built the same way for fresh cuts and for files found on rerun."""
-    return {
-        "key": sample.key, "video_id": sample.video_id, "url": sample.url, "source": source,
-        "start": sample.start, "end": sample.end, "n_clips": len(sample.clips),
-        "clips": [{"clip_id": c.clip_id, "start": c.start, "end": c.end, "text": c.text,
-                   "sentences": c.sentence_rows()} for c in sample.clips],
-        "paragraph": sample.paragraph, "video": rel, "fps": round(out.fps, 6),
-        "width": out.width, "height": out.height, "duration": round(out.duration, 6),
-        "frames": out.nb_frames or 0, "bytes": nbytes,
-        "text_source": sample.text_source, "language": sample.language,
-    }
+def fit_rel(video_id: str, planned_key: str) -> str:
+    """Where a sample trimmed to a short video records that video's end: its file has the
+    fitted key, which only the end decides, so a rerun can find it without a download."""
+    return f"_fit/{video_id[:2]}/{planned_key}.json"
+
+
+def finished_until(out: OutputDir, sample: PlannedSample, min_clips: int,
+                   retry_trimmed: bool = False) -> float | None:
+    """The media end an already written sample was fitted to (inf when it was not
+    trimmed), or None when the sample still has to be made."""
+    if out.exists(out.video_rel(sample.video_id, sample.key)):
+        return math.inf
+    marker = fit_rel(sample.video_id, sample.key)
+    if retry_trimmed or not out.exists(marker):
+        return None
+    end = float(json.loads(out.fs.cat_file(out.path(marker)))["media_end"])
+    fit, _ = fit_to_media(sample, end, min_clips)
+    return end if fit is None or out.exists(out.video_rel(fit.video_id, fit.key)) else None
 
 
 def fetch_video(job: VideoJob, ctx: TaskContext) -> FetchOutcome:
     """Download what the video's unfinished samples need."""
     out = OutputDir(ctx.output)
-    existing = [s.key for s in job.samples if out.exists(out.video_rel(s.video_id, s.key))]
+    existing = {s.key: end for s in job.samples
+                if (end := finished_until(out, s, job.min_clips, job.retry_failed)) is not None}
     todo = [s for s in job.samples if s.key not in existing]
     outcome = FetchOutcome(job, None, existing=existing)  # the executor sets the node
     if not todo:
@@ -92,7 +108,7 @@ def fetch_video(job: VideoJob, ctx: TaskContext) -> FetchOutcome:
         outcome.fetched = Fetcher(ctx.fetch, ctx.scratch())(
             job.video_id, job.url, [(s.start, s.end) for s in todo])
     except FetchError as e:
-        outcome.failure = Failure(job.video_id, None, Stage.DOWNLOAD.value, e.reason, e.permanent)
+        outcome.failure = Failure(job.video_id, None, Stage.DOWNLOAD.value, e.code, e.reason, e.permanent)
     return outcome
 
 
@@ -119,10 +135,14 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
             return VideoResult(job.video_id, status, [], [outcome.failure.to_row()], {})
         for s in job.samples:
             if s.key in outcome.existing:
-                rows.append(_existing_row(out, s, ctx))
-                downloads[s.key] = 0
+                fit, fails = fit_to_media(s, outcome.existing[s.key], job.min_clips)
+                failures.extend(fails)
+                if fit is not None:
+                    rows.append(_existing_row(out, fit, ctx))
+                    downloads[fit.key] = 0
         if outcome.fetched is not None:
-            _cut_all(job, outcome.fetched, out, ctx, rows, failures, downloads)
+            todo = [s for s in job.samples if s.key not in outcome.existing]
+            _cut_all(job, todo, outcome.fetched, out, ctx, rows, failures, downloads)
         transient = any(not f.permanent for f in failures)
         status = RETRY if transient else DONE
         return VideoResult(job.video_id, status, rows, [f.to_row() for f in failures], downloads,
@@ -132,10 +152,9 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
             shutil.rmtree(ctx.scratch() / job.video_id, ignore_errors=True)
 
 
-def _cut_all(job: VideoJob, fetched: Fetched, out: OutputDir, ctx: TaskContext,
-             rows: list[dict], failures: list[Failure], downloads: dict[str, int]) -> None:
-    done = {r["key"] for r in rows}
-    todo = [s for s in job.samples if s.key not in done]
+def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: OutputDir,
+             ctx: TaskContext, rows: list[dict], failures: list[Failure],
+             downloads: dict[str, int]) -> None:
     share = _byte_shares(fetched, todo)
     by_section: dict[Section, list[PlannedSample]] = {}
     for sample in todo:
@@ -149,20 +168,22 @@ def _cut_all(job: VideoJob, fetched: Fetched, out: OutputDir, ctx: TaskContext,
             media = probe(Path(section.path))
         except MediaError as e:
             where = "" if fetched.local else f"downloaded section {section.start:.3f}-{section.end:.3f} s: "
-            failures.extend(Failure(job.video_id, None, Stage.PROBE.value,
+            failures.extend(Failure(job.video_id, None, Stage.PROBE.value, FailureCode.PROBE_FAILED,
                                     f"{where}{e} (corrupt file, or the video ends before "
                                     f"{s.start:.3f} s)", True, key=s.key) for s in samples)
             continue
         fitted = []
         for sample in samples:
-            fit, fails = fit_to_media(sample, media.end, ctx.min_clips)
+            fit, fails = fit_to_media(sample, media.end, job.min_clips)
             failures.extend(fails)
+            if fails:  # trimmed: its file, if any, has another key (see finished_until)
+                out.write_json(fit_rel(sample.video_id, sample.key), {"media_end": media.end})
             if fit is not None:
                 fitted.append((sample.key, fit))
         for group in adjacent_groups(fitted):
             for planned_key, fit, result in _cut_group(Path(section.path), group, media, out, ctx):
                 if isinstance(result, MediaError):
-                    failures.append(Failure(job.video_id, None, Stage.CUT.value, str(result),
+                    failures.append(Failure(job.video_id, None, Stage.CUT.value, FailureCode.CUT_FAILED, str(result),
                                             True, key=fit.key))
                 else:
                     rows.append(result)

@@ -19,22 +19,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SENTENCE_TYPE = pa.struct([("text", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
-CLIP_TYPE = pa.struct([("clip_id", pa.string()), ("start", pa.float64()),
-                       ("end", pa.float64()), ("text", pa.string()),
-                       ("sentences", pa.list_(SENTENCE_TYPE))])
-MANIFEST_SCHEMA = pa.schema([
-    ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
-    ("source", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
-    ("n_clips", pa.int32()), ("clips", pa.list_(CLIP_TYPE)), ("paragraph", pa.string()),
-    ("video", pa.string()), ("fps", pa.float64()), ("width", pa.int32()),
-    ("height", pa.int32()), ("duration", pa.float64()), ("frames", pa.int32()),
-    ("bytes", pa.int64()), ("text_source", pa.string()), ("language", pa.string()),
-])
-FAILURE_SCHEMA = pa.schema([
-    ("video_id", pa.string()), ("clip_id", pa.string()), ("key", pa.string()),
-    ("stage", pa.string()), ("reason", pa.string()), ("permanent", pa.bool_()),
-])
+from lfvila_data.schemas import FAILURE_SCHEMA, MANIFEST_SCHEMA
+
 DOWNLOAD_SCHEMA = pa.schema([("video_id", pa.string()), ("key", pa.string()),
                              ("download_bytes", pa.int64()), ("node", pa.string())])
 JOURNAL_SCHEMA = pa.schema([("video_id", pa.string()), ("status", pa.string()),
@@ -217,8 +203,12 @@ def finalize(out: OutputDir, journal: dict[str, tuple[str, dict]],
     stages: dict[str, int] = {}
     for s in ledger.column("stage").to_pylist():
         stages[s] = stages.get(s, 0) + 1
+    codes: dict[str, int] = {}
+    for c in ledger.column("code").to_pylist():
+        codes[c] = codes.get(c, 0) + 1
     return {"samples_written": manifest.num_rows,
             "hours_written": round(sum(manifest.column("duration").to_pylist()) / 3600, 4),
             "video_bytes": int(sum(manifest.column("bytes").to_pylist())),
             "failures": ledger.num_rows, "failures_by_stage": stages,
+            "failures_by_code": dict(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))),
             "download_bytes": int(sum(d["download_bytes"] for d in downloads))}

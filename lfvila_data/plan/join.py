@@ -23,26 +23,12 @@ import pyarrow.parquet as pq
 
 from lfvila_data.executor.base import Shuffle
 from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range
+from lfvila_data.output.fingerprint import LAYOUT, content, fingerprint
 from lfvila_data.progress import ThrottledPrinter, to_stderr
-from lfvila_data.records import Clip, Failure, PlannedSample, Stage, TimedText, VideoMeta, sample_key
+from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, VideoMeta, sample_key
+from lfvila_data.schemas import FAILURE_SCHEMA, PLAN_SCHEMA, plan_row_to_sample, sample_to_row
 from lfvila_data.sources.hdvila import parse_text_line, parse_video_line
 
-# Sentences inside a clip with their own spans (source seconds); empty for HD-VILA clips.
-SENTENCE_TYPE = pa.struct([("text", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
-PLAN_SCHEMA = pa.schema([
-    ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
-    ("start", pa.float64()), ("end", pa.float64()), ("duration", pa.float64()),
-    ("n_clips", pa.int32()),
-    ("clips", pa.list_(pa.struct([
-        ("clip_id", pa.string()), ("k", pa.int32()), ("start", pa.float64()),
-        ("end", pa.float64()), ("text", pa.string()),
-        ("sentences", pa.list_(SENTENCE_TYPE))]))),
-    ("text_source", pa.string()), ("language", pa.string()),
-])
-FAILURE_SCHEMA = pa.schema([
-    ("video_id", pa.string()), ("clip_id", pa.string()), ("stage", pa.string()),
-    ("reason", pa.string()), ("permanent", pa.bool_()),
-])
 _VIDEO_SCHEMA = pa.schema([("video_id", pa.string()), ("url", pa.string()),
                            ("file_idx", pa.int32()), ("offset", pa.int64())])
 _CLIP_SCHEMA = pa.schema([("video_id", pa.string()), ("file_idx", pa.int32()),
@@ -51,8 +37,6 @@ _CLIP_SCHEMA = pa.schema([("video_id", pa.string()), ("file_idx", pa.int32()),
 _TEXT_SCHEMA = pa.schema([("clip_id", pa.string()), ("text", pa.string()),
                           ("file_idx", pa.int32()), ("offset", pa.int64())])
 _SUCCESS = "_SUCCESS.json"
-# Fields that change what the plan contains; chunking and bucketing only change layout.
-_CONTENT_FIELDS = ("min_clips", "max_clips", "max_gap", "allow_local_files")
 
 
 @dataclass(frozen=True)
@@ -72,8 +56,8 @@ class PlanConfig:
     max_clips: int = 32
     max_gap: float = 3.0
     allow_local_files: bool = False
-    num_buckets: int | None = None
-    chunk_bytes: int = 64 * 1024 * 1024
+    num_buckets: int | None = field(default=None, metadata=LAYOUT)
+    chunk_bytes: int = field(default=64 * 1024 * 1024, metadata=LAYOUT)
 
     def __post_init__(self) -> None:
         if self.min_clips < 1 or self.max_clips < self.min_clips:
@@ -130,7 +114,8 @@ def group_runs(video: VideoMeta, texts: dict[str, str], cfg: PlanConfig,
     for clip in sorted(video.clips, key=lambda c: c.k):
         text = texts.get(clip.clip_id)
         if not text or not text.strip():
-            failures.append(Failure(video.video_id, clip.clip_id, Stage.TEXT.value, "no text for clip"))
+            failures.append(Failure(video.video_id, clip.clip_id, Stage.TEXT.value, FailureCode.NO_TEXT,
+                                    "no text for clip"))
             close()
             continue
         if run and (clip.k != run[-1].k + 1 or clip.start - run[-1].end > cfg.max_gap):
@@ -138,30 +123,6 @@ def group_runs(video: VideoMeta, texts: dict[str, str], cfg: PlanConfig,
         run.append(replace(clip, text=text))
     close()
     return samples, failures
-
-
-def sample_to_row(sample: PlannedSample) -> dict:
-    """One plan-parquet row (PLAN_SCHEMA) of a planned sample."""
-    return {"key": sample.key, "video_id": sample.video_id, "url": sample.url,
-            "start": sample.start, "end": sample.end, "duration": sample.end - sample.start,
-            "n_clips": len(sample.clips),
-            "clips": [{"clip_id": c.clip_id, "k": c.k, "start": c.start, "end": c.end,
-                       "text": c.text, "sentences": [{"text": t.text, "start": t.start, "end": t.end}
-                                                     for t in c.sentences]}
-                      for c in sample.clips],
-            "text_source": sample.text_source, "language": sample.language}
-
-
-def plan_row_to_sample(row: dict) -> PlannedSample:
-    """The PlannedSample of one plan-parquet row, for stages that read the plan."""
-    clips = tuple(Clip(c["clip_id"], int(c["k"]), float(c["start"]), float(c["end"]), c["text"],
-                       tuple(TimedText(t["text"], float(t["start"]), float(t["end"]))
-                             for t in c.get("sentences") or ()))
-                  for c in row["clips"])
-    return PlannedSample(key=row["key"], video_id=row["video_id"], url=row["url"],
-                         start=float(row["start"]), end=float(row["end"]), clips=clips,
-                         text_source=row.get("text_source") or "metadata",
-                         language=row.get("language"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,9 +236,9 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str)
     """Join bucket `bucket` of every map output, plan its videos, and write its part
     files; returns the counts the driver sums into the PlanSummary."""
     stats: Counter = Counter()
-    failures = [Failure(**r) for r in _concat(parts, "failures", FAILURE_SCHEMA).to_pylist()]
+    failures = [Failure.from_row(r) for r in _concat(parts, "failures", FAILURE_SCHEMA).to_pylist()]
     videos, dup_videos = _first_of_each(_concat(parts, "videos", _VIDEO_SCHEMA), "video_id")
-    failures += [Failure(v, None, Stage.METADATA.value,
+    failures += [Failure(v, None, Stage.METADATA.value, FailureCode.DUPLICATE,
                          f"duplicate video line (file #{fi}, byte {off}); the first line is used")
                  for v, fi, off in zip(*(dup_videos.column(n).to_pylist()
                                          for n in ("video_id", "file_idx", "offset")))]
@@ -392,8 +353,10 @@ def load_plan_summary(out_dir: str, *, metadata: list[str] | None = None,
     done = _read_success(out_dir)
     if done is None:
         return None
-    if cfg is not None and any(done["config"].get(f) != getattr(cfg, f) for f in _CONTENT_FIELDS):
-        return None
+    if cfg is not None:
+        want = content(cfg)
+        if fingerprint({f: done["config"].get(f) for f in want}) != fingerprint(want):
+            return None
     for name, patterns in (("metadata", metadata), ("text", text)):
         if patterns is not None and done["inputs"][name] != _input_listing(expand_paths(patterns)):
             return None

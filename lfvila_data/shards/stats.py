@@ -1,16 +1,16 @@
 """`lfvila-data stats`: the numbers of a build or shard directory, PNG plots of their
-distributions and of the failure reasons, and a self-contained index.html.
+distributions and of the failure codes, and a self-contained index.html.
 
 A build directory is recognised by `manifest.parquet` with a `clips` column (words are
 counted from the texts, failures read from `failures.parquet`); a shard directory by
 `stats.json` and a manifest with `n_clips`, `duration`, `paragraph_words`, `clip_words`.
 Columns are read with Arrow and words counted by Arrow kernels, so millions of samples
-take seconds; failure reasons are normalised once per distinct reason."""
+take seconds; failures are counted by their code."""
 from __future__ import annotations
 
 import html
 import json
-import re
+import os
 from pathlib import Path
 
 import fsspec
@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lfvila_data.progress import human_bytes
+from lfvila_data.records import paragraph
 
 # name: (title, x axis label with unit, what is counted on the y axis, integer values)
 DISTRIBUTIONS = {
@@ -30,9 +31,9 @@ DISTRIBUTIONS = {
     "words_per_clip": ("Words per clip", "words per clip", "clips", True),
 }
 SHARD_COLUMNS = ("n_clips", "duration", "paragraph_words", "clip_words")
-TOP_REASONS = 15
+TOP_CODES = 15
 MAX_BINS = 60
-FAILURE_PNG = "failure_reasons.png"
+FAILURE_PNG = "failure_codes.png"
 
 
 class StatsInputError(Exception):
@@ -80,57 +81,25 @@ def word_counts(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(n, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
-_PATH = re.compile(r"(?<![\w<>])(?:/[\w.+-]+){2,}/?")
-_CLIP = re.compile(r"\b[A-Za-z0-9_-]+\.\d+\.mp4\b")
-_KEY = re.compile(r"\b[A-Za-z0-9_-]+_\d{5}_\d{5}\b")
-_HEX = re.compile(r"\b(?:0x[0-9a-fA-F]+|(?=[0-9a-f]*\d)[0-9a-f]{8,})\b")
-_ID = re.compile(r"(?<![\w-])[A-Za-z0-9_-]{11}(?![\w-])")
-_QUOTED = re.compile(r"(?<!\w)'[^'\n]{1,200}'(?!\w)")  # not an apostrophe: can't
-_FIELD = re.compile(r"'[a-z_]+'")  # a quoted field name, kept: 'video_id', 'text'
-_NUM = re.compile(r"(?<![\w<.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
-_KEEP_NUM = re.compile(r"(?:HTTP|HTTP Error|status|status code|code)\s*:?\s*$", re.IGNORECASE)
-
-
-def _looks_like_id(token: str) -> bool:
-    """An 11-character YouTube-style id, not an English word like 'unavailable'."""
-    return any(ch.isdigit() or ch in "-_" for ch in token) or any(ch.isupper() for ch in token[1:])
-
-
-def normalise_reason(reason: str) -> str:
-    """The reason with URLs, paths, ids and numbers taken out, so variants count together.
-
-    HTTP status codes are kept: a 404 and a 429 call for different actions."""
-    s = _URL.sub("<url>", reason)
-    s = _PATH.sub("<path>", s)
-    s = _QUOTED.sub(lambda m: m.group() if _FIELD.fullmatch(m.group()) else "<value>", s)
-    s = _CLIP.sub("<clip>", s)
-    s = _KEY.sub("<key>", s)
-    s = _HEX.sub("<id>", s)
-    s = _ID.sub(lambda m: "<id>" if _looks_like_id(m.group()) else m.group(), s)
-    s = _NUM.sub(lambda m: m.group() if _KEEP_NUM.search(s[max(0, m.start() - 16):m.start()])
-                 else "<n>", s)
-    return re.sub(r"\s+", " ", s).strip()
-
-
 def failure_stats(failures: pd.DataFrame) -> dict:
-    """Failure rows by stage and the most common normalised reasons (with an example)."""
+    """Failure rows by stage and by code (records.FailureCode), the most common
+    (stage, code) pairs first, each with one reason as an example. A ledger older than
+    the code column counts its rows as `unknown`."""
     if failures.empty:
-        return {"total": 0, "permanent": 0, "by_stage": {}, "top_reasons": []}
-    df = failures.assign(stage=failures["stage"].fillna("unknown"),
+        return {"total": 0, "permanent": 0, "by_stage": {}, "by_code": {}, "top_codes": []}
+    codes = failures["code"] if "code" in failures else pd.Series(None, index=failures.index, dtype=object)
+    df = failures.assign(stage=failures["stage"].fillna("unknown"), code=codes.fillna("unknown"),
                          reason=failures["reason"].fillna(""))
-    distinct = df.groupby(["stage", "reason"], sort=False).size().rename("count").reset_index()
-    distinct["pattern"] = distinct["reason"].map(normalise_reason)
-    grouped = (distinct.sort_values("count", ascending=False, kind="stable")
-               .groupby(["stage", "pattern"], sort=False)
-               .agg(count=("count", "sum"), example=("reason", "first")).reset_index()
-               .sort_values(["count", "stage", "pattern"], ascending=[False, True, True]))
-    by_stage = df["stage"].value_counts()
+    grouped = (df.groupby(["stage", "code"], sort=False)
+               .agg(count=("reason", "size"), example=("reason", "first")).reset_index()
+               .sort_values(["count", "stage", "code"], ascending=[False, True, True]))
+    by_code = df["code"].value_counts()
     permanent = int(df["permanent"].fillna(False).astype(bool).sum()) if "permanent" in df else 0
     return {"total": int(len(df)), "permanent": permanent,
-            "by_stage": {str(k): int(v) for k, v in sorted(by_stage.items())},
-            "top_reasons": [{"stage": r.stage, "reason": r.pattern, "count": int(r.count),
-                             "example": r.example} for r in grouped.head(TOP_REASONS).itertuples()]}
+            "by_stage": {str(k): int(v) for k, v in sorted(df["stage"].value_counts().items())},
+            "by_code": {str(k): int(v) for k, v in sorted(by_code.items(), key=lambda kv: (-kv[1], kv[0]))},
+            "top_codes": [{"stage": r.stage, "code": r.code, "count": int(r.count), "example": r.example}
+                          for r in grouped.head(TOP_CODES).itertuples()]}
 
 
 def _read_table(fs, path: str, columns: list[str] | None = None) -> pa.Table:
@@ -188,7 +157,7 @@ def _build_stats(fs, root: str) -> dict:
     clips = pc.list_flatten(t["clips"])
     texts = pc.struct_field(clips, "text") if len(clips) else pa.array([], pa.string())
     paragraphs = (t["paragraph"] if "paragraph" in t.column_names
-                  else pa.array([" ".join(c["text"] or "" for c in row) for row in t["clips"].to_pylist()]))
+                  else pa.array([paragraph(c["text"] for c in row) for row in t["clips"].to_pylist()]))
     n_clips = (t["n_clips"] if "n_clips" in t.column_names else pc.list_value_length(t["clips"]))
     stats = {"kind": "build", **_common(t), "distributions": _distributions(
         n_clips.to_numpy(zero_copy_only=False), t["duration"].to_numpy(zero_copy_only=False),
@@ -196,7 +165,7 @@ def _build_stats(fs, root: str) -> dict:
     stats.update(text_origin(t))
     path = f"{root}/failures.parquet"
     failures = (_read_table(fs, path).to_pandas() if fs.exists(path)
-                else pd.DataFrame(columns=["stage", "reason", "permanent"]))
+                else pd.DataFrame(columns=["stage", "code", "reason", "permanent"]))
     stats["failures"] = failure_stats(failures)
     return stats
 
@@ -278,8 +247,8 @@ def _short(text: str, n: int = 70) -> str:
 
 
 def plot_failures(failures: dict, path: Path) -> None:
-    """The top reasons as horizontal bars coloured by stage, the largest on top."""
-    top = failures["top_reasons"]
+    """The top (stage, code) pairs as horizontal bars coloured by stage, the largest on top."""
+    top = failures["top_codes"]
     stages = sorted({r["stage"] for r in top})
     colours = dict(zip(stages, ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3",
                                 "#937860", "#DA8BC3", "#8C8C8C"] * 4))
@@ -287,11 +256,11 @@ def plot_failures(failures: dict, path: Path) -> None:
     ax = fig.add_subplot()
     y = np.arange(len(top))[::-1]
     ax.barh(y, [r["count"] for r in top], color=[colours[r["stage"]] for r in top])
-    ax.set_yticks(y, [_short(r["reason"]) for r in top], fontsize=8)
+    ax.set_yticks(y, [r["code"] for r in top], fontsize=8)
     from matplotlib.patches import Patch
     handles = [Patch(color=colours[st], label=f"{st} ({failures['by_stage'].get(st, 0):,} in all)")
                for st in stages]
-    ax.set_title(f"Top {len(top)} failure reasons by stage ({failures['total']:,} failures)")
+    ax.set_title(f"Top {len(top)} failure codes by stage ({failures['total']:,} failures)")
     ax.set_xlabel("failures (rows in failures.parquet)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(handles=handles, title="stage", frameon=False, loc="best")
@@ -329,6 +298,13 @@ def render_html(stats: dict, images: dict[str, str]) -> str:
             parts.append(f'<img src="{html.escape(img)}" alt="{html.escape(DISTRIBUTIONS[name][0])}">')
     if "failures" in stats:
         parts += _failures_html(stats["failures"], images.get("failures"))
+    if stats.get("browse"):
+        parts.insert(2, f'<p>Samples with a frame per clip: <a href="{html.escape(stats["browse"])}">'
+                        "the browse page</a></p>")
+    elif "browse" in stats:
+        parts.insert(2, f"<p>To look at samples (a frame per clip under its text), run "
+                        f"<code>lfvila-data browse {html.escape(str(stats['dir']))}</code> "
+                        "and run stats again to link its page here.</p>")
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>lfvila report</title>"
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 
@@ -339,11 +315,11 @@ def _failures_html(f: dict, image: str | None) -> list[str]:
         return parts + ["<p>No failures.</p>"]
     parts.append(_table(["stage", "failures"], [[k, f"{v:,}"] for k, v in f["by_stage"].items()], {1}))
     if image:
-        parts.append(f'<img src="{html.escape(image)}" alt="failure reasons by stage">')
-    parts += [f"<h3>Top {len(f['top_reasons'])} failure reasons</h3>",
-              _table(["count", "stage", "reason (numbers, URLs and ids taken out)", "example"],
-                     [[f"{r['count']:,}", r["stage"], r["reason"], r["example"]]
-                      for r in f["top_reasons"]], {0})]
+        parts.append(f'<img src="{html.escape(image)}" alt="failure codes by stage">')
+    parts += [f"<h3>Top {len(f['top_codes'])} failure codes</h3>",
+              _table(["count", "stage", "code", "example reason"],
+                     [[f"{r['count']:,}", r["stage"], r["code"], r["example"]]
+                      for r in f["top_codes"]], {0})]
     return parts
 
 
@@ -362,9 +338,18 @@ def write_report(dir: str, out_dir: str | None = None) -> dict:
         images["failures"] = FAILURE_PNG
     stats["report"] = str(out / "index.html")
     stats["images"] = images
+    stats["browse"] = _browse_link(dir, out)
     (out / "index.html").write_text(render_html(stats, images), encoding="utf-8")
     (out / "report.json").write_text(json.dumps(stats, indent=1), encoding="utf-8")
     return stats
+
+
+def _browse_link(dir: str, report_dir: Path) -> str | None:
+    """The `lfvila-data browse` page of DIR relative to the report, when one was made."""
+    from lfvila_data.shards.browse import DEFAULT_DIR, PAGE
+
+    page = Path(dir.rstrip("/")) / DEFAULT_DIR / PAGE
+    return os.path.relpath(page, report_dir) if page.is_file() else None
 
 
 def _dist_line(d: dict) -> str:
@@ -398,10 +383,11 @@ def render_summary(stats: dict) -> list[tuple[str, str]]:
         f = stats["failures"]
         stages = ", ".join(f"{k} {v:,}" for k, v in f["by_stage"].items())
         rows.append(("failures", f"{f['total']:,}" + (f" ({stages})" if stages else "")))
-        if f["top_reasons"]:
-            r = f["top_reasons"][0]
-            rows.append(("top failure reason", f"[{r['stage']}] {_short(r['reason'], 60)} "
-                                               f"({r['count']:,})"))
+        if f["by_code"]:
+            rows.append(("failures by code", ", ".join(f"{k} {v:,}" for k, v in list(f["by_code"].items())[:8])))
     if "report" in stats:
         rows.append(("report", stats["report"]))
+    if "browse" in stats:
+        rows.append(("samples page", os.path.normpath(Path(stats["report"]).parent / stats["browse"])
+                     if stats["browse"] else f"none yet: lfvila-data browse {stats['dir']}"))
     return rows

@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import fsspec
 
 from lfvila_data.media.cut import INPUT_GUARD, MediaError, probe
 from lfvila_data.progress import human_bytes, human_time
+from lfvila_data.records import paragraph, parse_sample_key
+from lfvila_data.shards.write import MEMBER_EXTS
 
 # The check names a Problem can carry, and what each means.
 CHECKS = {
@@ -39,11 +40,12 @@ CHECKS = {
     "tar": "the tar is truncated or corrupt",
     "unindexed": "a .tar in the directory is listed in no index",
     "members": "a sample is not exactly {key}.mp4, {key}.json, {key}.txt",
-    "key": "a key has a dot or characters outside [A-Za-z0-9_-]",
+    "key": "a key is not <video_id>_<first clip>_<last clip> (no dot, only [A-Za-z0-9_-])",
     "duplicate": "a key appears more than once in the shard set",
     "nsamples": "samples in a shard differ from the index nsamples",
     "json": "the json does not parse, lacks a field, has a wrong type or disagrees with its key",
-    "clips": "clip times are not relative, ordered and within the video",
+    "clips": "clip times are not ordered, or a clip does not end after it starts",
+    "bounds": "a clip or sentence time lies outside [0, duration] of the sample video",
     "sentences": "a clip's sentences are not ordered, inside the clip, or do not make up its text",
     "txt": "the txt is not the clip texts joined by single spaces",
     "manifest": "manifest.parquet disagrees with the shards (keys, shard, split, offset)",
@@ -52,8 +54,6 @@ CHECKS = {
 }
 INDEX_NAMES = ("train.json", "val.json")
 INDEX_KIND = "wids-shard-index-v1"
-MEMBER_EXTS = ("mp4", "json", "txt")
-KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_TEXT_MEMBER = 16 * 1024 * 1024  # a json or txt member larger than this is a problem
 DURATION_SLACK = 0.05  # seconds, on top of one frame
 DECODE_TIMEOUT = 1800.0
@@ -190,14 +190,16 @@ def check_meta(key: str, meta: object) -> list[tuple[str, str]]:
         return errors
     if meta["key"] != key:
         errors.append(("json", f"json key {meta['key']!r} differs from the member key"))
-    if not key.startswith(meta["video_id"] + "_"):
-        errors.append(("json", f"key does not start with video_id {meta['video_id']!r}"))
+    parsed = parse_sample_key(key)
+    if parsed is not None and parsed[0] != meta["video_id"]:
+        errors.append(("json", f"key is of video {parsed[0]!r}, json says video_id {meta['video_id']!r}"))
     if meta["n_clips"] != len(clips):
         errors.append(("json", f"n_clips {meta['n_clips']} but {len(clips)} clips"))
     if meta["duration"] <= 0 or meta["fps"] <= 0 or meta["width"] <= 0 or meta["height"] <= 0:
         errors.append(("json", "duration, fps, width and height must be positive"))
         return errors
-    return (errors + [("clips", m) for m in _clip_time_errors(clips, meta["duration"], meta["fps"])]
+    return (errors + [("clips", m) for m in _clip_time_errors(clips)]
+            + [("bounds", m) for m in _bound_errors(clips, meta["duration"])]
             + [("sentences", m) for i, c in enumerate(clips) for m in _sentence_errors(i, c)])
 
 
@@ -220,19 +222,28 @@ def _sentence_errors(i: int, clip: dict) -> list[str]:
     return errors
 
 
-def _clip_time_errors(clips: list[dict], duration: float, fps: float) -> list[str]:
-    """Clip times must be relative to the first frame, ordered and inside the video."""
-    limit = duration + 1.0 / fps
+def _clip_time_errors(clips: list[dict]) -> list[str]:
+    """Clips come in time order and each ends after it starts."""
     errors, prev = [], float("-inf")
     for i, c in enumerate(clips):
         s, e = c["start"], c["end"]
-        if not 0 <= s < e <= limit:
-            errors.append(f"clips[{i}] {s:.3f}-{e:.3f} s is not within 0-{duration:.3f} s "
-                          f"(times must be relative to the first frame)")
+        if not s < e:
+            errors.append(f"clips[{i}] {s:.3f}-{e:.3f} s does not end after it starts")
         if s < prev:
             errors.append(f"clips[{i}] starts at {s:.3f} s, before clips[{i - 1}]")
         prev = s
     return errors
+
+
+def _bound_errors(clips: list[dict], duration: float) -> list[str]:
+    """Every clip and sentence time names an instant of the sample video: relative to its
+    first frame (source times would lie past the end) and no later than its duration."""
+    spans = [(f"clips[{i}]", c) for i, c in enumerate(clips)]
+    spans += [(f"clips[{i}].sentences[{j}]", t) for i, c in enumerate(clips)
+              for j, t in enumerate(c["sentences"])]
+    return [f"{where} {t['start']:.3f}-{t['end']:.3f} s is not within 0-{duration:.3f} s "
+            f"(times are relative to the first frame)"
+            for where, t in spans if not 0 <= t["start"] <= t["end"] <= duration]
 
 
 def check_txt(meta: dict, txt: bytes) -> list[str]:
@@ -242,7 +253,7 @@ def check_txt(meta: dict, txt: bytes) -> list[str]:
     except UnicodeDecodeError as e:
         return [f"txt is not UTF-8: {e}"]
     texts = [c["text"] for c in meta["clips"]]
-    if text in (" ".join(texts), " ".join(t.strip() for t in texts)):
+    if text in (paragraph(texts), paragraph(t.strip() for t in texts)):
         return []
     return [f"txt ({len(text)} chars) is not the {len(texts)} clip texts joined by spaces: "
             f"{text[:60]!r}"]
@@ -254,8 +265,9 @@ def check_members(sample: Sample) -> list[tuple[str, str]]:
     if "." in sample.key:
         out.append(("key", f"key {sample.key!r} has a dot: WebDataset would split it at "
                            f"{sample.key.split('.', 1)[0]!r}"))
-    elif not KEY_RE.match(sample.key):
-        out.append(("key", f"key {sample.key!r} has characters outside [A-Za-z0-9_-]"))
+    elif parse_sample_key(sample.key) is None:
+        out.append(("key", f"key {sample.key!r} is not <video_id>_<first clip>_<last clip> "
+                           f"of [A-Za-z0-9_-]"))
     for ext in MEMBER_EXTS:
         n = sample.exts.count(ext)
         if n == 0:

@@ -26,10 +26,14 @@ import pyarrow as pa
 
 from lfvila_data.executor.base import TaskMap, crash_line
 from lfvila_data.inputs import InputError
+from lfvila_data.output.fingerprint import content, reuse_or_clear
 from lfvila_data.output.write import OutputDir
+from lfvila_data.records import paragraph, relative_time
+from lfvila_data.schemas import manifest_clips
 from lfvila_data.shards.stats import shard_table_stats
 
 SPLITS = ("train", "val")
+MEMBER_EXTS = ("mp4", "json", "txt")  # a sample's members, in tar order
 _BLOCK = 512
 _COPY = 4 * 1024 * 1024
 _PART = 16 * 1024 * 1024  # write buffer; on S3 the multipart part size (>= 5 MiB)
@@ -136,24 +140,22 @@ def pack(sizes: list[tuple[str, int]], cfg: ShardConfig) -> list[list[str]]:
     return shards
 
 
-def _sentences(clip: dict) -> list[dict]:
-    """A manifest clip's sentences (source time); builds older than sentence spans had
-    none, and their clip is its one sentence."""
-    sentences = clip.get("sentences")  # pandas/pyarrow give a numpy array, never a list
-    if sentences is None or len(sentences) == 0:
-        return [{"text": clip["text"], "start": clip["start"], "end": clip["end"]}]
-    return list(sentences)
+def member_name(key: str, ext: str) -> str:
+    """A tar member's name: WebDataset groups a sample's members by the name up to the
+    first dot, which is why keys have none."""
+    return f"{key}.{ext}"
 
 
 def sample_json(row: dict) -> dict:
-    """The `{key}.json` member: clip times relative to the sample video's first frame."""
-    start = row["start"]
-    clips = [{"clip_id": c["clip_id"], "start": round(c["start"] - start, 6),
-              "end": round(c["end"] - start, 6), "source_start": c["start"],
-              "source_end": c["end"], "text": c["text"],
-              "sentences": [{"text": t["text"], "start": round(t["start"] - start, 6),
-                             "end": round(t["end"] - start, 6)} for t in _sentences(c)]}
-             for c in row["clips"]]
+    """The `{key}.json` member: clip and sentence times relative to the sample video's
+    first frame and within [0, duration], so each names a frame the file has (a file cut
+    to whole frames, or from a video that ends early, can be shorter than its planned
+    span); the `source_*` times and the manifest keep the planned source times."""
+    start, duration = float(row["start"]), float(row["duration"])
+    clips = [{"clip_id": c.clip_id, "start": relative_time(c.start, start, duration),
+              "end": relative_time(c.end, start, duration), "source_start": c.start,
+              "source_end": c.end, "text": c.text, "sentences": c.sentence_rows(start, duration)}
+             for c in manifest_clips(row)]
     return {"key": row["key"], "video_id": row["video_id"], "url": row["url"],
             "source": row.get("source") or "hdvila", "start": start, "end": row["end"],
             "duration": row["duration"], "fps": row["fps"], "width": int(row["width"]),
@@ -166,14 +168,15 @@ def sample_json(row: dict) -> dict:
 def sample_members(row: dict) -> tuple[bytes, bytes]:
     """The json and txt member bytes of a sample (deterministic serialisation)."""
     meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True, allow_nan=False).encode()
-    text = " ".join(c["text"] for c in row["clips"]).encode()
+    text = paragraph(c["text"] for c in row["clips"]).encode()
     return meta, text
 
 
 def sample_tar_bytes(row: dict) -> int:
+    """Bytes the sample's three members take in a tar, for packing shards by size."""
     meta, text = sample_members(row)
-    n = len(row["key"]) + 5
-    return member_bytes(n, int(row["bytes"])) + member_bytes(n, len(meta)) + member_bytes(n, len(text))
+    sizes = {"mp4": int(row["bytes"]), "json": len(meta), "txt": len(text)}
+    return sum(member_bytes(len(member_name(row["key"], ext)), size) for ext, size in sizes.items())
 
 
 def plan_shards(manifest: pd.DataFrame, cfg: ShardConfig) -> list[ShardPlan]:
@@ -246,9 +249,9 @@ def _write_members(sink: _Hashing, rows: tuple[dict, ...], offsets: list[int]) -
             offsets.append(tar.offset)
             src_fs, src_path = fsspec.core.url_to_fs(f"{row['_build'].rstrip('/')}/{row['video']}")
             with src_fs.open(src_path, "rb", block_size=_COPY) as video:
-                tar.addfile(_info(f"{row['key']}.mp4", int(row["bytes"])), video)
-            tar.addfile(_info(f"{row['key']}.json", len(meta)), io.BytesIO(meta))
-            tar.addfile(_info(f"{row['key']}.txt", len(text)), io.BytesIO(text))
+                tar.addfile(_info(member_name(row["key"], "mp4"), int(row["bytes"])), video)
+            tar.addfile(_info(member_name(row["key"], "json"), len(meta)), io.BytesIO(meta))
+            tar.addfile(_info(member_name(row["key"], "txt"), len(text)), io.BytesIO(text))
 
 
 def write_shard(plan: ShardPlan, output: str) -> ShardRecord:
@@ -322,7 +325,7 @@ def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> p
                          "offset": rec.offsets[i], "index": i, "video_id": row["video_id"],
                          "n_clips": len(row["clips"]), "duration": float(row["duration"]),
                          "bytes": int(row["bytes"]),
-                         "paragraph_words": _words(" ".join(c["text"] for c in row["clips"])),
+                         "paragraph_words": _words(paragraph(c["text"] for c in row["clips"])),
                          "clip_words": [_words(c["text"]) for c in row["clips"]],
                          "text_source": _text_or(row.get("text_source"), "metadata"),
                          "language": _text_or(row.get("language"), None)})
@@ -341,7 +344,9 @@ def wids_index(split: str, records: list[ShardRecord]) -> dict:
 
 
 def _layout_id(plans: list[ShardPlan], cfg: ShardConfig) -> str:
-    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    """What decides every shard's bytes: the content settings and each shard's samples
+    (hashed as a stream: a plan may list millions of samples)."""
+    h = hashlib.sha256(json.dumps(content(cfg), sort_keys=True).encode())
     for p in plans:
         h.update(p.name.encode())
         for r in p.rows:
@@ -351,11 +356,10 @@ def _layout_id(plans: list[ShardPlan], cfg: ShardConfig) -> str:
 
 def _clear_stale(out: OutputDir, layout: str) -> None:
     """A different layout makes every old shard wrong: remove them before writing."""
-    if out.exists("_meta/LAYOUT") and out.fs.cat_file(out.path("_meta/LAYOUT")).decode() == layout:
-        return
-    for name in out.list("", ".tar") + out.list("_meta", ".json"):
-        out.fs.rm(name)
-    out.write_bytes("_meta/LAYOUT", layout.encode())
+    def clear() -> None:
+        for name in out.list("", ".tar") + out.list("_meta", ".json"):
+            out.fs.rm(name)
+    reuse_or_clear(out, "_meta/LAYOUT", layout, clear)
 
 
 def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMap,

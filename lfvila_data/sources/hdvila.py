@@ -10,7 +10,7 @@ import math
 import re
 from urllib.parse import urlsplit
 
-from lfvila_data.records import Clip, Failure, Stage, VideoMeta, is_safe_video_id, parse_clip_id
+from lfvila_data.records import Clip, Failure, FailureCode, Stage, VideoMeta, is_safe_video_id, parse_clip_id
 
 # ---------------------------------------------------------------------------------------
 # spans
@@ -63,8 +63,8 @@ def _short(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _meta_failure(video_id: str | None, clip_id: str | None, reason: str) -> Failure:
-    return Failure(video_id, clip_id, Stage.METADATA.value, reason)
+def _meta_failure(video_id: str | None, clip_id: str | None, code: FailureCode, reason: str) -> Failure:
+    return Failure(video_id, clip_id, Stage.METADATA.value, code, reason)
 
 
 def _load_object(line: str | bytes) -> tuple[dict | None, str | None]:
@@ -97,29 +97,31 @@ def parse_video_line(
     clip (which later breaks its run), and each drop is a Failure row saying why."""
     obj, error = _load_object(line)
     if obj is None:
-        return None, [_meta_failure(None, None, error)]
+        return None, [_meta_failure(None, None, FailureCode.BAD_LINE, error)]
     video_id = obj.get("video_id")
     if "video_id" not in obj or not isinstance(video_id, str):
-        return None, [_meta_failure(None, None, f"missing or non-string 'video_id': {_short(video_id)}")]
+        return None, [_meta_failure(None, None, FailureCode.BAD_LINE, f"missing or non-string 'video_id': {_short(video_id)}")]
     if not is_safe_video_id(video_id):
-        return None, [_meta_failure(None, None, f"unsafe 'video_id' {_short(video_id)} "
+        return None, [_meta_failure(None, None, FailureCode.UNSAFE_ID, f"unsafe 'video_id' {_short(video_id)} "
                                                 "(allowed: A-Z a-z 0-9 _ -, 1 to 128 chars)")]
     url = obj.get("url")
     if not isinstance(url, str):
-        return None, [_meta_failure(video_id, None, f"missing or non-string 'url': {_short(url)}")]
+        return None, [_meta_failure(video_id, None, FailureCode.BAD_LINE, f"missing or non-string 'url': {_short(url)}")]
     if not url_is_allowed(url, allow_local_files=allow_local_files):
         allowed = "http(s), file:// or a local path" if allow_local_files else "http(s)"
-        return None, [_meta_failure(video_id, None, f"'url' {_short(url)} is not {allowed}")]
+        return None, [_meta_failure(video_id, None, FailureCode.BAD_URL,
+                                        f"'url' {_short(url)} is not {allowed}")]
     raw_clips = obj.get("clip")
     if not isinstance(raw_clips, list):
-        return None, [_meta_failure(video_id, None, f"missing or non-list 'clip': {_short(raw_clips)}")]
+        return None, [_meta_failure(video_id, None, FailureCode.BAD_LINE, f"missing or non-list 'clip': {_short(raw_clips)}")]
 
     failures: list[Failure] = []
     by_k: dict[int, Clip] = {}
     for raw in raw_clips:
         clip, failure = _parse_clip(video_id, raw)
         if failure is None and clip.k in by_k:
-            failure = _meta_failure(video_id, clip.clip_id, f"duplicate clip number k={clip.k}")
+            failure = _meta_failure(video_id, clip.clip_id, FailureCode.DUPLICATE,
+                                    f"duplicate clip number k={clip.k}")
         if failure is not None:
             failures.append(failure)
         else:
@@ -130,7 +132,7 @@ def parse_video_line(
         if kept and clip.start < kept[-1].end - _OVERLAP_EPS:
             prev = kept[-1]
             failures.append(_meta_failure(
-                video_id, clip.clip_id,
+                video_id, clip.clip_id, FailureCode.OVERLAPPING_CLIP,
                 f"clip starts at {clip.start:.3f}s, before the previous clip {prev.clip_id} "
                 f"ends at {prev.end:.3f}s (out of order or overlapping)"))
             continue
@@ -140,24 +142,24 @@ def parse_video_line(
 
 def _parse_clip(video_id: str, raw: object) -> tuple[Clip | None, Failure | None]:
     if not isinstance(raw, dict):
-        return None, _meta_failure(video_id, None, f"clip entry is not an object: {_short(raw)}")
+        return None, _meta_failure(video_id, None, FailureCode.BAD_LINE, f"clip entry is not an object: {_short(raw)}")
     clip_id = raw.get("clip_id")
     parsed = parse_clip_id(clip_id)
     if parsed is None:
-        return None, _meta_failure(video_id, None, f"'clip_id' {_short(clip_id)} is not "
+        return None, _meta_failure(video_id, None, FailureCode.BAD_CLIP_ID, f"'clip_id' {_short(clip_id)} is not "
                                                    "<video_id>.<k>.mp4 with k >= 1")
     if parsed[0] != video_id:
-        return None, _meta_failure(video_id, clip_id, f"'clip_id' {clip_id!r} belongs to "
+        return None, _meta_failure(video_id, clip_id, FailureCode.BAD_CLIP_ID, f"'clip_id' {clip_id!r} belongs to "
                                                       f"video {parsed[0]!r}, not {video_id!r}")
     span = raw.get("span")
     if not isinstance(span, (list, tuple)) or len(span) != 2:
-        return None, _meta_failure(video_id, clip_id, f"'span' {_short(span)} is not [start, end]")
+        return None, _meta_failure(video_id, clip_id, FailureCode.BAD_SPAN, f"'span' {_short(span)} is not [start, end]")
     try:
         start, end = parse_span(span[0]), parse_span(span[1])
     except ValueError as exc:
-        return None, _meta_failure(video_id, clip_id, f"unparsable 'span': {exc}")
+        return None, _meta_failure(video_id, clip_id, FailureCode.BAD_SPAN, f"unparsable 'span': {exc}")
     if end <= start:
-        return None, _meta_failure(video_id, clip_id, f"'span' end {end:.3f}s is not after "
+        return None, _meta_failure(video_id, clip_id, FailureCode.BAD_SPAN, f"'span' end {end:.3f}s is not after "
                                                       f"start {start:.3f}s")
     return Clip(clip_id, parsed[1], start, end), None
 
@@ -167,18 +169,19 @@ def parse_text_line(line: str | bytes) -> tuple[str, str] | Failure:
     planner reports it once, as a clip without text."""
     obj, error = _load_object(line)
     if obj is None:
-        return Failure(None, None, Stage.TEXT.value, error)
+        return Failure(None, None, Stage.TEXT.value, FailureCode.BAD_LINE, error)
     clip_id = obj.get("clip_id")
     parsed = parse_clip_id(clip_id)
     if parsed is None:
-        return Failure(None, None, Stage.TEXT.value,
+        return Failure(None, None, Stage.TEXT.value, FailureCode.BAD_CLIP_ID,
                        f"'clip_id' {_short(clip_id)} is not <video_id>.<k>.mp4 with k >= 1")
     if "text" not in obj:
-        return Failure(parsed[0], clip_id, Stage.TEXT.value, "missing field 'text'")
+        return Failure(parsed[0], clip_id, Stage.TEXT.value, FailureCode.BAD_LINE, "missing field 'text'")
     text = obj["text"]
     if text is None:
         text = ""
     if not isinstance(text, str):
-        return Failure(parsed[0], clip_id, Stage.TEXT.value, f"'text' is not a string: {_short(text)}")
+        return Failure(parsed[0], clip_id, Stage.TEXT.value, FailureCode.BAD_LINE,
+                       f"'text' is not a string: {_short(text)}")
     # whitespace normalised once here, so clip texts, paragraphs and shard members agree
     return clip_id, " ".join(text.split())

@@ -16,7 +16,7 @@ import fsspec
 
 from lfvila_data.inputs import InputError, expand_paths
 from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError, _clean, _Log, is_permanent
-from lfvila_data.records import Failure, Stage, is_safe_video_id
+from lfvila_data.records import Failure, FailureCode, Stage, is_safe_video_id
 
 _YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 _YOUTUBE_HOSTS = ("youtube.com", "youtu.be", "youtube-nocookie.com")
@@ -147,7 +147,7 @@ def read_video_list(patterns: list[str]) -> tuple[list[VideoRef], list[Failure]]
         for where, entry in _entries(path):
             ref, why = parse_entry(entry)
             if ref is None:
-                failures.append(Failure(None, None, Stage.METADATA.value, f"{where}: {why}"))
+                failures.append(Failure(None, None, Stage.METADATA.value, FailureCode.BAD_LINE, f"{where}: {why}"))
             elif ref.video_id not in refs:
                 refs[ref.video_id] = ref
     if not refs and not failures:
@@ -204,14 +204,16 @@ def fetch_subtitles(ref: VideoRef, cfg: FetchConfig, langs: list[str]) -> VideoT
         with yt_dlp.YoutubeDL(params) as ydl:
             info = ydl.extract_info(ref.url, download=False, process=False)
             if info.get("_type") in ("playlist", "multi_video"):
-                raise FetchError("the URL is a playlist or channel, not one video; list its videos", True)
+                raise FetchError("the URL is a playlist or channel, not one video; list its videos", True,
+                                 FailureCode.BAD_URL)
             track = choose_subtitles(info, langs)
             data = None
             if track is not None:
                 with ydl.urlopen(track.url) as resp:
                     data = resp.read(MAX_SUBTITLE_BYTES + 1)
                 if len(data) > MAX_SUBTITLE_BYTES:
-                    raise FetchError(f"subtitle file is larger than {MAX_SUBTITLE_BYTES} bytes", True)
+                    raise FetchError(f"subtitle file is larger than {MAX_SUBTITLE_BYTES} bytes", True,
+                                     FailureCode.TOO_LARGE)
     except yt_dlp.utils.DownloadError as e:
         msg = _clean(log.errors[-1] if log.errors else str(e))
         raise FetchError(msg, is_permanent(msg)) from None

@@ -40,7 +40,9 @@ import numpy as np
 
 from lfvila_data.executor.base import ActorMap, WorkerCrashed, crash_line, local_actors
 from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
-from lfvila_data.records import Failure, Stage, error_line
+from lfvila_data.media.fetch import fetch_code
+from lfvila_data.output.fingerprint import SPEED
+from lfvila_data.records import Failure, FailureCode, Stage, error_line
 from lfvila_data.text.subtitles import Word
 
 if TYPE_CHECKING:
@@ -86,10 +88,10 @@ class AsrConfig:
     model: str = "openai/whisper-large-v3"
     language: str | None = None
     timestamps: str = "word"
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=SPEED)
     chunk_seconds: float = 30.0
-    num_actors: int | None = None
-    use_gpu: bool | None = None
+    num_actors: int | None = field(default=None, metadata=SPEED)
+    use_gpu: bool | None = field(default=None, metadata=SPEED)
     dtype: str = "auto"
     max_new_tokens: int = 440
     silence_db: float | None = -50.0  # windows quieter than this (RMS, dBFS) are not decoded
@@ -131,8 +133,10 @@ class AsrResult:
     failure: Failure | None = None
 
 
-def _failed(job: AsrJob, reason: str, permanent: bool) -> AsrResult:
-    return AsrResult(job.video_id, failure=Failure(job.video_id, None, Stage.ASR.value, reason, permanent))
+def _failed(job: AsrJob, reason: str, permanent: bool,
+            code: FailureCode = FailureCode.TASK_CRASHED) -> AsrResult:
+    """A failed result; without a code the job itself broke (a crash or a bug)."""
+    return AsrResult(job.video_id, failure=Failure(job.video_id, None, Stage.ASR.value, code, reason, permanent))
 
 
 def merge_spans(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -421,7 +425,7 @@ class WhisperTranscriber:
             media = resolve(job.media) if resolve is not None else job.media
         except Exception as e:  # noqa: BLE001 - the resolver's errors are the video's
             return _failed(job, f"could not resolve the media URL: {error_line(e)}",
-                           bool(getattr(e, "permanent", False)))
+                           bool(getattr(e, "permanent", False)), getattr(e, "code", None) or fetch_code(str(e)))
         spans = merge_spans(job.spans) if job.spans is not None else None
         words: list[Word] = []
         language = self.cfg.language if self.cfg.language or self.multilingual else "en"
@@ -433,7 +437,7 @@ class WhisperTranscriber:
                     words += place_words(items, chunk, words[-1].end if words else chunk.start)
                     seconds += chunk.duration
         except AudioError as e:
-            return _failed(job, str(e), e.permanent)
+            return _failed(job, str(e), e.permanent, e.code)
         return AsrResult(job.video_id, words, language, round(seconds, 3))
 
     def _batches(self, media: str, spans: list[tuple[float, float]] | None) -> Iterator[list[AudioChunk]]:

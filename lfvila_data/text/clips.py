@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pysbd.languages import LANGUAGE_CODES
 
 from lfvila_data.plan.join import PlanConfig, group_runs
-from lfvila_data.records import Clip, Failure, PlannedSample, Stage, TimedText, VideoMeta
+from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, TimedText, VideoMeta
 from lfvila_data.text.language import language_mismatch
 from lfvila_data.text.sentences import Sentence, SentenceConfig, split_sentences
 from lfvila_data.text.subtitles import SubtitleError, Word, detect_kind, parse_subtitles
@@ -72,7 +72,7 @@ def plan_subtitled_video(video_id: str, url: str, subtitles: bytes, fmt: str | N
     if check_language and language:
         wrong = language_mismatch(" ".join(w.text for w in words), language)
         if wrong:
-            return [], [Failure(video_id, None, Stage.TEXT.value, wrong)]
+            return [], [Failure(video_id, None, Stage.TEXT.value, FailureCode.WRONG_LANGUAGE, wrong)]
     if kind is None:
         kind = "auto_captions" if detect_kind(subtitles) == "auto_captions" else "subtitles"
     return plan_from_words(video_id, url, words, kind, language, plan, clip_cfg, sentence_cfg,
@@ -87,7 +87,7 @@ def plan_from_words(video_id: str, url: str, words: list[Word], text_source: str
     failures: list[Failure] = []
     if duration is not None and words and words[-1].end > duration + END_SLACK:
         past = [w for w in words if w.end > duration + END_SLACK]
-        failures.append(Failure(video_id, None, Stage.TEXT.value,
+        failures.append(Failure(video_id, None, Stage.TEXT.value, FailureCode.SUBTITLES_PAST_END,
                                 f"{len(past)} of {len(words)} subtitle words lie past the end of the "
                                 f"video ({past[0].start:.1f} s onwards, video is {duration:.1f} s): "
                                 f"subtitles longer than the video; they were dropped"))
@@ -104,7 +104,7 @@ def plan_from_words(video_id: str, url: str, words: list[Word], text_source: str
     samples = [replace(s, text_source=text_source, language=language) for s in samples]
     if not samples and not fails:
         what = "speech recognition gives" if text_source == "asr" else "subtitles give"
-        failures.append(Failure(video_id, None, Stage.TEXT.value,
+        failures.append(Failure(video_id, None, Stage.TEXT.value, FailureCode.NO_RUN,
                                 f"{what} {len(clips)} clips, no run of {plan.min_clips} "
                                 f"consecutive clips within {plan.max_gap} s of each other"))
     return samples, failures

@@ -7,17 +7,16 @@ Each video's outcome is journaled (`_text/`), so a rerun neither asks YouTube fo
 subtitles again nor re-transcribes; the plan is rewritten from the journal at the end."""
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from lfvila_data.executor.base import TaskMap, crash_line, local_map
 from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError, with_retries
+from lfvila_data.output.fingerprint import SPEED, content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.write import DONE, FAILED, RETRY, Journal, OutputDir, iter_journal, journal_status
 from lfvila_data.plan.join import (
     PlanConfig,
@@ -29,7 +28,7 @@ from lfvila_data.plan.join import (
     sample_to_row,
 )
 from lfvila_data.progress import ThrottledPrinter, human_time
-from lfvila_data.records import Clip, Failure, PlannedSample, Stage, TimedText
+from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, TimedText
 from lfvila_data.sources.local import find_subtitles, find_videos, local_video_id
 from lfvila_data.sources.youtube import VideoRef, fetch_subtitles, read_video_list
 from lfvila_data.text.clips import ClipConfig, plan_from_words, plan_subtitled_video
@@ -53,7 +52,7 @@ class TextOptions:
     asr_config: object | None = None  # lfvila_data.asr.AsrConfig (imported only when used)
     clip: ClipConfig = ClipConfig()
     check_language: bool = True
-    concurrency: int = 16         # subtitle look-ups at once
+    concurrency: int = field(default=16, metadata=SPEED)  # subtitle look-ups at once
 
     def __post_init__(self):
         if self.asr not in ASR_MODES:
@@ -104,13 +103,13 @@ def local_text(video: Path, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
                   f"{video.stem}[.{'|.'.join(opts.langs)}].vtt/.srt)")
         if opts.asr == "auto":
             return TextOutcome(vid, url, asr_reason=reason)
-        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value,
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value, FailureCode.NO_SUBTITLES,
                                                        reason + "; use --asr auto to transcribe")])
     path, lang = sub
     try:
         data = path.read_bytes()
     except OSError as e:
-        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value,
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value, FailureCode.UNUSABLE_SUBTITLES,
                                                        f"cannot read {path.name}: {e}")])
     return _from_subtitles(vid, url, data, path.suffix, lang or (opts.langs[0] if opts.langs else None),
                            None, None, plan, opts)
@@ -124,7 +123,7 @@ def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: Fetc
         got = with_retries(lambda: fetch_subtitles(ref, fetch, list(opts.langs)), fetch)
     except FetchError as e:
         return TextOutcome(ref.video_id, ref.url, status=FAILED if e.permanent else RETRY,
-                           failures=[Failure(ref.video_id, None, Stage.DOWNLOAD.value, e.reason,
+                           failures=[Failure(ref.video_id, None, Stage.DOWNLOAD.value, e.code, e.reason,
                                              e.permanent)])
     if got.track is None or got.data is None:
         offered = ", ".join(got.available) or "none"
@@ -132,7 +131,8 @@ def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: Fetc
         if opts.asr == "auto":
             return TextOutcome(ref.video_id, ref.url, asr_reason=reason)
         return TextOutcome(ref.video_id, ref.url, failures=[
-            Failure(ref.video_id, None, Stage.TEXT.value, reason + "; use --asr auto to transcribe")])
+            Failure(ref.video_id, None, Stage.TEXT.value, FailureCode.NO_SUBTITLES,
+                    reason + "; use --asr auto to transcribe")])
     t = got.track
     return _from_subtitles(ref.video_id, ref.url, got.data, t.ext, t.lang.removesuffix("-orig"), t.kind,
                            got.duration, plan, opts)
@@ -173,15 +173,16 @@ def asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str 
     if result.failure is not None:
         reason = result.failure.reason if not why else f"{why}; speech recognition failed: {result.failure.reason}"
         return TextOutcome(vid, url, status=DONE if result.failure.permanent else RETRY,
-                           failures=[Failure(vid, None, Stage.ASR.value, reason, result.failure.permanent)])
+                           failures=[Failure(vid, None, Stage.ASR.value, result.failure.code, reason,
+                                                   result.failure.permanent)])
     if not result.words:
-        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value,
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value, FailureCode.ASR_NO_WORDS,
                                                        f"speech recognition heard no words in "
                                                        f"{result.audio_seconds:.0f} s of audio")])
     spoken = normalise_language(result.language)
     wanted = {normalise_language(lang) for lang in opts.langs}
     if opts.check_language and spoken and opts.asr_config.language is None and spoken not in wanted:
-        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value,
+        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value, FailureCode.WRONG_LANGUAGE,
                                                        f"speech recognition detected {spoken!r} speech; "
                                                        f"asked for {'/'.join(opts.langs)}")])
     samples, failures = plan_from_words(vid, url, list(result.words), "asr", result.language, plan,
@@ -192,33 +193,12 @@ def asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str 
 # ------------------------------------------------------------------ orchestration
 
 
-# Options that change how fast the text is made, not what it is: changing them keeps the journal.
-_SPEED_ONLY = ("concurrency", "num_actors", "use_gpu", "batch_size")
-
-
-def content_settings(opts: TextOptions) -> dict:
-    """The text options that decide the text, for the journal's settings marker. Adding
-    videos to a list or a folder keeps it too: outcomes are journaled per video."""
-    d = asdict(opts)
-    for name in _SPEED_ONLY:
-        d.pop(name, None)
-        if isinstance(d.get("asr_config"), dict):
-            d["asr_config"].pop(name, None)
-    return d
-
-
-def _fingerprint(record: dict) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _journal_for(out: OutputDir, settings: dict) -> dict[str, str]:
-    """Each video's status in the text journal of earlier runs with the same settings
-    (the journal is cleared when they differ)."""
-    marker = _fingerprint(settings)
-    path = f"{TEXT_DIR}/SETTINGS"
-    if out.exists(path) and out.fs.cat_file(out.path(path)).decode() != marker:
-        out.fs.rm(out.path(TEXT_DIR), recursive=True)
-    out.write_bytes(path, marker.encode())
+def _journal_for(out: OutputDir, settings: dict, plan: PlanConfig, opts: TextOptions) -> dict[str, str]:
+    """Each video's status in the text journal of earlier runs with the same content
+    settings (the journal is cleared when they differ; layout and speed settings, and
+    videos added to a list or a folder, keep it: outcomes are journaled per video)."""
+    value = fingerprint(settings | {"plan": content(plan), "opts": content(opts)})
+    reuse_or_clear(out, f"{TEXT_DIR}/SETTINGS", value, remove_dir(out, TEXT_DIR))
     return journal_status(out, TEXT_DIR)
 
 
@@ -256,7 +236,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], look_ups: T
     """Look up text for every item (`look_up(item)`, run by `look_ups`), transcribe the
     ones that asked for it, journal each outcome, then write the plan from the journal."""
     out = OutputDir(out_dir)
-    previous = _journal_for(out, settings | {"plan": asdict(plan), "opts": content_settings(opts)})
+    previous = _journal_for(out, settings, plan, opts)
     journal = Journal(out, dir=TEXT_DIR)
     progress = TextProgress(len(items))
     asr_jobs, asr_why, urls = [], {}, {}
@@ -298,7 +278,8 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], look_ups: T
 
 def _crashed(video_id: str, url: str, err: Exception) -> TextOutcome:
     return TextOutcome(video_id, url, status=RETRY, failures=[
-        Failure(video_id, None, Stage.TEXT.value, f"text task failed: {crash_line(err)}", False)])
+        Failure(video_id, None, Stage.TEXT.value, FailureCode.TASK_CRASHED, f"text task failed: {crash_line(err)}",
+                False)])
 
 
 def _write_plan_from_journal(out: OutputDir, out_dir: str, plan: PlanConfig, inputs: dict,
@@ -311,7 +292,7 @@ def _write_plan_from_journal(out: OutputDir, out_dir: str, plan: PlanConfig, inp
         if vid in wanted:
             samples = [plan_row_to_sample(r) for r in payload["rows"]]
             counts["clips_total"] += sum(len(s.clips) for s in samples) if count_clips else 0
-            writer.add(samples, [Failure(**r) for r in payload["failures"]])
+            writer.add(samples, [Failure.from_row(r) for r in payload["failures"]])
     return writer.close(inputs, counts)
 
 
@@ -369,8 +350,8 @@ def retext_video(samples: list[PlannedSample], words: list[Word], language: str 
         if timed:
             texts[c.clip_id] = " ".join(t.text for t in timed)
     got, fails = group_runs(VideoMeta(vid, url, tuple(new_clips)), texts, plan)
-    fails = [Failure(f.video_id, f.clip_id, Stage.ASR.value, "speech recognition heard no words in "
-                     "this clip", True) if f.reason == "no text for clip" else f for f in fails]
+    fails = [Failure(f.video_id, f.clip_id, Stage.ASR.value, FailureCode.ASR_NO_WORDS, "speech recognition "
+                     "heard no words in this clip", True) if f.code is FailureCode.NO_TEXT else f for f in fails]
     return [replace(s, text_source="asr", language=language) for s in got], fails
 
 
@@ -385,10 +366,8 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
 
     done = _read_success(out_dir)
     out = OutputDir(out_dir)
-    plan_failures = [Failure(**{k: r[k] for k in ("video_id", "clip_id", "stage", "reason", "permanent")})
-                     for r in read_plan_failures(out_dir).to_pylist()]
-    previous = _journal_for(out, {"hdvila_plan": done["summary"], "plan": asdict(plan),
-                                  "opts": content_settings(opts)})
+    plan_failures = [Failure.from_row(r) for r in read_plan_failures(out_dir).to_pylist()]
+    previous = _journal_for(out, {"hdvila_plan": done["summary"]}, plan, opts)
     journal = Journal(out, dir=TEXT_DIR)
     progress = TextProgress(done["summary"]["videos_with_samples"])
     in_flight: dict[str, list[PlannedSample]] = {}
@@ -434,4 +413,4 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
 
 def _asr_marker(opts: TextOptions) -> str | None:
     """What the plan's text came from, so a rerun with other ASR settings re-plans."""
-    return None if opts.asr == "off" else _fingerprint(content_settings(opts))
+    return None if opts.asr == "off" else fingerprint(content(opts))

@@ -25,7 +25,7 @@ import srt
 import webvtt
 from webvtt.errors import MalformedCaptionError, MalformedFileError
 
-from lfvila_data.records import Failure, Stage
+from lfvila_data.records import Failure, FailureCode, Stage, TimedText
 
 SubtitleKind = Literal["auto_captions", "subtitles"]
 
@@ -50,13 +50,8 @@ _MAX_WORD_SECONDS = 1.0
 _DUPLICATE_GAP_SECONDS = 0.001
 
 
-@dataclass(frozen=True)
-class Word:
-    """One spoken word with its time span in seconds of source time."""
-
-    text: str
-    start: float
-    end: float
+# One spoken word with its span in seconds of source time: the same record as a sentence.
+Word = TimedText
 
 
 @dataclass(frozen=True)
@@ -83,6 +78,7 @@ class SubtitleError(Exception):
 
         A bad file stays bad on a rerun, hence permanent."""
         return Failure(video_id=video_id, clip_id=clip_id, stage=Stage.TEXT.value,
+                       code=FailureCode.UNUSABLE_SUBTITLES,
                        reason=f"unusable subtitles ({self.reason}): {self.message or self.reason}",
                        permanent=True)
 

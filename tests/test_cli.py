@@ -1,0 +1,93 @@
+"""`lfvila-data build` options: grouped by stage in --help, and each mapped to its stage's
+config (parsed by click, never run)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from lfvila_data.cli import BUILD_OPTIONS, _grouped_values, app, build_config
+from lfvila_data.executor.runner import RunConfig
+from lfvila_data.media.cut import CutConfig
+from lfvila_data.media.fetch import FetchConfig
+from lfvila_data.plan.join import PlanConfig
+from lfvila_data.text.stage import TextOptions
+
+GROUPS = {
+    "Input and output": ["--source", "--metadata", "--text", "--input", "--output"],
+    "Subtitles and clips": ["--lang", "--min-clip-seconds", "--max-clip-seconds", "--language-check"],
+    "Speech recognition": ["--asr", "--asr-model", "--asr-language", "--asr-timestamps",
+                           "--asr-batch-size", "--asr-actors", "--asr-gpu", "--asr-silence-db"],
+    "Planning": ["--min-clips", "--max-clips", "--max-gap", "--plan-buckets", "--plan-only"],
+    "Download": ["--sections", "--margin", "--allow-local-files", "--cookies", "--proxy",
+                 "--rate-limit", "--max-filesize", "--socket-timeout", "--retries"],
+    "Cutting": ["--fps", "--height", "--copy", "--audio", "--cut-threads", "--x264-preset"],
+    "Running": ["--download-concurrency", "--cut-concurrency", "--ray-address", "--retry-failed",
+                "--workdir"],
+}
+REQUIRED = ["--metadata", "m.jsonl", "--text", "t.jsonl", "--output", "out"]
+
+
+def test_help_lists_every_option_under_its_stage():
+    r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "build", "--help"], capture_output=True,
+                       text=True, timeout=120, env=os.environ | {"COLUMNS": "250", "TERM": "dumb"})
+    assert r.returncode == 0, r.stderr
+    panel, seen = None, {}
+    for line in r.stdout.splitlines():
+        if line.startswith("╭─ "):
+            panel = line[3:].split(" ─")[0]
+        elif line.startswith("│") and "--" in line:
+            seen[line.strip("│ *").split()[0]] = panel
+    assert seen == {opt: group for group, opts in GROUPS.items() for opt in opts} | {"--help": "Options"}
+    assert sum(map(len, GROUPS.values())) == 42
+
+
+def config(*args: str):
+    ctx = get_command(app).commands["build"].make_context("build", [*REQUIRED, *args])
+    return build_config(*_grouped_values(BUILD_OPTIONS, ctx.params))
+
+
+def test_defaults_are_the_stage_defaults():
+    cfg = config()
+    assert (cfg.metadata, cfg.text, cfg.output, cfg.source) == (("m.jsonl",), ("t.jsonl",), "out", "hdvila")
+    assert cfg.plan == PlanConfig() and cfg.run == RunConfig()
+    assert cfg.text_opts == TextOptions(concurrency=8)
+    assert cfg.task.fetch == FetchConfig() and cfg.task.cut == CutConfig() and cfg.task.workdir is None
+    assert not (cfg.plan_only or cfg.retry_failed) and cfg.ray_address is None
+
+
+def test_options_reach_their_stage():
+    cfg = config("--plan-buckets", "3", "--min-clips", "2", "--height", "360", "--audio",
+                 "--download-concurrency", "5", "--cut-threads", "2", "--asr", "always",
+                 "--asr-batch-size", "4", "--no-asr-gpu", "--lang", "fr", "--lang", "en",
+                 "--workdir", "/scratch", "--plan-only", "--retries", "0")
+    assert (cfg.plan.num_buckets, cfg.plan.min_clips) == (3, 2)
+    assert (cfg.task.fetch.height, cfg.task.cut.height, cfg.task.fetch.audio, cfg.task.cut.audio) == \
+        (360, 360, True, True)
+    assert cfg.run.fetch_concurrency == cfg.text_opts.concurrency == 5
+    assert (cfg.task.cut.threads, cfg.run.cut_cpus) == (2, 2.0)
+    assert cfg.text_opts.asr == "always" and cfg.text_opts.langs == ("fr", "en")
+    assert (cfg.text_opts.asr_config.batch_size, cfg.text_opts.asr_config.use_gpu) == (4, False)
+    assert cfg.task.workdir == "/scratch" and cfg.plan_only and cfg.task.fetch.retries == 0
+
+
+def test_local_sources_are_local_files():
+    cfg = config("--source", "local", "--input", "videos/")
+    assert cfg.inputs == ("videos/",) and cfg.task.source == "local"
+    assert cfg.plan.allow_local_files and cfg.task.fetch.allow_local_files
+    assert not config().task.fetch.allow_local_files
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--height", "241"], "--height must be a positive even number, got 241"),
+    (["--min-clips", "0"], "need 1 <= min_clips <= max_clips"),
+    (["--min-clip-seconds", "30"], "--min-clip-seconds must be positive and at most --max-clip-seconds"),
+    (["--asr-timestamps", "char"], "--asr-timestamps must be 'word' or 'segment'"),
+])
+def test_bad_values_are_one_line_errors(args, message):
+    r = CliRunner().invoke(app, ["build", *REQUIRED, *args])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
