@@ -6,7 +6,6 @@ unchanged, videos the journal records as finished are skipped, and sample files 
 on disk are reused instead of being downloaded and cut again."""
 from __future__ import annotations
 
-import logging
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,9 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 from lfvila_data import __version__
+from lfvila_data.executor.asr import transcribe_on_ray
+from lfvila_data.executor.cluster import init_ray
+from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
 from lfvila_data.media.task import TaskContext, VideoJob
@@ -65,25 +67,6 @@ class BuildConfig:
         return self.task or TaskContext(output=self.output)
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Local Ray without an address; otherwise join the given cluster unchanged."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    # "local": a new Ray on this machine, never a cluster that happens to run here
-    kwargs: dict = {"address": "local", "log_to_driver": False, "include_dashboard": False,
-                    "logging_level": logging.WARNING}
-    if address:
-        kwargs = {"address": address, "log_to_driver": False, "logging_level": logging.WARNING}
-    elif num_cpus:
-        kwargs["num_cpus"] = num_cpus
-    try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise InputError(f"cannot start or reach Ray at {address or 'local'}: {e}") from e
-
-
 def check_output(out: OutputDir) -> None:
     """Fail early, in one line, when the output cannot be written."""
     try:
@@ -109,9 +92,12 @@ def _plan(cfg: BuildConfig) -> PlanSummary:
     fetch = cfg.task_context().fetch
     # text-first sources journal each video's text, so re-planning redoes only what is missing
     if cfg.source == "local":
-        return plan_local_text(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch)
+        return plan_local_text(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch,
+                               transcriber=transcribe_on_ray)
     if cfg.source == "youtube":
-        return plan_youtube(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch)
+        look_ups = RayTasks(max_in_flight=cfg.text_opts.concurrency, num_cpus=0, max_retries=1)
+        return plan_youtube(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch,
+                            look_ups=look_ups, transcriber=transcribe_on_ray)
     # hdvila: metadata has text; only "--asr always" re-transcribes the planned spans
     asr = cfg.text_opts.asr == "always"
     want = _asr_marker(cfg.text_opts) if asr else None
@@ -122,8 +108,9 @@ def _plan(cfg: BuildConfig) -> PlanSummary:
         print("plan: reusing the finished plan (same inputs and settings)", file=sys.stderr)
         return summary
     if summary is None or made_with is not None:
-        summary = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan)
-    return retext_plan_with_asr(cfg.output, cfg.plan, cfg.text_opts, fetch) if asr else summary
+        summary = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan, shuffle=RayShuffle())
+    return (retext_plan_with_asr(cfg.output, cfg.plan, cfg.text_opts, fetch, transcriber=transcribe_on_ray)
+            if asr else summary)
 
 
 def _plan_rows(s: PlanSummary) -> list[tuple[str, object]]:

@@ -267,8 +267,9 @@ def shard(
     """Pack built samples into WebDataset shards (format: shards/README.md)."""
     import time
 
-    from lfvila_data.build import init_ray
-    from lfvila_data.progress import human_bytes, human_time, print_summary
+    from lfvila_data.executor.cluster import init_ray
+    from lfvila_data.executor.pool import RayTasks
+    from lfvila_data.progress import ThrottledPrinter, human_bytes, human_time, print_summary
     from lfvila_data.shards.write import ShardConfig, run_shard
 
     started = time.monotonic()
@@ -278,17 +279,15 @@ def shard(
         from lfvila_data.shards.write import read_manifests
         read_manifests(list(input))  # bad inputs fail before Ray starts
         init_ray(ray_address)
-        last = [0.0]
+        show = ThrottledPrinter(2.0)
 
         def progress(done: int, total: int, nbytes: int) -> None:
-            now = time.monotonic()
-            if now - last[0] >= 2 or done == total:
-                last[0] = now
-                rate = nbytes / max(now - started, 1e-6)
-                typer.echo(f"shard: {done}/{total} shards, {human_bytes(nbytes)} "
-                           f"({human_bytes(rate)}/s)", err=True)
+            rate = nbytes / max(time.monotonic() - started, 1e-6)
+            show(f"shard: {done}/{total} shards, {human_bytes(nbytes)} ({human_bytes(rate)}/s)",
+                 force=done == total)
 
-        stats = run_shard(list(input), output, cfg, concurrency=concurrency, on_progress=progress)
+        write = RayTasks(max_in_flight=concurrency, num_cpus=1, max_retries=1)
+        stats = run_shard(list(input), output, cfg, write=write, on_progress=progress)
     except (InputError, ValueError) as e:
         _fail(str(e))
     rows = [("samples", f"{stats['samples']:,}"), ("videos", f"{stats['videos']:,}"),
@@ -343,6 +342,7 @@ def demo(
     the tiny demo model a few steps on the shards and evaluate retrieval."""
     from lfvila_data.build import BuildConfig, run_build
     from lfvila_data.demo import make_corpus, train_demo
+    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.localserver import MediaServer
     from lfvila_data.progress import print_summary
     from lfvila_data.shards.write import ShardConfig, run_shard
@@ -362,7 +362,7 @@ def demo(
                 plan=PlanConfig(max_clips=max_clips),
                 task=TaskContext(output=output, fetch=FetchConfig(retries=1))))
         shards = f"{output.rstrip('/')}/shards"
-        stats = run_shard([output], shards, ShardConfig(val_count=2, samples_per_shard=4))
+        stats = run_shard([output], shards, ShardConfig(val_count=2, samples_per_shard=4), write=RayTasks())
         print_summary(f"shards in {shards}", [
             (f"{k} split", f"{v['samples']} samples in {v['shards']} shards")
             for k, v in stats["splits"].items()])

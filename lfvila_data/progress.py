@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -19,6 +20,27 @@ def human_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class ThrottledPrinter:
+    """Writes a progress line at most every `every_s` seconds (always when forced), so a
+    long job shows it is alive without flooding the log. A callable line is only built
+    when it is written."""
+
+    every_s: float = 2.0
+    write: Callable[[str], None] = to_stderr
+    last: float = 0.0  # when the last line was written (time.monotonic)
+
+    def __call__(self, line: str | Callable[[], str], force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.last = now
+            self.write(line() if callable(line) else line)
+
+
 @dataclass
 class BuildProgress:
     """Counters of the fetch/cut phase, printed to stderr at most every `every_s`."""
@@ -31,7 +53,9 @@ class BuildProgress:
     samples_failed: int = 0
     bytes_downloaded: int = 0
     started: float = field(default_factory=time.monotonic)
-    _last: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._printer = ThrottledPrinter(self.every_s)
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -45,10 +69,7 @@ class BuildProgress:
                 f"elapsed {human_time(elapsed)}, eta {human_time(eta)}")
 
     def tick(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last >= self.every_s:
-            self._last = now
-            print(self.line(), file=sys.stderr, flush=True)
+        self._printer(self.line, force)
 
 
 def print_summary(title: str, rows: list[tuple[str, object]]) -> None:

@@ -23,6 +23,7 @@ def _vocab_dir(texts: list[str], root: Path) -> Path:
 def shard_verify_load(builds: list[Path], root: Path, *, multi_sentence: bool = True) -> dict:
     """Shard the builds, verify the shards, read every json back with tarfile and every
     sample of four clips or more through the model's loader. Returns what was counted."""
+    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.shards.verify import verify_shards
     from lfvila_data.shards.write import ShardConfig, run_shard
     from lfvila_model.data import DataConfig, load_tokenizer, make_loader
@@ -34,7 +35,8 @@ def shard_verify_load(builds: list[Path], root: Path, *, multi_sentence: bool = 
         assert max(sentences.values()) >= 2, "no clip of these builds holds several sentences"
 
     out = root / "shards"
-    stats = run_shard([str(b) for b in builds], str(out), ShardConfig(val_count=0, samples_per_shard=2))
+    stats = run_shard([str(b) for b in builds], str(out), ShardConfig(val_count=0, samples_per_shard=2),
+                      write=RayTasks())
     assert stats["samples"] == len(manifest)
     report = verify_shards(str(out), progress=lambda line: None)
     assert report.ok, report.render()

@@ -15,6 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
+from lfvila_data.executor.asr import transcribe_on_ray
 from lfvila_data.localserver import MediaServer
 from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
 from lfvila_data.records import FailureCode
@@ -314,7 +315,7 @@ def test_pool_transcribes_and_records_failures(ray_local, tiny_model, media):
             AsrJob("mute", str(media["mute"])),
             AsrJob("near", str(media["long"]), ((5.0, 20.0), (40.0, 45.0)))]
     seen = []
-    results = {r.video_id: r for r in transcribe_all(iter(jobs), cfg, on_result=seen.append)}
+    results = {r.video_id: r for r in transcribe_on_ray(iter(jobs), cfg, on_result=seen.append)}
     assert sorted(results) == ["far", "mute", "near"] and len(seen) == 3
     _check_words(results["far"].words, [(100.0, 130.0)])
     _check_words(results["near"].words, [(5.0, 20.0), (40.0, 45.0)])
@@ -323,11 +324,22 @@ def test_pool_transcribes_and_records_failures(ray_local, tiny_model, media):
     assert failure.code is FailureCode.NO_AUDIO
 
 
-def test_pool_raises_early_on_a_bad_model(ray_local, tmp_path):
+def test_in_process_worker_transcribes_and_records_failures(tiny_model, media):
+    cfg = AsrConfig(model=tiny_model, language="en", batch_size=2, max_new_tokens=TOKENS)
+    jobs = [AsrJob("near", str(media["long"]), ((5.0, 20.0),)), AsrJob("mute", str(media["mute"]))]
+    results = list(transcribe_all(iter(jobs), cfg))  # no Ray: one worker in this process
+    assert [r.video_id for r in results] == ["near", "mute"]
+    _check_words(results[0].words, [(5.0, 20.0)])
+    assert results[1].words == [] and results[1].failure.stage == "asr"
+
+
+@pytest.mark.parametrize("on_ray", [True, False])
+def test_pool_raises_early_on_a_bad_model(ray_local, tmp_path, on_ray):
     (tmp_path / "empty").mkdir()
     started = time.monotonic()
-    with pytest.raises(AsrModelError, match="cannot load Whisper model"):
-        next(transcribe_all([AsrJob("v", "x.mp4")], AsrConfig(model=str(tmp_path / "empty"), num_actors=1)))
+    transcribe = transcribe_on_ray if on_ray else transcribe_all
+    with pytest.raises(AsrModelError, match="cannot load Whisper model"):  # the worker's own error
+        next(transcribe([AsrJob("v", "x.mp4")], AsrConfig(model=str(tmp_path / "empty"), num_actors=1)))
     assert time.monotonic() - started < 60
 
 

@@ -165,6 +165,7 @@ def built(tmp_path_factory, ray_module):
     from lfvila_data.media.fetch import FetchConfig
     from lfvila_data.media.task import TaskContext
     from lfvila_data.plan.join import PlanConfig
+    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.shards.write import ShardConfig, run_shard
 
     root = tmp_path_factory.mktemp("browse")
@@ -175,7 +176,7 @@ def built(tmp_path_factory, ray_module):
                               plan=PlanConfig(max_clips=6),
                               task=TaskContext(output=str(build), fetch=FetchConfig(retries=2, backoff=0.1))))
     shards = root / "shards"
-    run_shard([str(build)], str(shards), ShardConfig(val_count=2, samples_per_shard=2))
+    run_shard([str(build)], str(shards), ShardConfig(val_count=2, samples_per_shard=2), write=RayTasks())
     return build, shards
 
 

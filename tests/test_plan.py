@@ -1,4 +1,5 @@
-"""Planning rules (group_runs) and the distributed plan on a local Ray."""
+"""Planning rules (group_runs), and the plan built by the Ray shuffle on a local Ray and
+by the in-process one (the same plan)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lfvila_data.executor.base import local_shuffle
+from lfvila_data.executor.pool import RayShuffle
 from lfvila_data.inputs import InputError
 from lfvila_data.plan.join import (
     FAILURE_SCHEMA,
@@ -251,7 +254,7 @@ def reference(ray_local, inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     messages: list[str] = []
     summary = build_plan([str(Path(meta_paths[0]).parent / "hdvila_part*.jsonl")], text_paths,
-                         str(out), REF_CFG, progress=messages.append)
+                         str(out), REF_CFG, shuffle=RayShuffle(), progress=messages.append)
     _REFERENCE[meta_paths[0]] = out, summary, messages
     return _REFERENCE[meta_paths[0]]
 
@@ -296,12 +299,15 @@ def test_build_plan_matches_the_pure_rules(inputs, reference):
     assert load_plan_summary(str(tmp_path)) == summary
 
 
-@pytest.mark.parametrize("num_buckets,chunk_bytes", [(1, 10_000_000), (7, 613), (None, 4096)])
-def test_build_plan_layout_does_not_change_the_result(inputs, reference, tmp_path, num_buckets, chunk_bytes):
+@pytest.mark.parametrize("num_buckets,chunk_bytes,on_ray", [
+    (1, 10_000_000, True), (7, 613, True), (None, 4096, True), (1, 10_000_000, False), (7, 613, False)])
+def test_build_plan_layout_and_executor_do_not_change_the_result(inputs, reference, tmp_path, num_buckets,
+                                                                 chunk_bytes, on_ray):
     meta_paths, text_paths = inputs
     ref = reference[0]
     cfg = PlanConfig(min_clips=4, max_clips=6, max_gap=2.0, num_buckets=num_buckets, chunk_bytes=chunk_bytes)
-    build_plan(meta_paths, text_paths, str(tmp_path / "b"), cfg, progress=lambda m: None)
+    shuffle = RayShuffle(max_in_flight=2) if on_ray else local_shuffle
+    build_plan(meta_paths, text_paths, str(tmp_path / "b"), cfg, shuffle=shuffle, progress=lambda m: None)
     assert read_plan(str(ref)).sort_by("key").equals(read_plan(str(tmp_path / "b")).sort_by("key"))
     sort = [(c, "ascending") for c in ("stage", "video_id", "clip_id", "reason")]
     assert read_plan_failures(str(ref)).sort_by(sort).equals(
@@ -309,28 +315,30 @@ def test_build_plan_layout_does_not_change_the_result(inputs, reference, tmp_pat
     assert load_plan_summary(str(ref)) == load_plan_summary(str(tmp_path / "b"))
 
 
-def test_parts_are_sorted_and_rerun_replaces_old_parts(ray_local, inputs, tmp_path):
+def test_parts_are_sorted_and_rerun_replaces_old_parts(inputs, tmp_path):
     meta_paths, text_paths = inputs
     out = str(tmp_path)
-    build_plan(meta_paths, text_paths, out, PlanConfig(num_buckets=5, chunk_bytes=2000), progress=print)
+    build_plan(meta_paths, text_paths, out, PlanConfig(num_buckets=5, chunk_bytes=2000), shuffle=local_shuffle,
+               progress=print)
     for part in iter_plan_parts(out):
         keys = part.column("key").to_pylist()
         assert keys == sorted(keys)
-    build_plan(meta_paths, text_paths, out, PlanConfig(num_buckets=2, chunk_bytes=2000), progress=print)
+    build_plan(meta_paths, text_paths, out, PlanConfig(num_buckets=2, chunk_bytes=2000), shuffle=local_shuffle,
+               progress=print)
     assert len(list(iter_plan_parts(out))) == 2
     assert sorted(p.name for p in (tmp_path / "plan").iterdir()) == [
         "_SUCCESS.json", "failures-00000.parquet", "failures-00001.parquet",
         "part-00000.parquet", "part-00001.parquet"]
 
 
-def test_load_plan_summary_knows_when_to_replan(ray_local, inputs, tmp_path):
+def test_load_plan_summary_knows_when_to_replan(inputs, tmp_path):
     meta_paths, text_paths = inputs
     out = str(tmp_path / "out")
     assert load_plan_summary(out) is None
     with pytest.raises(InputError):
         read_plan(out)
     cfg = PlanConfig(num_buckets=2, chunk_bytes=5000)
-    summary = build_plan(meta_paths, text_paths, out, cfg, progress=print)
+    summary = build_plan(meta_paths, text_paths, out, cfg, shuffle=local_shuffle, progress=print)
     assert isinstance(summary, PlanSummary)
     same = dict(metadata=meta_paths, text=text_paths)
     assert load_plan_summary(out, cfg=PlanConfig(num_buckets=9, chunk_bytes=1), **same) == summary
@@ -340,21 +348,22 @@ def test_load_plan_summary_knows_when_to_replan(ray_local, inputs, tmp_path):
     assert load_plan_summary(out, cfg=cfg, **same) == summary
 
 
-def test_local_files_when_allowed(ray_local, tmp_path):
+def test_local_files_when_allowed(tmp_path):
     (tmp_path / "m.jsonl").write_text(json.dumps({"video_id": "loc", "url": "file:///v.mp4", "clip": [
         {"clip_id": f"loc.{k}.mp4", "span": [k, k + 1]} for k in range(1, 5)]}) + "\n")
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"clip_id": f"loc.{k}.mp4", "text": "hi"}) + "\n"
                                               for k in range(1, 5)))
     args = ([str(tmp_path / "m.jsonl")], [str(tmp_path / "t.jsonl")])
-    assert build_plan(*args, str(tmp_path / "no"), PlanConfig(num_buckets=1), progress=print).samples == 0
+    assert build_plan(*args, str(tmp_path / "no"), PlanConfig(num_buckets=1), shuffle=local_shuffle,
+                      progress=print).samples == 0
     summary = build_plan(*args, str(tmp_path / "yes"), PlanConfig(num_buckets=1, allow_local_files=True),
-                         progress=print)
+                         shuffle=local_shuffle, progress=print)
     assert summary.samples == 1 and read_plan(str(tmp_path / "yes")).column("url").to_pylist() == ["file:///v.mp4"]
 
 
-def test_missing_inputs_fail_before_any_work(ray_local, tmp_path):
+def test_missing_inputs_fail_before_any_work(tmp_path):
     with pytest.raises(InputError):
-        build_plan([str(tmp_path / "none*.jsonl")], [str(tmp_path / "t.jsonl")], str(tmp_path))
+        build_plan([str(tmp_path / "none*.jsonl")], [str(tmp_path / "t.jsonl")], str(tmp_path), shuffle=local_shuffle)
 
 
 def test_plan_writer_streams_parts_with_whole_videos(tmp_path):

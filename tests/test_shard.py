@@ -18,6 +18,8 @@ import pytest
 
 from lfvila_data.build import BuildConfig, run_build
 from lfvila_data.demo import make_corpus
+from lfvila_data.executor.base import local_map
+from lfvila_data.executor.pool import RayTasks
 from lfvila_data.localserver import MediaServer
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
@@ -77,7 +79,8 @@ def builds(tmp_path_factory, ray_module):
 @pytest.fixture(scope="module")
 def shards(builds, tmp_path_factory, ray_module):
     out = tmp_path_factory.mktemp("shards") / "s"
-    stats = run_shard([str(b) for b in builds], str(out), ShardConfig(val_count=2, samples_per_shard=3))
+    stats = run_shard([str(b) for b in builds], str(out), ShardConfig(val_count=2, samples_per_shard=3),
+                      write=RayTasks())
     return out, stats
 
 
@@ -217,13 +220,13 @@ def test_ray_data_reader(shards, builds):
     assert set(got) == set(rows)
 
 
-def test_identical_bytes_on_rerun_and_on_another_run(shards, builds, tmp_path):
+def test_identical_bytes_on_rerun_and_on_another_run_without_ray(shards, builds, tmp_path):
     out, _ = shards
     before = {p.name: md5(p) for p in out.glob("*.tar")}
-    run_shard([str(b) for b in builds], str(out), ShardConfig(val_count=2, samples_per_shard=3))
+    run_shard([str(b) for b in builds], str(out), ShardConfig(val_count=2, samples_per_shard=3), write=RayTasks())
     assert {p.name: md5(p) for p in out.glob("*.tar")} == before
-    other = tmp_path / "again"
-    run_shard([str(b) for b in builds], str(other), ShardConfig(val_count=2, samples_per_shard=3))
+    other = tmp_path / "again"  # the stage in this process: the same bytes
+    run_shard([str(b) for b in builds], str(other), ShardConfig(val_count=2, samples_per_shard=3), write=local_map)
     assert {p.name: md5(p) for p in other.glob("*.tar")} == before
     assert (other / "manifest.parquet").read_bytes() == (out / "manifest.parquet").read_bytes()
 
@@ -314,7 +317,7 @@ def test_json_times_lie_within_a_sample_file_shorter_than_its_span(tmp_path, ray
     assert row["clips"][-1]["end"] == 18.4 and row["duration"] < 18.4 - row["start"]
 
     out = tmp_path / "shards"
-    run_shard([str(build)], str(out), ShardConfig(val_count=0))
+    run_shard([str(build)], str(out), ShardConfig(val_count=0), write=local_map)
     report = verify_shards(str(out))
     assert report.ok, report.render()
     with tarfile.open(out / "train-000000.tar") as tar:

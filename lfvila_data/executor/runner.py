@@ -6,15 +6,18 @@ never travel and no shared filesystem is needed between workers."""
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from lfvila_data.executor.base import crash_line
+from lfvila_data.executor.cluster import node_id
+from lfvila_data.executor.pool import InFlight
 from lfvila_data.media.task import FetchOutcome, TaskContext, VideoJob, cut_video, fetch_video
 from lfvila_data.output.write import RETRY, VideoResult
-from lfvila_data.records import Failure, FailureCode, Stage, error_line
+from lfvila_data.records import Failure, FailureCode, Stage
 
 
 @dataclass(frozen=True)
@@ -26,81 +29,55 @@ class RunConfig:
 
 def _crash(job: VideoJob, stage: Stage, err: Exception) -> VideoResult:
     """A task that died (worker crash, bug) is recorded and retried on the next run."""
-    reason = f"{stage.value} task failed: {error_line(err)}"
+    reason = f"{stage.value} task failed: {crash_line(err)}"
     return VideoResult(job.video_id, RETRY, [], [Failure(job.video_id, None, stage.value, FailureCode.TASK_CRASHED,
                                                           reason, False).to_row()], {})
+
+
+def _fetch_here(job: VideoJob, ctx: TaskContext) -> FetchOutcome:
+    """Fetch, noting the node that holds the files so the cut can be pinned there."""
+    return replace(fetch_video(job, ctx), node_id=node_id())
 
 
 def run_videos(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
                on_result: Callable[[VideoResult], None], tick: Callable[[], None]) -> None:
     """Fetch and cut every job, calling `on_result` once per video as it finishes."""
     # downloads spread over the nodes; each video's cut then runs where its files are
-    fetch_remote = ray.remote(fetch_video).options(num_cpus=0, max_retries=1,
+    fetch_remote = ray.remote(_fetch_here).options(num_cpus=0, max_retries=1,
                                                    scheduling_strategy="SPREAD")
     cut_remote = ray.remote(cut_video)
     cut_slots = rc.cut_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1) // rc.cut_cpus))
     pending = iter(jobs)
     exhausted = False
-    fetching: dict = {}
-    cutting: dict = {}
+    running: InFlight[tuple[Stage, VideoJob]] = InFlight()
+    fetching = cutting = 0
     ready_to_cut: deque[FetchOutcome] = deque()
     while True:
-        while (not exhausted and len(fetching) < rc.fetch_concurrency
-               and len(ready_to_cut) + len(cutting) < 2 * cut_slots):
+        while (not exhausted and fetching < rc.fetch_concurrency
+               and len(ready_to_cut) + cutting < 2 * cut_slots):
             job = next(pending, None)
             if job is None:
                 exhausted = True
                 break
-            fetching[fetch_remote.remote(job, ctx)] = job
-        while ready_to_cut and len(cutting) < cut_slots:
+            running.add(fetch_remote.remote(job, ctx), (Stage.DOWNLOAD, job))
+            fetching += 1
+        while ready_to_cut and cutting < cut_slots:
             outcome = ready_to_cut.popleft()
             opts: dict = {"num_cpus": rc.cut_cpus, "max_retries": 1}
             if outcome.node_id:
                 opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(outcome.node_id, soft=False)
-            cutting[cut_remote.options(**opts).remote(outcome, ctx)] = outcome.job
-        if not fetching and not cutting and not ready_to_cut and exhausted:
+            running.add(cut_remote.options(**opts).remote(outcome, ctx), (Stage.CUT, outcome.job))
+            cutting += 1
+        if not running and not ready_to_cut and exhausted:
             return
-        ready, _ = ray.wait(list(fetching) + list(cutting), num_returns=1, timeout=0.5)
-        for ref in ready:
-            if ref in fetching:
-                job = fetching.pop(ref)
-                try:
-                    ready_to_cut.append(ray.get(ref))
-                except Exception as e:  # noqa: BLE001 - a crashed task is a ledger row
-                    on_result(_crash(job, Stage.DOWNLOAD, e))
+        for done in running.wait(timeout=0.5):
+            stage, job = done.item
+            fetching -= stage == Stage.DOWNLOAD
+            cutting -= stage == Stage.CUT
+            if done.error is not None:  # a crashed task is a ledger row
+                on_result(_crash(job, stage, done.error))
+            elif stage == Stage.DOWNLOAD:
+                ready_to_cut.append(done.value)
             else:
-                job = cutting.pop(ref)
-                try:
-                    on_result(ray.get(ref))
-                except Exception as e:  # noqa: BLE001
-                    on_result(_crash(job, Stage.CUT, e))
-        tick()
-
-
-def map_unordered(submit: Callable[[object], "ray.ObjectRef"], items: Iterable, concurrency: int,
-                  on_result: Callable[[object], None], on_error: Callable[[object, Exception], None],
-                  tick: Callable[[], None] = lambda: None) -> None:
-    """Run `submit(item)` with at most `concurrency` tasks in flight; results (or the
-    exception of a task that died) are handed over in completion order."""
-    pending = iter(items)
-    running: dict = {}
-    exhausted = False
-    while True:
-        while not exhausted and len(running) < concurrency:
-            item = next(pending, None)
-            if item is None:
-                exhausted = True
-                break
-            running[submit(item)] = item
-        if not running:
-            return
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-        for ref in ready:
-            item = running.pop(ref)
-            try:
-                value = ray.get(ref)
-            except Exception as e:  # noqa: BLE001 - a crashed task is a ledger row
-                on_error(item, e)
-            else:
-                on_result(value)
+                on_result(done.value)
         tick()

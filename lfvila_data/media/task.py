@@ -95,21 +95,13 @@ def finished_until(out: OutputDir, sample: PlannedSample, min_clips: int,
     return end if fit is None or out.exists(out.video_rel(fit.video_id, fit.key)) else None
 
 
-def _node_id() -> str | None:
-    try:
-        import ray
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:  # noqa: BLE001 - outside Ray there is no node
-        return None
-
-
 def fetch_video(job: VideoJob, ctx: TaskContext) -> FetchOutcome:
     """Download what the video's unfinished samples need."""
     out = OutputDir(ctx.output)
     existing = {s.key: end for s in job.samples
                 if (end := finished_until(out, s, job.min_clips, job.retry_failed)) is not None}
     todo = [s for s in job.samples if s.key not in existing]
-    outcome = FetchOutcome(job, _node_id(), existing=existing)
+    outcome = FetchOutcome(job, None, existing=existing)  # the executor sets the node
     if not todo:
         return outcome
     try:
@@ -154,7 +146,7 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
         transient = any(not f.permanent for f in failures)
         status = RETRY if transient else DONE
         return VideoResult(job.video_id, status, rows, [f.to_row() for f in failures], downloads,
-                           node=_node_id())
+                           node=outcome.node_id)  # cut where it was fetched
     finally:
         if outcome.fetched is not None and not outcome.fetched.local:
             shutil.rmtree(ctx.scratch() / job.video_id, ignore_errors=True)

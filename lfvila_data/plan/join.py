@@ -1,20 +1,19 @@
 """Planning long-form samples before any download: join clip text to clip spans and cut
 each video into runs of consecutive, nearly gap-free clips that all have text.
 
-The join is a hash-partitioned shuffle on Ray (map tasks parse byte ranges of the
-metadata and text files into `num_buckets` Arrow tables; reduce task i joins bucket i and
-writes `plan/part-i` and `plan/failures-i`), so no process ever holds all clips or all
-texts. The per-video rule, `group_runs`, is pure and runs without Ray."""
+The join is a hash-partitioned shuffle, run by the executor it is handed (map tasks parse
+byte ranges of the metadata and text files into `num_buckets` Arrow tables; reduce task i
+joins bucket i and writes `plan/part-i` and `plan/failures-i`), so on a cluster no
+process ever holds all clips or all texts. The per-video rule, `group_runs`, is pure."""
 from __future__ import annotations
 
 import json
-import sys
-import time
 import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 
 import fsspec
 import numpy as np
@@ -22,8 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lfvila_data.executor.base import Shuffle
 from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range
 from lfvila_data.output.fingerprint import LAYOUT, content, fingerprint
+from lfvila_data.progress import ThrottledPrinter, to_stderr
 from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, VideoMeta, sample_key
 from lfvila_data.schemas import FAILURE_SCHEMA, PLAN_SCHEMA, plan_row_to_sample, sample_to_row
 from lfvila_data.sources.hdvila import parse_text_line, parse_video_line
@@ -392,20 +393,6 @@ def _iter_parts(out_dir: str, prefix: str) -> Iterator[pa.Table]:
 # the driver
 
 
-class _Progress:
-    """Throttled one-line progress reports, so a long plan shows it is alive."""
-
-    def __init__(self, report: Callable[[str], None] | None, every_s: float = 5.0) -> None:
-        self.report = report or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.every_s, self.last = every_s, 0.0
-
-    def __call__(self, msg: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last >= self.every_s:
-            self.last = now
-            self.report(msg)
-
-
 def _auto_buckets(total_bytes: int) -> int:
     return max(1, min(4096, -(-total_bytes // (256 * 1024 * 1024))))
 
@@ -423,12 +410,10 @@ def _clear_plan_dir(out_dir: str) -> None:
 
 
 def build_plan(metadata: list[str], text: list[str], out_dir: str, cfg: PlanConfig = PlanConfig(),
-               *, progress: Callable[[str], None] | None = None,
-               max_in_flight: int | None = None) -> PlanSummary:
-    """Plan every sample of the inputs on the running Ray cluster and write the plan under
+               *, shuffle: Shuffle, progress: Callable[[str], None] | None = None) -> PlanSummary:
+    """Plan every sample of the inputs through `shuffle` (`executor.pool.RayShuffle` on a
+    cluster, `executor.base.local_shuffle` in this process) and write the plan under
     out_dir/plan, marking it done with _SUCCESS.json last."""
-    import ray
-
     meta_paths, text_paths = expand_paths(metadata), expand_paths(text)
     inputs = {"metadata": _input_listing(meta_paths), "text": _input_listing(text_paths)}
     total = sum(size for _, size in inputs["metadata"] + inputs["text"])
@@ -436,43 +421,24 @@ def build_plan(metadata: list[str], text: list[str], out_dir: str, cfg: PlanConf
     jobs = [("metadata", i, r) for i, p in enumerate(meta_paths) for r in iter_line_ranges(p, cfg.chunk_bytes)]
     jobs += [("text", i, r) for i, p in enumerate(text_paths) for r in iter_line_ranges(p, cfg.chunk_bytes)]
     _clear_plan_dir(out_dir)
-    show = _Progress(progress)
-    max_in_flight = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    show = ThrottledPrinter(5.0, progress or to_stderr)
+    mapped = {"chunks": 0, "lines": 0}
 
-    remote_map = ray.remote(_remote_map).options(num_returns=num_buckets + 1, num_cpus=1)
-    bucket_refs: list[list] = [[] for _ in range(num_buckets)]
-    in_flight: list = []
-    done_maps, lines = 0, 0
-    for task_no, (kind, file_idx, (path, start, end)) in enumerate(jobs):
-        if len(in_flight) >= max_in_flight:
-            ready, in_flight = ray.wait(in_flight, num_returns=1)
-            done_maps, lines = done_maps + 1, lines + ray.get(ready[0])["lines"]
-            show(f"plan: parsed {done_maps}/{len(jobs)} chunks, {lines:,} lines")
-        refs = remote_map.remote(kind, file_idx, path, start, end, num_buckets,
-                                 cfg.allow_local_files, task_no)
-        for b in range(num_buckets):
-            bucket_refs[b].append(refs[b])
-        in_flight.append(refs[num_buckets])
-    for stats in ray.get(in_flight):
-        done_maps, lines = done_maps + 1, lines + stats["lines"]
-    show(f"plan: parsed {done_maps}/{len(jobs)} chunks, {lines:,} lines", force=True)
+    def on_map(stats: dict) -> None:
+        mapped["chunks"] += 1
+        mapped["lines"] += stats["lines"]
+        show(f"plan: parsed {mapped['chunks']}/{len(jobs)} chunks, {mapped['lines']:,} lines",
+             force=mapped["chunks"] == len(jobs))
 
-    remote_reduce = ray.remote(reduce_bucket_remote).options(num_cpus=1)
-    pending = []
-    for b in range(num_buckets):
-        pending.append(remote_reduce.remote(b, cfg, out_dir, *bucket_refs[b]))
-        bucket_refs[b] = []  # the task holds its inputs; drop ours so they free on finish
     counts: Counter = Counter()
     by_stage: Counter = Counter()
-    finished = 0
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        result = ray.get(ready[0])
+    map_fn = partial(_map_chunk, num_buckets=num_buckets, allow_local_files=cfg.allow_local_files)
+    reduce_fn = partial(reduce_bucket, cfg=cfg, out_dir=out_dir)
+    for finished, result in enumerate(shuffle(map_fn, list(enumerate(jobs)), reduce_fn, num_buckets, on_map), 1):
         counts.update(result["counts"])
         by_stage.update(result["failures_by_stage"])
-        finished += 1
         show(f"plan: joined {finished}/{num_buckets} buckets, {counts['samples']:,} samples",
-             force=not pending)
+             force=finished == num_buckets)
 
     summary = PlanSummary(
         videos=counts["videos"], videos_with_samples=counts["videos_with_samples"],
@@ -489,19 +455,13 @@ def build_plan(metadata: list[str], text: list[str], out_dir: str, cfg: PlanConf
     return summary
 
 
-def _remote_map(kind: str, file_idx: int, path: str, start: int, end: int, num_buckets: int,
-                allow_local_files: bool, task_no: int) -> tuple:
+def _map_chunk(job: tuple[int, tuple[str, int, tuple[str, int, int]]], num_buckets: int,
+               allow_local_files: bool) -> tuple[list[dict], dict]:
+    """The shuffle's map: one byte range of a metadata or text file, numbered `task_no`."""
+    task_no, (kind, file_idx, (path, start, end)) = job
     if kind == "metadata":
-        parts, stats = map_metadata_range(file_idx, path, start, end, num_buckets,
-                                          allow_local_files, task_no)
-    else:
-        parts, stats = map_text_range(file_idx, path, start, end, num_buckets, task_no)
-    return (*parts, stats)
-
-
-def reduce_bucket_remote(bucket: int, cfg: PlanConfig, out_dir: str, *parts: dict) -> dict:
-    """Ray entry point: map outputs arrive as separate arguments, one per map task."""
-    return reduce_bucket(bucket, list(parts), cfg, out_dir)
+        return map_metadata_range(file_idx, path, start, end, num_buckets, allow_local_files, task_no)
+    return map_text_range(file_idx, path, start, end, num_buckets, task_no)
 
 
 __all__ = [

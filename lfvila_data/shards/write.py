@@ -16,6 +16,7 @@ import tarfile
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Callable
 
 import fsspec
@@ -23,10 +24,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from lfvila_data.executor.base import TaskMap, crash_line
 from lfvila_data.inputs import InputError
 from lfvila_data.output.fingerprint import content, reuse_or_clear
 from lfvila_data.output.write import OutputDir
-from lfvila_data.records import error_line, paragraph, relative_time
+from lfvila_data.records import paragraph, relative_time
 from lfvila_data.schemas import manifest_clips
 from lfvila_data.shards.stats import shard_table_stats
 
@@ -360,13 +362,11 @@ def _clear_stale(out: OutputDir, layout: str) -> None:
     reuse_or_clear(out, "_meta/LAYOUT", layout, clear)
 
 
-def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *,
-              concurrency: int | None = None,
+def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMap,
               on_progress: Callable[[int, int, int], None] | None = None) -> dict:
-    """Plan and write every shard on Ray (already initialised), then the index files,
-    the manifest and the stats. Returns the stats."""
-    import ray
-
+    """Plan every shard, write the unfinished ones through `write` (`executor.pool.RayTasks`
+    on a cluster, `executor.base.local_map` in this process), then the index files, the
+    manifest and the stats. Returns the stats."""
     manifest, dups = read_manifests(inputs)
     if manifest.empty:
         raise InputError("the input builds hold no samples")
@@ -382,21 +382,12 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *,
             records[p.name] = rec
         else:
             todo.append(p)
-    remote = ray.remote(write_shard).options(num_cpus=1, max_retries=1)
-    limit = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    pending: dict = {}
-    queue = list(todo)
     failed: list[str] = []
-    while queue or pending:
-        while queue and len(pending) < limit:
-            p = queue.pop(0)
-            pending[remote.remote(p, output)] = p
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        p = pending.pop(ready[0])
-        try:
-            records[p.name] = ray.get(ready[0])
-        except Exception as e:  # noqa: BLE001 - one bad shard must not stop the rest
-            failed.append(f"{p.name}: {error_line(e)}")
+    for done in write(partial(write_shard, output=output), todo):
+        if done.error is None:
+            records[done.item.name] = done.value
+        else:  # one bad shard must not stop the rest
+            failed.append(f"{done.item.name}: {crash_line(done.error)}")
         if on_progress:
             on_progress(len(records), len(plans), sum(r.filesize for r in records.values()))
     if failed:

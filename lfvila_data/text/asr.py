@@ -1,4 +1,4 @@
-"""Speech recognition as a text source: Whisper (transformers) on a pool of Ray actors.
+"""Speech recognition as a text source: Whisper (transformers) on a pool of workers.
 
 Each actor holds one `WhisperTranscriber`, which loads the processor and model once and
 turns a job (a video and the source spans to transcribe) into time-stamped `Word`s in
@@ -32,11 +32,13 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from lfvila_data.executor.base import ActorMap, WorkerCrashed, crash_line, local_actors
 from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
 from lfvila_data.media.fetch import fetch_code
 from lfvila_data.output.fingerprint import SPEED
@@ -64,8 +66,6 @@ _MAX_WORD_MEDIANS = 2.0
 _MAX_MEDIAN_WORD_SECONDS = 0.7
 # CPU actors: torch threads per actor when the pool size is ours to choose.
 _CPU_THREADS_PER_ACTOR = 8
-# Jobs queued on one actor beyond the one it runs, so it never waits for the driver.
-_QUEUED_PER_ACTOR = 1
 _DTYPES = {"float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16",
            "bf16": "bfloat16", "float32": "float32", "fp32": "float32", "float": "float32"}
 
@@ -588,24 +588,24 @@ class WhisperTranscriber:
         return torch.stack(scores, dim=1)
 
 
-# -------------------------------------------------------------------------- the actor pool
+# -------------------------------------------------------------------------- the worker pool
 
-class _AsrWorker:
-    """A Ray actor around one WhisperTranscriber; every error of a job becomes its result."""
+class AsrWorker:
+    """Loads one WhisperTranscriber, then transcribes job after job; every error of a job
+    becomes its result. Built once per actor of the pool (`transcribe_all`)."""
 
-    def __init__(self, cfg: AsrConfig, device: str, threads: int | None):
+    def __init__(self, cfg: AsrConfig, device: str, threads: int | None,
+                 resolve: Callable[[str], str] | None = None):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         self.transcriber = WhisperTranscriber(cfg, device)
+        self.resolve = resolve
 
-    def ready(self) -> bool:
-        return True
-
-    def transcribe(self, job: AsrJob, resolve: Callable[[str], str] | None) -> AsrResult:
+    def __call__(self, job: AsrJob) -> AsrResult:
         try:
-            return self.transcriber.transcribe(job, resolve)
+            return self.transcriber.transcribe(job, self.resolve)
         except Exception as e:  # noqa: BLE001 - one bad video must not stop the run
             log.exception("asr of %s failed", job.video_id)
             if "out of memory" in str(e):
@@ -640,77 +640,29 @@ def pool_shape(cfg: AsrConfig, resources: dict[str, float]) -> PoolShape:
     return PoolShape(n, 0.0, float(per), per)
 
 
-def _model_error(err: Exception, cfg: AsrConfig) -> AsrModelError:
-    """The loading error of an actor that died in its constructor, as one clear line."""
-    text = str(err)
-    for line in text.splitlines():
-        if "AsrModelError:" in line:
-            return AsrModelError(line.split("AsrModelError:", 1)[1].strip())
-    return AsrModelError(f"cannot start a Whisper worker for {cfg.model!r}: {error_line(err)}")
-
-
 def transcribe_all(jobs: Iterable[AsrJob], cfg: AsrConfig, resolve: Callable[[str], str] | None = None,
-                   on_result: Callable[[AsrResult], None] | None = None) -> Iterator[AsrResult]:
-    """Transcribe every job on a pool of Ray actors, yielding results as they finish.
+                   on_result: Callable[[AsrResult], None] | None = None, *,
+                   actors: ActorMap = local_actors, shape: PoolShape | None = None) -> Iterator[AsrResult]:
+    """Transcribe every job with `AsrWorker`s run by `actors` (`executor.pool.RayActors`
+    of `shape` on a cluster, see `executor.asr`; by default one worker in this process),
+    yielding results as they finish.
 
-    Jobs are pulled from `jobs` only as actors free up (at most two per actor at a time), so
-    it may be a lazy stream of millions. A job that fails — unreadable media, a resolver
-    error, an exception in the model, a crashed actor (which is replaced) — is a result with
-    a failure. Raises AsrModelError before any job runs if the model cannot be loaded."""
-    import ray
-    from ray.exceptions import RayActorError
-
-    if not ray.is_initialized():
-        ray.init()
-    shape = pool_shape(cfg, ray.cluster_resources())
-    remote = ray.remote(_AsrWorker).options(num_cpus=shape.cpus_per_actor, num_gpus=shape.gpus_per_actor,
-                                            max_restarts=0, max_concurrency=1)
-    device = "cuda" if shape.gpus_per_actor else "cpu"
-
-    def start():
-        return remote.remote(cfg, device, shape.threads)
-
-    actors = [start() for _ in range(shape.actors)]
+    Jobs are pulled from `jobs` only as workers free up, so it may be a lazy stream of
+    millions. A job that fails — unreadable media, a resolver error, an exception in the
+    model, a crashed worker — is a result with a failure. Raises AsrModelError before any
+    job runs if the model cannot be loaded."""
+    device = "cuda" if shape is not None and shape.gpus_per_actor else "cpu"
+    make = partial(AsrWorker, cfg, device, shape.threads if shape is not None else None, resolve)
     try:
-        try:
-            ray.get([a.ready.remote() for a in actors])
-        except RayActorError as e:
-            raise _model_error(e, cfg) from None
-        load = [0] * len(actors)
-        in_flight: dict = {}
-        pending = iter(jobs)
-        exhausted = False
-        replacements = 0
-        while True:
-            while not exhausted and min(load) <= _QUEUED_PER_ACTOR:
-                job = next(pending, None)
-                if job is None:
-                    exhausted = True
-                    break
-                k = load.index(min(load))
-                in_flight[actors[k].transcribe.remote(job, resolve)] = (k, actors[k], job)
-                load[k] += 1
-            if not in_flight:
-                return
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in ready:
-                k, actor, job = in_flight.pop(ref)
-                load[k] -= 1
-                try:
-                    result = ray.get(ref)
-                except RayActorError as e:
-                    result = _failed(job, f"asr worker crashed: {error_line(e)}", False)
-                    if actors[k] is actor:  # replace it once, however many of its jobs were lost
-                        replacements += 1
-                        if replacements > 3 * len(actors):
-                            raise RuntimeError(f"asr workers keep crashing: {error_line(e)}") from e
-                        ray.kill(actor, no_restart=True)
-                        actors[k] = start()
-                except Exception as e:  # noqa: BLE001 - a task error is the video's failure
-                    result = _failed(job, f"asr failed: {error_line(e)}", False)
-                if on_result is not None:
-                    on_result(result)
-                yield result
-    finally:
-        for a in actors:
-            ray.kill(a, no_restart=True)
+        for done in actors(make, jobs):
+            if done.error is None:
+                result = done.value
+            elif isinstance(done.error, WorkerCrashed):
+                result = _failed(done.item, f"asr worker crashed: {error_line(done.error)}", False)
+            else:  # a task error is the video's failure
+                result = _failed(done.item, f"asr failed: {crash_line(done.error)}", False)
+            if on_result is not None:
+                on_result(result)
+            yield result
+    except WorkerCrashed as e:  # only raised while the workers load
+        raise AsrModelError(f"cannot start a Whisper worker for {cfg.model!r}: {error_line(e)}") from e

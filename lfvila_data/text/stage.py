@@ -7,13 +7,14 @@ Each video's outcome is journaled (`_text/`), so a rerun neither asks YouTube fo
 subtitles again nor re-transcribes; the plan is rewritten from the journal at the end."""
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
+from lfvila_data.executor.base import TaskMap, crash_line, local_map
 from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError, with_retries
 from lfvila_data.output.fingerprint import SPEED, content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.write import DONE, FAILED, RETRY, Journal, OutputDir, iter_journal, journal_status
@@ -26,8 +27,8 @@ from lfvila_data.plan.join import (
     read_plan_failures,
     sample_to_row,
 )
-from lfvila_data.progress import human_time
-from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, TimedText, error_line
+from lfvila_data.progress import ThrottledPrinter, human_time
+from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, TimedText
 from lfvila_data.sources.local import find_subtitles, find_videos, local_video_id
 from lfvila_data.sources.youtube import VideoRef, fetch_subtitles, read_video_list
 from lfvila_data.text.clips import ClipConfig, plan_from_words, plan_subtitled_video
@@ -37,6 +38,9 @@ from lfvila_data.text.subtitles import Word
 
 TEXT_DIR = "_text"
 ASR_MODES = ("off", "auto", "always")
+# (AsrJobs, AsrConfig, resolve) -> AsrResults as they finish; on a cluster
+# `executor.asr.transcribe_on_ray`, in this process `text.asr.transcribe_all`
+Transcriber = Callable[[Iterable, object, Callable[[str], str]], Iterator]
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,8 @@ class AudioResolver:
 
 
 def transcribe(jobs: Iterable, opts: TextOptions, fetch: FetchConfig,
-               on_result: Callable[[object], None]) -> None:
-    """Run the Whisper actor pool over `jobs` (AsrJob, possibly a lazy stream), calling
+               on_result: Callable[[object], None], transcriber: Transcriber) -> None:
+    """Run `transcriber` over `jobs` (AsrJob, possibly a lazy stream), calling
     `on_result` per video; starts no actor when there is nothing to transcribe."""
     from itertools import chain
 
@@ -159,9 +163,7 @@ def transcribe(jobs: Iterable, opts: TextOptions, fetch: FetchConfig,
     if first is None:
         return
     jobs = chain([first], jobs)
-    from lfvila_data.text.asr import transcribe_all
-
-    for result in transcribe_all(jobs, opts.asr_config, resolve=AudioResolver(fetch)):
+    for result in transcriber(jobs, opts.asr_config, AudioResolver(fetch)):
         on_result(result)
 
 
@@ -202,9 +204,10 @@ def _journal_for(out: OutputDir, settings: dict, plan: PlanConfig, opts: TextOpt
 
 class TextProgress:
     def __init__(self, total: int, every_s: float = 2.0):
-        self.total, self.every_s = total, every_s
+        self.total = total
         self.counts: Counter = Counter()
-        self.started = self._last = time.monotonic()
+        self.started = time.monotonic()
+        self._printer = ThrottledPrinter(every_s, last=self.started)
 
     def finished(self, outcome: TextOutcome, transcribed: bool) -> None:
         """Count one video whose text is settled (journaled), then maybe print."""
@@ -217,25 +220,21 @@ class TextProgress:
         self.tick()
 
     def tick(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last >= self.every_s:
-            self._last = now
-            c = self.counts
-            print(f"text: videos {c['done']}/{self.total} | subtitles {c['subtitles']} | "
-                  f"asr queued {c['asr_queued']}, done {c['asr_done']} | failed {c['failed']} | "
-                  f"samples {c['samples']} | elapsed {human_time(now - self.started)}",
-                  file=sys.stderr, flush=True)
+        self._printer(self.line, force)
+
+    def line(self) -> str:
+        c = self.counts
+        return (f"text: videos {c['done']}/{self.total} | subtitles {c['subtitles']} | "
+                f"asr queued {c['asr_queued']}, done {c['asr_done']} | failed {c['failed']} | "
+                f"samples {c['samples']} | elapsed {human_time(time.monotonic() - self.started)}")
 
 
-def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: bool, out_dir: str,
+def run_text_stage(items: list, look_up: Callable[..., TextOutcome], look_ups: TaskMap, out_dir: str,
                    plan: PlanConfig, opts: TextOptions, fetch: FetchConfig, settings: dict,
-                   inputs: dict, list_failures: list[Failure] = ()) -> PlanSummary:
-    """Look up text for every item (`look_up(item, plan, opts[, fetch])`), transcribe the
+                   inputs: dict, list_failures: list[Failure] = (), *,
+                   transcriber: Transcriber) -> PlanSummary:
+    """Look up text for every item (`look_up(item)`, run by `look_ups`), transcribe the
     ones that asked for it, journal each outcome, then write the plan from the journal."""
-    import ray
-
-    from lfvila_data.executor.runner import map_unordered
-
     out = OutputDir(out_dir)
     previous = _journal_for(out, settings, plan, opts)
     journal = Journal(out, dir=TEXT_DIR)
@@ -261,20 +260,15 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
         progress.finished(o, transcribed=False)
 
     try:
-        if remote:
-            fn = ray.remote(look_up).options(num_cpus=0, max_retries=1)
-            map_unordered(lambda it: fn.remote(it, plan, opts, fetch), todo, opts.concurrency,
-                          record, lambda it, e: record(_crashed(key(it), str(it), e)), progress.tick)
-        else:
-            for it in todo:
-                record(look_up(it, plan, opts))
+        for done in look_ups(look_up, todo):
+            record(done.value if done.error is None else _crashed(key(done.item), str(done.item), done.error))
 
         def on_asr(result) -> None:
             o = asr_outcome(result, urls[result.video_id], plan, opts, asr_why.get(result.video_id))
             journal.add(o.to_result())
             progress.finished(o, transcribed=True)
 
-        transcribe(asr_jobs, opts, fetch, on_asr)
+        transcribe(asr_jobs, opts, fetch, on_asr, transcriber)
     finally:
         journal.flush()
     progress.tick(force=True)
@@ -284,7 +278,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], remote: boo
 
 def _crashed(video_id: str, url: str, err: Exception) -> TextOutcome:
     return TextOutcome(video_id, url, status=RETRY, failures=[
-        Failure(video_id, None, Stage.TEXT.value, FailureCode.TASK_CRASHED, f"text task failed: {error_line(err)}",
+        Failure(video_id, None, Stage.TEXT.value, FailureCode.TASK_CRASHED, f"text task failed: {crash_line(err)}",
                 False)])
 
 
@@ -303,24 +297,26 @@ def _write_plan_from_journal(out: OutputDir, out_dir: str, plan: PlanConfig, inp
 
 
 def plan_local_text(inputs: list[str], out_dir: str, plan: PlanConfig, opts: TextOptions,
-                    fetch: FetchConfig) -> PlanSummary:
+                    fetch: FetchConfig, *, transcriber: Transcriber) -> PlanSummary:
     """`--source local`: sidecar subtitles (read here, cheap), then ASR where asked."""
     videos = find_videos(inputs)
     listing = [[str(v), v.stat().st_size] for v in videos]
-    return run_text_stage(videos, local_text, False, out_dir, plan, opts, fetch,
-                          {"source": "local"}, {"local": listing, "langs": list(opts.langs)})
+    return run_text_stage(videos, partial(local_text, plan=plan, opts=opts), local_map, out_dir, plan, opts,
+                          fetch, {"source": "local"}, {"local": listing, "langs": list(opts.langs)},
+                          transcriber=transcriber)
 
 
 def plan_youtube(lists: list[str], out_dir: str, plan: PlanConfig, opts: TextOptions,
-                 fetch: FetchConfig) -> PlanSummary:
-    """`--source youtube`: yt-dlp subtitle look-ups on Ray, then ASR where asked."""
+                 fetch: FetchConfig, *, look_ups: TaskMap, transcriber: Transcriber) -> PlanSummary:
+    """`--source youtube`: yt-dlp subtitle look-ups through `look_ups`, then ASR where asked."""
     from lfvila_data.inputs import expand_paths
     from lfvila_data.plan.join import _input_listing
 
     refs, bad = read_video_list(lists)
     listing = _input_listing(expand_paths(lists))
-    return run_text_stage(refs, youtube_text, True, out_dir, plan, opts, fetch,
-                          {"source": "youtube"}, {"youtube": listing, "langs": list(opts.langs)}, bad)
+    look_up = partial(youtube_text, plan=plan, opts=opts, fetch=fetch)
+    return run_text_stage(refs, look_up, look_ups, out_dir, plan, opts, fetch, {"source": "youtube"},
+                          {"youtube": listing, "langs": list(opts.langs)}, bad, transcriber=transcriber)
 
 
 # ------------------------------------------------------------------ hdvila --asr
@@ -359,7 +355,8 @@ def retext_video(samples: list[PlannedSample], words: list[Word], language: str 
     return [replace(s, text_source="asr", language=language) for s in got], fails
 
 
-def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetch: FetchConfig) -> PlanSummary:
+def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetch: FetchConfig, *,
+                         transcriber: Transcriber) -> PlanSummary:
     """`--source hdvila --asr always`: transcribe the planned spans of every video (not the
     whole video) and rewrite the plan with the transcript as text. The plan is streamed
     into the actor pool; only videos in flight are held in memory."""
@@ -403,7 +400,7 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
         progress.finished(o, transcribed=True)
 
     try:
-        transcribe(jobs(), opts, fetch, on_asr)
+        transcribe(jobs(), opts, fetch, on_asr, transcriber)
     finally:
         journal.flush()
     progress.tick(force=True)

@@ -48,6 +48,7 @@ def shards(tmp_path_factory):
     from lfvila_data.media.fetch import FetchConfig
     from lfvila_data.media.task import TaskContext
     from lfvila_data.plan.join import PlanConfig
+    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.shards.write import ShardConfig, run_shard
 
     started = not ray.is_initialized()
@@ -63,7 +64,7 @@ def shards(tmp_path_factory):
                                   plan=PlanConfig(max_clips=6),
                                   task=TaskContext(output=str(build), fetch=FetchConfig(retries=2, backoff=0.1))))
         out = root / "shards"
-        run_shard([str(build)], str(out), ShardConfig(val_count=2, samples_per_shard=1))
+        run_shard([str(build)], str(out), ShardConfig(val_count=2, samples_per_shard=1), write=RayTasks())
     finally:
         if started:
             ray.shutdown()

@@ -35,6 +35,7 @@ def corpus(tmp_path_factory, ray_module):
     from lfvila_data.media.fetch import FetchConfig
     from lfvila_data.media.task import TaskContext
     from lfvila_data.plan.join import PlanConfig
+    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.shards.write import ShardConfig, run_shard
 
     root = tmp_path_factory.mktemp("learning")
@@ -48,7 +49,7 @@ def corpus(tmp_path_factory, ray_module):
             task=TaskContext(output=str(build), fetch=FetchConfig(retries=2, backoff=0.1, height=96),
                              cut=CutConfig(height=96))))
     shards = root / "shards"
-    run_shard([str(build)], str(shards), ShardConfig(val_count=0, samples_per_shard=4))
+    run_shard([str(build)], str(shards), ShardConfig(val_count=0, samples_per_shard=4), write=RayTasks())
     paragraphs = pd.read_parquet(build / "manifest.parquet").paragraph.tolist()
     return {"shards": sorted(str(p) for p in shards.glob("*.tar")), "paragraphs": paragraphs,
             "tokenizer": write_vocab(root / "tokenizer", paragraphs), "root": root}
