@@ -71,6 +71,7 @@ def build_shards(root: Path, videos: int, clips: int, max_clips: int) -> Path:
     from lfvila_data.media.fetch import FetchConfig
     from lfvila_data.media.task import TaskContext
     from lfvila_data.plan.join import PlanConfig
+    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.shards.write import ShardConfig, run_shard
 
     out = root / "shards"
@@ -85,7 +86,7 @@ def build_shards(root: Path, videos: int, clips: int, max_clips: int) -> Path:
             run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(build),
                                   plan=PlanConfig(max_clips=max_clips),
                                   task=TaskContext(output=str(build), fetch=FetchConfig(retries=0))))
-        run_shard([str(build)], str(out), ShardConfig(val_fraction=0.0))
+        run_shard([str(build)], str(out), ShardConfig(val_fraction=0.0), write=RayTasks())
     finally:
         ray.shutdown()
     return out

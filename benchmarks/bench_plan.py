@@ -204,6 +204,7 @@ def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | N
             chunk_mib: int, max_in_flight: int | None) -> dict:
     import ray
 
+    from lfvila_data.executor.pool import RayShuffle
     from lfvila_data.plan.join import PlanConfig, build_plan
 
     with MemorySampler(os.getpid()) as mem:
@@ -211,7 +212,7 @@ def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | N
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         t1 = time.monotonic()
         cfg = PlanConfig(num_buckets=num_buckets, chunk_bytes=chunk_mib * 1024 * 1024)
-        summary = build_plan(meta, text, out_dir, cfg, max_in_flight=max_in_flight)
+        summary = build_plan(meta, text, out_dir, cfg, shuffle=RayShuffle(max_in_flight=max_in_flight))
         t2 = time.monotonic()
         ray.shutdown()
     return {"wall_s": t2 - t1, "ray_start_s": t1 - t0, "summary": summary.__dict__,

@@ -18,6 +18,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lfvila_data.output.write import MANIFEST_SCHEMA, OutputDir  # noqa: E402
+from lfvila_data.executor.pool import RayTasks  # noqa: E402
 from lfvila_data.shards.write import ShardConfig, run_shard  # noqa: E402
 
 
@@ -88,7 +89,7 @@ def main() -> None:
         cold()
         t = time.perf_counter()
         run_shard([str(build)], str(out), ShardConfig(max_shard_bytes=args.shard_mb * 10**6,
-                                                      val_fraction=0.0))
+                                                      val_fraction=0.0), write=RayTasks())
         results["run_shard"].append(time.perf_counter() - t)
     ray.shutdown()
     print(f"{'cold' if args.cold else 'warm'} page cache: "
