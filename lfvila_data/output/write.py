@@ -41,10 +41,13 @@ class VideoResult:
     failures: list[dict]
     downloads: dict[str, int]
     node: str | None = None  # the Ray node that cut the video
+    # the text stage's planning counts (words parsed, dropped by reason), summed into the plan
+    counts: dict[str, float] | None = None
 
     def payload(self) -> str:
+        extra = {"counts": self.counts} if self.counts is not None else {}
         return json.dumps({"rows": self.rows, "failures": self.failures,
-                           "downloads": self.downloads, "node": self.node},
+                           "downloads": self.downloads, "node": self.node, **extra},
                           separators=(",", ":"))
 
 

@@ -85,6 +85,46 @@ class PlanSummary:
     texts_unique: int = 0
     texts_duplicate: int = 0
     texts_unused: int = 0
+    # words_in_samples + the words of `dropped` = words_parsed (see DROP_REASONS)
+    words_parsed: int = 0
+    words_in_samples: int = 0
+    dropped: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+# Why planning leaves words out of every sample; the keys of PlanSummary.dropped.
+DROP_REASONS = {
+    "short_run": "a run of consecutive clips shorter than min_clips (music, long pauses)",
+    "short_tail_chunk": "the last max_clips chunk of a long run, shorter than min_clips",
+    "no_text": "a clip without text (it breaks its run)",
+    "past_video_end": "subtitle words after the end of the video",
+    "wrong_language": "a subtitle file or transcript in another language than asked",
+}
+_DROP_UNITS = ("runs", "clips", "words", "seconds")
+
+
+def words_of(text: str | None) -> int:
+    """Whitespace-separated words, counted the way `stats` counts the manifest's texts."""
+    return len(text.split()) if text else 0
+
+
+def count_drop(stats: Counter | None, reason: str, *, runs: int = 0, clips: int = 0, words: int = 0,
+               seconds: float = 0.0) -> None:
+    """Add what planning dropped for `reason` to `stats` (summed over videos and buckets)."""
+    if stats is None:
+        return
+    for unit, n in zip(_DROP_UNITS, (runs, clips, words, seconds)):
+        stats[f"dropped_{unit}:{reason}"] += n
+
+
+def dropped_by_reason(counts: Counter) -> dict[str, dict[str, float]]:
+    """`count_drop`'s flat counters as {reason: {runs, clips, words, hours}}, reasons sorted."""
+    reasons = sorted({k.split(":", 1)[1] for k in counts if k.startswith("dropped_") and ":" in k})
+    out = {}
+    for r in reasons:
+        got = {u: counts[f"dropped_{u}:{r}"] for u in _DROP_UNITS}
+        out[r] = {"runs": got["runs"], "clips": got["clips"], "words": got["words"],
+                  "hours": round(got["seconds"] / 3600, 6)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,7 +145,12 @@ def group_runs(video: VideoMeta, texts: dict[str, str], cfg: PlanConfig,
             if len(chunk) < cfg.min_clips:
                 if stats is not None:
                     stats["dropped_short_runs"] += 1
+                count_drop(stats, "short_run" if i == 0 else "short_tail_chunk", runs=1, clips=len(chunk),
+                           words=sum(words_of(c.text) for c in chunk),
+                           seconds=sum(c.end - c.start for c in chunk))
                 continue
+            if stats is not None:
+                stats["words_in_samples"] += sum(words_of(c.text) for c in chunk)
             samples.append(PlannedSample(
                 key=sample_key(video.video_id, chunk[0].k, chunk[-1].k), video_id=video.video_id,
                 url=video.url, start=chunk[0].start, end=chunk[-1].end, clips=tuple(chunk)))
@@ -116,6 +161,7 @@ def group_runs(video: VideoMeta, texts: dict[str, str], cfg: PlanConfig,
         if not text or not text.strip():
             failures.append(Failure(video.video_id, clip.clip_id, Stage.TEXT.value, FailureCode.NO_TEXT,
                                     "no text for clip"))
+            count_drop(stats, "no_text", clips=1, seconds=clip.end - clip.start)
             close()
             continue
         if run and (clip.k != run[-1].k + 1 or clip.start - run[-1].end > cfg.max_gap):
@@ -264,6 +310,7 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str)
         meta = VideoMeta(video_id, url, tuple(
             Clip(cols["clip_id"][x], cols["k"][x], cols["start"][x], cols["end"][x]) for x in range(i, j)))
         texts_of = {cols["clip_id"][x]: cols["text"][x] for x in range(i, j) if cols["text"][x] is not None}
+        stats["words_parsed"] += sum(words_of(t) for t in texts_of.values())
         got, fails = group_runs(meta, texts_of, cfg, stats)
         if got:
             row_of = {cols["clip_id"][x]: x for x in range(i, j)}
@@ -446,7 +493,8 @@ def build_plan(metadata: list[str], text: list[str], out_dir: str, cfg: PlanConf
         samples=counts["samples"], hours=round(counts["seconds"] / 3600, 6),  # layout-independent
         dropped_short_runs=counts["dropped_short_runs"], failures_by_stage=dict(sorted(by_stage.items())),
         texts_unique=counts["texts_unique"], texts_duplicate=counts["texts_duplicate"],
-        texts_unused=counts["texts_unused"])
+        texts_unused=counts["texts_unused"], words_parsed=counts["words_parsed"],
+        words_in_samples=counts["words_in_samples"], dropped=dropped_by_reason(counts))
     record = {"summary": asdict(summary), "config": asdict(cfg), "num_buckets": num_buckets,
               "inputs": inputs}
     fs, plan_dir = _plan_fs(out_dir)
@@ -465,9 +513,9 @@ def _map_chunk(job: tuple[int, tuple[str, int, tuple[str, int, int]]], num_bucke
 
 
 __all__ = [
-    "FAILURE_SCHEMA", "PLAN_SCHEMA", "PlanConfig", "PlanSummary", "build_plan", "bucket_of",
-    "group_runs", "iter_plan_parts", "load_plan_summary", "plan_row_to_sample", "read_plan",
-    "read_plan_failures", "sample_to_row",
+    "DROP_REASONS", "FAILURE_SCHEMA", "PLAN_SCHEMA", "PlanConfig", "PlanSummary", "build_plan", "bucket_of",
+    "count_drop", "dropped_by_reason", "group_runs", "iter_plan_parts", "load_plan_summary",
+    "plan_row_to_sample", "read_plan", "read_plan_failures", "sample_to_row", "words_of",
 ]
 
 
@@ -516,7 +564,8 @@ class PlanWriter:
             clips_total=counts["clips_total"], clips_in_samples=self.totals["clips"],
             samples=self.totals["samples"], hours=round(self.totals["seconds"] / 3600, 6),
             dropped_short_runs=counts["dropped_short_runs"],
-            failures_by_stage=dict(sorted(self.by_stage.items())))
+            failures_by_stage=dict(sorted(self.by_stage.items())), words_parsed=counts["words_parsed"],
+            words_in_samples=counts["words_in_samples"], dropped=dropped_by_reason(counts))
         record = {"summary": asdict(summary), "config": asdict(self.cfg), "num_buckets": self.parts,
                   "inputs": inputs}
         fs, plan_dir = _plan_fs(self.out_dir)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from pysbd.languages import LANGUAGE_CODES
 
-from lfvila_data.plan.join import PlanConfig, group_runs
+from lfvila_data.plan.join import PlanConfig, count_drop, group_runs, words_of
 from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, TimedText, VideoMeta
 from lfvila_data.text.language import language_mismatch
 from lfvila_data.text.sentences import Sentence, SentenceConfig, split_sentences
@@ -27,6 +27,11 @@ class ClipConfig:
     min_duration: float = 8.0
     max_duration: float = 20.0
     join_gap: float = 1.5  # sentences further apart than this are never merged
+
+
+def count_words(words: list[Word]) -> int:
+    """Words as the manifest's texts count them (a cue without word timings is one Word)."""
+    return sum(words_of(w.text) for w in words)
 
 
 def sentences_to_clips(sentences: list[Sentence], video_id: str, cfg: ClipConfig) -> list[Clip]:
@@ -72,6 +77,11 @@ def plan_subtitled_video(video_id: str, url: str, subtitles: bytes, fmt: str | N
     if check_language and language:
         wrong = language_mismatch(" ".join(w.text for w in words), language)
         if wrong:
+            dropped = count_words(words)
+            if stats is not None:
+                stats["words_parsed"] += dropped
+            count_drop(stats, "wrong_language", words=dropped,
+                       seconds=words[-1].end - words[0].start if words else 0.0)
             return [], [Failure(video_id, None, Stage.TEXT.value, FailureCode.WRONG_LANGUAGE, wrong)]
     if kind is None:
         kind = "auto_captions" if detect_kind(subtitles) == "auto_captions" else "subtitles"
@@ -83,10 +93,15 @@ def plan_from_words(video_id: str, url: str, words: list[Word], text_source: str
                     language: str | None, plan: PlanConfig, clip_cfg: ClipConfig = ClipConfig(),
                     sentence_cfg: SentenceConfig = SentenceConfig(), stats: Counter | None = None,
                     *, duration: float | None = None) -> tuple[list[PlannedSample], list[Failure]]:
-    """Samples of one video from its timed words (subtitles or speech recognition)."""
+    """Samples of one video from its timed words (subtitles or speech recognition); `stats`
+    gets the words parsed, in samples and dropped by reason, which add up (DROP_REASONS)."""
     failures: list[Failure] = []
+    if stats is not None:
+        stats["words_parsed"] += count_words(words)
     if duration is not None and words and words[-1].end > duration + END_SLACK:
         past = [w for w in words if w.end > duration + END_SLACK]
+        count_drop(stats, "past_video_end", words=count_words(past),
+                   seconds=max(w.end for w in past) - duration)
         failures.append(Failure(video_id, None, Stage.TEXT.value, FailureCode.SUBTITLES_PAST_END,
                                 f"{len(past)} of {len(words)} subtitle words lie past the end of the "
                                 f"video ({past[0].start:.1f} s onwards, video is {duration:.1f} s): "

@@ -22,6 +22,7 @@ from lfvila_data.plan.join import (
     PlanConfig,
     PlanSummary,
     PlanWriter,
+    count_drop,
     iter_plan_parts,
     plan_row_to_sample,
     read_plan_failures,
@@ -31,7 +32,7 @@ from lfvila_data.progress import ThrottledPrinter, human_time
 from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, TimedText
 from lfvila_data.sources.local import find_subtitles, find_videos, local_video_id
 from lfvila_data.sources.youtube import VideoRef, fetch_subtitles, read_video_list
-from lfvila_data.text.clips import ClipConfig, plan_from_words, plan_subtitled_video
+from lfvila_data.text.clips import ClipConfig, count_words, plan_from_words, plan_subtitled_video
 from lfvila_data.text.language import normalise_language
 from lfvila_data.text.sentences import SentenceConfig, split_sentences
 from lfvila_data.text.subtitles import Word
@@ -71,12 +72,13 @@ class TextOutcome:
     failures: list[Failure] = field(default_factory=list)
     status: str = DONE
     asr_reason: str | None = None  # set: transcribe this video (why: no usable subtitles...)
+    counts: Counter = field(default_factory=Counter)  # planning's: words parsed, dropped by reason
 
     def to_result(self):
         from lfvila_data.output.write import VideoResult
 
         return VideoResult(self.video_id, self.status, [sample_to_row(s) for s in self.samples],
-                           [f.to_row() for f in self.failures], {})
+                           [f.to_row() for f in self.failures], {}, counts=dict(self.counts))
 
 
 # ------------------------------------------------------------------ per-video text look-up
@@ -84,12 +86,13 @@ class TextOutcome:
 
 def _from_subtitles(vid: str, url: str, data: bytes, fmt: str | None, lang: str | None, kind: str | None,
                     duration: float | None, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
-    samples, failures = plan_subtitled_video(vid, url, data, fmt, lang, plan, opts.clip, kind=kind,
-                                             duration=duration, check_language=opts.check_language)
-    out = TextOutcome(vid, url, samples, failures)
-    if not samples and opts.asr == "auto":
-        out.asr_reason = "; ".join(f.reason for f in failures) or "subtitles gave no samples"
-    return out
+    counts: Counter = Counter()
+    samples, failures = plan_subtitled_video(vid, url, data, fmt, lang, plan, opts.clip, stats=counts,
+                                             kind=kind, duration=duration, check_language=opts.check_language)
+    if not samples and opts.asr == "auto":  # transcribed instead: the transcript's words count
+        return TextOutcome(vid, url, samples, failures,
+                           asr_reason="; ".join(f.reason for f in failures) or "subtitles gave no samples")
+    return TextOutcome(vid, url, samples, failures, counts=counts)
 
 
 def local_text(video: Path, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
@@ -182,12 +185,16 @@ def asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str 
     spoken = normalise_language(result.language)
     wanted = {normalise_language(lang) for lang in opts.langs}
     if opts.check_language and spoken and opts.asr_config.language is None and spoken not in wanted:
-        return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.ASR.value, FailureCode.WRONG_LANGUAGE,
+        heard = count_words(result.words)
+        counts = Counter(words_parsed=heard)
+        count_drop(counts, "wrong_language", words=heard)
+        return TextOutcome(vid, url, counts=counts, failures=[Failure(vid, None, Stage.ASR.value, FailureCode.WRONG_LANGUAGE,
                                                        f"speech recognition detected {spoken!r} speech; "
                                                        f"asked for {'/'.join(opts.langs)}")])
+    counts: Counter = Counter()
     samples, failures = plan_from_words(vid, url, list(result.words), "asr", result.language, plan,
-                                        opts.clip, SentenceConfig())
-    return TextOutcome(vid, url, samples, failures)
+                                        opts.clip, SentenceConfig(), counts)
+    return TextOutcome(vid, url, samples, failures, counts=counts)
 
 
 # ------------------------------------------------------------------ orchestration
@@ -291,7 +298,10 @@ def _write_plan_from_journal(out: OutputDir, out_dir: str, plan: PlanConfig, inp
     for vid, _status, payload in iter_journal(out, TEXT_DIR):
         if vid in wanted:
             samples = [plan_row_to_sample(r) for r in payload["rows"]]
-            counts["clips_total"] += sum(len(s.clips) for s in samples) if count_clips else 0
+            planned = Counter(payload.get("counts") or {})  # journals before words were counted: none
+            if count_clips:
+                counts["clips_total"] += planned.pop("clips_total", sum(len(s.clips) for s in samples))
+            counts.update({k: v for k, v in planned.items() if k != "clips_total"})
             writer.add(samples, [Failure.from_row(r) for r in payload["failures"]])
     return writer.close(inputs, counts)
 
