@@ -32,6 +32,7 @@ from lfvila_data.plan.join import (
     load_plan_summary,
     plan_row_to_sample,
     read_plan_failures,
+    word_account_rows,
 )
 from lfvila_data.progress import BuildProgress, human_bytes, human_time, print_summary
 from lfvila_data.records import PlannedSample
@@ -121,6 +122,7 @@ def _plan_rows(s: PlanSummary) -> list[tuple[str, object]]:
             ("samples planned", f"{s.samples:,}"),
             ("hours planned", f"{s.hours:,.2f}"),
             ("short runs dropped", f"{s.dropped_short_runs:,}"),
+            *word_account_rows(asdict(s)),
             ("planning failures", ", ".join(f"{k}: {v}" for k, v in s.failures_by_stage.items()) or "none")]
 
 

@@ -127,6 +127,22 @@ def dropped_by_reason(counts: Counter) -> dict[str, dict[str, float]]:
     return out
 
 
+def word_account_rows(plan: dict) -> list[tuple[str, str]]:
+    """Where the parsed words went (a PlanSummary as a dict, e.g. build.json's "plan"), as
+    rows for `--plan-only` and `stats`: in samples plus dropped by reason is words parsed.
+    No rows for plans made before words were counted."""
+    parsed = plan.get("words_parsed", 0)
+    if not parsed and not plan.get("dropped"):
+        return []
+    kept = plan.get("words_in_samples", 0)
+    rows = [("words parsed", f"{parsed:,}"),
+            ("words in samples", f"{kept:,} ({100 * kept / max(parsed, 1):.1f} %)")]
+    for reason, d in plan.get("dropped", {}).items():
+        rows.append((f"dropped: {reason}", f"{d['words']:,} words ({100 * d['words'] / max(parsed, 1):.1f} %), "
+                                           f"{d['clips']:,} clips, {d['runs']:,} runs, {d['hours']:,.3f} h"))
+    return rows
+
+
 # ---------------------------------------------------------------------------------------
 # the per-video rule
 
@@ -515,7 +531,7 @@ def _map_chunk(job: tuple[int, tuple[str, int, tuple[str, int, int]]], num_bucke
 __all__ = [
     "DROP_REASONS", "FAILURE_SCHEMA", "PLAN_SCHEMA", "PlanConfig", "PlanSummary", "build_plan", "bucket_of",
     "count_drop", "dropped_by_reason", "group_runs", "iter_plan_parts", "load_plan_summary",
-    "plan_row_to_sample", "read_plan", "read_plan_failures", "sample_to_row", "words_of",
+    "plan_row_to_sample", "read_plan", "read_plan_failures", "sample_to_row", "word_account_rows", "words_of",
 ]
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lfvila_data.plan.join import word_account_rows
 from lfvila_data.progress import human_bytes
 from lfvila_data.records import paragraph
 
@@ -163,6 +164,10 @@ def _build_stats(fs, root: str) -> dict:
         n_clips.to_numpy(zero_copy_only=False), t["duration"].to_numpy(zero_copy_only=False),
         word_counts(paragraphs), word_counts(texts))}
     stats.update(text_origin(t))
+    stats["words"] = int(word_counts(texts).sum())
+    if fs.exists(f"{root}/build.json"):  # what planning dropped: not in the ledger, no sample holds it
+        with fs.open(f"{root}/build.json", "rb") as f:
+            stats["planning"] = json.loads(f.read()).get("plan", {})
     path = f"{root}/failures.parquet"
     failures = (_read_table(fs, path).to_pandas() if fs.exists(path)
                 else pd.DataFrame(columns=["stage", "code", "reason", "permanent"]))
@@ -379,6 +384,9 @@ def render_summary(stats: dict) -> list[tuple[str, str]]:
                                        f"{s['hours']:,.2f} h"))
     for name, d in stats["distributions"].items():
         rows.append((DISTRIBUTIONS[name][1], _dist_line(d)))
+    if "words" in stats:
+        rows.append(("words in manifest", f"{stats['words']:,}"))
+    rows += [(f"planning: {k}", v) for k, v in word_account_rows(stats.get("planning", {}))]
     if "failures" in stats:
         f = stats["failures"]
         stages = ", ".join(f"{k} {v:,}" for k, v in f["by_stage"].items())
