@@ -295,6 +295,12 @@ def test_build_plan_matches_the_pure_rules(inputs, reference):
     assert summary.texts_duplicate == 2 and summary.texts_unused == 7
     assert sum(summary.failures_by_stage.values()) == len(expected_failures)
     assert summary.dropped_short_runs > 0
+    # every word of the joined clip texts is in a sample or dropped with its reason
+    dropped = summary.dropped
+    assert summary.words_in_samples == sum(len(c.text.split()) for s in expected for c in s.clips)
+    assert summary.words_in_samples + sum(d["words"] for d in dropped.values()) == summary.words_parsed
+    assert dropped["short_run"]["runs"] + dropped.get("short_tail_chunk", {}).get("runs", 0) \
+        == summary.dropped_short_runs
     assert any("chunks" in m for m in messages) and any("buckets" in m for m in messages)
     assert load_plan_summary(str(tmp_path)) == summary
 
