@@ -20,7 +20,8 @@ from lfvila_data.text.stage import TextOptions
 from tests.media import make_timecoded_video
 from tests.realdata import SUBTITLES as REAL_SUBS
 
-REAL_FILES = sorted(p for p in REAL_SUBS.glob("*") if p.suffix in (".vtt", ".srt")) if REAL_SUBS.is_dir() else []
+REAL_FILES = sorted(p for p in REAL_SUBS.glob("*") if p.suffix in (".vtt", ".srt")) if REAL_SUBS.is_dir() \
+    else []
 
 
 def vtt(cues: list[tuple[float, float, str]]) -> bytes:
@@ -43,8 +44,8 @@ def test_planning_counts_what_it_drops_by_reason():
     starts = [0, 10, 20, 30, 40, 50, 89, 99, 140, 150, 160]
     data = vtt([(a, a + 9, f"This is sentence number {i}.") for i, a in enumerate(starts)])
     stats: Counter = Counter()
-    samples, failures = plan_subtitled_video("v", "u", data, ".vtt", None, PlanConfig(min_clips=3, max_clips=4),
-                                             stats=stats, duration=158.0)
+    plan = PlanConfig(min_clips=3, max_clips=4)
+    samples, failures = plan_subtitled_video("v", "u", data, ".vtt", None, plan, stats=stats, duration=158.0)
     assert [s.key.split("_", 1)[1] for s in samples] == ["00001_00004"]
     assert [f.code.value for f in failures] == ["subtitles_past_end"]
     dropped = dropped_by_reason(stats)
@@ -84,7 +85,8 @@ def test_every_word_of_a_real_subtitle_file_is_accounted_for(path):
     assert stats["words_in_samples"] == words_in(samples)
     assert stats["words_in_samples"] + sum(d["words"] for d in dropped.values()) == stats["words_parsed"]
     # every clip is in a sample or dropped with its reason
-    assert sum(len(s.clips) for s in samples) + sum(d["clips"] for d in dropped.values()) == stats["clips_total"]
+    in_samples = sum(len(s.clips) for s in samples)
+    assert in_samples + sum(d["clips"] for d in dropped.values()) == stats["clips_total"]
 
 
 @pytest.fixture(scope="module")

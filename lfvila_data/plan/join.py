@@ -138,7 +138,8 @@ def word_account_rows(plan: dict) -> list[tuple[str, str]]:
     rows = [("words parsed", f"{parsed:,}"),
             ("words in samples", f"{kept:,} ({100 * kept / max(parsed, 1):.1f} %)")]
     for reason, d in plan.get("dropped", {}).items():
-        rows.append((f"dropped: {reason}", f"{d['words']:,} words ({100 * d['words'] / max(parsed, 1):.1f} %), "
+        share = 100 * d["words"] / max(parsed, 1)
+        rows.append((f"dropped: {reason}", f"{d['words']:,} words ({share:.1f} %), "
                                            f"{d['clips']:,} clips, {d['runs']:,} runs, {d['hours']:,.3f} h"))
     return rows
 

@@ -188,9 +188,9 @@ def asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str 
         heard = count_words(result.words)
         counts = Counter(words_parsed=heard)
         count_drop(counts, "wrong_language", words=heard)
-        return TextOutcome(vid, url, counts=counts, failures=[Failure(vid, None, Stage.ASR.value, FailureCode.WRONG_LANGUAGE,
-                                                       f"speech recognition detected {spoken!r} speech; "
-                                                       f"asked for {'/'.join(opts.langs)}")])
+        return TextOutcome(vid, url, counts=counts, failures=[
+            Failure(vid, None, Stage.ASR.value, FailureCode.WRONG_LANGUAGE,
+                    f"speech recognition detected {spoken!r} speech; asked for {'/'.join(opts.langs)}")])
     counts: Counter = Counter()
     samples, failures = plan_from_words(vid, url, list(result.words), "asr", result.language, plan,
                                         opts.clip, SentenceConfig(), counts)
