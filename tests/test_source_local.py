@@ -2,6 +2,7 @@
 samples, with text from the subtitles aligned to the video."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
@@ -109,7 +110,23 @@ def test_local_build_ledger(local_build):
     assert garbage.stage.tolist() == ["text"] and "unusable subtitles" in garbage.reason.iloc[0]
     assert garbage.code.tolist() == ["unusable_subtitles"]
     caps = f[f.video_id == local_video_id((lib / "captions.mp4").resolve())]
-    assert len(caps) and caps.reason.str.contains("beyond the end").all()  # captions run past 60 s
+    # captions run past the 60 s video: one text-stage row for the video (issue 9 item 5),
+    # not a probe-stage row per clip planned beyond the end
+    assert caps.stage.tolist() == ["text"] and caps.code.tolist() == ["subtitles_past_end"]
+    assert "video is 60.0 s" in caps.reason.iloc[0]
+    assert not (f.stage == "probe").any()
+    words = json.loads((out / "build.json").read_text())["plan"]["dropped"]["past_video_end"]["words"]
+    assert words > 0  # the words past the end are counted, not lost
+
+
+def test_media_duration(tmp_path):
+    from lfvila_data.media.cut import media_duration
+
+    make_timecoded_video(tmp_path / "v.mp4", 7, width=64, height=48)
+    assert media_duration(tmp_path / "v.mp4") == pytest.approx(7.0, abs=0.1)
+    (tmp_path / "junk.mp4").write_bytes(b"\x00not a video")
+    assert media_duration(tmp_path / "junk.mp4") is None
+    assert media_duration(tmp_path / "missing.mp4") is None
 
 
 def test_local_build_shards_verifies_and_loads(local_build, tmp_path):

@@ -9,6 +9,7 @@ memory does not grow with the length of the video."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -110,6 +111,24 @@ def probe(path: Path, *, timeout: float = 300.0) -> Probe:
                  codec=str(video.get("codec_name")), fps=fps,
                  has_audio=any(s.get("codec_type") == "audio" for s in streams),
                  nb_frames=count)
+
+
+def media_duration(path: Path, *, timeout: float = 60.0) -> float | None:
+    """The container's duration in seconds, or None when it has none or cannot be read.
+
+    Cheap (no packet scan): the text stage uses it to drop subtitles past a local video's
+    end before planning, as yt-dlp's duration does for URLs; `probe` stays the authority
+    for cutting."""
+    try:
+        res = _run(["ffprobe", "-v", "error", *INPUT_GUARD, "-show_entries", "format=duration",
+                    "-of", "csv=p=0", str(path)], timeout)
+    except MediaError:
+        return None
+    try:
+        value = float(res.stdout.decode("ascii", "replace").strip()) if res.returncode == 0 else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
 def _scan_packets(path: Path, index: int, timeout: float) -> tuple[float, tuple[float, float], int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from lfvila_data.executor.base import TaskMap, crash_line, local_map
+from lfvila_data.media.cut import media_duration
 from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError, with_retries
 from lfvila_data.output.fingerprint import SPEED, content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.write import DONE, FAILED, RETRY, Journal, OutputDir, iter_journal, journal_status
@@ -115,7 +116,7 @@ def local_text(video: Path, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
         return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value, FailureCode.UNUSABLE_SUBTITLES,
                                                        f"cannot read {path.name}: {e}")])
     return _from_subtitles(vid, url, data, path.suffix, lang or (opts.langs[0] if opts.langs else None),
-                           None, None, plan, opts)
+                           None, media_duration(video), plan, opts)
 
 
 def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: FetchConfig) -> TextOutcome:
