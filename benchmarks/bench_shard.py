@@ -17,8 +17,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lfvila_data.output.write import MANIFEST_SCHEMA, OutputDir  # noqa: E402
 from lfvila_data.executor.pool import RayTasks  # noqa: E402
+from lfvila_data.output.write import OutputDir  # noqa: E402
+from lfvila_data.schemas import MANIFEST_SCHEMA  # noqa: E402
 from lfvila_data.shards.write import ShardConfig, run_shard  # noqa: E402
 
 

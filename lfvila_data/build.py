@@ -30,12 +30,12 @@ from lfvila_data.plan.join import (
     build_plan,
     iter_plan_parts,
     load_plan_summary,
-    plan_row_to_sample,
     read_plan_failures,
     word_account_rows,
 )
 from lfvila_data.progress import BuildProgress, human_bytes, human_time, print_summary
 from lfvila_data.records import PlannedSample
+from lfvila_data.schemas import plan_row_to_sample
 from lfvila_data.sources.local import find_videos
 from lfvila_data.text.stage import (
     TextOptions,

@@ -69,6 +69,12 @@ def paragraph(texts: Iterable[str | None]) -> str:
     return " ".join(t for t in texts if t)
 
 
+def words_of(text: str | None) -> int:
+    """Whitespace-separated words: how planning, the shard manifest and `stats` count a text,
+    so that words parsed, planned and shipped can be added up."""
+    return len(text.split()) if text else 0
+
+
 def relative_time(t: float, origin: float, limit: float | None = None) -> float:
     """Source time `t` as seconds after `origin` (a sample's first frame), to the
     microsecond, clamped to [0, limit] so it names a frame the sample file has."""

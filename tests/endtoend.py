@@ -11,6 +11,18 @@ from pathlib import Path
 import pandas as pd
 
 
+def read_metas(urls: list[str]) -> dict[str, dict]:
+    """Every sample's json member, by key, read with tarfile (not our reader)."""
+    metas = {}
+    for url in urls:
+        with tarfile.open(url) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(m).read())
+                    metas[meta["key"]] = meta
+    return metas
+
+
 def _vocab_dir(texts: list[str], root: Path) -> Path:
     """A WordPiece vocabulary of the build's own words (no downloads)."""
     words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
@@ -43,13 +55,7 @@ def shard_verify_load(builds: list[Path], root: Path, *, multi_sentence: bool = 
     assert report.samples == len(manifest)
 
     tars = sorted(str(p) for p in out.glob("*.tar"))
-    metas = {}
-    for t in tars:
-        with tarfile.open(t) as tar:
-            for m in tar.getmembers():
-                if m.name.endswith(".json"):
-                    meta = json.loads(tar.extractfile(m).read())
-                    metas[meta["key"]] = meta
+    metas = read_metas(tars)
     assert set(metas) == set(manifest.key)
     for key, meta in metas.items():
         for c in meta["clips"]:

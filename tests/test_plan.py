@@ -15,20 +15,17 @@ from lfvila_data.executor.base import local_shuffle
 from lfvila_data.executor.pool import RayShuffle
 from lfvila_data.inputs import InputError
 from lfvila_data.plan.join import (
-    FAILURE_SCHEMA,
-    PLAN_SCHEMA,
     PlanConfig,
     PlanSummary,
     build_plan,
     group_runs,
     iter_plan_parts,
     load_plan_summary,
-    plan_row_to_sample,
     read_plan,
     read_plan_failures,
-    sample_to_row,
 )
 from lfvila_data.records import Clip, Failure, FailureCode, VideoMeta, sample_key
+from lfvila_data.schemas import FAILURE_SCHEMA, PLAN_SCHEMA, plan_row_to_sample, sample_to_row
 from lfvila_data.sources.hdvila import parse_text_line, parse_video_line
 
 CFG = PlanConfig(min_clips=2, max_clips=3, max_gap=2.0)

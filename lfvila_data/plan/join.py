@@ -25,8 +25,17 @@ from lfvila_data.executor.base import Shuffle
 from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range
 from lfvila_data.output.fingerprint import LAYOUT, content, fingerprint
 from lfvila_data.progress import ThrottledPrinter, to_stderr
-from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, VideoMeta, sample_key
-from lfvila_data.schemas import FAILURE_SCHEMA, PLAN_SCHEMA, plan_row_to_sample, sample_to_row
+from lfvila_data.records import (
+    Clip,
+    Failure,
+    FailureCode,
+    PlannedSample,
+    Stage,
+    VideoMeta,
+    sample_key,
+    words_of,
+)
+from lfvila_data.schemas import FAILURE_SCHEMA, PLAN_SCHEMA, sample_to_row
 from lfvila_data.sources.hdvila import parse_text_line, parse_video_line
 
 _VIDEO_SCHEMA = pa.schema([("video_id", pa.string()), ("url", pa.string()),
@@ -100,11 +109,6 @@ DROP_REASONS = {
     "wrong_language": "a subtitle file or transcript in another language than asked",
 }
 _DROP_UNITS = ("runs", "clips", "words", "seconds")
-
-
-def words_of(text: str | None) -> int:
-    """Whitespace-separated words, counted the way `stats` counts the manifest's texts."""
-    return len(text.split()) if text else 0
 
 
 def count_drop(stats: Counter | None, reason: str, *, runs: int = 0, clips: int = 0, words: int = 0,
@@ -527,13 +531,6 @@ def _map_chunk(job: tuple[int, tuple[str, int, tuple[str, int, int]]], num_bucke
     if kind == "metadata":
         return map_metadata_range(file_idx, path, start, end, num_buckets, allow_local_files, task_no)
     return map_text_range(file_idx, path, start, end, num_buckets, task_no)
-
-
-__all__ = [
-    "DROP_REASONS", "FAILURE_SCHEMA", "PLAN_SCHEMA", "PlanConfig", "PlanSummary", "build_plan", "bucket_of",
-    "count_drop", "dropped_by_reason", "group_runs", "iter_plan_parts", "load_plan_summary",
-    "plan_row_to_sample", "read_plan", "read_plan_failures", "sample_to_row", "word_account_rows", "words_of",
-]
 
 
 class PlanWriter:

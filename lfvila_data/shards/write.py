@@ -28,7 +28,7 @@ from lfvila_data.executor.base import TaskMap, crash_line
 from lfvila_data.inputs import InputError
 from lfvila_data.output.fingerprint import content, reuse_or_clear
 from lfvila_data.output.write import OutputDir
-from lfvila_data.records import paragraph, relative_time
+from lfvila_data.records import paragraph, relative_time, words_of
 from lfvila_data.schemas import manifest_clips
 from lfvila_data.shards.stats import shard_table_stats
 
@@ -312,10 +312,6 @@ def _text_or(value: object, default: str | None) -> str | None:
     return value if isinstance(value, str) and value else default
 
 
-def _words(text: str) -> int:
-    return len(text.split())
-
-
 def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> pa.Table:
     rows = []
     for plan in plans:
@@ -325,8 +321,8 @@ def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> p
                          "offset": rec.offsets[i], "index": i, "video_id": row["video_id"],
                          "n_clips": len(row["clips"]), "duration": float(row["duration"]),
                          "bytes": int(row["bytes"]),
-                         "paragraph_words": _words(paragraph(c["text"] for c in row["clips"])),
-                         "clip_words": [_words(c["text"]) for c in row["clips"]],
+                         "paragraph_words": words_of(paragraph(c["text"] for c in row["clips"])),
+                         "clip_words": [words_of(c["text"]) for c in row["clips"]],
                          "text_source": _text_or(row.get("text_source"), "metadata"),
                          "language": _text_or(row.get("language"), None)})
     schema = pa.schema([("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),

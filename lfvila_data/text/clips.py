@@ -8,8 +8,17 @@ from dataclasses import dataclass, replace
 
 from pysbd.languages import LANGUAGE_CODES
 
-from lfvila_data.plan.join import PlanConfig, count_drop, group_runs, words_of
-from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, TimedText, VideoMeta
+from lfvila_data.plan.join import PlanConfig, count_drop, group_runs
+from lfvila_data.records import (
+    Clip,
+    Failure,
+    FailureCode,
+    PlannedSample,
+    Stage,
+    TimedText,
+    VideoMeta,
+    words_of,
+)
 from lfvila_data.text.language import language_mismatch
 from lfvila_data.text.sentences import Sentence, SentenceConfig, split_sentences
 from lfvila_data.text.subtitles import SubtitleError, Word, detect_kind, parse_subtitles

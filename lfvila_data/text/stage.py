@@ -25,12 +25,11 @@ from lfvila_data.plan.join import (
     PlanWriter,
     count_drop,
     iter_plan_parts,
-    plan_row_to_sample,
     read_plan_failures,
-    sample_to_row,
 )
 from lfvila_data.progress import ThrottledPrinter, human_time
 from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, Stage, TimedText
+from lfvila_data.schemas import plan_row_to_sample, sample_to_row
 from lfvila_data.sources.local import find_subtitles, find_videos, local_video_id
 from lfvila_data.sources.youtube import VideoRef, fetch_subtitles, read_video_list
 from lfvila_data.text.clips import ClipConfig, count_words, plan_from_words, plan_subtitled_video

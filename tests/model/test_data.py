@@ -3,7 +3,6 @@ own pipeline (demo corpus -> build -> shard) read back through `make_loader`."""
 from __future__ import annotations
 
 import io
-import json
 import random
 import re
 import tarfile
@@ -27,6 +26,7 @@ from lfvila_model.data import (
     make_loader,
     random_resized_crop_box,
 )
+from tests.endtoend import read_metas
 
 # ---------------------------------------------------------------- pure helpers
 
@@ -113,17 +113,6 @@ def test_expand_shards_forms(tmp_path):
 
 
 # ---------------------------------------------------------------- real shards
-
-def read_metas(urls: list[str]) -> dict[str, dict]:
-    metas = {}
-    for url in urls:
-        with tarfile.open(url) as tar:
-            for m in tar.getmembers():
-                if m.name.endswith(".json"):
-                    meta = json.loads(tar.extractfile(m).read())
-                    metas[meta["key"]] = meta
-    return metas
-
 
 def cfg_for(**kw) -> DataConfig:
     return DataConfig(**{"batch_size": 2, "num_workers": 0, "shuffle_buffer": 4, **kw})
