@@ -11,7 +11,7 @@ added when missing), or transformers' ASR pipeline with its defaults for long au
     python benchmarks/gpu_asr_rtf.py --model random:large-v3 --seconds 300 --batch-size 1 8 16 32
     python benchmarks/gpu_asr_rtf.py --model random:tiny --device cpu --seconds 20 --batch-size 1 2
 
-`random:<preset>` builds a randomly initialised model of that shape (tests/asr_model.py:
+`random:<preset>` builds a randomly initialised model of that shape (tests/support/asr_model.py:
 "large-v3" is whisper-large-v3's layers and widths with a small vocabulary) for machines
 that cannot download a checkpoint. Random weights never stop early, so every 30-s window
 decodes exactly `--tokens` tokens (default 100, about what 30 s of English speech takes).
@@ -55,7 +55,7 @@ def generate_audio(path: Path, seconds: float) -> Path:
 def resolve_model(name: str, workdir: Path) -> str:
     if not name.startswith("random:"):
         return name
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
     from asr_model import build_random_whisper
 
     preset = name.split(":", 1)[1]

@@ -1,9 +1,15 @@
-"""Shared fixtures: a local Ray (started once, restarted if a test shut it down)."""
+"""Shared fixtures: a local Ray (started once, restarted if a test shut it down); and the
+network isolation every test runs under (tests/support/netguard.py), set up before anything
+starts a thread or a child process."""
 from __future__ import annotations
 
 import os
 
 import pytest
+
+from tests.support import netguard
+
+NETWORK = netguard.isolate()
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -29,3 +35,7 @@ def ray_local():
 def ray_module():
     """For module-scoped fixtures; re-checked per module (the cluster test shuts Ray down)."""
     yield ensure_local_ray()
+
+
+def pytest_report_header(config):
+    return NETWORK

@@ -44,11 +44,11 @@ def shards(tmp_path_factory):
 
     from lfvila_data.build import BuildConfig, run_build
     from lfvila_data.demo import make_corpus
+    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.localserver import MediaServer
     from lfvila_data.media.fetch import FetchConfig
     from lfvila_data.media.task import TaskContext
     from lfvila_data.plan.join import PlanConfig
-    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.shards.write import ShardConfig, run_shard
 
     started = not ray.is_initialized()

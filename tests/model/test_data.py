@@ -26,7 +26,7 @@ from lfvila_model.data import (
     make_loader,
     random_resized_crop_box,
 )
-from tests.endtoend import read_metas
+from tests.support.endtoend import read_metas
 
 # ---------------------------------------------------------------- pure helpers
 

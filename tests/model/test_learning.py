@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from lfvila_data.demo import write_vocab
-from lfvila_model.eval import evaluate
 from lfvila_model.checkpoint import checkpoints
 from lfvila_model.config import load_config
+from lfvila_model.eval import evaluate
 from lfvila_model.sources import setup_data
 from lfvila_model.train import load_model, setup_model, train
 
@@ -30,12 +30,12 @@ def corpus(tmp_path_factory, ray_module):
     small (160x120 generated, 96 px built) to keep decoding cheap."""
     from lfvila_data.build import BuildConfig, run_build
     from lfvila_data.demo import make_corpus
+    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.localserver import MediaServer
     from lfvila_data.media.cut import CutConfig
     from lfvila_data.media.fetch import FetchConfig
     from lfvila_data.media.task import TaskContext
     from lfvila_data.plan.join import PlanConfig
-    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.shards.write import ShardConfig, run_shard
 
     root = tmp_path_factory.mktemp("learning")

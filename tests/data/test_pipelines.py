@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,11 +11,12 @@ import typer
 import yaml
 
 from lfvila_data.cli import app
-from tests.corpus import VideoSpec, even_spans, write_metadata
+from tests.support.corpus import VideoSpec, even_spans, write_metadata
+from tests.support.realdata import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "pipelines"))
-from build_hdvila import config_to_args  # noqa: E402
+from build_hdvila import config_to_args
+
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "pipelines" / "configs").glob("*.yaml")))

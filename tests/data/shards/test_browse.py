@@ -26,7 +26,7 @@ from lfvila_data.shards.browse import (
     thumbnail_command,
     write_browse,
 )
-from tests.media import decode_times, make_timecoded_video
+from tests.support.media import decode_times, make_timecoded_video
 
 EVIL = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
 
@@ -161,11 +161,11 @@ def built(tmp_path_factory, ray_module):
     """A demo-corpus build (3 videos, samples of 4-6 clips) and its shards."""
     from lfvila_data.build import BuildConfig, run_build
     from lfvila_data.demo import make_corpus
+    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.localserver import MediaServer
     from lfvila_data.media.fetch import FetchConfig
     from lfvila_data.media.task import TaskContext
     from lfvila_data.plan.join import PlanConfig
-    from lfvila_data.executor.pool import RayTasks
     from lfvila_data.shards.write import ShardConfig, run_shard
 
     root = tmp_path_factory.mktemp("browse")

@@ -15,8 +15,8 @@ from lfvila_data.plan.join import PlanConfig
 from lfvila_data.sources.local import find_subtitles, find_videos, local_video_id
 from lfvila_data.text.clips import ClipConfig, sentences_to_clips
 from lfvila_data.text.sentences import Sentence
-from tests.media import decode_times, make_timecoded_video
-from tests.realdata import SUBTITLES as REAL_SUBS
+from tests.support.media import decode_times, make_timecoded_video
+from tests.support.realdata import SUBTITLES as REAL_SUBS
 
 
 def vtt_time(t: float) -> str:
@@ -132,7 +132,7 @@ def test_media_duration(tmp_path):
 def test_local_build_shards_verifies_and_loads(local_build, tmp_path):
     """The regression of the shard crash: clips of several sentences, read back as pandas
     gives them, through shard -> verify -> the model's loader."""
-    from tests.endtoend import shard_verify_load
+    from tests.support.endtoend import shard_verify_load
 
     out, _ = local_build
     m = pd.read_parquet(out / "manifest.parquet")

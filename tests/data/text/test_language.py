@@ -22,7 +22,7 @@ from lfvila_data.text.language import (
     sample_windows,
 )
 from lfvila_data.text.subtitles import parse_subtitles
-from tests.realdata import SUBTITLES as REAL
+from tests.support.realdata import SUBTITLES as REAL
 
 FILES = sorted(p.name for p in REAL.glob("*") if p.suffix in (".vtt", ".srt"))
 FRENCH = ["jlm_fr_2017-02-21.faire-la-revolution-fiscale-edcc15.fr.vtt", "pysrt_fr_windows-1252.srt"]

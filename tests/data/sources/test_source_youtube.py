@@ -29,7 +29,7 @@ from lfvila_data.sources.youtube import (
     youtube_id,
 )
 from lfvila_data.text.stage import TextOptions
-from tests.media import decode_times, make_timecoded_video
+from tests.support.media import decode_times, make_timecoded_video
 
 
 def vtt_time(t: float) -> str:
@@ -251,7 +251,7 @@ def test_subtitle_lookup_retries_transient_errors(site):
 
 
 def test_youtube_build_shards_verifies_and_loads(youtube_build, tmp_path):
-    from tests.endtoend import shard_verify_load
+    from tests.support.endtoend import shard_verify_load
 
     out = youtube_build[0]
     m = pd.read_parquet(out / "manifest.parquet")

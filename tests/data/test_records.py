@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -31,9 +30,7 @@ from lfvila_data.schemas import (
     plan_row_to_sample,
     sample_to_row,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests.support.realdata import ROOT
 
 # --- the sample key -------------------------------------------------------------------
 
@@ -88,7 +85,7 @@ def test_every_code_is_documented_in_one_line_and_in_the_readme():
     source = (ROOT / "lfvila_data" / "records.py").read_text()
     outputs = (ROOT / "README.md").read_text().split("### Outputs", 1)[1].split("\n### ", 1)[0]
     for code in FailureCode:
-        assert re.search(rf'^    {code.name} = "{code.value}" +# \S', source, re.M), code
+        assert re.search(rf'^    {code.name} = "{code.value}" +# \S', source, re.MULTILINE), code
         assert f"`{code.value}`" in outputs, code
 
 

@@ -17,8 +17,8 @@ from lfvila_data.media.task import TaskContext
 from lfvila_data.plan.join import DROP_REASONS, PlanConfig, dropped_by_reason
 from lfvila_data.text.clips import ClipConfig, plan_subtitled_video
 from lfvila_data.text.stage import TextOptions
-from tests.media import make_timecoded_video
-from tests.realdata import SUBTITLES as REAL_SUBS
+from tests.support.media import make_timecoded_video
+from tests.support.realdata import SUBTITLES as REAL_SUBS
 
 REAL_FILES = sorted(p for p in REAL_SUBS.glob("*") if p.suffix in (".vtt", ".srt")) if REAL_SUBS.is_dir() \
     else []

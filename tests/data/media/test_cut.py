@@ -10,8 +10,8 @@ import pytest
 from lfvila_data.media.cut import CutConfig, MediaError, cut_sample, probe
 from lfvila_data.media.task import fit_to_media
 from lfvila_data.records import Clip, FailureCode, PlannedSample
-from tests.media import decode_times, make_timecoded_video
-from tests.realdata import VIDEOS as REAL
+from tests.support.media import decode_times, make_timecoded_video
+from tests.support.realdata import VIDEOS as REAL
 
 
 @pytest.fixture(scope="module")

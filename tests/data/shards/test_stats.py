@@ -23,7 +23,7 @@ from lfvila_data.shards.stats import (
     render_summary,
     write_report,
 )
-from tests.test_verify import standard_layout, write_shard_dir
+from tests.data.shards.test_verify import standard_layout, write_shard_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

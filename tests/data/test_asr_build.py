@@ -19,11 +19,11 @@ from lfvila_data.sources.youtube import url_video_id
 from lfvila_data.text.asr import AsrConfig
 from lfvila_data.text.stage import TextOptions, retext_video
 from lfvila_data.text.subtitles import Word
-from tests.asr_model import build_tiny_whisper
-from tests.corpus import VideoSpec, even_spans, write_metadata
-from tests.endtoend import shard_verify_load
-from tests.media import make_timecoded_video
-from tests.test_source_youtube import numbered_vtt, page
+from tests.support.asr_model import build_tiny_whisper
+from tests.support.corpus import VideoSpec, even_spans, write_metadata
+from tests.support.endtoend import shard_verify_load
+from tests.support.media import make_timecoded_video
+from tests.data.sources.test_source_youtube import numbered_vtt, page
 
 
 def test_retext_video_assigns_words_by_midpoint():

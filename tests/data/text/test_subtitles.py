@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lfvila_data.records import FailureCode, Stage
 from lfvila_data.text.subtitles import SubtitleError, Word, detect_kind, parse_subtitles
-from tests.realdata import SUBTITLES as REAL
+from tests.support.realdata import SUBTITLES as REAL
 
 FILES = sorted(p.name for p in REAL.glob("*") if p.suffix in (".vtt", ".srt"))
 AUTO = [

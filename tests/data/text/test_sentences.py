@@ -16,7 +16,7 @@ from lfvila_data.text.sentences import (
     split_sentences,
 )
 from lfvila_data.text.subtitles import Word, parse_subtitles
-from tests.realdata import SUBTITLES as REAL
+from tests.support.realdata import SUBTITLES as REAL
 
 
 def _stream(text: str, step: float = 0.3, pauses: dict[int, float] | None = None) -> list[Word]:

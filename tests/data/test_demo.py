@@ -7,11 +7,11 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 
 from tests.model.checks import assert_retrieval_consistent
+from tests.support.realdata import ROOT
 
 
 def test_demo_builds_shards_and_trains(tmp_path):
@@ -59,7 +59,7 @@ def test_demo_train_steps_zero_skips_training(tmp_path):
 def test_the_data_package_never_imports_the_model_package():
     """The demo trains through the `lfvila-train` command; nothing in lfvila_data imports
     lfvila_model (it is an optional extra of the data pipeline)."""
-    root = Path(__file__).resolve().parents[1] / "lfvila_data"
+    root = ROOT / "lfvila_data"
     found = []
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -10,8 +10,8 @@ from lfvila_data.localserver import MediaServer
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
 from lfvila_data.plan.join import PlanConfig
-from tests.corpus import VideoSpec, even_spans, write_metadata
-from tests.media import decode_times, make_timecoded_video
+from tests.support.corpus import VideoSpec, even_spans, write_metadata
+from tests.support.media import decode_times, make_timecoded_video
 
 
 @pytest.fixture

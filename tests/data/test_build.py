@@ -21,8 +21,8 @@ from lfvila_data.media.cut import CutConfig
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
 from lfvila_data.plan.join import PlanConfig
-from tests.corpus import VideoSpec, even_spans, write_metadata
-from tests.media import decode_times, make_timecoded_video
+from tests.support.corpus import VideoSpec, even_spans, write_metadata
+from tests.support.media import decode_times, make_timecoded_video
 
 EXPECTED_KEYS = ["vidA_00001_00006", "vidA_00008_00012", "vidB_00001_00005",
                  "vidD_00001_00004", "vidF_00001_00006", "vidH_00004_00008", "vidK_00001_00005"]
@@ -257,9 +257,9 @@ def test_kill_9_then_rerun_gives_the_same_manifest(built, site, tmp_path, when):
     out = tmp_path / "out"
     reference = pd.read_parquet(built[0] / "manifest.parquet")
     if when == "planned":
-        ready = lambda: (out / "plan" / "_SUCCESS.json").exists()  # noqa: E731
+        ready = lambda: (out / "plan" / "_SUCCESS.json").exists()
     else:
-        ready = lambda: any((out / "videos").rglob("*.mp4"))  # noqa: E731
+        ready = lambda: any((out / "videos").rglob("*.mp4"))
     _kill_when(cli(site, out), ready)
     assert not (out / "manifest.parquet").exists()
     done = subprocess.run(cli(site, out), capture_output=True, text=True, timeout=600)
@@ -305,7 +305,7 @@ def test_plan_only_prints_the_totals(site, tmp_path):
 
 def test_hdvila_build_shards_verifies_and_loads(built, tmp_path):
     """build -> shard -> verify -> the model's loader; HD-VILA clips are one sentence each."""
-    from tests.endtoend import shard_verify_load
+    from tests.support.endtoend import shard_verify_load
 
     m = pd.read_parquet(built[0] / "manifest.parquet")  # earlier tests may have rerun the build
     got = shard_verify_load([built[0]], tmp_path, multi_sentence=False)

@@ -17,7 +17,7 @@ from lfvila_data.media.fetch import (
     section_spans,
 )
 from lfvila_data.records import FailureCode
-from tests.media import decode_times, make_timecoded_video
+from tests.support.media import decode_times, make_timecoded_video
 
 
 def test_section_spans_add_margin_and_merge_close_spans():

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from lfvila_data.localserver import MediaServer
-from tests.corpus import VideoSpec, even_spans, write_metadata
-from tests.media import decode_times, make_timecoded_video
+from tests.support.corpus import VideoSpec, even_spans, write_metadata
+from tests.support.media import decode_times, make_timecoded_video
 
 moto_server = pytest.importorskip("moto.server")
 

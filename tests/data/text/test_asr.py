@@ -32,10 +32,10 @@ from lfvila_data.text.asr import (
     spread_words,
     transcribe_all,
 )
-from tests.asr_model import LANGUAGES, build_tiny_whisper
-from tests.media import make_timecoded_video
+from tests.support.asr_model import LANGUAGES, build_tiny_whisper
+from tests.support.media import make_timecoded_video
+from tests.support.realdata import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # the tiny model never stops by itself: a short decode keeps the tests fast
 TOKENS = 12
 # AAC codes 1024-sample frames at 44.1 kHz: a file's audio may run over by one frame
