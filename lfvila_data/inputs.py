@@ -11,6 +11,13 @@ class InputError(Exception):
     """The job cannot run (no input files, unreadable plan); the CLI prints one line."""
 
 
+def require(ok: bool, message: str) -> None:
+    """Check one user-given setting: configs validate in `__post_init__`, so a bad value
+    fails where it is made (the CLI prints the message as one line)."""
+    if not ok:
+        raise ValueError(message)
+
+
 def _has_magic(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lfvila_data.executor.base import Shuffle
-from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range
+from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range, require
 from lfvila_data.output.fingerprint import LAYOUT, content, fingerprint
 from lfvila_data.progress import ThrottledPrinter, to_stderr
 from lfvila_data.records import (
@@ -69,14 +69,12 @@ class PlanConfig:
     chunk_bytes: int = field(default=64 * 1024 * 1024, metadata=LAYOUT)
 
     def __post_init__(self) -> None:
-        if self.min_clips < 1 or self.max_clips < self.min_clips:
-            raise ValueError(f"need 1 <= min_clips <= max_clips, got {self.min_clips}, {self.max_clips}")
-        if not self.max_gap >= 0:
-            raise ValueError(f"max_gap must be >= 0 seconds, got {self.max_gap}")
-        if self.num_buckets is not None and self.num_buckets < 1:
-            raise ValueError(f"num_buckets must be >= 1, got {self.num_buckets}")
-        if self.chunk_bytes < 1:
-            raise ValueError(f"chunk_bytes must be >= 1, got {self.chunk_bytes}")
+        require(1 <= self.min_clips <= self.max_clips,
+                f"need 1 <= min_clips <= max_clips, got {self.min_clips}, {self.max_clips}")
+        require(self.max_gap >= 0, f"max_gap must be >= 0 seconds, got {self.max_gap}")
+        require(self.num_buckets is None or self.num_buckets >= 1,
+                f"num_buckets must be >= 1, got {self.num_buckets}")
+        require(self.chunk_bytes >= 1, f"chunk_bytes must be >= 1, got {self.chunk_bytes}")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lfvila_data.executor.base import TaskMap, crash_line
-from lfvila_data.inputs import InputError
+from lfvila_data.inputs import InputError, require
 from lfvila_data.output.fingerprint import content, reuse_or_clear
 from lfvila_data.output.write import OutputDir
 from lfvila_data.records import paragraph, relative_time, words_of
@@ -50,14 +50,11 @@ class ShardConfig:
     max_shard_bytes: int = 1_000_000_000
 
     def __post_init__(self) -> None:
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.val_count is not None and self.val_count < 0:
-            raise ValueError(f"--val-count must be >= 0, got {self.val_count}")
-        if self.samples_per_shard is not None and self.samples_per_shard < 1:
-            raise ValueError(f"--samples-per-shard must be >= 1, got {self.samples_per_shard}")
-        if self.max_shard_bytes < 1:
-            raise ValueError(f"--max-shard-bytes must be >= 1, got {self.max_shard_bytes}")
+        require(0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        require(self.val_count is None or self.val_count >= 0, f"--val-count must be >= 0, got {self.val_count}")
+        require(self.samples_per_shard is None or self.samples_per_shard >= 1,
+                f"--samples-per-shard must be >= 1, got {self.samples_per_shard}")
+        require(self.max_shard_bytes >= 1, f"--max-shard-bytes must be >= 1, got {self.max_shard_bytes}")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from lfvila_data.executor.base import ActorMap, WorkerCrashed, crash_line, local_actors
+from lfvila_data.inputs import require
 from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
 from lfvila_data.media.fetch import fetch_code
 from lfvila_data.output.fingerprint import SPEED
@@ -97,18 +98,15 @@ class AsrConfig:
     silence_db: float | None = -50.0  # windows quieter than this (RMS, dBFS) are not decoded
 
     def __post_init__(self) -> None:
-        if self.timestamps not in ("word", "segment"):
-            raise ValueError(f"timestamps must be 'word' or 'segment', not {self.timestamps!r}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if not 0 < self.chunk_seconds <= WINDOW_SECONDS:
-            raise ValueError(f"chunk_seconds must be in (0, {WINDOW_SECONDS:g}] (Whisper's window)")
-        if self.num_actors is not None and self.num_actors < 1:
-            raise ValueError("num_actors must be at least 1")
-        if self.dtype != "auto" and self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, not {self.dtype!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        require(self.timestamps in ("word", "segment"),
+                f"timestamps must be 'word' or 'segment', not {self.timestamps!r}")
+        require(self.batch_size >= 1, "batch_size must be at least 1")
+        require(0 < self.chunk_seconds <= WINDOW_SECONDS,
+                f"chunk_seconds must be in (0, {WINDOW_SECONDS:g}] (Whisper's window)")
+        require(self.num_actors is None or self.num_actors >= 1, "num_actors must be at least 1")
+        require(self.dtype == "auto" or self.dtype in _DTYPES,
+                f"dtype must be 'auto' or one of {sorted(_DTYPES)}, not {self.dtype!r}")
+        require(self.max_new_tokens >= 1, "max_new_tokens must be at least 1")
 
 
 @dataclass(frozen=True)

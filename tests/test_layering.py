@@ -1,13 +1,16 @@
-"""Only the executor layer talks to Ray: every other module of lfvila_data is plain code
-that the executor calls (and unit tests call without Ray)."""
+"""Only the executor layers talk to Ray: every other module of lfvila_data is plain code
+that the executor calls (and unit tests call without Ray); in lfvila_model only the Ray Train
+wrapper does, so the model trains in one process without Ray installed."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 import lfvila_data
+import lfvila_model
 
 PACKAGE = Path(lfvila_data.__file__).parent
+MODEL = Path(lfvila_model.__file__).parent
 
 
 def ray_imports(source: str) -> list[tuple[int, str]]:
@@ -34,6 +37,12 @@ def test_only_the_executor_imports_ray():
     assert hits == []
     # the check sees what it looks for: the executor's own imports are found
     assert any(ray_imports(m.read_text()) for m in inside)
+
+
+def test_in_the_model_only_ray_train_imports_ray():
+    modules = sorted(MODEL.rglob("*.py"))
+    hits = {str(m.relative_to(MODEL)) for m in modules if ray_imports(m.read_text())}
+    assert len(modules) > 15 and hits == {"ray_train.py"}
 
 
 def test_every_form_of_import_is_found():
