@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional
 import typer
 
 from lfvila_data.executor.runner import RunConfig
-from lfvila_data.inputs import InputError
+from lfvila_data.inputs import InputError, storage_problem
 from lfvila_data.media.cut import CutConfig
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
@@ -409,6 +409,14 @@ def main() -> None:
         app()
     except BrokenPipeError:
         sys.exit(1)
+    except Exception as e:
+        # credentials, bucket or permission problems anywhere (inputs, output, mid-build):
+        # one line the user can act on, not the traceback of s3fs and botocore
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        typer.echo(f"lfvila-data: error: {problem}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,52 @@ class InputError(Exception):
     """The job cannot run (no input files, unreadable plan); the CLI prints one line."""
 
 
+# botocore error codes a user fixes by changing credentials, bucket or policy
+_DENIED = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+           "ExpiredToken", "InvalidToken", "AccountProblem", "Forbidden", "403"}
+_NO_BUCKET = {"NoSuchBucket", "InvalidBucketName"}
+
+
+def storage_problem(e: BaseException) -> str | None:
+    """One line for a storage error the user must fix (no credentials, no bucket, no
+    permission, an endpoint that does not answer), or None for any other error. Looks
+    through the chain of causes, since s3fs and fsspec wrap botocore's errors."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        name = type(cur).__name__
+        if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+            return ("no credentials for s3: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                    "AWS_PROFILE, or run on a machine with an instance role")
+        if name in ("EndpointConnectionError", "ConnectTimeoutError"):
+            return f"cannot reach the storage endpoint: {cur}"
+        code = str(getattr(cur, "response", {}).get("Error", {}).get("Code", ""))
+        if code in _NO_BUCKET or "specified bucket does not exist" in str(cur):
+            return f"the bucket does not exist: {_first_line(cur)}"
+        if code in _DENIED:
+            return f"storage refused this job's credentials or permissions ({code}): {_first_line(cur)}"
+        if isinstance(cur, PermissionError):
+            return f"permission denied: {_first_line(cur)}"
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def storage_problem_at(fs, path: str) -> str | None:
+    """Why a path reads as missing, if storage is the reason: `isfile`/`exists` answer
+    False for credential, bucket and permission errors too, which would send the user
+    looking for a typo."""
+    try:
+        fs.info(path)
+    except Exception as e:  # noqa: BLE001 - only storage problems are reported; the rest is "not a file"
+        return storage_problem(e)
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def require(ok: bool, message: str) -> None:
     """Check one user-given setting: configs validate in `__post_init__`, so a bad value
     fails where it is made (the CLI prints the message as one line)."""
@@ -31,8 +77,9 @@ def expand_paths(patterns: list[str]) -> list[str]:
         local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         matched = [p for p in paths if fs.isfile(p)]
         if not matched:
-            what = "matches no file" if _has_magic(pattern) else "is not a file"
-            raise InputError(f"input {pattern!r} {what}")
+            problem = None if local else storage_problem_at(fs, paths[0] if paths else pattern)
+            what = problem or ("matches no file" if _has_magic(pattern) else "is not a file")
+            raise InputError(f"input {pattern!r} {what}" if problem is None else f"input {pattern!r}: {problem}")
         for p in matched:
             found.add(p if local else fs.unstrip_protocol(p))
     return sorted(found)

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lfvila_data.executor.base import TaskMap, crash_line
-from lfvila_data.inputs import InputError, require
+from lfvila_data.inputs import InputError, require, storage_problem_at
 from lfvila_data.output.fingerprint import content, reuse_or_clear
 from lfvila_data.output.write import OutputDir
 from lfvila_data.records import paragraph, relative_time, words_of
@@ -293,7 +293,8 @@ def read_manifests(inputs: list[str]) -> tuple[pd.DataFrame, int]:
         path = f"{d.rstrip('/')}/manifest.parquet"
         fs, p = fsspec.core.url_to_fs(path)
         if not fs.exists(p):
-            raise InputError(f"{d!r} is not a build directory (no manifest.parquet)")
+            problem = storage_problem_at(fs, p)
+            raise InputError(f"{d!r}: {problem}" if problem else f"{d!r} is not a build directory (no manifest.parquet)")
         with fs.open(p, "rb") as f:
             df = pd.read_parquet(f)
         frames.append(df.assign(_build=d.rstrip("/")))

@@ -4,12 +4,14 @@ and a rerun that resumes from what the bucket holds."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
+import threading
 
 import pandas as pd
 import pytest
@@ -94,3 +96,68 @@ def test_build_from_and_to_s3(s3, tmp_path):
     assert len(names) == 3 * shard["nsamples"] and names[0].endswith(".mp4")
     sm = pd.read_parquet("s3://lfvila-test/shards/manifest.parquet", storage_options=opts)
     assert set(sm.key) == set(m.key) and set(sm.split) == {"train", "val"}
+
+
+class _Denied(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that refuses every request as S3 does for a missing permission."""
+
+    def _deny(self):
+        body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+                b"<Message>Access Denied</Message></Error>")
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _deny
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def denied():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Denied)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def _cli(args, env, tmp_path):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    # no ~/.aws of the machine running the tests; the endpoint is always loopback
+    run_env = {**clean, "HOME": str(tmp_path / "home"), "AWS_DEFAULT_REGION": "us-east-1", **env}
+    r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", *args], capture_output=True, text=True,
+                       timeout=300, env=run_env, check=False)
+    return r.returncode, r.stderr.strip().splitlines()
+
+
+def test_storage_problems_are_one_line_errors(s3, denied, tmp_path):
+    """No credentials, no bucket, no permission: one line naming the problem, exit 2, no
+    traceback, for build (inputs and output) and shard (input and output)."""
+    fs, env = s3
+    meta, text = write_metadata(tmp_path / "meta", [VideoSpec("vid", "http://127.0.0.1:9/v.mp4", even_spans(5))])
+    fs.put_file(str(meta), "lfvila-test/in/meta.jsonl")
+    fs.put_file(str(text), "lfvila-test/in/text.jsonl")
+    build = ["build", "--metadata", str(meta), "--text", str(text), "--workdir", str(tmp_path / "w")]
+    s3_in = ["build", "--metadata", "s3://lfvila-test/in/meta.jsonl", "--text", "s3://lfvila-test/in/text.jsonl",
+             "--output", str(tmp_path / "o"), "--workdir", str(tmp_path / "w")]
+    endpoint = {"AWS_ENDPOINT_URL": env["AWS_ENDPOINT_URL"]}
+    keys = {**endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    refused = {"AWS_ENDPOINT_URL": denied, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    cases = [
+        (build + ["--output", "s3://lfvila-test/out"], endpoint, "no credentials for s3"),
+        (s3_in, endpoint, "no credentials for s3"),
+        (["shard", "--input", "s3://lfvila-test/out", "--output", str(tmp_path / "s")], endpoint,
+         "no credentials for s3"),
+        (["shard", "--input", "s3://no-such-bucket/out", "--output", str(tmp_path / "s")], keys,
+         "the bucket does not exist"),
+        (build + ["--output", "s3://lfvila-test/out"], refused, "denied"),
+        (["shard", "--input", "s3://lfvila-test/out", "--output", str(tmp_path / "s")], refused, "denied"),
+    ]
+    for args, extra, expected in cases:
+        code, lines = _cli(args, extra, tmp_path)
+        assert code == 2 and len(lines) == 1 and expected in lines[0].lower(), (args, extra, lines[-20:])
+        assert lines[0].startswith("lfvila-data: error:")
