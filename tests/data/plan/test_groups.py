@@ -120,3 +120,38 @@ def test_plan_only_cli_prints_group_counts(corpus, tmp_path):
     r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "build", "--source", "youtube", "--input", "x",
                         "--groups", str(groups), "--output", str(out)], check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--groups needs --source hdvila" in r.stderr
+
+
+def test_groups_build_shards_verifies_and_loads(tmp_path, ray_local):
+    """The groups, as planned, through a real build on loopback -> shard -> verify -> the
+    model's loader, which takes a 4-clip window of the 7-clip sample."""
+    from lfvila_data.build import BuildConfig, run_build
+    from lfvila_data.localserver import MediaServer
+    from lfvila_data.media.fetch import FetchConfig
+    from lfvila_data.media.task import TaskContext
+    from tests.support.endtoend import shard_verify_load
+    from tests.support.media import make_timecoded_video
+
+    www = tmp_path / "www"
+    www.mkdir()
+    for name in ("a", "b"):
+        make_timecoded_video(www / f"{name}.mp4", 40, width=160, height=120, audio=False)
+    want = [[f"vA.{k}.mp4" for k in range(1, 8)], ["vB.1.mp4", "vB.3.mp4"],
+            ["vB.4.mp4", "vB.5.mp4", "vB.6.mp4", "vB.8.mp4"]]
+    with MediaServer(www) as srv:
+        meta, text = write_metadata(tmp_path / "meta", [VideoSpec("vA", srv.url("a.mp4"), even_spans(8)),
+                                                        VideoSpec("vB", srv.url("b.mp4"), even_spans(8))])
+        groups = tmp_path / "meta" / "groups.jsonl"
+        groups.write_text("".join(json.dumps(g) + "\n" for g in [*want, ["vA.7.mp4", "vA.8.mp4"]]))
+        out = tmp_path / "out"
+        run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(out), groups=(str(groups),),
+                              plan=PlanConfig(max_clips=4),
+                              task=TaskContext(output=str(out), fetch=FetchConfig(retries=0),
+                                               workdir=str(tmp_path / "scratch"))))
+
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert sorted(manifest.key) == ["vA_00001_00007", "vB_00001_00003", "vB_00004_00008"]
+    assert sorted([c["clip_id"] for c in clips] for clips in manifest.clips) == sorted(want)
+    assert pd.read_parquet(out / "failures.parquet").code.tolist() == ["clip_in_two_groups"]
+    got = shard_verify_load([out], tmp_path, multi_sentence=False)
+    assert got == {"samples": 3, "loaded": 2, "sentences": 13}
