@@ -71,6 +71,7 @@ def _option_groups(*groups: Callable) -> Callable[[Callable], Callable]:
             command(*_grouped_values(groups, kwargs))
 
         run.__signature__ = inspect.Signature(params)  # what typer reads the options from
+        run.__annotations__ = {p.name: p.annotation for p in params}  # not the command's own (*groups)
         return run
 
     return wrap
@@ -102,8 +103,7 @@ def input_options(
     source: Source = typer.Option(Source.hdvila, help="Where videos and text come from.", rich_help_panel=_INPUT),
     metadata: List[str] = typer.Option([], help="HD-VILA url/span jsonl files (paths, globs, s3://); repeatable.", rich_help_panel=_INPUT),
     text: List[str] = typer.Option([], help="HD-VILA clip text jsonl files; repeatable.", rich_help_panel=_INPUT),
-    # not named `groups`: typer would read that parameter's type from build(*groups)'s annotations
-    group_files: List[str] = typer.Option([], "--groups", help="--source hdvila: clip-id group files (LF-VILA-8M's lfvila8m_clipid.jsonl: a JSON list of clip ids per line); the plan is exactly these groups, one sample each. Repeatable.", rich_help_panel=_INPUT),
+    groups: List[str] = typer.Option([], help="--source hdvila: clip-id group files (LF-VILA-8M's lfvila8m_clipid.jsonl: a JSON list of clip ids per line); the plan is exactly these groups, one sample each. Repeatable.", rich_help_panel=_INPUT),
     input: List[str] = typer.Option([], "--input", help="--source youtube: URL/id lists (txt, csv, jsonl, parquet); --source local: video files, globs or directories (sidecar .vtt/.srt subtitles).", rich_help_panel=_INPUT),
     output: str = typer.Option(..., help="Output directory (local path or fsspec URL).", rich_help_panel=_INPUT),
 ) -> BuildConfig:
@@ -114,10 +114,10 @@ def input_options(
         _fail("--metadata and --text are both required for --source hdvila")
     if source in (Source.local, Source.youtube) and not input:
         _fail(f"--input is required for --source {source.value}")
-    if group_files and source != Source.hdvila:
+    if groups and source != Source.hdvila:
         _fail("--groups needs --source hdvila (the groups name HD-VILA clip ids)")
     return BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output,
-                       source=source.value, inputs=tuple(input), groups=tuple(group_files))
+                       source=source.value, inputs=tuple(input), groups=tuple(groups))
 
 
 def text_options(
