@@ -40,14 +40,10 @@ from lfvila_data.records import (
     words_of,
 )
 from lfvila_data.schemas import PLAN_SCHEMA, sample_to_row
+from lfvila_data.sources.hdvila import _short
 
 GROUP_SCHEMA = pa.schema([("video_id", pa.string()), ("file_idx", pa.int32()), ("offset", pa.int64()),
                           ("clip_ids", pa.list_(pa.string()))])
-
-
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_group_line(line: str | bytes) -> list[str] | Failure:
