@@ -62,6 +62,7 @@ class BuildConfig:
     plan_only: bool = False
     retry_failed: bool = False
     ray_address: str | None = None
+    groups: tuple[str, ...] = ()      # --source hdvila: clip-id group files; the plan is exactly those
 
     def task_context(self) -> TaskContext:
         """What every fetch and cut task gets (defaults unless `task` is given)."""
@@ -103,19 +104,23 @@ def _plan(cfg: BuildConfig) -> PlanSummary:
     asr = cfg.text_opts.asr == "always"
     want = _asr_marker(cfg.text_opts) if asr else None
     summary = load_plan_summary(cfg.output, metadata=list(cfg.metadata), text=list(cfg.text),
-                                cfg=cfg.plan)
+                                cfg=cfg.plan, groups=list(cfg.groups))
     made_with = (_read_success(cfg.output) or {}).get("inputs", {}).get("asr")
     if summary is not None and made_with == want:
         print("plan: reusing the finished plan (same inputs and settings)", file=sys.stderr)
         return summary
     if summary is None or made_with is not None:
-        summary = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan, shuffle=RayShuffle())
+        summary = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan, shuffle=RayShuffle(),
+                             groups=list(cfg.groups))
     return (retext_plan_with_asr(cfg.output, cfg.plan, cfg.text_opts, fetch, transcriber=transcribe_on_ray)
             if asr else summary)
 
 
 def _plan_rows(s: PlanSummary) -> list[tuple[str, object]]:
-    return [("videos in metadata", f"{s.videos:,}"),
+    groups = [("groups read", f"{s.groups_read:,}"), ("groups planned", f"{s.groups_planned:,}"),
+              ("groups rejected", ", ".join(f"{k}: {v:,}" for k, v in s.groups_rejected.items()) or "none")]
+    return [*(groups if s.groups_read else []),
+            ("videos in metadata", f"{s.videos:,}"),
             ("videos with samples", f"{s.videos_with_samples:,}"),
             ("clips in metadata", f"{s.clips_total:,}"),
             ("clips in samples", f"{s.clips_in_samples:,}"),
@@ -141,6 +146,8 @@ def preflight(cfg: BuildConfig) -> OutputDir:
     if cfg.source == "hdvila":
         expand_paths(list(cfg.metadata))
         expand_paths(list(cfg.text))
+        if cfg.groups:
+            expand_paths(list(cfg.groups))
     elif cfg.source == "youtube":
         expand_paths(list(cfg.inputs))
     else:
@@ -208,6 +215,7 @@ def build_record(cfg: BuildConfig, plan: PlanSummary, counts: dict, progress: Bu
     task = cfg.task_context()
     return {
         "source": task.source, "metadata": list(cfg.metadata), "text": list(cfg.text),
+        "groups": list(cfg.groups),
         "inputs": list(cfg.inputs), "text_options": asdict(cfg.text_opts),
         "output": cfg.output, "plan_config": asdict(cfg.plan), "fetch": asdict(task.fetch),
         "cut": asdict(task.cut), "run": asdict(cfg.run), "plan": asdict(plan),

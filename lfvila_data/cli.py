@@ -71,6 +71,7 @@ def _option_groups(*groups: Callable) -> Callable[[Callable], Callable]:
             command(*_grouped_values(groups, kwargs))
 
         run.__signature__ = inspect.Signature(params)  # what typer reads the options from
+        run.__annotations__ = {p.name: p.annotation for p in params}  # not the command's own (*groups)
         return run
 
     return wrap
@@ -102,6 +103,7 @@ def input_options(
     source: Source = typer.Option(Source.hdvila, help="Where videos and text come from.", rich_help_panel=_INPUT),
     metadata: List[str] = typer.Option([], help="HD-VILA url/span jsonl files (paths, globs, s3://); repeatable.", rich_help_panel=_INPUT),
     text: List[str] = typer.Option([], help="HD-VILA clip text jsonl files; repeatable.", rich_help_panel=_INPUT),
+    groups: List[str] = typer.Option([], help="--source hdvila: clip-id group files (LF-VILA-8M's lfvila8m_clipid.jsonl: a JSON list of clip ids per line); the plan is exactly these groups, one sample each. Repeatable.", rich_help_panel=_INPUT),
     input: List[str] = typer.Option([], "--input", help="--source youtube: URL/id lists (txt, csv, jsonl, parquet); --source local: video files, globs or directories (sidecar .vtt/.srt subtitles).", rich_help_panel=_INPUT),
     output: str = typer.Option(..., help="Output directory (local path or fsspec URL).", rich_help_panel=_INPUT),
 ) -> BuildConfig:
@@ -112,8 +114,10 @@ def input_options(
         _fail("--metadata and --text are both required for --source hdvila")
     if source in (Source.local, Source.youtube) and not input:
         _fail(f"--input is required for --source {source.value}")
+    if groups and source != Source.hdvila:
+        _fail("--groups needs --source hdvila (the groups name HD-VILA clip ids)")
     return BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output,
-                       source=source.value, inputs=tuple(input))
+                       source=source.value, inputs=tuple(input), groups=tuple(groups))
 
 
 def text_options(
@@ -297,6 +301,25 @@ def shard(
              for k, v in stats["splits"].items()]
     rows.append(("time", human_time(time.monotonic() - started)))
     print_summary(f"shards in {output}", rows)
+
+
+@app.command("compare-plans")
+def compare_plans(
+    a: str = typer.Argument(..., help="A build directory (or its plan/ folder), e.g. built with --groups."),
+    b: str = typer.Argument(..., help="Another plan of the same metadata, e.g. our rule."),
+    output: str = typer.Option("compare-plans", help="Where compare.json and clips_per_sample.png go."),
+) -> None:
+    """Compare two plans: samples, clips and hours of each, clips in both or only one,
+    samples with the same clip list, and histograms of clips per sample side by side."""
+    from lfvila_data.plan.compare import compare_plans as compare
+    from lfvila_data.plan.compare import report_rows, write_report
+    from lfvila_data.progress import print_summary
+
+    try:
+        result = write_report(compare(a, b), output)
+    except (InputError, FileNotFoundError) as e:
+        _fail(str(e))
+    print_summary("compare-plans", report_rows(result))
 
 
 @app.command()

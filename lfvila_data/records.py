@@ -155,6 +155,10 @@ class FailureCode(str, Enum):
     CUT_FAILED = "cut_failed"              # ffmpeg could not cut the sample
     TASK_CRASHED = "task_crashed"          # a worker task died (crash, bug); retried on the next run
     UNCLASSIFIED = "unclassified"          # a row written by a version before failures carried codes
+    UNKNOWN_CLIP = "unknown_clip"          # --groups: a group names a clip not in the metadata (group dropped)
+    MIXED_VIDEOS = "mixed_videos"          # --groups: a group holds clips of several videos (group dropped)
+    CLIPS_OUT_OF_ORDER = "clips_out_of_order"  # --groups: clip numbers in a group do not increase (dropped)
+    CLIP_IN_TWO_GROUPS = "clip_in_two_groups"  # --groups: a clip already in an earlier group (later one dropped)
 
 
 @dataclass(frozen=True)

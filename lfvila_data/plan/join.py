@@ -96,6 +96,10 @@ class PlanSummary:
     words_parsed: int = 0
     words_in_samples: int = 0
     dropped: dict[str, dict[str, float]] = field(default_factory=dict)
+    # --groups: group lines read, planned as samples, and rejected by ledger code
+    groups_read: int = 0
+    groups_planned: int = 0
+    groups_rejected: dict[str, int] = field(default_factory=dict)
 
 
 # Why planning leaves words out of every sample; the keys of PlanSummary.dropped.
@@ -105,6 +109,8 @@ DROP_REASONS = {
     "no_text": "a clip without text (it breaks its run)",
     "past_video_end": "subtitle words after the end of the video",
     "wrong_language": "a subtitle file or transcript in another language than asked",
+    "rejected_group": "--groups: a clip only in groups the ledger rejects",
+    "not_in_groups": "--groups: a clip in no group",
 }
 _DROP_UNITS = ("runs", "clips", "words", "seconds")
 
@@ -297,9 +303,11 @@ def _first_of_each(table: pa.Table, key: str) -> tuple[pa.Table, pa.Table]:
     return table.filter(mask), table.filter(pc.invert(mask))
 
 
-def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str) -> dict:
-    """Join bucket `bucket` of every map output, plan its videos, and write its part
-    files; returns the counts the driver sums into the PlanSummary."""
+def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
+                  from_groups: bool = False) -> dict:
+    """Join bucket `bucket` of every map output, plan its videos (by our rule, or as the
+    given groups), and write its part files; returns the counts the driver sums into the
+    PlanSummary."""
     stats: Counter = Counter()
     failures = [Failure.from_row(r) for r in _concat(parts, "failures", FAILURE_SCHEMA).to_pylist()]
     videos, dup_videos = _first_of_each(_concat(parts, "videos", _VIDEO_SCHEMA), "video_id")
@@ -311,12 +319,17 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str)
         videos.select(["video_id", "file_idx", "offset"]),
         keys=["video_id", "file_idx", "offset"], join_type="left semi")
     texts, dup_texts = _first_of_each(_concat(parts, "texts", _TEXT_SCHEMA), "clip_id")
+    group_parts = [p["groups"] for p in parts if "groups" in p]
     del parts
     stats["texts_unique"], stats["texts_duplicate"] = texts.num_rows, dup_texts.num_rows
     clips = clips.join(texts.select(["clip_id", "text"]), keys="clip_id", join_type="left outer")
     clips = clips.sort_by([("video_id", "ascending"), ("k", "ascending")])
     stats["texts_unused"] = texts.num_rows - (clips.num_rows - clips.column("text").null_count)
     del texts, dup_texts
+    if from_groups:
+        from lfvila_data.plan.groups import reduce_groups
+
+        return reduce_groups(bucket, group_parts, videos, clips, failures, stats, out_dir)
 
     cols = {n: clips.column(n).to_pylist() for n in ("video_id", "clip_id", "k", "start", "end", "text")}
     samples: list[PlannedSample] = []
@@ -413,7 +426,8 @@ def _input_listing(paths: list[str]) -> list[list]:
 
 
 def load_plan_summary(out_dir: str, *, metadata: list[str] | None = None,
-                      text: list[str] | None = None, cfg: PlanConfig | None = None) -> PlanSummary | None:
+                      text: list[str] | None = None, cfg: PlanConfig | None = None,
+                      groups: list[str] | None = None) -> PlanSummary | None:
     """The summary of a finished plan, or None when there is none or when the given
     inputs (paths and sizes) or content settings differ, so a rerun knows to re-plan."""
     done = _read_success(out_dir)
@@ -426,6 +440,8 @@ def load_plan_summary(out_dir: str, *, metadata: list[str] | None = None,
     for name, patterns in (("metadata", metadata), ("text", text)):
         if patterns is not None and done["inputs"][name] != _input_listing(expand_paths(patterns)):
             return None
+    if groups is not None and done["inputs"].get("groups", []) != _input_listing(expand_paths(groups) if groups else []):
+        return None
     return PlanSummary(**done["summary"])
 
 
@@ -476,16 +492,22 @@ def _clear_plan_dir(out_dir: str) -> None:
 
 
 def build_plan(metadata: list[str], text: list[str], out_dir: str, cfg: PlanConfig = PlanConfig(),
-               *, shuffle: Shuffle, progress: Callable[[str], None] | None = None) -> PlanSummary:
+               *, shuffle: Shuffle, progress: Callable[[str], None] | None = None,
+               groups: list[str] | None = None) -> PlanSummary:
     """Plan every sample of the inputs through `shuffle` (`executor.pool.RayShuffle` on a
     cluster, `executor.base.local_shuffle` in this process) and write the plan under
-    out_dir/plan, marking it done with _SUCCESS.json last."""
+    out_dir/plan, marking it done with _SUCCESS.json last. With `groups` (clip-id group
+    files, see plan.groups) the samples are exactly those groups."""
     meta_paths, text_paths = expand_paths(metadata), expand_paths(text)
     inputs = {"metadata": _input_listing(meta_paths), "text": _input_listing(text_paths)}
-    total = sum(size for _, size in inputs["metadata"] + inputs["text"])
+    group_paths = expand_paths(groups) if groups else []
+    if groups:
+        inputs["groups"] = _input_listing(group_paths)
+    total = sum(size for _, size in inputs["metadata"] + inputs["text"] + inputs.get("groups", []))
     num_buckets = cfg.num_buckets or _auto_buckets(total)
     jobs = [("metadata", i, r) for i, p in enumerate(meta_paths) for r in iter_line_ranges(p, cfg.chunk_bytes)]
     jobs += [("text", i, r) for i, p in enumerate(text_paths) for r in iter_line_ranges(p, cfg.chunk_bytes)]
+    jobs += [("groups", i, r) for i, p in enumerate(group_paths) for r in iter_line_ranges(p, cfg.chunk_bytes)]
     _clear_plan_dir(out_dir)
     show = ThrottledPrinter(5.0, progress or to_stderr)
     mapped = {"chunks": 0, "lines": 0}
@@ -499,7 +521,7 @@ def build_plan(metadata: list[str], text: list[str], out_dir: str, cfg: PlanConf
     counts: Counter = Counter()
     by_stage: Counter = Counter()
     map_fn = partial(_map_chunk, num_buckets=num_buckets, allow_local_files=cfg.allow_local_files)
-    reduce_fn = partial(reduce_bucket, cfg=cfg, out_dir=out_dir)
+    reduce_fn = partial(reduce_bucket, cfg=cfg, out_dir=out_dir, from_groups=bool(groups))
     for finished, result in enumerate(shuffle(map_fn, list(enumerate(jobs)), reduce_fn, num_buckets, on_map), 1):
         counts.update(result["counts"])
         by_stage.update(result["failures_by_stage"])
@@ -513,7 +535,10 @@ def build_plan(metadata: list[str], text: list[str], out_dir: str, cfg: PlanConf
         dropped_short_runs=counts["dropped_short_runs"], failures_by_stage=dict(sorted(by_stage.items())),
         texts_unique=counts["texts_unique"], texts_duplicate=counts["texts_duplicate"],
         texts_unused=counts["texts_unused"], words_parsed=counts["words_parsed"],
-        words_in_samples=counts["words_in_samples"], dropped=dropped_by_reason(counts))
+        words_in_samples=counts["words_in_samples"], dropped=dropped_by_reason(counts),
+        groups_read=counts["groups_read"], groups_planned=counts["groups_planned"],
+        groups_rejected={k.split(":", 1)[1]: v for k, v in sorted(counts.items())
+                         if k.startswith("groups_rejected:")})
     record = {"summary": asdict(summary), "config": asdict(cfg), "num_buckets": num_buckets,
               "inputs": inputs}
     fs, plan_dir = _plan_fs(out_dir)
@@ -528,6 +553,10 @@ def _map_chunk(job: tuple[int, tuple[str, int, tuple[str, int, int]]], num_bucke
     task_no, (kind, file_idx, (path, start, end)) = job
     if kind == "metadata":
         return map_metadata_range(file_idx, path, start, end, num_buckets, allow_local_files, task_no)
+    if kind == "groups":
+        from lfvila_data.plan.groups import map_groups_range
+
+        return map_groups_range(file_idx, path, start, end, num_buckets, task_no)
     return map_text_range(file_idx, path, start, end, num_buckets, task_no)
 
 

@@ -18,7 +18,7 @@ from lfvila_data.plan.join import PlanConfig
 from lfvila_data.text.stage import TextOptions
 
 GROUPS = {
-    "Input and output": ["--source", "--metadata", "--text", "--input", "--output"],
+    "Input and output": ["--source", "--metadata", "--text", "--groups", "--input", "--output"],
     "Subtitles and clips": ["--lang", "--min-clip-seconds", "--max-clip-seconds", "--language-check"],
     "Speech recognition": ["--asr", "--asr-model", "--asr-language", "--asr-timestamps",
                            "--asr-batch-size", "--asr-actors", "--asr-gpu", "--asr-silence-db"],
@@ -43,7 +43,7 @@ def test_help_lists_every_option_under_its_stage():
         elif line.startswith("│") and "--" in line:
             seen[line.strip("│ *").split()[0]] = panel
     assert seen == {opt: group for group, opts in GROUPS.items() for opt in opts} | {"--help": "Options"}
-    assert sum(map(len, GROUPS.values())) == 42
+    assert sum(map(len, GROUPS.values())) == 43
 
 
 def config(*args: str):
