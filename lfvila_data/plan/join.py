@@ -111,6 +111,8 @@ DROP_REASONS = {
     "wrong_language": "a subtitle file or transcript in another language than asked",
     "rejected_group": "--groups: a clip only in groups the ledger rejects",
     "not_in_groups": "--groups: a clip in no group",
+    "unaligned_text": "a cue without word timings (or one timed word) longer than max_clip_seconds",
+    "short_clip": "a clip shorter than 3 output frames with no neighbour to join within the limits",
 }
 _DROP_UNITS = ("runs", "clips", "words", "seconds")
 

@@ -86,15 +86,18 @@ def split_by_pauses(words: list[Word], pause: float) -> list[list[Word]]:
     return groups
 
 
-def split_long(words: list[Word], max_duration: float) -> list[list[Word]]:
-    """Cut a group at its widest gap until each part lasts at most `max_duration`."""
+def split_long(words: list[Word], max_duration: float, least: float = 0.0) -> list[list[Word]]:
+    """Cut a group at its widest gap until each part lasts at most `max_duration`; cuts
+    that leave a part shorter than `least` seconds are taken only when no other exists."""
     if len(words) < 2 or words[-1].end - words[0].start <= max_duration:
         return [words]
     gaps = [words[i + 1].start - words[i].end for i in range(len(words) - 1)]
+    cuts = [i for i in range(len(gaps)) if words[i].end - words[0].start >= least
+            and words[-1].end - words[i + 1].start >= least] or range(len(gaps))
     # Widest gap wins; among equal gaps the most central cut keeps the parts balanced.
     mid = (len(words) - 2) / 2
-    cut = max(range(len(gaps)), key=lambda i: (gaps[i], -abs(i - mid))) + 1
-    return split_long(words[:cut], max_duration) + split_long(words[cut:], max_duration)
+    cut = max(cuts, key=lambda i: (gaps[i], -abs(i - mid))) + 1
+    return split_long(words[:cut], max_duration, least) + split_long(words[cut:], max_duration, least)
 
 
 def _sentence(words: list[Word]) -> Sentence:

@@ -92,14 +92,16 @@ def test_every_word_of_a_real_subtitle_file_is_accounted_for(path):
 @pytest.fixture(scope="module")
 def build(tmp_path_factory, ray_module):
     """One 36 s video whose 2.5 s cues (one clip each) make a sample of 4 clips, a tail
-    chunk of 2 and, after a 6.5 s music break, a run of 2."""
+    chunk of 2 and, after a 6.5 s music break, a run of 2; the break holds a 5.5 s cue
+    (longer than a clip may be: unaligned text), and a 0.1 s "Okay." ends the text."""
     root = tmp_path_factory.mktemp("words")
     lib = root / "library"
     lib.mkdir()
     make_timecoded_video(lib / "talk.mp4", 36, width=160, height=120)
     starts = [1, 4, 7, 10, 13, 16, 25, 28]
-    (lib / "talk.en.vtt").write_bytes(vtt([(a, a + 2.5, f"This is sentence number {i}.")
-                                           for i, a in enumerate(starts)]))
+    cues = [(a, a + 2.5, f"This is sentence number {i}.") for i, a in enumerate(starts)]
+    (lib / "talk.en.vtt").write_bytes(vtt(sorted(cues + [(19, 24.5, "Music plays on and on here."),
+                                                         (33, 33.1, "Okay.")])))
     out = root / "out"
     cfg = BuildConfig(metadata=(), text=(), output=str(out), source="local", inputs=(str(lib),),
                       text_opts=TextOptions(clip=ClipConfig(min_duration=2.0, max_duration=5.0)),
@@ -114,21 +116,24 @@ def test_build_accounts_for_every_word(build, capsys):
     plan = json.loads((out / "build.json").read_text())["plan"]
     m = pd.read_parquet(out / "manifest.parquet")
     in_manifest = sum(len(c["text"].split()) for clips in m.clips for c in clips)
-    assert plan["words_parsed"] == 40 and plan["words_in_samples"] == in_manifest == 20
+    assert plan["words_parsed"] == 47 and plan["words_in_samples"] == in_manifest == 20
     assert plan["dropped"] == {
+        "short_clip": {"runs": 0, "clips": 1, "words": 1, "hours": round(0.1 / 3600, 6)},
         "short_run": {"runs": 1, "clips": 2, "words": 10, "hours": round(5 / 3600, 6)},
         "short_tail_chunk": {"runs": 1, "clips": 2, "words": 10, "hours": round(5 / 3600, 6)},
+        "unaligned_text": {"runs": 0, "clips": 0, "words": 6, "hours": round(5.5 / 3600, 6)},
     }
     assert in_manifest + sum(d["words"] for d in plan["dropped"].values()) == plan["words_parsed"]
-    assert plan["dropped_short_runs"] == 2 and plan["clips_total"] == 8
+    assert plan["dropped_short_runs"] == 2 and plan["clips_total"] == 9
 
     # --plan-only on the same output re-plans from the text journal: the same counts, printed
     capsys.readouterr()
     again = run_build(BuildConfig(**{**cfg.__dict__, "plan_only": True}))
     printed = capsys.readouterr().out
-    assert again["words_parsed"] == 40 and again["dropped"] == plan["dropped"]
-    assert "words parsed" in printed and "40" in printed
+    assert again["words_parsed"] == 47 and again["dropped"] == plan["dropped"]
+    assert "words parsed" in printed and "47" in printed
     assert "dropped: short_run" in printed and "10 words" in printed
+    assert "dropped: unaligned_text" in printed and "dropped: short_clip" in printed
 
     got = CliRunner().invoke(app, ["stats", str(out)])
     assert got.exit_code == 0, got.output
@@ -136,3 +141,5 @@ def test_build_accounts_for_every_word(build, capsys):
     lines = {ln.split("  ", 1)[0].strip(): ln for ln in got.output.splitlines()}
     assert "10 words" in lines["planning: dropped: short_run"]
     assert "10 words" in lines["planning: dropped: short_tail_chunk"]
+    assert "6 words" in lines["planning: dropped: unaligned_text"]
+    assert "1 clips" in lines["planning: dropped: short_clip"]
