@@ -124,13 +124,15 @@ def text_options(
     lang: List[str] = typer.Option(["en"], help="Subtitle languages in order of preference; repeatable. Human-made subtitles in any of them are preferred to automatic captions.", rich_help_panel=_TEXT),
     min_clip_seconds: float = typer.Option(8.0, help="Subtitles/ASR: sentences are merged into clips of at least this length...", rich_help_panel=_TEXT),
     max_clip_seconds: float = typer.Option(20.0, help="...and at most this length.", rich_help_panel=_TEXT),
+    max_join_gap: float = typer.Option(1.5, help="Subtitles/ASR: sentences further apart than this many seconds are never in one clip.", rich_help_panel=_TEXT),
     language_check: bool = typer.Option(True, help="Reject subtitles whose text is clearly in another language than asked.", rich_help_panel=_TEXT),
 ) -> TextOptions:
     """How subtitles become clips (speech recognition and concurrency are set later)."""
     if not 0 < min_clip_seconds <= max_clip_seconds:
         _fail("--min-clip-seconds must be positive and at most --max-clip-seconds")
     return TextOptions(langs=tuple(lang), check_language=language_check,
-                       clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds))
+                       clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds,
+                                       join_gap=max_join_gap))
 
 
 def asr_options(
@@ -223,12 +225,16 @@ BUILD_OPTIONS = (input_options, text_options, asr_options, plan_options, fetch_o
 def build_config(build: BuildConfig, text: TextOptions, asr: AsrChoice, plan: tuple[PlanConfig, bool],
                  fetch: FetchConfig, cut: CutConfig, run: RunOptions) -> BuildConfig:
     """The build's settings from its option groups; settings that more than one stage
-    reads (height, audio, local files, concurrency, cut threads) are wired here."""
+    reads (height, audio, local files, concurrency, cut threads, fps) are wired here."""
     allow_local_files = fetch.allow_local_files or build.source == "local"  # local inputs are files
     plan_cfg, plan_only = plan
+    try:
+        clip = replace(text.clip, fps=cut.fps)  # the shortest clip is a number of frames
+    except ValueError as e:
+        _fail(str(e))
     return replace(
         build, plan=replace(plan_cfg, allow_local_files=allow_local_files),
-        text_opts=replace(text, asr=asr.mode, asr_config=asr.config,
+        text_opts=replace(text, clip=clip, asr=asr.mode, asr_config=asr.config,
                           concurrency=run.run.fetch_concurrency),
         task=TaskContext(output=build.output, source=build.source, workdir=run.workdir, cut=cut,
                          fetch=replace(fetch, height=cut.height, audio=cut.audio,

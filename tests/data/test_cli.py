@@ -14,12 +14,14 @@ from lfvila_data.cli import BUILD_OPTIONS, _grouped_values, app, build_config
 from lfvila_data.executor.runner import RunConfig
 from lfvila_data.media.cut import CutConfig
 from lfvila_data.media.fetch import FetchConfig
+from lfvila_data.output.fingerprint import content, fingerprint
 from lfvila_data.plan.join import PlanConfig
 from lfvila_data.text.stage import TextOptions
 
 GROUPS = {
     "Input and output": ["--source", "--metadata", "--text", "--groups", "--input", "--output"],
-    "Subtitles and clips": ["--lang", "--min-clip-seconds", "--max-clip-seconds", "--language-check"],
+    "Subtitles and clips": ["--lang", "--min-clip-seconds", "--max-clip-seconds", "--max-join-gap",
+                            "--language-check"],
     "Speech recognition": ["--asr", "--asr-model", "--asr-language", "--asr-timestamps",
                            "--asr-batch-size", "--asr-actors", "--asr-gpu", "--asr-silence-db"],
     "Planning": ["--min-clips", "--max-clips", "--max-gap", "--plan-buckets", "--plan-only"],
@@ -43,7 +45,7 @@ def test_help_lists_every_option_under_its_stage():
         elif line.startswith("│") and "--" in line:
             seen[line.strip("│ *").split()[0]] = panel
     assert seen == {opt: group for group, opts in GROUPS.items() for opt in opts} | {"--help": "Options"}
-    assert sum(map(len, GROUPS.values())) == 43
+    assert sum(map(len, GROUPS.values())) == 44
 
 
 def config(*args: str):
@@ -73,6 +75,19 @@ def test_options_reach_their_stage():
     assert cfg.text_opts.asr == "always" and cfg.text_opts.langs == ("fr", "en")
     assert (cfg.text_opts.asr_config.batch_size, cfg.text_opts.asr_config.use_gpu) == (4, False)
     assert cfg.task.workdir == "/scratch" and cfg.plan_only and cfg.task.fetch.retries == 0
+
+
+def test_clip_settings_reach_the_text_stage_and_its_fingerprint():
+    cfg = config("--max-join-gap", "3", "--fps", "6", "--max-clip-seconds", "12")
+    assert (cfg.text_opts.clip.join_gap, cfg.text_opts.clip.fps, cfg.text_opts.clip.max_duration) == \
+        (3.0, 6.0, 12.0)
+    assert cfg.text_opts.clip.shortest == 0.5  # 3 frames at 6 fps
+    # a different pause re-plans: it is a content setting of the text journal
+    assert fingerprint(content(cfg.text_opts)) != fingerprint(content(config("--fps", "6", "--max-clip-seconds",
+                                                                              "12").text_opts))
+    for bad in (["--max-join-gap", "-1"], ["--fps", "0.1"]):
+        r = CliRunner().invoke(app, ["build", *REQUIRED, *bad])
+        assert r.exit_code == 2 and "error:" in r.output, r.output
 
 
 def test_local_sources_are_local_files():
