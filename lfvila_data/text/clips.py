@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from pysbd.languages import LANGUAGE_CODES
 
+from lfvila_data.inputs import require
 from lfvila_data.plan.join import PlanConfig, count_drop, group_runs
 from lfvila_data.records import (
     Clip,
@@ -48,14 +49,12 @@ class ClipConfig:
     fps: float = 3.0  # the cutter's default --fps
 
     def __post_init__(self) -> None:
-        if not 0 < self.min_duration <= self.max_duration:
-            raise ValueError(f"need 0 < min clip seconds <= max clip seconds, got {self.min_duration}, "
-                             f"{self.max_duration}")
-        if not self.join_gap >= 0:
-            raise ValueError(f"--max-join-gap must be >= 0 seconds, got {self.join_gap}")
-        if not self.fps > 0 or self.shortest > self.max_duration:
-            raise ValueError(f"at {self.fps} fps a clip of at most {self.max_duration} s cannot hold "
-                             f"{MIN_FRAMES} frames; raise --fps or --max-clip-seconds")
+        require(0 < self.min_duration <= self.max_duration,
+                f"need 0 < min clip seconds <= max clip seconds, got {self.min_duration}, {self.max_duration}")
+        require(self.join_gap >= 0, f"--max-join-gap must be >= 0 seconds, got {self.join_gap}")
+        require(self.fps > 0 and self.shortest <= self.max_duration,
+                f"at {self.fps} fps a clip of at most {self.max_duration} s cannot hold {MIN_FRAMES} "
+                f"frames; raise --fps or --max-clip-seconds")
 
     @property
     def shortest(self) -> float:
