@@ -1,7 +1,12 @@
 """Starting or joining Ray, and what the cluster offers (for sizing pools)."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import ray
 
@@ -19,10 +24,53 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         kwargs = {"address": address, "log_to_driver": False, "logging_level": logging.WARNING}
     elif num_cpus:
         kwargs["num_cpus"] = num_cpus
-    try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise InputError(f"cannot start or reach Ray at {address or 'local'}: {e}") from e
+    if address:
+        pass_token_through()
+    with _stderr_captured() as captured:
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise InputError(_init_error(address, e, captured())) from e
+
+
+def pass_token_through() -> None:
+    """Join a cluster that uses token authentication (the default of `ray start` since Ray
+    2.59) with the token this machine holds: Ray's own driver only sends one when
+    RAY_AUTH_MODE=token is set, and otherwise retries for ~20 s before failing."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return  # the user chose; respect it
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        # Ray read its config when it was imported; this is how Ray itself makes a
+        # process see a mode set later (ray._private.authentication)
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def _init_error(address: str | None, e: BaseException, stderr: str) -> str:
+    where = address or "local"
+    if "InvalidAuthToken" in stderr or "Unauthenticated" in stderr:
+        return (f"the Ray cluster at {where} requires token authentication and refused this job's "
+                "token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token, which "
+                "`ray get-auth-token` prints on its head node")
+    return f"cannot start or reach Ray at {where}: {e}"
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator:
+    """Keep what Ray prints while it starts (C++ network warnings, the token notice, ~20
+    lines of retries against a cluster that refuses us) off the user's screen; the text
+    is kept to explain a failure in one line."""
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def cluster_resources() -> dict[str, float]:
