@@ -63,7 +63,7 @@ class ClipConfig:
 
 
 def count_words(words: list[Word]) -> int:
-    """Words as the manifest's texts count them (a cue without word timings is one Word)."""
+    """Words as the manifest's texts count them (whitespace-separated, whatever a Word holds)."""
     return sum(words_of(w.text) for w in words)
 
 
