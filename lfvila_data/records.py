@@ -155,6 +155,8 @@ class FailureCode(str, Enum):
     CUT_FAILED = "cut_failed"              # ffmpeg could not cut the sample
     TASK_CRASHED = "task_crashed"          # a worker task died (crash, bug); retried on the next run
     UNCLASSIFIED = "unclassified"          # a row written by a version before failures carried codes
+    PRIVATE_ADDRESS = "private_address"    # the URL or a redirect leads to a loopback, private or link-local address, or off http(s)
+    SLOW = "slow"                          # the server was slower than the minimum rate, or the video passed its deadline
 
 
 @dataclass(frozen=True)
