@@ -118,6 +118,15 @@ class Clip:
                  "end": relative_time(s.end, origin, limit)} for s in self.timed_sentences()]
 
 
+_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@:]+(?::[^/\s@]*)?@")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of any URL in it (`user:pass@`) replaced by `***@`:
+    URLs are input, and a ledger, manifest or log line must not pass a password on."""
+    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
 def error_line(err: BaseException) -> str:
     """An exception as one ledger-sized line: its last non-empty line (a Ray task error
     ends with the original message), else its type."""
@@ -175,6 +184,7 @@ class Failure:
     def __post_init__(self) -> None:
         # raises ValueError on a code outside the set, e.g. a reason passed where the code goes
         object.__setattr__(self, "code", FailureCode(self.code))
+        object.__setattr__(self, "reason", redact(self.reason))
 
     def to_row(self) -> dict:
         """The ledger row (FAILURE_SCHEMA) as plain values, also for JSON journals."""

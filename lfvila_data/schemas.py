@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from lfvila_data.media.guard import redact
-from lfvila_data.records import Clip, PlannedSample, TimedText, parse_clip_id
+from lfvila_data.records import Clip, PlannedSample, TimedText, parse_clip_id, redact
 
 if TYPE_CHECKING:
     from lfvila_data.media.cut import Probe

@@ -25,10 +25,9 @@ from lfvila_data.media.guard import (
     GuardLimits,
     env_allows_private,
     no_proxy_bypass,
-    redact,
     refused_host,
 )
-from lfvila_data.records import FailureCode
+from lfvila_data.records import FailureCode, redact
 
 INF = math.inf
 T = TypeVar("T")

@@ -16,6 +16,7 @@ closed and the guard keeps the verdict, which the fetcher reports instead of wha
 yt-dlp or ffmpeg made of the closed connection."""
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -26,9 +27,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Self
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from lfvila_data.records import FailureCode
+from lfvila_data.records import FailureCode, redact
 
 ALLOW_ENV = "LFVILA_ALLOW_PRIVATE_ADDRESSES"
 _HEAD_LIMIT = 64 * 1024  # bytes of a request head; more is not a request we send on
@@ -36,18 +37,12 @@ _HOP_HEADERS = {"proxy-connection", "proxy-authorization", "connection", "keep-a
 # The receive window towards servers: 2 MB/s at 60 ms round trip, a 240p stream is ~50 KB/s;
 # larger lets a server push more bytes a client then drops (ffmpeg seeks by reconnecting).
 _WINDOW = 128 * 1024
-_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@:]+(?::[^/\s@]*)?@")
 
 
 def env_allows_private() -> bool:
     """Whether the environment lets fetches reach private addresses (the test suite
     sets it: its servers listen on loopback)."""
     return os.environ.get(ALLOW_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def redact(text: str) -> str:
-    """`text` with the credentials of any URL in it (`user:pass@`) replaced by `***@`."""
-    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 def is_refused_address(ip: str) -> bool:
@@ -193,13 +188,15 @@ class Guard:
             self._track(upstream)
             with self._lock:
                 self.requests += 1
-            if method == "CONNECT" and self.limits.upstream is None:
+            kept = [ln for ln in lines[1:]
+                    if ln.split(b":", 1)[0].strip().lower().decode("latin-1") not in _HOP_HEADERS]
+            if self.limits.upstream is not None:  # the request as we got it, to the user's proxy
+                auth = _proxy_authorization(self.limits.upstream)
+                close = [] if method == "CONNECT" else [b"Connection: close"]
+                upstream.sendall(b"\r\n".join([lines[0], *kept, *auth, *close]) + b"\r\n\r\n" + rest)
+            elif method == "CONNECT":
                 client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            elif self.limits.upstream is not None:
-                upstream.sendall(head + b"\r\n\r\n" + rest)
             else:
-                kept = [ln for ln in lines[1:] if ln.split(b":", 1)[0].strip().lower().decode("latin-1")
-                        not in _HOP_HEADERS]
                 first = f"{method} {origin} {version}".encode("latin-1")
                 upstream.sendall(b"\r\n".join([first, *kept, b"Connection: close"]) + b"\r\n\r\n" + rest)
             threading.Thread(target=_copy, args=(client, upstream), daemon=True).start()
@@ -328,6 +325,15 @@ def _target(method: str, target: str) -> tuple[str | None, int, str]:
     if parts.scheme != "http" or not parts.hostname:
         return None, 0, ""
     return parts.hostname, parts.port or 80, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _proxy_authorization(proxy: str) -> list[bytes]:
+    """The header that logs in to the user's proxy, from credentials in its URL."""
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return []
+    token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+    return [f"Proxy-Authorization: Basic {token}".encode()]
 
 
 def _reply(client: socket.socket, status: int, reason: str) -> None:

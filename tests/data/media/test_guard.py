@@ -16,8 +16,8 @@ import pytest
 from lfvila_data.localserver import MediaServer
 from lfvila_data.media.cut import Probe
 from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError
-from lfvila_data.media.guard import ALLOW_ENV, is_refused_address, redact
-from lfvila_data.records import Clip, FailureCode, PlannedSample
+from lfvila_data.media.guard import ALLOW_ENV, Guard, GuardLimits, is_refused_address
+from lfvila_data.records import Clip, Failure, FailureCode, PlannedSample, redact
 from lfvila_data.schemas import manifest_row
 from tests.support.media import make_timecoded_video
 
@@ -153,11 +153,17 @@ def test_credentials_never_reach_errors_or_the_manifest(media, tmp_path):
     with pytest.raises(FetchError) as e:
         Fetcher(FetchConfig(retries=0), tmp_path)("v", url, [(1, 3)])
     assert "s3cret" not in e.value.reason and "s3cret" not in str(e.value)
+    with HostileServer() as srv, pytest.raises(FetchError) as e:  # yt-dlp names the redirect target
+        Fetcher(FetchConfig(retries=0), tmp_path)("v", srv.url("to?file://alice:s3cret@localhost/x.mp4"), [(1, 3)])
+    assert "s3cret" not in str(e.value) and "file://***@localhost" in e.value.reason
     assert redact("see https://u:p@h.example/x and http://tok@h/y") == "see https://***@h.example/x and http://***@h/y"
     sample = PlannedSample("v_00001_00001", "v", "https://alice:s3cret@h.example/v.mp4", 0.0, 2.0,
                            (Clip("v.1.mp4", 1, 0.0, 2.0, "hi"),))
     row = manifest_row(sample, "videos/v.mp4", Probe(0.0, 2.0, 160, 120, "h264", 3.0, False, 6), 10, "hdvila")
     assert row["url"] == "https://***@h.example/v.mp4"
+    # any ledger row, e.g. a metadata line quoting its URL
+    fail = Failure("v", None, "metadata", FailureCode.BAD_URL, "'url' 'ftp://alice:s3cret@h/v.mp4' is not http(s)")
+    assert "s3cret" not in str(fail.to_row()) and "ftp://***@h/v.mp4" in fail.reason
 
 
 def test_endless_stream_without_length_stops_at_the_size_cap(tmp_path):
@@ -203,3 +209,16 @@ def test_endless_page_is_bounded_by_the_page_budget(tmp_path):
         sent, requests = srv.bytes_sent["page"], srv.requests["page"]
     assert e.value.code is FailureCode.TOO_LARGE and e.value.permanent and "page" in e.value.reason
     assert requests == 1 and sent < 3 * budget
+
+
+def test_the_users_proxy_is_used_after_the_check(media, tmp_path, refusing):
+    """--proxy: the guard checks the host, then goes through the user's proxy (here a
+    second guard that allows everything, standing in for a corporate proxy)."""
+    with Guard(GuardLimits(allow_private=True)) as users_proxy:
+        with pytest.raises(FetchError) as e:
+            Fetcher(FetchConfig(proxy=users_proxy.url, retries=0), tmp_path)("v", media.url("v.mp4"), [(1, 3)])
+        assert e.value.code is FailureCode.PRIVATE_ADDRESS and users_proxy.requests == 0
+        media.requests.clear()
+        cfg = FetchConfig(proxy=users_proxy.url, allowed_networks=("127.0.0.1/32",))
+        got = Fetcher(cfg, tmp_path)("v", media.url("v.mp4"), [(1, 3)])
+        assert got.sections and users_proxy.requests >= 2 and media.requests["v.mp4"] >= 1
