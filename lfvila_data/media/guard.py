@@ -71,8 +71,12 @@ def refused_host(url: str, allowed: tuple[str, ...] = ()) -> str | None:
     except OSError:
         return None  # the tool reading it will fail to resolve it too
     bad = [i[4][0] for i in infos if is_refused_address(i[4][0]) and not _allowed(i[4][0], allowed)]
-    return None if not bad else (f"refused to fetch from {host} ({bad[0]}): a loopback, private or "
-                                 "link-local address (--allow-private-addresses to allow)")
+    return _refusal(host, bad[0]) if bad else None
+
+
+def _refusal(host: str, ip: str) -> str:
+    return (f"refused to fetch from {host} ({ip}): a loopback, private or link-local address "
+            "(--allow-private-addresses to allow)")
 
 
 @dataclass(frozen=True)
@@ -217,8 +221,7 @@ class Guard:
             bad = [a[0] for a in addresses
                    if is_refused_address(a[0]) and not _allowed(a[0], self.limits.allowed_networks)]
             if bad:
-                raise _Refused(f"refused to fetch from {host} ({bad[0]}): a loopback, private or "
-                               "link-local address (--allow-private-addresses to allow)")
+                raise _Refused(_refusal(host, bad[0]))
         if self.limits.upstream is not None:
             proxy = urlsplit(self.limits.upstream)
             return socket.create_connection((proxy.hostname, proxy.port or 80), self.limits.connect_timeout)
