@@ -363,12 +363,24 @@ def _shut(sock: socket.socket) -> None:
         pass
 
 
+_HIDDEN: dict[str, str] = {}
+_hiding = [0, threading.Lock()]  # fetches running in this process; the lock guards both
+
+
 @contextmanager
 def no_proxy_bypass() -> Iterator[None]:
-    """Hide `no_proxy` while a fetch runs: ffmpeg honours it, so a host listed there
-    (typically localhost) would be reached directly, around the guard."""
-    saved = {k: os.environ.pop(k) for k in ("no_proxy", "NO_PROXY") if k in os.environ}
+    """Hide `no_proxy` while fetches run: ffmpeg honours it, so a host listed there
+    (typically localhost) would be reached directly, around the guard. Restored when the
+    last concurrent fetch of the process ends (others, e.g. Ray's gRPC, may need it)."""
+    with _hiding[1]:
+        if _hiding[0] == 0:
+            _HIDDEN.update({k: os.environ.pop(k) for k in ("no_proxy", "NO_PROXY") if k in os.environ})
+        _hiding[0] += 1
     try:
         yield
     finally:
-        os.environ.update(saved)
+        with _hiding[1]:
+            _hiding[0] -= 1
+            if _hiding[0] == 0:
+                os.environ.update(_HIDDEN)
+                _HIDDEN.clear()

@@ -4,6 +4,7 @@ that reached them), credentials kept out of errors and the manifest, and every d
 bounded in bytes, time and rate."""
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -110,14 +111,16 @@ def test_address_classes():
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-def test_loopback_is_refused_and_never_requested(media, tmp_path, refusing, host):
+def test_loopback_is_refused_and_never_requested(media, tmp_path, refusing, monkeypatch, host):
     media.requests.clear()
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # would send ffmpeg around the guard
     url = media.url("v.mp4").replace("127.0.0.1", host)
     with pytest.raises(FetchError) as e:
         Fetcher(FetchConfig(retries=2, backoff=0.05), tmp_path)("v", url, [(1, 3)])
     assert e.value.code is FailureCode.PRIVATE_ADDRESS and e.value.permanent
     assert "--allow-private-addresses" in e.value.reason
     assert media.requests["v.mp4"] == 0  # refused before any connection, not retried
+    assert os.environ["no_proxy"] == "127.0.0.1,localhost"  # hidden only while fetching
 
 
 def test_redirect_to_a_refused_address_is_refused_after_the_allowed_hop(media, tmp_path, refusing):
