@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import ipaddress
 import sys
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -16,6 +17,7 @@ from lfvila_data.executor.runner import RunConfig
 from lfvila_data.inputs import InputError, storage_problem
 from lfvila_data.media.cut import CutConfig
 from lfvila_data.media.fetch import FetchConfig
+from lfvila_data.media.guard import ALLOW_ENV
 from lfvila_data.media.task import TaskContext
 from lfvila_data.plan.join import PlanConfig
 from lfvila_data.text.clips import ClipConfig
@@ -178,13 +180,33 @@ def fetch_options(
     max_filesize: int = typer.Option(2 * 1024**3, help="Size cap of one download in bytes.", rich_help_panel=_FETCH),
     socket_timeout: float = typer.Option(20.0, help="Network timeout in seconds.", rich_help_panel=_FETCH),
     retries: int = typer.Option(3, help="Retries of a transient download error (with backoff).", rich_help_panel=_FETCH),
+    allow_private_addresses: bool = typer.Option(False, envvar=ALLOW_ENV, help="Fetch from loopback, private and link-local addresses too (refused by default: URLs are third-party input).", rich_help_panel=_FETCH),
+    allow_network: Optional[List[str]] = typer.Option(None, help="A private network (CIDR) fetched from all the same, e.g. an internal mirror; repeatable.", rich_help_panel=_FETCH),
+    max_page_bytes: int = typer.Option(32 * 1024**2, help="Bytes yt-dlp may read for a video's metadata (a page that is not a video stops here).", rich_help_panel=_FETCH),
+    fetch_deadline: float = typer.Option(1800.0, help="Seconds one video may spend downloading, retries included.", rich_help_panel=_FETCH),
+    min_rate: int = typer.Option(10_000, help="Bytes/s below which (for --slow-window seconds) a download stops as slow.", rich_help_panel=_FETCH),
+    slow_window: float = typer.Option(60.0, help="Seconds over which --min-rate is measured.", rich_help_panel=_FETCH),
 ) -> FetchConfig:
     """Download settings (height and audio come from the cutting group)."""
     if cookies is not None and not cookies.is_file():
         _fail(f"cookies file not found: {cookies}")
+    if proxy is not None and "://" not in proxy:
+        proxy = f"http://{proxy}"
+    if proxy is not None and not proxy.startswith("http://"):
+        _fail(f"--proxy must be an http:// proxy (downloads pass the address guard first), got {proxy!r}")
+    for net in allow_network or []:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            _fail(f"--allow-network must be a network like 10.0.0.0/8, got {net!r}")
+    if fetch_deadline <= 0 or slow_window <= 0 or min_rate < 0 or max_page_bytes <= 0:
+        _fail("--fetch-deadline, --slow-window and --max-page-bytes must be positive, --min-rate not negative")
     return FetchConfig(sections=sections, margin=margin, socket_timeout=socket_timeout, retries=retries,
                        max_filesize=max_filesize, cookies=str(cookies) if cookies else None,
-                       proxy=proxy, rate_limit=rate_limit, allow_local_files=allow_local_files)
+                       proxy=proxy, rate_limit=rate_limit, allow_local_files=allow_local_files,
+                       allow_private_addresses=allow_private_addresses, max_page_bytes=max_page_bytes,
+                       deadline=fetch_deadline, min_rate=min_rate, slow_window=slow_window,
+                       allowed_networks=tuple(allow_network or ()))
 
 
 def cut_options(
@@ -389,7 +411,7 @@ def demo(
             run_build(BuildConfig(
                 metadata=(str(meta),), text=(str(text),), output=output,
                 plan=PlanConfig(max_clips=max_clips),
-                task=TaskContext(output=output, fetch=FetchConfig(retries=1))))
+                task=TaskContext(output=output, fetch=FetchConfig(retries=1, allow_private_addresses=True))))
         shards = f"{output.rstrip('/')}/shards"
         stats = run_shard([output], shards, ShardConfig(val_count=2, samples_per_shard=4), write=RayTasks())
         print_summary(f"shards in {shards}", [

@@ -118,6 +118,15 @@ class Clip:
                  "end": relative_time(s.end, origin, limit)} for s in self.timed_sentences()]
 
 
+_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@:]+(?::[^/\s@]*)?@")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of any URL in it (`user:pass@`) replaced by `***@`:
+    URLs are input, and a ledger, manifest or log line must not pass a password on."""
+    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
 def error_line(err: BaseException) -> str:
     """An exception as one ledger-sized line: its last non-empty line (a Ray task error
     ends with the original message), else its type."""
@@ -159,6 +168,8 @@ class FailureCode(str, Enum):
     MIXED_VIDEOS = "mixed_videos"          # --groups: a group holds clips of several videos (group dropped)
     CLIPS_OUT_OF_ORDER = "clips_out_of_order"  # --groups: clip numbers in a group do not increase (dropped)
     CLIP_IN_TWO_GROUPS = "clip_in_two_groups"  # --groups: a clip already in an earlier group (later one dropped)
+    PRIVATE_ADDRESS = "private_address"    # the URL or a redirect leads to a loopback, private or link-local address, or off http(s)
+    SLOW = "slow"                          # the server was slower than the minimum rate, or the video passed its deadline
 
 
 @dataclass(frozen=True)
@@ -177,6 +188,7 @@ class Failure:
     def __post_init__(self) -> None:
         # raises ValueError on a code outside the set, e.g. a reason passed where the code goes
         object.__setattr__(self, "code", FailureCode(self.code))
+        object.__setattr__(self, "reason", redact(self.reason))
 
     def to_row(self) -> dict:
         """The ledger row (FAILURE_SCHEMA) as plain values, also for JSON journals."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from lfvila_data.records import Clip, PlannedSample, TimedText, parse_clip_id
+from lfvila_data.records import Clip, PlannedSample, TimedText, parse_clip_id, redact
 
 if TYPE_CHECKING:
     from lfvila_data.media.cut import Probe
@@ -81,7 +81,7 @@ def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, sourc
     """One manifest row (MANIFEST_SCHEMA); built the same way for fresh cuts and for
     files found on rerun. Times stay source times."""
     return {
-        "key": sample.key, "video_id": sample.video_id, "url": sample.url, "source": source,
+        "key": sample.key, "video_id": sample.video_id, "url": redact(sample.url), "source": source,
         "start": sample.start, "end": sample.end, "n_clips": len(sample.clips),
         "clips": [{"clip_id": c.clip_id, "start": c.start, "end": c.end, "text": c.text,
                    "sentences": c.sentence_rows()} for c in sample.clips],

@@ -11,6 +11,11 @@ from tests.support import netguard
 
 NETWORK = netguard.isolate()
 
+# every test server listens on loopback, which fetches refuse by default (guard.py); set
+# before anything builds a FetchConfig or starts Ray, whose workers inherit it. The
+# refusal tests unset it.
+os.environ["LFVILA_ALLOW_PRIVATE_ADDRESSES"] = "1"
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 

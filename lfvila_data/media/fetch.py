@@ -5,7 +5,10 @@ Section downloads go through ffmpeg with `-copyts`, so a section file keeps sour
 timestamps and the cut stage can select spans by source time whatever keyframe the
 section starts at. One `YoutubeDL.extract_info` per attempt: one metadata request per
 video. The Python API never reads yt-dlp config files, and we add no post-processor
-(so no `--exec`)."""
+(so no `--exec`).
+
+yt-dlp, ffmpeg and ffprobe reach the network only through a `guard.Guard` (their proxy):
+it refuses private addresses on every hop and bounds the bytes, time and rate of a video."""
 from __future__ import annotations
 
 import math
@@ -17,7 +20,14 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import unquote, urlparse
 
-from lfvila_data.records import FailureCode
+from lfvila_data.media.guard import (
+    Guard,
+    GuardLimits,
+    env_allows_private,
+    no_proxy_bypass,
+    refused_host,
+)
+from lfvila_data.records import FailureCode, redact
 
 INF = math.inf
 T = TypeVar("T")
@@ -56,6 +66,7 @@ class FetchError(Exception):
     `code` (by default read from the message) why, for the ledger."""
 
     def __init__(self, reason: str, permanent: bool, code: FailureCode | None = None):
+        reason = redact(reason)  # a URL's user:pass@ never reaches the ledger or a log
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
@@ -79,6 +90,22 @@ class FetchConfig:
     proxy: str | None = None
     rate_limit: int | None = None  # bytes/s, whole-file downloads only
     allow_local_files: bool = False
+    # third-party URLs must not reach loopback, private or link-local addresses; the
+    # default also follows LFVILA_ALLOW_PRIVATE_ADDRESSES (the test suite's servers are local)
+    allow_private_addresses: bool = field(default_factory=env_allows_private)
+    max_page_bytes: int = 32 * 1024**2  # bytes yt-dlp may read for metadata (an endless page stops here)
+    deadline: float = 1800.0     # seconds one video may spend downloading, retries included
+    min_rate: int = 10_000       # bytes/s below which, for slow_window seconds, a download stops
+    slow_window: float = 60.0
+    allowed_networks: tuple[str, ...] = ()  # CIDRs fetched from even when private (an internal mirror)
+
+    def guard_limits(self) -> GuardLimits:
+        """The guard's bounds; a --rate-limit below the minimum rate lowers the minimum."""
+        min_rate = min(self.min_rate, self.rate_limit / 2) if self.rate_limit else self.min_rate
+        return GuardLimits(allow_private=self.allow_private_addresses, page_bytes=self.max_page_bytes,
+                           file_bytes=self.max_filesize, deadline=self.deadline, min_rate=min_rate,
+                           slow_window=self.slow_window, connect_timeout=self.socket_timeout,
+                           upstream=self.proxy, allowed_networks=self.allowed_networks)
 
 
 @dataclass(frozen=True)
@@ -115,13 +142,14 @@ def section_spans(spans: list[tuple[float, float]], margin: float,
 
 def with_retries(call: Callable[[], T], cfg: FetchConfig) -> T:
     """`call()` until it succeeds, fails for good, or `cfg.retries` retries with doubling
-    backoff are spent; a transient error that outlasted them says how many attempts."""
+    backoff are spent; a transient error that outlasted them says how many attempts. A slow
+    server is not retried now: the attempt already spent its time (a later run retries)."""
     delay = cfg.backoff
     for attempt in range(cfg.retries + 1):
         try:
             return call()
         except FetchError as e:
-            if e.permanent or attempt == cfg.retries:
+            if e.permanent or e.code is FailureCode.SLOW or attempt == cfg.retries:
                 if not e.permanent and attempt:
                     e.reason += f" (after {attempt + 1} attempts)"
                 raise
@@ -178,7 +206,7 @@ class Fetcher:
         self.cfg = cfg
         self.workdir = Path(workdir)
 
-    def params(self, target: Path, spans: list[tuple[float, float]] | None, log: _Log) -> dict:
+    def params(self, target: Path, spans: list[tuple[float, float]] | None, log: _Log, guard: Guard) -> dict:
         from yt_dlp.utils import download_range_func
 
         cfg = self.cfg
@@ -191,10 +219,11 @@ class Fetcher:
             "overwrites": True, "continuedl": False, "fixup": "never",
             "postprocessors": [], "max_filesize": cfg.max_filesize,
             "merge_output_format": "mkv", "check_formats": False,
+            "proxy": guard.url,  # yt-dlp, and ffmpeg through http_proxy (see guard.py)
             "external_downloader_args": {
                 # ffmpeg reads only the remote media, never local files or playlists of
                 # other protocols; keeps source timestamps; stops at the size cap.
-                "ffmpeg_i": ["-protocol_whitelist", "http,https,tcp,tls,crypto",
+                "ffmpeg_i": ["-protocol_whitelist", _NETWORK_PROTOCOLS,
                              "-rw_timeout", str(int(cfg.socket_timeout * 1e6))],
                 "ffmpeg_o": ["-copyts", "-fs", str(cfg.max_filesize)],
             },
@@ -206,8 +235,6 @@ class Fetcher:
             p["outtmpl"] = {"default": str(target / "full.%(ext)s")}
         if cfg.cookies:
             p["cookiefile"] = cfg.cookies
-        if cfg.proxy:
-            p["proxy"] = cfg.proxy
         if cfg.rate_limit:
             p["ratelimit"] = cfg.rate_limit
         return p
@@ -228,16 +255,18 @@ class Fetcher:
         wanted = section_spans(spans, self.cfg.margin, self.cfg.merge_gap) if self.cfg.sections else None
         target = self.workdir / video_id
 
-        def attempt() -> Fetched:
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True, exist_ok=True)
-            return self._download(url, target, wanted)
+        with Guard(self.cfg.guard_limits()) as guard, no_proxy_bypass():
+            def attempt() -> Fetched:
+                guard.attempt()
+                shutil.rmtree(target, ignore_errors=True)
+                target.mkdir(parents=True, exist_ok=True)
+                return self._download(url, target, wanted, guard)
 
-        try:
-            return with_retries(attempt, self.cfg)
-        except FetchError:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
+            try:
+                return with_retries(attempt, self.cfg)
+            except FetchError:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
 
     def media_url(self, url: str) -> str:
         """What ffmpeg should read for the audio of `url`: the file itself for local
@@ -252,33 +281,47 @@ class Fetcher:
                                  FailureCode.BAD_URL)
             return str(local)
         log = _Log()
-        params = self.params(self.workdir, None, log) | {"format": "ba/wa*/b/w", "format_sort": []}
-        try:
-            with yt_dlp.YoutubeDL(params) as ydl:
-                info = ydl.extract_info(url, download=False)
-        except yt_dlp.utils.DownloadError as e:
-            msg = _clean(log.errors[-1] if log.errors else str(e))
-            raise FetchError(msg, is_permanent(msg)) from None
+        with Guard(self.cfg.guard_limits()) as guard, no_proxy_bypass():
+            params = self.params(self.workdir, None, log, guard) | {"format": "ba/wa*/b/w", "format_sort": []}
+            try:
+                with yt_dlp.YoutubeDL(params) as ydl:
+                    info = ydl.extract_info(url, download=False)
+            except yt_dlp.utils.DownloadError as e:
+                raise guard_error(guard) or download_error(log, e) from None
+            raise_verdict(guard)
         urls = _media_urls(info)
         if not urls:
             raise FetchError("yt-dlp found no playable audio or video format", True,
                              FailureCode.NOT_A_VIDEO)
-        return urls[-1]  # with separate streams the audio one comes last
+        media = urls[-1]  # with separate streams the audio one comes last
+        # ffmpeg reads it later, without the guard: check its scheme and host here
+        if urlparse(media).scheme not in ("http", "https"):
+            raise FetchError(f"the media URL is not http(s): {media[:80]!r}", True, FailureCode.PRIVATE_ADDRESS)
+        why = None if self.cfg.allow_private_addresses else refused_host(media, self.allowed_networks)
+        if why:
+            raise FetchError(why, True, FailureCode.PRIVATE_ADDRESS)
+        return media
 
-    def _download(self, url: str, target: Path, wanted: list[tuple[float, float]] | None) -> Fetched:
+    def _download(self, url: str, target: Path, wanted: list[tuple[float, float]] | None,
+                  guard: Guard) -> Fetched:
         import yt_dlp
 
         log = _Log()
         info = None
         try:
-            with yt_dlp.YoutubeDL(self.params(target, wanted, log)) as ydl:
+            with yt_dlp.YoutubeDL(self.params(target, wanted, log, guard)) as ydl:
                 info = ydl.extract_info(url, download=False)  # the one metadata request
+                guard.downloading()
                 info = ydl.process_ie_result(info, download=True)
         except yt_dlp.utils.DownloadError as e:
-            msg = _clean(log.errors[-1] if log.errors else str(e))
-            if "ffmpeg exited" in msg and info is not None:
-                msg = self._diagnose(info) or msg
-            raise FetchError(msg, is_permanent(msg)) from None
+            error = guard_error(guard) or download_error(log, e)
+            if "ffmpeg exited" in error.reason and info is not None:
+                msg = self._diagnose(info, guard) or error.reason
+                error = guard_error(guard) or FetchError(msg, is_permanent(msg))
+            raise error from None
+        except yt_dlp.utils.YoutubeDLError as e:  # a request yt-dlp refused to make, e.g. a redirect to file://
+            raise guard_error(guard) or download_error(log, e) from None
+        raise_verdict(guard)  # a connection the guard closed can look like a finished download
         if info is None:
             raise FetchError("yt-dlp returned no information", False)
         downloads = info.get("requested_downloads") or []
@@ -299,7 +342,7 @@ class Fetcher:
             raise FetchError("nothing was downloaded (format not available?)", False)
         return Fetched(sorted(sections, key=lambda s: s.start), total)
 
-    def _diagnose(self, info: dict) -> str | None:
+    def _diagnose(self, info: dict, guard: Guard) -> str | None:
         """Why ffmpeg could not read the media: ask ffprobe, so the ledger says
         "not a video" rather than "ffmpeg exited with code 1"."""
         import subprocess
@@ -307,10 +350,11 @@ class Fetcher:
         for media_url in _media_urls(info):
             try:
                 res = subprocess.run(
-                    ["ffprobe", "-v", "error", "-protocol_whitelist", "http,https,tcp,tls,crypto",
-                     "-rw_timeout", str(int(self.cfg.socket_timeout * 1e6)),
+                    ["ffprobe", "-v", "error", "-protocol_whitelist", _NETWORK_PROTOCOLS,
+                     "-http_proxy", guard.url, "-rw_timeout", str(int(self.cfg.socket_timeout * 1e6)),
                      "-show_entries", "stream=codec_type", "-of", "csv=p=0", media_url],
-                    capture_output=True, timeout=self.cfg.socket_timeout * 3, stdin=subprocess.DEVNULL)
+                    capture_output=True, timeout=self.cfg.socket_timeout * 3, stdin=subprocess.DEVNULL,
+                    check=False)
             except subprocess.TimeoutExpired:
                 return None
             err = res.stderr.decode("utf-8", "replace").strip().splitlines()
@@ -322,6 +366,40 @@ class Fetcher:
             if res.returncode == 0 and b"video" not in res.stdout:
                 return "the URL does not serve a readable video: no video stream found"
         return None
+
+
+# ffmpeg's network protocols; httpproxy is how https reaches the guard (a CONNECT tunnel)
+_NETWORK_PROTOCOLS = "http,https,tcp,tls,crypto,httpproxy"
+
+
+def guard_error(guard: Guard) -> FetchError | None:
+    """The guard's verdict as the error to report, when it stopped the download: the
+    closed connection yt-dlp or ffmpeg saw says nothing of why."""
+    v = guard.verdict
+    return None if v is None else FetchError(v.reason, v.permanent, v.code)
+
+
+def raise_verdict(guard: Guard) -> None:
+    """Raise the guard's verdict, if it has one."""
+    error = guard_error(guard)
+    if error is not None:
+        raise error
+
+
+def download_error(log: _Log, e: Exception) -> FetchError:
+    """A yt-dlp error as a FetchError, classed by its message; a request for another
+    scheme than http(s) (a redirect to file://) is a permanent refusal."""
+    msg = _clean(log.errors[-1] if log.errors else str(e))
+    other = _OTHER_SCHEME.search(msg)
+    if other:
+        return FetchError(f"refused a redirect to a {other.group(1)}: URL (only http(s) is fetched): {msg}",
+                          True, FailureCode.PRIVATE_ADDRESS)
+    return FetchError(msg, is_permanent(msg))
+
+
+# what yt-dlp says of a URL whose scheme it has no handler for
+_OTHER_SCHEME = re.compile(r"(?:No connection adapters were found for|Unsupported url scheme:?|"
+                           r"Redirection to url)\W*(?!https?\b)([a-z][a-z0-9+.-]*)\b", re.IGNORECASE)
 
 
 def _media_urls(info: dict) -> list[str]:

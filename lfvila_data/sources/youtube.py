@@ -15,7 +15,17 @@ from urllib.parse import parse_qs, urlparse
 import fsspec
 
 from lfvila_data.inputs import InputError, expand_paths
-from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError, _clean, _Log, is_permanent
+from lfvila_data.media.fetch import (
+    FetchConfig,
+    Fetcher,
+    FetchError,
+    _clean,
+    _Log,
+    guard_error,
+    is_permanent,
+    raise_verdict,
+)
+from lfvila_data.media.guard import Guard, no_proxy_bypass
 from lfvila_data.records import Failure, FailureCode, Stage, is_safe_video_id
 
 _YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -195,11 +205,25 @@ def available_tracks(info: dict) -> tuple[str, ...]:
 
 def fetch_subtitles(ref: VideoRef, cfg: FetchConfig, langs: list[str]) -> VideoText:
     """yt-dlp's metadata for the video (one request), then the chosen subtitle file;
-    raises FetchError (permanent or not) like the video fetch does."""
+    raises FetchError (permanent or not) like the video fetch does. Through the fetch
+    guard, like every download."""
+    log = _Log()
+    with Guard(cfg.guard_limits()) as guard, no_proxy_bypass():
+        try:
+            info, track, data = _metadata_and_subtitles(ref, Fetcher(cfg, Path(".")), log, guard, langs)
+        except FetchError as e:  # a connection the guard closed: its verdict says why
+            raise (guard_error(guard) or e) from None
+        raise_verdict(guard)
+    duration = info.get("duration")
+    return VideoText(ref, float(duration) if isinstance(duration, (int, float)) else None,
+                     track, data, available_tracks(info))
+
+
+def _metadata_and_subtitles(ref: VideoRef, fetcher: Fetcher, log: _Log, guard: Guard,
+                            langs: list[str]) -> tuple[dict, SubtitleTrack | None, bytes | None]:
     import yt_dlp
 
-    log = _Log()
-    params = Fetcher(cfg, Path(".")).params(Path("."), None, log) | {"skip_download": True}
+    params = fetcher.params(Path("."), None, log, guard) | {"skip_download": True}
     try:
         with yt_dlp.YoutubeDL(params) as ydl:
             info = ydl.extract_info(ref.url, download=False, process=False)
@@ -220,6 +244,4 @@ def fetch_subtitles(ref: VideoRef, cfg: FetchConfig, langs: list[str]) -> VideoT
     except (OSError, yt_dlp.utils.YoutubeDLError) as e:  # the subtitle request itself
         msg = _clean(str(e))
         raise FetchError(f"subtitle download failed: {msg}", is_permanent(msg)) from None
-    duration = info.get("duration")
-    return VideoText(ref, float(duration) if isinstance(duration, (int, float)) else None,
-                     track, data, available_tracks(info))
+    return info, track, data

@@ -26,7 +26,9 @@ GROUPS = {
                            "--asr-batch-size", "--asr-actors", "--asr-gpu", "--asr-silence-db"],
     "Planning": ["--min-clips", "--max-clips", "--max-gap", "--plan-buckets", "--plan-only"],
     "Download": ["--sections", "--margin", "--allow-local-files", "--cookies", "--proxy",
-                 "--rate-limit", "--max-filesize", "--socket-timeout", "--retries"],
+                 "--rate-limit", "--max-filesize", "--socket-timeout", "--retries",
+                 "--allow-private-addresses", "--allow-network", "--max-page-bytes", "--fetch-deadline",
+                 "--min-rate", "--slow-window"],
     "Cutting": ["--fps", "--height", "--copy", "--audio", "--cut-threads", "--x264-preset"],
     "Running": ["--download-concurrency", "--cut-concurrency", "--ray-address", "--retry-failed",
                 "--workdir"],
@@ -45,7 +47,7 @@ def test_help_lists_every_option_under_its_stage():
         elif line.startswith("│") and "--" in line:
             seen[line.strip("│ *").split()[0]] = panel
     assert seen == {opt: group for group, opts in GROUPS.items() for opt in opts} | {"--help": "Options"}
-    assert sum(map(len, GROUPS.values())) == 44
+    assert sum(map(len, GROUPS.values())) == 50
 
 
 def config(*args: str):
@@ -102,7 +104,22 @@ def test_local_sources_are_local_files():
     (["--min-clips", "0"], "need 1 <= min_clips <= max_clips"),
     (["--min-clip-seconds", "30"], "--min-clip-seconds must be positive and at most --max-clip-seconds"),
     (["--asr-timestamps", "char"], "--asr-timestamps must be 'word' or 'segment'"),
+    (["--proxy", "socks5://127.0.0.1:1080"], "--proxy must be an http:// proxy"),
+    (["--allow-network", "intranet"], "--allow-network must be a network like 10.0.0.0/8"),
 ])
 def test_bad_values_are_one_line_errors(args, message):
     r = CliRunner().invoke(app, ["build", *REQUIRED, *args])
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
+def test_fetch_guard_options_reach_the_fetch_config(monkeypatch):
+    cfg = config("--allow-network", "10.1.0.0/16", "--max-page-bytes", "1000", "--fetch-deadline", "90",
+                 "--min-rate", "500", "--slow-window", "5", "--proxy", "127.0.0.1:3128")
+    f = cfg.task.fetch
+    assert (f.allowed_networks, f.max_page_bytes, f.deadline, f.min_rate, f.slow_window, f.proxy) == \
+        (("10.1.0.0/16",), 1000, 90.0, 500, 5.0, "http://127.0.0.1:3128")
+    # the test session allows private addresses through the environment (conftest.py)
+    assert f.allow_private_addresses
+    monkeypatch.delenv("LFVILA_ALLOW_PRIVATE_ADDRESSES")
+    assert not config().task.fetch.allow_private_addresses and not FetchConfig().allow_private_addresses
+    assert config("--allow-private-addresses").task.fetch.allow_private_addresses

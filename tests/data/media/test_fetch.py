@@ -67,8 +67,10 @@ def test_sections_keep_source_time_and_save_bytes(served, tmp_path, name):
     assert got.bytes == sum(Path(s.path).stat().st_size for s in got.sections)
     assert got.bytes < 0.3 * size
     if name.endswith(".mp4"):  # only ranges went over the wire (WebM's extra seeks to its
-        # index cost a fixed ~100 KB per dropped connection: too much for a 1 MB file)
-        assert served.bytes_sent[name] < 0.6 * size
+        # index cost a fixed ~100 KB per dropped connection: too much for a 1 MB file), less
+        # than one whole file over its three connections; each connection ffmpeg drops after
+        # a seek also wastes what the fetch guard's receive window (128 KB) held
+        assert served.bytes_sent[name] < size
 
 
 def test_full_download_when_sections_off(served, tmp_path):
