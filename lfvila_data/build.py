@@ -6,6 +6,7 @@ unchanged, videos the journal records as finished are skipped, and sample files 
 on disk are reused instead of being downloaded and cut again."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,7 @@ class BuildConfig:
     plan_only: bool = False
     retry_failed: bool = False
     ray_address: str | None = None
+    rebuild: bool = False  # redo the samples when their settings changed (else refused)
 
     def task_context(self) -> TaskContext:
         """What every fetch and cut task gets (defaults unless `task` is given)."""
@@ -154,7 +156,80 @@ def preflight(cfg: BuildConfig) -> OutputDir:
             raise InputError(str(e)) from None
     out = OutputDir(cfg.output)
     check_output(out)
+    if not cfg.plan_only:
+        check_media_settings(out, cfg)
     return out
+
+
+MEDIA_SETTINGS = "_media/SETTINGS.json"
+# the build option that sets each setting a sample file depends on, for the refusal
+_FLAGS = {"preset": "--x264-preset", "crf": "crf"}
+
+
+def media_settings(task: TaskContext) -> dict:
+    """What every sample file depends on: the content fields of fetch and cut."""
+    return {"cut": content(task.cut), "fetch": content(task.fetch)}
+
+
+def recorded_media_settings(out: OutputDir) -> dict | None:
+    """The settings the sample files on disk were made with: the marker, or build.json
+    for an output made before there was one (None: no files were made yet)."""
+    for rel in (MEDIA_SETTINGS, "build.json"):
+        if out.exists(rel):
+            record = json.loads(out.fs.cat_file(out.path(rel)))
+            return {k: record.get(k) or {} for k in ("cut", "fetch")}
+    return None
+
+
+def _flag(name: str, value: object) -> str:
+    flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
+def media_setting_changes(have: dict, want: dict) -> list[tuple[str, str]]:
+    """(old, new) of each setting that differs, as build options; one per option (fetch
+    height and audio are set by the same flags as cut's)."""
+    changes: dict[str, tuple[str, str]] = {}
+    for stage in ("cut", "fetch"):
+        for name, new in want[stage].items():
+            old = have.get(stage, {}).get(name, new)  # a setting older builds did not record
+            if old != new and name not in changes:
+                changes[name] = (_flag(name, old), _flag(name, new))
+    return list(changes.values())
+
+
+def check_media_settings(out: OutputDir, cfg: BuildConfig) -> list[tuple[str, str]]:
+    """Refuse, before anything is touched, a rerun whose sample settings differ from those
+    the files on disk were made with (unless --rebuild): it would skip them and describe
+    them with values they were not made with. Returns the changes --rebuild redoes."""
+    have = recorded_media_settings(out)
+    changes = media_setting_changes(have, media_settings(cfg.task_context())) if have else []
+    if changes and not cfg.rebuild:
+        raise InputError(f"{out.url} was built with {' '.join(old for old, _ in changes)}; this run "
+                         f"asks {' '.join(new for _, new in changes)}. Use a new --output, or "
+                         "--rebuild to redo the affected samples")
+    return changes
+
+
+# what the sample settings decide: the media journal, the files and what lists them;
+# the text journal and the plan do not depend on them and are kept
+MEDIA_OUTPUTS = (Journal.DIR, "videos", "_fit", "manifest.parquet", "failures.parquet",
+                 "downloads.parquet", "build.json")
+
+
+def record_media_settings(out: OutputDir, cfg: BuildConfig) -> None:
+    """With --rebuild and changed settings, remove what the old ones made; then record
+    the settings before any sample file is made (a crash in between clears again)."""
+    changes = check_media_settings(out, cfg)
+    if changes:
+        print(f"build: --rebuild: removing the samples made with {' '.join(o for o, _ in changes)}",
+              file=sys.stderr)
+        for rel in MEDIA_OUTPUTS:
+            if out.exists(rel):
+                out.fs.rm(out.path(rel), recursive=True)
+    out.write_json(MEDIA_SETTINGS, media_settings(cfg.task_context()))
 
 
 def reset_stale_journal(out: OutputDir, plan: PlanSummary, cfg: PlanConfig) -> dict[str, tuple[str, dict]]:
@@ -238,6 +313,8 @@ def run_build(cfg: BuildConfig) -> dict:
     started = time.time()
     out = preflight(cfg)
     init_ray(cfg.ray_address)
+    if not cfg.plan_only:
+        record_media_settings(out, cfg)
     plan = _plan(cfg)
     if cfg.plan_only:
         print_summary(f"plan of {cfg.output}", _plan_rows(plan))

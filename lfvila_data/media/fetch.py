@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import unquote, urlparse
 
+from lfvila_data.output.fingerprint import SPEED
 from lfvila_data.records import FailureCode
 
 INF = math.inf
@@ -64,21 +65,28 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """Download options; the CLI fills these from flags."""
+    """Download options; the CLI fills these from flags.
 
-    height: int = 240
-    audio: bool = False
-    sections: bool = True
-    margin: float = 1.0          # seconds added around each planned span
-    merge_gap: float = 10.0      # spans closer than this share one section
-    socket_timeout: float = 20.0
-    retries: int = 3
-    backoff: float = 2.0         # seconds before the first retry, doubling after
-    max_filesize: int = 2 * 1024**3
-    cookies: str | None = None
-    proxy: str | None = None
-    rate_limit: int | None = None  # bytes/s, whole-file downloads only
-    allow_local_files: bool = False
+    Content fields (output/fingerprint.py) are the ones a sample file depends on: a rerun
+    that changes one is refused unless --rebuild. The others decide how, or whether, a
+    download is tried, never what a finished file holds."""
+
+    height: int = 240            # content: the source resolution the sample is scaled from
+    audio: bool = False          # content: whether the sample can carry an audio track
+    # speed: a section cuts exactly like the whole file (cut.py keeps source time)
+    sections: bool = field(default=True, metadata=SPEED)
+    margin: float = field(default=1.0, metadata=SPEED)        # seconds added around each planned span
+    merge_gap: float = field(default=10.0, metadata=SPEED)    # spans closer than this share one section
+    socket_timeout: float = field(default=20.0, metadata=SPEED)
+    retries: int = field(default=3, metadata=SPEED)
+    backoff: float = field(default=2.0, metadata=SPEED)       # seconds before the first retry, doubling after
+    # speed (access and limits below): they decide whether a download is tried or refused
+    # (a ledger row), never the bytes of a file that was written
+    max_filesize: int = field(default=2 * 1024**3, metadata=SPEED)
+    cookies: str | None = field(default=None, metadata=SPEED)
+    proxy: str | None = field(default=None, metadata=SPEED)
+    rate_limit: int | None = field(default=None, metadata=SPEED)  # bytes/s, whole-file downloads only
+    allow_local_files: bool = field(default=False, metadata=SPEED)
 
 
 @dataclass(frozen=True)
