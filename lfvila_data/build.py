@@ -21,7 +21,7 @@ from lfvila_data.executor.cluster import init_ray
 from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
-from lfvila_data.media.task import TaskContext, VideoJob
+from lfvila_data.media.task import TaskContext, VideoJob, file_stamp
 from lfvila_data.output.fingerprint import content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
 from lfvila_data.plan.join import (
@@ -79,8 +79,10 @@ def check_output(out: OutputDir) -> None:
         raise InputError(f"output {out.url!r} is not writable: {e}") from e
 
 
-def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = False) -> Iterator[VideoJob]:
-    """Stream the plan, one job per video, part by part (never the whole plan at once)."""
+def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = False,
+              stamps: dict[str, dict[str, str]] | None = None) -> Iterator[VideoJob]:
+    """Stream the plan, one job per video, part by part (never the whole plan at once);
+    `stamps` are each video's journaled sample files, which the task trusts if unchanged."""
     for table in iter_plan_parts(output):
         by_video: dict[str, list[PlannedSample]] = defaultdict(list)
         for row in table.to_pylist():
@@ -88,7 +90,8 @@ def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = 
                 by_video[row["video_id"]].append(plan_row_to_sample(row))
         for vid in sorted(by_video):
             samples = sorted(by_video[vid], key=lambda s: s.start)
-            yield VideoJob(vid, samples[0].url, tuple(samples), min_clips, retry_failed)
+            yield VideoJob(vid, samples[0].url, tuple(samples), min_clips, retry_failed,
+                           tuple(sorted((stamps or {}).get(vid, {}).items())))
 
 
 def _plan(cfg: BuildConfig) -> PlanSummary:
@@ -241,6 +244,30 @@ def reset_stale_journal(out: OutputDir, plan: PlanSummary, cfg: PlanConfig) -> d
     return read_journal(out)
 
 
+def changed_files(out: OutputDir, previous: dict[str, tuple[str, dict]]) -> set[str]:
+    """Videos with a journaled sample file that is gone or changed since (truncated,
+    overwritten): a rerun redoes those files and reuses the others. One listing per
+    folder of sample files, nothing read."""
+    listed: dict[str, dict[str, dict]] = {}
+    changed = set()
+    for vid, (_status, payload) in previous.items():
+        stamps = payload.get("stamps", {})
+        for row in payload["rows"]:
+            folder = row["video"].rsplit("/", 1)[0]
+            if folder not in listed:
+                try:
+                    infos = out.fs.ls(out.path(folder), detail=True, refresh=True)
+                except FileNotFoundError:
+                    infos = []
+                listed[folder] = {i["name"].rstrip("/"): i for i in infos}
+            info = listed[folder].get(out.path(row["video"]))
+            if info is None or info["size"] != row["bytes"] or \
+                    stamps.get(row["video"], file_stamp(info)) != file_stamp(info):
+                changed.add(vid)
+                break
+    return changed
+
+
 def finished_videos(previous: dict[str, tuple[str, dict]], retry_failed: bool) -> set[str]:
     """Videos a rerun skips: done ones, and failed ones unless --retry-failed (which also
     retries done videos that lost samples or clips)."""
@@ -253,6 +280,7 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
                   previous: dict[str, tuple[str, dict]]) -> BuildProgress:
     """Fetch and cut every unfinished video, journaling each result as it arrives."""
     skip = finished_videos(previous, cfg.retry_failed)
+    skip -= changed_files(out, {vid: previous[vid] for vid in skip})
     progress = BuildProgress(videos_total=max(plan.videos_with_samples - len(skip & set(previous)), 0))
     journal = Journal(out)
 
@@ -268,7 +296,8 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
 
     if previous:
         print(f"build: resuming, {len(skip)} videos already finished", file=sys.stderr)
-    jobs = iter_jobs(cfg.output, skip, cfg.plan.min_clips, cfg.retry_failed)
+    stamps = {vid: payload.get("stamps", {}) for vid, (_status, payload) in previous.items()}
+    jobs = iter_jobs(cfg.output, skip, cfg.plan.min_clips, cfg.retry_failed, stamps)
     try:
         run_videos(jobs, cfg.task_context(), cfg.run, on_result, progress.tick)
     finally:
