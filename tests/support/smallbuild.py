@@ -6,10 +6,15 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lfvila_data.build import BuildConfig
+import pandas as pd
+import pytest
+
+from lfvila_data.build import BuildConfig, run_build
 from lfvila_data.localserver import MediaServer
 from lfvila_data.media.cut import CutConfig
 from lfvila_data.media.fetch import FetchConfig
@@ -37,6 +42,12 @@ class SmallSite:
         return BuildConfig(metadata=(str(self.meta),), text=(str(self.text),), output=str(out),
                            plan=PlanConfig(min_clips=2, max_clips=3), task=task, **kw)
 
+    def build(self, out: Path) -> Path:
+        """A finished build with the default settings in `out`."""
+        run_build(self.config(out))
+        assert list(pd.read_parquet(out / "manifest.parquet").key) == KEYS
+        return out
+
     def cli(self, out: Path, *extra: str) -> list[str]:
         """The same build as `config(out)` through the command line."""
         return [sys.executable, "-m", "lfvila_data.cli", "build", "--metadata", str(self.meta),
@@ -44,17 +55,28 @@ class SmallSite:
                 "--retries", "0", "--workdir", str(self.root / "scratch"), *extra]
 
 
-def small_site(root: Path) -> SmallSite:
-    """Generate the videos and metadata under `root` and start serving them (the caller
-    closes `site.srv`)."""
+@contextmanager
+def small_site(root: Path) -> Iterator[SmallSite]:
+    """Generate the videos and metadata under `root` and serve them while in use."""
     www = root / "www"
     www.mkdir(parents=True)
     make_timecoded_video(www / "a.mp4", 30, width=320, height=240)
     make_timecoded_video(www / "b.mp4", 20, width=320, height=240)
-    srv = MediaServer(www).__enter__()
-    meta, text = write_metadata(root / "meta", [VideoSpec("vidA", srv.url("a.mp4"), even_spans(6)),
-                                                VideoSpec("vidB", srv.url("b.mp4"), even_spans(3))])
-    return SmallSite(root, srv, meta, text)
+    with MediaServer(www) as srv:
+        meta, text = write_metadata(root / "meta", [VideoSpec("vidA", srv.url("a.mp4"), even_spans(6)),
+                                                    VideoSpec("vidB", srv.url("b.mp4"), even_spans(3))])
+        yield SmallSite(root, srv, meta, text)
+
+
+def small_build_fixture() -> Callable:
+    """A module fixture `small_build`: the site and its finished build, made once per
+    test module (tests damage copies). Assign it in the module: `small_build = small_build_fixture()`."""
+    @pytest.fixture(scope="module")
+    def small_build(tmp_path_factory, ray_module) -> Iterator[tuple[SmallSite, Path]]:
+        with small_site(tmp_path_factory.mktemp("site")) as site:
+            yield site, site.build(tmp_path_factory.mktemp("build") / "out")
+
+    return small_build
 
 
 def copy_build(src: Path, dst: Path) -> Path:

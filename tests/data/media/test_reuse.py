@@ -15,23 +15,10 @@ from lfvila_data.build import run_build
 from lfvila_data.media.cut import CutConfig, probe
 from lfvila_data.media.task import reuse_problem
 from lfvila_data.schemas import manifest_row_to_sample
-from tests.support.smallbuild import KEYS, copy_build, file_facts, read_video_stream, small_site
+from tests.support.smallbuild import KEYS, copy_build, file_facts, read_video_stream, small_build_fixture
 
 BAD = "vidA_00004_00006"  # its neighbour vidA_00001_00003 is cut from the same video
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    s = small_site(tmp_path_factory.mktemp("reuse"))
-    yield s
-    s.srv.__exit__(None, None, None)
-
-
-@pytest.fixture(scope="module")
-def built(site, tmp_path_factory, ray_module):
-    out = tmp_path_factory.mktemp("build") / "out"
-    run_build(site.config(out))
-    return out
+small_build = small_build_fixture()
 
 
 def truncate(path) -> None:
@@ -50,7 +37,8 @@ def corrupt_middle(path) -> None:
     (truncate, True),          # only the file is left: the packet check finds it short
     (corrupt_middle, False),   # same size, other bytes: the stamp changed
 ])
-def test_a_damaged_sample_is_redone_alone(built, site, tmp_path, damage, lose_journal):
+def test_a_damaged_sample_is_redone_alone(small_build, tmp_path, damage, lose_journal):
+    site, built = small_build
     out = copy_build(built, tmp_path / "out")
     expected = pd.read_parquet(out / "manifest.parquet")
     bad = out / expected.set_index("key").loc[BAD, "video"]
@@ -75,8 +63,9 @@ def test_a_damaged_sample_is_redone_alone(built, site, tmp_path, damage, lose_jo
     assert not len(pd.read_parquet(out / "failures.parquet"))
 
 
-def test_a_file_unlike_its_plan_is_not_reused(built):
+def test_a_file_unlike_its_plan_is_not_reused(small_build):
     """The packet check alone (no journal): a file cut short or with another size or rate."""
+    built = small_build[1]
     row = next(r for r in pq.read_table(built / "manifest.parquet").to_pylist() if r["key"] == BAD)
     sample = manifest_row_to_sample(row)
     found = probe(built / row["video"])

@@ -17,7 +17,7 @@ from lfvila_data.media.cut import CutConfig
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.output.fingerprint import content, kind
 from lfvila_data.output.write import OutputDir
-from tests.support.smallbuild import KEYS, copy_build, file_facts, read_video_stream, small_site
+from tests.support.smallbuild import KEYS, copy_build, file_facts, read_video_stream, small_build_fixture
 
 
 def test_every_media_setting_is_declared():
@@ -28,22 +28,11 @@ def test_every_media_setting_is_declared():
     assert {kind(f) for f in fields(CutConfig) if f.name in ("threads", "timeout")} == {"speed"}
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    s = small_site(tmp_path_factory.mktemp("settings"))
-    yield s
-    s.srv.__exit__(None, None, None)
+small_build = small_build_fixture()
 
 
-@pytest.fixture(scope="module")
-def built(site, tmp_path_factory, ray_module):
-    out = tmp_path_factory.mktemp("build") / "out"
-    run_build(site.config(out))
-    assert list(pd.read_parquet(out / "manifest.parquet").key) == KEYS
-    return out
-
-
-def test_other_settings_are_refused_and_nothing_is_touched(built, site, tmp_path):
+def test_other_settings_are_refused_and_nothing_is_touched(small_build, tmp_path):
+    site, built = small_build
     out = copy_build(built, tmp_path / "out")
     before = file_facts(out)
     r = subprocess.run(site.cli(out, "--fps", "1", "--height", "120"), check=False, capture_output=True, text=True,
@@ -56,7 +45,8 @@ def test_other_settings_are_refused_and_nothing_is_touched(built, site, tmp_path
     assert file_facts(out) == before
 
 
-def test_output_older_than_the_settings_marker_is_judged_by_build_json(built, site, tmp_path):
+def test_output_older_than_the_settings_marker_is_judged_by_build_json(small_build, tmp_path):
+    site, built = small_build
     out = copy_build(built, tmp_path / "out")
     (out / MEDIA_SETTINGS).unlink()
     check_media_settings(OutputDir(str(out)), site.config(out))  # build.json: the same settings
@@ -67,7 +57,8 @@ def test_output_older_than_the_settings_marker_is_judged_by_build_json(built, si
         check_media_settings(OutputDir(str(out)), site.config(out))
 
 
-def test_speed_settings_change_freely(built, site, tmp_path):
+def test_speed_settings_change_freely(small_build, tmp_path):
+    site, built = small_build
     out = copy_build(built, tmp_path / "out")
     before = {k: v for k, v in file_facts(out).items() if k.startswith("videos/")}
     site.srv.requests.clear()
@@ -81,7 +72,8 @@ def test_speed_settings_change_freely(built, site, tmp_path):
     assert record["cut"]["threads"] == 2 and record["fetch"]["retries"] == 2
 
 
-def test_rebuild_makes_every_sample_with_the_new_settings(built, site, tmp_path):
+def test_rebuild_makes_every_sample_with_the_new_settings(small_build, tmp_path):
+    site, built = small_build
     out = copy_build(built, tmp_path / "out")
     plan_before = {k: v for k, v in file_facts(out).items() if k.startswith("plan/")}
     run_build(site.config(out, cut=CutConfig(fps=1, height=120), rebuild=True))
