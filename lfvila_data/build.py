@@ -6,6 +6,7 @@ unchanged, videos the journal records as finished are skipped, and sample files 
 on disk are reused instead of being downloaded and cut again."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from lfvila_data.executor.cluster import init_ray
 from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
-from lfvila_data.media.task import TaskContext, VideoJob
+from lfvila_data.media.task import TaskContext, VideoJob, file_stamp
 from lfvila_data.output.fingerprint import content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
 from lfvila_data.plan.join import (
@@ -63,6 +64,7 @@ class BuildConfig:
     retry_failed: bool = False
     ray_address: str | None = None
     groups: tuple[str, ...] = ()      # --source hdvila: clip-id group files; the plan is exactly those
+    rebuild: bool = False  # redo the samples when their settings changed (else refused)
 
     def task_context(self) -> TaskContext:
         """What every fetch and cut task gets (defaults unless `task` is given)."""
@@ -78,8 +80,10 @@ def check_output(out: OutputDir) -> None:
         raise InputError(f"output {out.url!r} is not writable: {e}") from e
 
 
-def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = False) -> Iterator[VideoJob]:
-    """Stream the plan, one job per video, part by part (never the whole plan at once)."""
+def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = False,
+              stamps: dict[str, dict[str, str]] | None = None) -> Iterator[VideoJob]:
+    """Stream the plan, one job per video, part by part (never the whole plan at once);
+    `stamps` are each video's journaled sample files, which the task trusts if unchanged."""
     for table in iter_plan_parts(output):
         by_video: dict[str, list[PlannedSample]] = defaultdict(list)
         for row in table.to_pylist():
@@ -87,7 +91,8 @@ def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = 
                 by_video[row["video_id"]].append(plan_row_to_sample(row))
         for vid in sorted(by_video):
             samples = sorted(by_video[vid], key=lambda s: s.start)
-            yield VideoJob(vid, samples[0].url, tuple(samples), min_clips, retry_failed)
+            yield VideoJob(vid, samples[0].url, tuple(samples), min_clips, retry_failed,
+                           tuple(sorted((stamps or {}).get(vid, {}).items())))
 
 
 def _plan(cfg: BuildConfig) -> PlanSummary:
@@ -161,7 +166,80 @@ def preflight(cfg: BuildConfig) -> OutputDir:
             raise InputError(str(e)) from None
     out = OutputDir(cfg.output)
     check_output(out)
+    if not cfg.plan_only:
+        check_media_settings(out, cfg)
     return out
+
+
+MEDIA_SETTINGS = "_media/SETTINGS.json"
+# the build option that sets each setting a sample file depends on, for the refusal
+_FLAGS = {"preset": "--x264-preset", "crf": "crf"}
+
+
+def media_settings(task: TaskContext) -> dict:
+    """What every sample file depends on: the content fields of fetch and cut."""
+    return {"cut": content(task.cut), "fetch": content(task.fetch)}
+
+
+def recorded_media_settings(out: OutputDir) -> dict | None:
+    """The settings the sample files on disk were made with: the marker, or build.json
+    for an output made before there was one (None: no files were made yet)."""
+    for rel in (MEDIA_SETTINGS, "build.json"):
+        if out.exists(rel):
+            record = json.loads(out.fs.cat_file(out.path(rel)))
+            return {k: record.get(k) or {} for k in ("cut", "fetch")}
+    return None
+
+
+def _flag(name: str, value: object) -> str:
+    flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
+def media_setting_changes(have: dict, want: dict) -> list[tuple[str, str]]:
+    """(old, new) of each setting that differs, as build options; one per option (fetch
+    height and audio are set by the same flags as cut's)."""
+    changes: dict[str, tuple[str, str]] = {}
+    for stage in ("cut", "fetch"):
+        for name, new in want[stage].items():
+            old = have.get(stage, {}).get(name, new)  # a setting older builds did not record
+            if old != new and name not in changes:
+                changes[name] = (_flag(name, old), _flag(name, new))
+    return list(changes.values())
+
+
+def check_media_settings(out: OutputDir, cfg: BuildConfig) -> list[tuple[str, str]]:
+    """Refuse, before anything is touched, a rerun whose sample settings differ from those
+    the files on disk were made with (unless --rebuild): it would skip them and describe
+    them with values they were not made with. Returns the changes --rebuild redoes."""
+    have = recorded_media_settings(out)
+    changes = media_setting_changes(have, media_settings(cfg.task_context())) if have else []
+    if changes and not cfg.rebuild:
+        raise InputError(f"{out.url} was built with {' '.join(old for old, _ in changes)}; this run "
+                         f"asks {' '.join(new for _, new in changes)}. Use a new --output, or "
+                         "--rebuild to redo the affected samples")
+    return changes
+
+
+# what the sample settings decide: the media journal, the files and what lists them;
+# the text journal and the plan do not depend on them and are kept
+MEDIA_OUTPUTS = (Journal.DIR, "videos", "_fit", "manifest.parquet", "failures.parquet",
+                 "downloads.parquet", "build.json")
+
+
+def record_media_settings(out: OutputDir, cfg: BuildConfig) -> None:
+    """With --rebuild and changed settings, remove what the old ones made; then record
+    the settings before any sample file is made (a crash in between clears again)."""
+    changes = check_media_settings(out, cfg)
+    if changes:
+        print(f"build: --rebuild: removing the samples made with {' '.join(o for o, _ in changes)}",
+              file=sys.stderr)
+        for rel in MEDIA_OUTPUTS:
+            if out.exists(rel):
+                out.fs.rm(out.path(rel), recursive=True)
+    out.write_json(MEDIA_SETTINGS, media_settings(cfg.task_context()))
 
 
 def reset_stale_journal(out: OutputDir, plan: PlanSummary, cfg: PlanConfig) -> dict[str, tuple[str, dict]]:
@@ -171,6 +249,30 @@ def reset_stale_journal(out: OutputDir, plan: PlanSummary, cfg: PlanConfig) -> d
     reuse_or_clear(out, f"{Journal.DIR}/PLAN", fingerprint(asdict(plan) | {"plan": content(cfg)}),
                    remove_dir(out, Journal.DIR))
     return read_journal(out)
+
+
+def changed_files(out: OutputDir, previous: dict[str, tuple[str, dict]]) -> set[str]:
+    """Videos with a journaled sample file that is gone or changed since (truncated,
+    overwritten): a rerun redoes those files and reuses the others. One listing per
+    folder of sample files, nothing read."""
+    listed: dict[str, dict[str, dict]] = {}
+    changed = set()
+    for vid, (_status, payload) in previous.items():
+        stamps = payload.get("stamps", {})
+        for row in payload["rows"]:
+            folder = row["video"].rsplit("/", 1)[0]
+            if folder not in listed:
+                try:
+                    infos = out.fs.ls(out.path(folder), detail=True, refresh=True)
+                except FileNotFoundError:
+                    infos = []
+                listed[folder] = {i["name"].rstrip("/"): i for i in infos}
+            info = listed[folder].get(out.path(row["video"]))
+            if info is None or info["size"] != row["bytes"] or \
+                    stamps.get(row["video"], file_stamp(info)) != file_stamp(info):
+                changed.add(vid)
+                break
+    return changed
 
 
 def finished_videos(previous: dict[str, tuple[str, dict]], retry_failed: bool) -> set[str]:
@@ -185,6 +287,7 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
                   previous: dict[str, tuple[str, dict]]) -> BuildProgress:
     """Fetch and cut every unfinished video, journaling each result as it arrives."""
     skip = finished_videos(previous, cfg.retry_failed)
+    skip -= changed_files(out, {vid: previous[vid] for vid in skip})
     progress = BuildProgress(videos_total=max(plan.videos_with_samples - len(skip & set(previous)), 0))
     journal = Journal(out)
 
@@ -200,7 +303,8 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
 
     if previous:
         print(f"build: resuming, {len(skip)} videos already finished", file=sys.stderr)
-    jobs = iter_jobs(cfg.output, skip, cfg.plan.min_clips, cfg.retry_failed)
+    stamps = {vid: payload.get("stamps", {}) for vid, (_status, payload) in previous.items()}
+    jobs = iter_jobs(cfg.output, skip, cfg.plan.min_clips, cfg.retry_failed, stamps)
     try:
         run_videos(jobs, cfg.task_context(), cfg.run, on_result, progress.tick)
     finally:
@@ -246,6 +350,8 @@ def run_build(cfg: BuildConfig) -> dict:
     started = time.time()
     out = preflight(cfg)
     init_ray(cfg.ray_address)
+    if not cfg.plan_only:
+        record_media_settings(out, cfg)
     plan = _plan(cfg)
     if cfg.plan_only:
         print_summary(f"plan of {cfg.output}", _plan_rows(plan))

@@ -95,6 +95,7 @@ class RunOptions:
     ray_address: str | None
     retry_failed: bool
     workdir: str | None
+    rebuild: bool = False
 
 
 _INPUT, _TEXT, _ASR, _PLAN = "Input and output", "Subtitles and clips", "Speech recognition", "Planning"
@@ -235,9 +236,10 @@ def run_options(
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster ('auto' or host:port); default a local Ray.", rich_help_panel=_RUN),
     retry_failed: bool = typer.Option(False, help="Also retry videos whose failure was permanent.", rich_help_panel=_RUN),
     workdir: Optional[str] = typer.Option(None, help="Node-local scratch directory for downloads.", rich_help_panel=_RUN),
+    rebuild: bool = typer.Option(False, help="Redo every sample when cutting settings (--fps, --height, ...) differ from those the output was built with (else the rerun is refused); the plan and text are kept.", rich_help_panel=_RUN),
 ) -> RunOptions:
     return RunOptions(RunConfig(fetch_concurrency=download_concurrency, cut_concurrency=cut_concurrency),
-                      ray_address, retry_failed, workdir)
+                      ray_address, retry_failed, workdir, rebuild)
 
 
 BUILD_OPTIONS = (input_options, text_options, asr_options, plan_options, fetch_options,
@@ -262,7 +264,8 @@ def build_config(build: BuildConfig, text: TextOptions, asr: AsrChoice, plan: tu
                          fetch=replace(fetch, height=cut.height, audio=cut.audio,
                                        allow_local_files=allow_local_files)),
         run=replace(run.run, cut_cpus=float(cut.threads)),
-        plan_only=plan_only, retry_failed=run.retry_failed, ray_address=run.ray_address)
+        plan_only=plan_only, retry_failed=run.retry_failed, ray_address=run.ray_address,
+        rebuild=run.rebuild)
 
 
 @app.command()

@@ -12,8 +12,10 @@ import json
 import math
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from lfvila_data.output.fingerprint import SPEED
 
 # Inputs are local files we downloaded: never let a file make ffmpeg open anything else
 # (HLS/concat playlists, data: URLs, network), and only demux real video containers.
@@ -34,16 +36,21 @@ class MediaError(Exception):
 
 @dataclass(frozen=True)
 class CutConfig:
-    """How sample videos are encoded. Defaults follow LF-VILA (3 fps, 240 px)."""
+    """How sample videos are encoded. Defaults follow LF-VILA (3 fps, 240 px).
 
-    fps: float = 3.0
-    height: int = 240
-    copy: bool = False
-    audio: bool = False
-    crf: int = 23
-    preset: str = "veryfast"
-    threads: int = 1  # decoder, filter and encoder threads; Ray reserves as many CPUs
-    timeout: float = 3600.0
+    Every field that changes a sample file is content (output/fingerprint.py): a rerun
+    that changes one is refused unless --rebuild, so the files never mix settings."""
+
+    fps: float = 3.0        # content: frames in every file
+    height: int = 240       # content: frame size
+    copy: bool = False      # content: the source stream instead of a re-encode
+    audio: bool = False     # content: an audio track or none
+    crf: int = 23           # content: quality and size of the encode
+    preset: str = "veryfast"  # content: a different x264 preset gives other bytes and sizes
+    # speed: decoder, filter and encoder threads (Ray reserves as many CPUs); x264 frame
+    # threads may move a few bits, never the frames, size or quality a reader gets
+    threads: int = field(default=1, metadata=SPEED)
+    timeout: float = field(default=3600.0, metadata=SPEED)
 
 
 @dataclass(frozen=True)

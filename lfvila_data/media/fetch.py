@@ -27,6 +27,7 @@ from lfvila_data.media.guard import (
     no_proxy_bypass,
     refused_host,
 )
+from lfvila_data.output.fingerprint import SPEED
 from lfvila_data.records import FailureCode, redact
 
 INF = math.inf
@@ -75,29 +76,39 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """Download options; the CLI fills these from flags."""
+    """Download options; the CLI fills these from flags.
 
-    height: int = 240
-    audio: bool = False
-    sections: bool = True
-    margin: float = 1.0          # seconds added around each planned span
-    merge_gap: float = 10.0      # spans closer than this share one section
-    socket_timeout: float = 20.0
-    retries: int = 3
-    backoff: float = 2.0         # seconds before the first retry, doubling after
-    max_filesize: int = 2 * 1024**3
-    cookies: str | None = None
-    proxy: str | None = None
-    rate_limit: int | None = None  # bytes/s, whole-file downloads only
-    allow_local_files: bool = False
+    Content fields (output/fingerprint.py) are the ones a sample file depends on: a rerun
+    that changes one is refused unless --rebuild. The others decide how, or whether, a
+    download is tried, never what a finished file holds."""
+
+    height: int = 240            # content: the source resolution the sample is scaled from
+    audio: bool = False          # content: whether the sample can carry an audio track
+    # speed: a section cuts exactly like the whole file (cut.py keeps source time)
+    sections: bool = field(default=True, metadata=SPEED)
+    margin: float = field(default=1.0, metadata=SPEED)        # seconds added around each planned span
+    merge_gap: float = field(default=10.0, metadata=SPEED)    # spans closer than this share one section
+    socket_timeout: float = field(default=20.0, metadata=SPEED)
+    retries: int = field(default=3, metadata=SPEED)
+    backoff: float = field(default=2.0, metadata=SPEED)       # seconds before the first retry, doubling after
+    # speed (access and limits below): they decide whether a download is tried or refused
+    # (a ledger row), never the bytes of a file that was written
+    max_filesize: int = field(default=2 * 1024**3, metadata=SPEED)
+    cookies: str | None = field(default=None, metadata=SPEED)
+    proxy: str | None = field(default=None, metadata=SPEED)
+    rate_limit: int | None = field(default=None, metadata=SPEED)  # bytes/s, whole-file downloads only
+    allow_local_files: bool = field(default=False, metadata=SPEED)
+    # speed: the guard's bounds decide whether a download is tried, never a file's bytes;
     # third-party URLs must not reach loopback, private or link-local addresses; the
     # default also follows LFVILA_ALLOW_PRIVATE_ADDRESSES (the test suite's servers are local)
-    allow_private_addresses: bool = field(default_factory=env_allows_private)
-    max_page_bytes: int = 32 * 1024**2  # bytes yt-dlp may read for metadata (an endless page stops here)
-    deadline: float = 1800.0     # seconds one video may spend downloading, retries included
-    min_rate: int = 10_000       # bytes/s below which, for slow_window seconds, a download stops
-    slow_window: float = 60.0
-    allowed_networks: tuple[str, ...] = ()  # CIDRs fetched from even when private (an internal mirror)
+    allow_private_addresses: bool = field(default_factory=env_allows_private, metadata=SPEED)
+    # bytes yt-dlp may read for metadata (an endless page stops here)
+    max_page_bytes: int = field(default=32 * 1024**2, metadata=SPEED)
+    deadline: float = field(default=1800.0, metadata=SPEED)  # seconds one video may spend downloading
+    min_rate: int = field(default=10_000, metadata=SPEED)    # bytes/s below which, for slow_window s, it stops
+    slow_window: float = field(default=60.0, metadata=SPEED)
+    # CIDRs fetched from even when private (an internal mirror)
+    allowed_networks: tuple[str, ...] = field(default=(), metadata=SPEED)
 
     def guard_limits(self) -> GuardLimits:
         """The guard's bounds; a --rate-limit below the minimum rate lowers the minimum."""

@@ -46,6 +46,8 @@ class VideoJob:
     samples: tuple[PlannedSample, ...]
     min_clips: int  # PlanConfig.min_clips: the fewest clips a sample trimmed to a short video keeps
     retry_failed: bool = False  # samples once trimmed to a short video are downloaded again
+    # (file, stamp) of each sample file the journal recorded: one changed since is redone
+    stamps: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -57,6 +59,8 @@ class FetchOutcome:
     fetched: Fetched | None = None
     # planned key -> the media end its existing file was fitted to (inf: not trimmed)
     existing: dict[str, float] = field(default_factory=dict)
+    # planned key -> the probe of its existing file (checked against the plan)
+    probes: dict[str, Probe] = field(default_factory=dict)
     failure: Failure | None = None
 
 
@@ -81,27 +85,93 @@ def fit_rel(video_id: str, planned_key: str) -> str:
     return f"_fit/{video_id[:2]}/{planned_key}.json"
 
 
-def finished_until(out: OutputDir, sample: PlannedSample, min_clips: int,
-                   retry_trimmed: bool = False) -> float | None:
+def file_stamp(info: dict) -> str:
+    """Size and modification time (or ETag) of an output file as its filesystem lists it:
+    a file truncated or overwritten after it was journaled has another stamp."""
+    when = next((info[k] for k in ("mtime", "ETag", "etag", "LastModified", "updated") if info.get(k)), "")
+    return f"{info['size']}:{when}"
+
+
+def reuse_problem(found: Probe, sample: PlannedSample, cut: CutConfig) -> str | None:
+    """Why an existing sample file does not match its plan, or None when it does: cut
+    short (a truncated file has fewer packets), another frame size or rate. Compares
+    packet counts, decodes nothing."""
+    planned = sample.end - sample.start
+    slack = END_TOLERANCE + 1.0 / cut.fps  # the last clip may end this far past the media
+    if found.duration < planned - slack:
+        return f"lasts {found.duration:.3f} s of the {planned:.3f} s planned"
+    if cut.copy:
+        return None
+    if found.height != cut.height:
+        return f"is {found.height} px high, not {cut.height}"
+    frames = planned * cut.fps
+    if not frames - slack * cut.fps <= (found.nb_frames or 0) <= frames + 2:
+        return f"has {found.nb_frames} frames, not the {frames:.0f} of {cut.fps:g} fps"
+    return None
+
+
+def _probe_output(out: OutputDir, rel: str) -> Probe:
+    if out.is_local:
+        return probe(out.local_path(rel))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "v.mp4"
+        out.fs.get_file(out.path(rel), str(local))
+        return probe(local)
+
+
+def reusable(out: OutputDir, sample: PlannedSample, ctx: TaskContext,
+             stamps: dict[str, str]) -> Probe | None:
+    """The probe of the sample's file when it can be reused, else None (no file, or one
+    changed since it was journaled, unreadable or unlike its plan: removed, so the sample
+    is made again and no reader ever gets the bad file)."""
+    rel = out.video_rel(sample.video_id, sample.key)
+    try:
+        info = out.fs.info(out.path(rel))
+    except FileNotFoundError:
+        return None
+    recorded = stamps.get(rel)
+    if recorded is None or recorded == file_stamp(info):
+        try:
+            found = _probe_output(out, rel)
+        except MediaError:
+            found = None
+        if found is not None and reuse_problem(found, sample, ctx.cut) is None:
+            return found
+    out.fs.rm(out.path(rel))
+    return None
+
+
+def finished_until(out: OutputDir, sample: PlannedSample, min_clips: int, ctx: TaskContext,
+                   stamps: dict[str, str], retry_trimmed: bool = False) -> tuple[float, Probe | None] | None:
     """The media end an already written sample was fitted to (inf when it was not
-    trimmed), or None when the sample still has to be made."""
-    if out.exists(out.video_rel(sample.video_id, sample.key)):
-        return math.inf
+    trimmed) and its file's probe (None: trimmed to nothing), or None when the sample
+    still has to be made."""
+    found = reusable(out, sample, ctx, stamps)
+    if found is not None:
+        return math.inf, found
     marker = fit_rel(sample.video_id, sample.key)
     if retry_trimmed or not out.exists(marker):
         return None
     end = float(json.loads(out.fs.cat_file(out.path(marker)))["media_end"])
     fit, _ = fit_to_media(sample, end, min_clips)
-    return end if fit is None or out.exists(out.video_rel(fit.video_id, fit.key)) else None
+    if fit is None:
+        return end, None
+    found = reusable(out, fit, ctx, stamps)
+    return None if found is None else (end, found)
 
 
 def fetch_video(job: VideoJob, ctx: TaskContext) -> FetchOutcome:
     """Download what the video's unfinished samples need."""
     out = OutputDir(ctx.output)
-    existing = {s.key: end for s in job.samples
-                if (end := finished_until(out, s, job.min_clips, job.retry_failed)) is not None}
-    todo = [s for s in job.samples if s.key not in existing]
-    outcome = FetchOutcome(job, None, existing=existing)  # the executor sets the node
+    stamps = dict(job.stamps)
+    outcome = FetchOutcome(job, None)  # the executor sets the node
+    for s in job.samples:
+        done = finished_until(out, s, job.min_clips, ctx, stamps, job.retry_failed)
+        if done is not None:
+            outcome.existing[s.key] = done[0]
+            if done[1] is not None:
+                outcome.probes[s.key] = done[1]
+    todo = [s for s in job.samples if s.key not in outcome.existing]
     if not todo:
         return outcome
     try:
@@ -112,15 +182,9 @@ def fetch_video(job: VideoJob, ctx: TaskContext) -> FetchOutcome:
     return outcome
 
 
-def _existing_row(out: OutputDir, sample: PlannedSample, ctx: TaskContext) -> dict:
+def _existing_row(out: OutputDir, sample: PlannedSample, found: Probe, ctx: TaskContext) -> dict:
     rel = out.video_rel(sample.video_id, sample.key)
-    if out.is_local:
-        path = out.local_path(rel)
-        return manifest_row(sample, rel, probe(path), path.stat().st_size, ctx.source)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "v.mp4"
-        out.fs.get_file(out.path(rel), str(local))
-        return manifest_row(sample, rel, probe(local), local.stat().st_size, ctx.source)
+    return manifest_row(sample, rel, found, out.fs.info(out.path(rel))["size"], ctx.source)
 
 
 def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
@@ -138,15 +202,16 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
                 fit, fails = fit_to_media(s, outcome.existing[s.key], job.min_clips)
                 failures.extend(fails)
                 if fit is not None:
-                    rows.append(_existing_row(out, fit, ctx))
+                    rows.append(_existing_row(out, fit, outcome.probes[s.key], ctx))
                     downloads[fit.key] = 0
         if outcome.fetched is not None:
             todo = [s for s in job.samples if s.key not in outcome.existing]
             _cut_all(job, todo, outcome.fetched, out, ctx, rows, failures, downloads)
         transient = any(not f.permanent for f in failures)
         status = RETRY if transient else DONE
+        stamps = {r["video"]: file_stamp(out.fs.info(out.path(r["video"]))) for r in rows}
         return VideoResult(job.video_id, status, rows, [f.to_row() for f in failures], downloads,
-                           node=outcome.node_id)  # cut where it was fetched
+                           node=outcome.node_id, stamps=stamps)  # cut where it was fetched
     finally:
         if outcome.fetched is not None and not outcome.fetched.local:
             shutil.rmtree(ctx.scratch() / job.video_id, ignore_errors=True)

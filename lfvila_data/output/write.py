@@ -11,7 +11,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -43,9 +43,13 @@ class VideoResult:
     node: str | None = None  # the Ray node that cut the video
     # the text stage's planning counts (words parsed, dropped by reason), summed into the plan
     counts: dict[str, float] | None = None
+    # sample file -> its size and mtime when written (media/task.file_stamp): a rerun
+    # redoes a file that changed since
+    stamps: dict[str, str] = field(default_factory=dict)
 
     def payload(self) -> str:
         extra = {"counts": self.counts} if self.counts is not None else {}
+        extra |= {"stamps": self.stamps} if self.stamps else {}
         return json.dumps({"rows": self.rows, "failures": self.failures,
                            "downloads": self.downloads, "node": self.node, **extra},
                           separators=(",", ":"))

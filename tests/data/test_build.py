@@ -168,7 +168,7 @@ def test_nothing_written_outside_output(built, site):
     for base in (root, out, out.parent):
         assert not list(base.rglob("*evil*")) and not list(base.parent.glob("*evil*"))
     written = {p.relative_to(out).parts[0] for p in out.rglob("*")}
-    assert written <= {"videos", "plan", "_journal", "_fit", "manifest.parquet", "failures.parquet",
+    assert written <= {"videos", "plan", "_journal", "_fit", "_media", "manifest.parquet", "failures.parquet",
                        "downloads.parquet", "build.json"}
     assert not list(out.rglob("*.part")) and not list(out.rglob("*.tmp"))
     assert not list((root / "scratch").rglob("*.*"))  # downloads are cleaned up

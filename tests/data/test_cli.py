@@ -31,7 +31,7 @@ GROUPS = {
                  "--min-rate", "--slow-window"],
     "Cutting": ["--fps", "--height", "--copy", "--audio", "--cut-threads", "--x264-preset"],
     "Running": ["--download-concurrency", "--cut-concurrency", "--ray-address", "--retry-failed",
-                "--workdir"],
+                "--workdir", "--rebuild"],
 }
 REQUIRED = ["--metadata", "m.jsonl", "--text", "t.jsonl", "--output", "out"]
 
@@ -47,7 +47,7 @@ def test_help_lists_every_option_under_its_stage():
         elif line.startswith("│") and "--" in line:
             seen[line.strip("│ *").split()[0]] = panel
     assert seen == {opt: group for group, opts in GROUPS.items() for opt in opts} | {"--help": "Options"}
-    assert sum(map(len, GROUPS.values())) == 50
+    assert sum(map(len, GROUPS.values())) == 51
 
 
 def config(*args: str):
@@ -61,14 +61,14 @@ def test_defaults_are_the_stage_defaults():
     assert cfg.plan == PlanConfig() and cfg.run == RunConfig()
     assert cfg.text_opts == TextOptions(concurrency=8)
     assert cfg.task.fetch == FetchConfig() and cfg.task.cut == CutConfig() and cfg.task.workdir is None
-    assert not (cfg.plan_only or cfg.retry_failed) and cfg.ray_address is None
+    assert not (cfg.plan_only or cfg.retry_failed or cfg.rebuild) and cfg.ray_address is None
 
 
 def test_options_reach_their_stage():
     cfg = config("--plan-buckets", "3", "--min-clips", "2", "--height", "360", "--audio",
                  "--download-concurrency", "5", "--cut-threads", "2", "--asr", "always",
                  "--asr-batch-size", "4", "--no-asr-gpu", "--lang", "fr", "--lang", "en",
-                 "--workdir", "/scratch", "--plan-only", "--retries", "0")
+                 "--workdir", "/scratch", "--plan-only", "--retries", "0", "--rebuild")
     assert (cfg.plan.num_buckets, cfg.plan.min_clips) == (3, 2)
     assert (cfg.task.fetch.height, cfg.task.cut.height, cfg.task.fetch.audio, cfg.task.cut.audio) == \
         (360, 360, True, True)
@@ -77,6 +77,7 @@ def test_options_reach_their_stage():
     assert cfg.text_opts.asr == "always" and cfg.text_opts.langs == ("fr", "en")
     assert (cfg.text_opts.asr_config.batch_size, cfg.text_opts.asr_config.use_gpu) == (4, False)
     assert cfg.task.workdir == "/scratch" and cfg.plan_only and cfg.task.fetch.retries == 0
+    assert cfg.rebuild
 
 
 def test_clip_settings_reach_the_text_stage_and_its_fingerprint():
