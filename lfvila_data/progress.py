@@ -124,9 +124,12 @@ class BuildProgress:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         finished = self.videos_done + self.videos_failed
         rate = finished / elapsed
-        eta = (self.videos_total - finished) / rate if rate > 0 else 0
         live = self._cutting.values()
         done = self.samples_done + sum(c.samples_done for c in live)
+        # by samples where known: a long video being cut has an eta before it is finished
+        left, speed = ((self.samples_total - done, done / elapsed) if self.samples_total and done
+                       else (self.videos_total - finished, rate))
+        eta = left / speed if speed > 0 else 0
         written = self.samples_written + sum(c.samples_written for c in live)
         seconds = self.seconds_cut + sum(c.seconds_cut for c in live)
         return (f"build: videos {finished}/{self.videos_total} (failed {self.videos_failed}) | "

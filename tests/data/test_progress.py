@@ -17,7 +17,7 @@ from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
 from lfvila_data.output.write import OutputDir
 from lfvila_data.plan.join import PlanConfig, build_plan, read_plan
-from lfvila_data.progress import Throttled
+from lfvila_data.progress import BuildProgress, CutProgress, Throttled
 from tests.support.corpus import VideoSpec, even_spans, write_metadata
 from tests.support.media import make_timecoded_video
 
@@ -95,3 +95,17 @@ def test_throttled_sends_the_first_holds_the_rest_and_flushes_the_last():
     every(6)
     every(7)
     assert sent == [1, 5, 6, 7]
+
+
+def test_the_line_counts_videos_being_cut_and_their_result_replaces_the_report():
+    p = BuildProgress(videos_total=2, samples_total=300, started=0.0)
+    p.video_started("a", 300)
+    assert "eta 0m00s" in p.line()  # nothing done yet: no rate to go by
+    p.cut_progress(CutProgress("a", 100, 98, 1234.4))
+    line = p.line()
+    assert "videos 0/2" in line and "samples 100/300 (98 written), 1,234 s of video cut" in line
+    assert "eta 0m00s" not in line  # twice the time taken so far: the samples give the rate
+    p.cut_progress(CutProgress("a", 300, 297, 3700.0))
+    p.video_finished("a")
+    p.videos_done, p.samples_written = 1, 297
+    assert "videos 1/2" in p.line() and "samples 300/300 (297 written), 3,700 s of video cut" in p.line()
