@@ -12,16 +12,17 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 from lfvila_data import __version__
 from lfvila_data.executor.asr import transcribe_on_ray
+from lfvila_data.executor.base import local_fetch_cut
 from lfvila_data.executor.cluster import init_ray
 from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
-from lfvila_data.media.task import TaskContext, VideoJob, file_stamp
+from lfvila_data.media.task import TaskContext, VideoJob, cut_video, fetch_video, file_stamp
 from lfvila_data.output.fingerprint import content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
 from lfvila_data.plan.join import (
@@ -34,7 +35,7 @@ from lfvila_data.plan.join import (
     read_plan_failures,
     word_account_rows,
 )
-from lfvila_data.progress import BuildProgress, human_bytes, human_time, print_summary
+from lfvila_data.progress import BuildProgress, CutProgress, human_bytes, human_time, print_summary
 from lfvila_data.records import PlannedSample
 from lfvila_data.schemas import plan_row_to_sample
 from lfvila_data.sources.local import find_videos
@@ -81,14 +82,19 @@ def check_output(out: OutputDir) -> None:
 
 
 def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = False,
-              stamps: dict[str, dict[str, str]] | None = None) -> Iterator[VideoJob]:
+              stamps: dict[str, dict[str, str]] | None = None,
+              on_skip: Callable[[int], None] | None = None) -> Iterator[VideoJob]:
     """Stream the plan, one job per video, part by part (never the whole plan at once);
-    `stamps` are each video's journaled sample files, which the task trusts if unchanged."""
+    `stamps` are each video's journaled sample files, which the task trusts if unchanged;
+    `on_skip` gets the number of planned samples of each part's skipped videos."""
     for table in iter_plan_parts(output):
         by_video: dict[str, list[PlannedSample]] = defaultdict(list)
-        for row in table.to_pylist():
+        rows = table.to_pylist()
+        for row in rows:
             if row["video_id"] not in skip:
                 by_video[row["video_id"]].append(plan_row_to_sample(row))
+        if on_skip is not None:
+            on_skip(len(rows) - sum(map(len, by_video.values())))
         for vid in sorted(by_video):
             samples = sorted(by_video[vid], key=lambda s: s.start)
             yield VideoJob(vid, samples[0].url, tuple(samples), min_clips, retry_failed,
@@ -283,16 +289,42 @@ def finished_videos(previous: dict[str, tuple[str, dict]], retry_failed: bool) -
             or status == FAILED and not retry_failed}
 
 
+# jobs, task context, run config, on_result, tick, on_progress, seconds between a cut's reports
+VideoRunner = Callable[[Iterable[VideoJob], TaskContext, RunConfig, Callable[[VideoResult], None],
+                        Callable[[], None], Callable[[CutProgress], None], float], None]
+
+
+def run_videos_here(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
+                    on_result: Callable[[VideoResult], None], tick: Callable[[], None],
+                    on_progress: Callable[[CutProgress], None], report_every_s: float = 2.0) -> None:
+    """`run_videos` in this process, one video after the other, reporting the same way
+    (without Ray: for tests and debugging; `rc` and `report_every_s` do not apply)."""
+    local_fetch_cut(lambda job: fetch_video(job, ctx), lambda got, report: cut_video(got, ctx, report),
+                    jobs, on_result, tick, on_progress)
+
+
 def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
-                  previous: dict[str, tuple[str, dict]]) -> BuildProgress:
-    """Fetch and cut every unfinished video, journaling each result as it arrives."""
+                  previous: dict[str, tuple[str, dict]], runner: VideoRunner = run_videos,
+                  progress_every_s: float = 2.0) -> BuildProgress:
+    """Fetch and cut every unfinished video, journaling each result as it arrives;
+    progress lines at most every `progress_every_s`, moving while a video is cut."""
     skip = finished_videos(previous, cfg.retry_failed)
     skip -= changed_files(out, {vid: previous[vid] for vid in skip})
-    progress = BuildProgress(videos_total=max(plan.videos_with_samples - len(skip & set(previous)), 0))
+    progress = BuildProgress(videos_total=max(plan.videos_with_samples - len(skip & set(previous)), 0),
+                             every_s=progress_every_s, samples_total=plan.samples)
     journal = Journal(out)
+
+    def on_skip(samples: int) -> None:
+        progress.samples_total -= samples
+
+    def started(jobs: Iterable[VideoJob]) -> Iterator[VideoJob]:
+        for job in jobs:
+            progress.video_started(job.video_id, len(job.samples))
+            yield job
 
     def on_result(r: VideoResult) -> None:
         journal.add(r)
+        progress.video_finished(r.video_id)
         if r.status == DONE:
             progress.videos_done += 1
         else:
@@ -304,9 +336,10 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
     if previous:
         print(f"build: resuming, {len(skip)} videos already finished", file=sys.stderr)
     stamps = {vid: payload.get("stamps", {}) for vid, (_status, payload) in previous.items()}
-    jobs = iter_jobs(cfg.output, skip, cfg.plan.min_clips, cfg.retry_failed, stamps)
+    jobs = iter_jobs(cfg.output, skip, cfg.plan.min_clips, cfg.retry_failed, stamps, on_skip)
     try:
-        run_videos(jobs, cfg.task_context(), cfg.run, on_result, progress.tick)
+        runner(started(jobs), cfg.task_context(), cfg.run, on_result, progress.tick,
+               progress.cut_progress, progress_every_s)
     finally:
         journal.flush()
     progress.tick(force=True)
@@ -345,8 +378,9 @@ def print_build_summary(cfg: BuildConfig, plan: PlanSummary, counts: dict, progr
     ])
 
 
-def run_build(cfg: BuildConfig) -> dict:
-    """The whole build; returns the counts written to build.json."""
+def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
+    """The whole build; returns the counts written to build.json. Progress lines go to
+    stderr at most every `progress_every_s`."""
     started = time.time()
     out = preflight(cfg)
     init_ray(cfg.ray_address)
@@ -357,7 +391,7 @@ def run_build(cfg: BuildConfig) -> dict:
         print_summary(f"plan of {cfg.output}", _plan_rows(plan))
         return asdict(plan)
     previous = reset_stale_journal(out, plan, cfg.plan)
-    progress = run_journaled(cfg, out, plan, previous)
+    progress = run_journaled(cfg, out, plan, previous, progress_every_s=progress_every_s)
     counts = finalize(out, read_journal(out), read_plan_failures(cfg.output))
     elapsed = time.time() - started
     record = build_record(cfg, plan, counts, progress, elapsed)

@@ -60,6 +60,22 @@ def local_actors(make: Callable[[], Callable[[T], R]], items: Iterable[T]) -> It
     yield from local_map(make(), items)
 
 
+def local_fetch_cut(fetch: Callable[[T], S], cut: Callable[[S, Callable[[P], None]], R],
+                    items: Iterable[T], on_result: Callable[[R], None], tick: Callable[[], None],
+                    on_progress: Callable[[P], None]) -> None:
+    """The fetch → cut runner (`executor.runner.run_videos`) in this process, in input
+    order: `cut` gets a `report` callable that hands its reports to `on_progress` (then
+    ticks) at once, as the Ray runner does with the reports it drains while a cut runs.
+    A failing step raises."""
+    def report(value: P) -> None:
+        on_progress(value)
+        tick()
+
+    for item in items:
+        on_result(cut(fetch(item), report))
+        tick()
+
+
 def local_shuffle(map_fn: Callable[[T], tuple[list[P], S]], items: Sequence[T],
                   reduce_fn: Callable[[int, list[P]], R], num_buckets: int,
                   on_map: Callable[[S], None]) -> Iterator[R]:

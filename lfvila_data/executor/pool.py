@@ -220,6 +220,56 @@ class RayShuffle:
                 yield _value(done)
 
 
+class _Posts:
+    """The actor behind `RayBoard`: reports kept in arrival order until drained."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+
+    def post(self, item: Any) -> None:
+        self.items.append(item)
+
+    def drain(self) -> list:
+        items, self.items = self.items, []
+        return items
+
+
+class Poster:
+    """What a task gets to post reports to a `RayBoard` (picklable): posts do not wait,
+    and `wait` returns once all of this task's posts have arrived (an actor runs one
+    caller's calls in order), so a task that waits before it returns has its reports
+    on the board before its result is seen."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor, self.last = actor, None
+
+    def __call__(self, item: Any) -> None:
+        self.last = self.actor.post.remote(item)
+
+    def wait(self) -> None:
+        if self.last is not None:
+            ray.get(self.last)
+
+
+class RayBoard:
+    """Small reports from running tasks to the driver (how far a long task is): tasks
+    post to one actor, the driver drains it from its wait loop. Tasks throttle their own
+    posts (`progress.Throttled`), so a large cluster does not flood the driver."""
+
+    def __init__(self) -> None:
+        self._actor = ray.remote(_Posts).options(num_cpus=0).remote()
+
+    def poster(self) -> Poster:
+        return Poster(self._actor)
+
+    def drain(self) -> list:
+        """Every report posted since the last drain, in arrival order."""
+        return ray.get(self._actor.drain.remote())
+
+    def close(self) -> None:
+        ray.kill(self._actor, no_restart=True)
+
+
 def _value(done: Done) -> Any:
     if done.error is not None:
         raise done.error

@@ -9,12 +9,14 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lfvila_data.media.cut import CutConfig, MediaError, Probe, Span, cut_spans, probe
 from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, FetchError, Section
 from lfvila_data.output.write import DONE, FAILED, RETRY, OutputDir, VideoResult
+from lfvila_data.progress import CutProgress
 from lfvila_data.records import Failure, FailureCode, PlannedSample, Stage, sample_key
 from lfvila_data.schemas import manifest_row
 
@@ -187,12 +189,38 @@ def _existing_row(out: OutputDir, sample: PlannedSample, found: Probe, ctx: Task
     return manifest_row(sample, rel, found, out.fs.info(out.path(rel))["size"], ctx.source)
 
 
-def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
-    """Cut every unfinished sample of the video from its downloaded sections."""
+@dataclass
+class CutTally:
+    """What a cut task has finished of its video so far, reported after each step (a
+    group of samples cut, a section that failed) so that the build's progress moves
+    while a long video is cut, not only when all of it is done."""
+
+    video_id: str
+    report: Callable[[CutProgress], None] | None = None
+    samples: int = 0
+    written: int = 0
+    seconds: float = 0.0
+
+    def add(self, samples: int, rows: Iterable[dict] = (), cut: bool = True) -> None:
+        """`samples` planned samples finished, `rows` of them written (`cut`: by this task,
+        so their seconds count as cut; else reused from an earlier run)."""
+        rows = list(rows)
+        self.samples += samples
+        self.written += len(rows)
+        self.seconds += sum(r["end"] - r["start"] for r in rows) if cut else 0.0
+        if self.report is not None and samples:
+            self.report(CutProgress(self.video_id, self.samples, self.written, round(self.seconds, 3)))
+
+
+def cut_video(outcome: FetchOutcome, ctx: TaskContext,
+              report: Callable[[CutProgress], None] | None = None) -> VideoResult:
+    """Cut every unfinished sample of the video from its downloaded sections, telling
+    `report` how far it is after each group of samples."""
     job, out = outcome.job, OutputDir(ctx.output)
     rows: list[dict] = []
     failures: list[Failure] = []
     downloads: dict[str, int] = {}
+    tally = CutTally(job.video_id, report)
     try:
         if outcome.failure is not None:
             status = FAILED if outcome.failure.permanent else RETRY
@@ -204,9 +232,10 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
                 if fit is not None:
                     rows.append(_existing_row(out, fit, outcome.probes[s.key], ctx))
                     downloads[fit.key] = 0
+        tally.add(len(outcome.existing), rows, cut=False)  # files of an earlier run
         if outcome.fetched is not None:
             todo = [s for s in job.samples if s.key not in outcome.existing]
-            _cut_all(job, todo, outcome.fetched, out, ctx, rows, failures, downloads)
+            _cut_all(job, todo, outcome.fetched, out, ctx, rows, failures, downloads, tally)
         transient = any(not f.permanent for f in failures)
         status = RETRY if transient else DONE
         stamps = {r["video"]: file_stamp(out.fs.info(out.path(r["video"]))) for r in rows}
@@ -219,7 +248,7 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext) -> VideoResult:
 
 def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: OutputDir,
              ctx: TaskContext, rows: list[dict], failures: list[Failure],
-             downloads: dict[str, int]) -> None:
+             downloads: dict[str, int], tally: CutTally) -> None:
     share = _byte_shares(fetched, todo)
     by_section: dict[Section, list[PlannedSample]] = {}
     for sample in todo:
@@ -236,6 +265,7 @@ def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: Ou
             failures.extend(Failure(job.video_id, None, Stage.PROBE.value, FailureCode.PROBE_FAILED,
                                     f"{where}{e} (corrupt file, or the video ends before "
                                     f"{s.start:.3f} s)", True, key=s.key) for s in samples)
+            tally.add(len(samples))
             continue
         fitted = []
         for sample in samples:
@@ -245,7 +275,9 @@ def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: Ou
                 out.write_json(fit_rel(sample.video_id, sample.key), {"media_end": media.end})
             if fit is not None:
                 fitted.append((sample.key, fit))
+        tally.add(len(samples) - len(fitted))  # trimmed away whole by the video's end
         for group in adjacent_groups(fitted):
+            written = len(rows)
             for planned_key, fit, result in _cut_group(Path(section.path), group, media, out, ctx):
                 if isinstance(result, MediaError):
                     failures.append(Failure(job.video_id, None, Stage.CUT.value, FailureCode.CUT_FAILED, str(result),
@@ -253,6 +285,7 @@ def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: Ou
                 else:
                     rows.append(result)
                     downloads[fit.key] = share.get(planned_key, 0)
+            tally.add(len(group), rows[written:])
 
 
 GROUP_GAP = 5.0   # samples closer than this share one decode pass (cheaper than a re-seek)

@@ -107,6 +107,7 @@ DROP_REASONS = {
     "short_run": "a run of consecutive clips shorter than min_clips (music, long pauses)",
     "short_tail_chunk": "the last max_clips chunk of a long run, shorter than min_clips",
     "no_text": "a clip without text (it breaks its run)",
+    "outside_clips": "transcribed words outside every planned clip (hdvila --asr always: margins, gaps)",
     "past_video_end": "subtitle words after the end of the video",
     "wrong_language": "a subtitle file or transcript in another language than asked",
     "rejected_group": "--groups: a clip only in groups the ledger rejects",

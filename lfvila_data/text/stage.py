@@ -333,10 +333,12 @@ def plan_youtube(lists: list[str], out_dir: str, plan: PlanConfig, opts: TextOpt
 
 
 def retext_video(samples: list[PlannedSample], words: list[Word], language: str | None,
-                 plan: PlanConfig) -> tuple[list[PlannedSample], list[Failure]]:
+                 plan: PlanConfig, stats: Counter | None = None) -> tuple[list[PlannedSample], list[Failure]]:
     """HD-VILA samples of one video with their clip texts replaced by the transcript: each
     word goes to the clip holding its midpoint and keeps its time; clips that heard nothing
-    break their run, as a clip without text does in planning."""
+    break their run, as a clip without text does in planning. `stats` gets the words
+    heard, in samples and dropped by reason (words heard outside every clip, in the
+    transcribed margins and gaps, as `outside_clips`), which add up as for subtitles."""
     from bisect import bisect_right
 
     from lfvila_data.plan.join import group_runs
@@ -346,12 +348,20 @@ def retext_video(samples: list[PlannedSample], words: list[Word], language: str 
     clips = sorted({c.clip_id: c for s in samples for c in s.clips}.values(), key=lambda c: c.start)
     starts = [c.start for c in clips]
     heard: dict[str, list[Word]] = defaultdict(list)
+    outside: list[Word] = []
     for w in words:
         mid = (w.start + w.end) / 2
         i = bisect_right(starts, mid) - 1
         if i >= 0 and mid <= clips[i].end:  # clamped: a sentence never leaves its clip
             c = clips[i]
             heard[c.clip_id].append(Word(w.text, max(w.start, c.start), min(w.end, c.end)))
+        else:
+            outside.append(w)
+    if stats is not None:
+        stats["words_parsed"] += count_words(words)
+    if outside:
+        count_drop(stats, "outside_clips", words=count_words(outside),
+                   seconds=sum(w.end - w.start for w in outside))
     new_clips, texts = [], {}
     for c in clips:
         sentences = split_sentences(heard.get(c.clip_id, []))
@@ -359,7 +369,7 @@ def retext_video(samples: list[PlannedSample], words: list[Word], language: str 
         new_clips.append(Clip(c.clip_id, c.k, c.start, c.end, None, timed))
         if timed:
             texts[c.clip_id] = " ".join(t.text for t in timed)
-    got, fails = group_runs(VideoMeta(vid, url, tuple(new_clips)), texts, plan)
+    got, fails = group_runs(VideoMeta(vid, url, tuple(new_clips)), texts, plan, stats)
     fails = [Failure(f.video_id, f.clip_id, Stage.ASR.value, FailureCode.ASR_NO_WORDS, "speech recognition "
                      "heard no words in this clip", True) if f.code is FailureCode.NO_TEXT else f for f in fails]
     return [replace(s, text_source="asr", language=language) for s in got], fails
@@ -404,8 +414,9 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
             o = TextOutcome(result.video_id, samples[0].url, status=DONE if result.failure.permanent else RETRY,
                             failures=[result.failure])
         else:
-            got, fails = retext_video(samples, list(result.words), result.language, plan)
-            o = TextOutcome(result.video_id, samples[0].url, got, fails)
+            counts: Counter = Counter()
+            got, fails = retext_video(samples, list(result.words), result.language, plan, counts)
+            o = TextOutcome(result.video_id, samples[0].url, got, fails, counts=counts)
         journal.add(o.to_result())
         progress.finished(o, transcribed=True)
 

@@ -4,6 +4,9 @@ disk and loaded by path, so the real loading, actor pool and batching run. Its w
 meaningless: these tests check the plumbing (source times, samples, ledger)."""
 from __future__ import annotations
 
+import json
+from collections import Counter
+
 import pandas as pd
 import pytest
 
@@ -12,7 +15,7 @@ from lfvila_data.inputs import InputError
 from lfvila_data.localserver import MediaServer
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
-from lfvila_data.plan.join import PlanConfig
+from lfvila_data.plan.join import DROP_REASONS, PlanConfig, dropped_by_reason
 from lfvila_data.records import Clip, FailureCode, PlannedSample
 from lfvila_data.sources.local import local_video_id
 from lfvila_data.sources.youtube import url_video_id
@@ -33,7 +36,8 @@ def test_retext_video_assigns_words_by_midpoint():
     words = [Word("straddles", 18.2, 19.4),   # midpoint 18.8: clip 1, clamped to end at 19
              Word("hello.", 20.2, 20.8), Word("two", 31.0, 31.5), Word("three", 41.0, 41.2),
              Word("four", 51.0, 51.4), Word("between", 59.3, 59.8)]  # midpoint in no clip
-    got, fails = retext_video([sample], words, "en", PlanConfig(min_clips=2))
+    stats: Counter = Counter()
+    got, fails = retext_video([sample], words, "en", PlanConfig(min_clips=2), stats)
     assert [(f.clip_id, f.stage) for f in fails] == [("v.6.mp4", "asr")]
     assert "heard no words" in fails[0].reason and fails[0].code is FailureCode.ASR_NO_WORDS
     [s] = got
@@ -41,6 +45,17 @@ def test_retext_video_assigns_words_by_midpoint():
     assert [c.text for c in s.clips] == ["straddles", "hello.", "two", "three", "four"]
     assert (s.clips[0].sentences[0].start, s.clips[0].sentences[0].end) == (18.2, 19.0)
     assert [(c.start, c.end) for c in s.clips] == [(c.start, c.end) for c in clips[:5]]
+    # every word heard is in the sample or dropped with its reason
+    dropped = dropped_by_reason(stats)
+    assert (stats["words_parsed"], stats["words_in_samples"]) == (6, 5)
+    assert dropped["outside_clips"]["words"] == 1 and dropped["no_text"]["clips"] == 1
+
+
+def check_word_account(plan: dict) -> None:
+    """words in samples + dropped by reason = words parsed, for the transcript's words."""
+    assert plan["words_parsed"] > 0 and plan["words_in_samples"] > 0
+    assert plan["words_in_samples"] + sum(d["words"] for d in plan["dropped"].values()) == plan["words_parsed"]
+    assert set(plan["dropped"]) <= set(DROP_REASONS)
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +138,13 @@ def test_hdvila_asr_always_retranscribes_planned_spans(tmp_path, whisper, ray_mo
         cfg = BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(out),
                           plan=PLAN, text_opts=asr_opts(whisper, "always"),
                           task=TaskContext(output=str(out)))
-        run_build(cfg)
+        record = run_build(cfg)
     m = pd.read_parquet(out / "manifest.parquet")
     check_asr_samples(m, 100.0)
+    check_word_account(record["plan"])
+    assert record["plan"]["words_in_samples"] == sum(len(c["text"].split()) for r in m.itertuples()
+                                                     for c in r.clips)
+    assert json.loads((out / "build.json").read_text())["plan"] == record["plan"]
     assert all("says hello" not in c["text"] for row in m.itertuples() for c in row.clips)
     # only the planned spans (44.5 s onwards, with the margin) were transcribed
     assert all(t["start"] >= 44.5 for row in m.itertuples() for c in row.clips for t in c["sentences"])
