@@ -45,9 +45,12 @@ def _group() -> None:
     """Build long-form video-paragraph datasets (LF-VILA) on Ray."""
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str, code: int = 2) -> None:
     typer.echo(f"lfvila-data: error: {msg}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+STOPPED = 3  # exit code of a job that stopped part-way (output full or failing, lease lost)
 
 
 def _grouped_values(groups: tuple[Callable, ...], params: dict) -> list:
@@ -239,6 +242,7 @@ def build(*groups: object) -> None:
     """Plan long-form samples (HD-VILA metadata; YouTube or local videos with subtitles or
     speech recognition), then download, cut and record them."""
     from lfvila_data.build import run_build
+    from lfvila_data.output.write import OutputStopped
 
     cfg = build_config(*groups)
     if cfg.source == "hdvila" and cfg.text_opts.asr == "auto":
@@ -248,6 +252,8 @@ def build(*groups: object) -> None:
         run_build(cfg)
     except (InputError, ValueError) as e:
         _fail(str(e))
+    except OutputStopped as e:
+        _fail(str(e), STOPPED)
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume")
 
@@ -269,6 +275,8 @@ def shard(
 
     from lfvila_data.executor.cluster import init_ray
     from lfvila_data.executor.pool import RayTasks
+    from lfvila_data.output.lease import OutputLease
+    from lfvila_data.output.write import OutputDir, OutputStopped
     from lfvila_data.progress import ThrottledPrinter, human_bytes, human_time, print_summary
     from lfvila_data.shards.write import ShardConfig, run_shard
 
@@ -287,9 +295,13 @@ def shard(
                  force=done == total)
 
         write = RayTasks(max_in_flight=concurrency, num_cpus=1, max_retries=1)
-        stats = run_shard(list(input), output, cfg, write=write, on_progress=progress)
+        with OutputLease(OutputDir(output), "lfvila-data shard") as lease:
+            stats = run_shard(list(input), output, cfg, write=write, on_progress=progress)
+            lease.check()
     except (InputError, ValueError) as e:
         _fail(str(e))
+    except OutputStopped as e:
+        _fail(str(e), STOPPED)
     rows = [("samples", f"{stats['samples']:,}"), ("videos", f"{stats['videos']:,}"),
             ("hours", f"{stats['hours']:,.3f}"), ("shards", f"{stats['shards']:,}"),
             ("bytes", human_bytes(stats["bytes"]))]

@@ -155,6 +155,7 @@ class FailureCode(str, Enum):
     CUT_FAILED = "cut_failed"              # ffmpeg could not cut the sample
     TASK_CRASHED = "task_crashed"          # a worker task died (crash, bug); retried on the next run
     UNCLASSIFIED = "unclassified"          # a row written by a version before failures carried codes
+    OUTPUT_FULL = "output_full"            # the output could not be written (disk full, quota, I/O error); retried
 
 
 @dataclass(frozen=True)
