@@ -279,6 +279,8 @@ class Fetcher:
             if "ffmpeg exited" in msg and info is not None:
                 msg = self._diagnose(info) or msg
             raise FetchError(msg, is_permanent(msg)) from None
+        except yt_dlp.networking.exceptions.RequestError as e:
+            raise _request_error(e) from None
         if info is None:
             raise FetchError("yt-dlp returned no information", False)
         downloads = info.get("requested_downloads") or []
@@ -322,6 +324,17 @@ class Fetcher:
             if res.returncode == 0 and b"video" not in res.stdout:
                 return "the URL does not serve a readable video: no video stream found"
         return None
+
+
+def _request_error(err: Exception) -> FetchError:
+    """A request error yt-dlp let through: a redirect to a scheme it cannot fetch (file://,
+    ftp://) is a bad URL for good (retrying it would fail the same way on every run);
+    anything else is the network."""
+    msg = _clean(str(err))
+    if "No connection adapters" in msg or "Unsupported url scheme" in msg:
+        return FetchError(f"the server redirected to a URL we do not fetch: {msg}", True,
+                          FailureCode.BAD_URL)
+    return FetchError(msg, False, FailureCode.NETWORK)
 
 
 def _media_urls(info: dict) -> list[str]:

@@ -71,9 +71,8 @@ def test_a_lease_whose_heartbeat_stopped_is_stale(tmp_path):
         assert json.loads((tmp_path / LEASE).read_text())["token"] == lease.token
         lease.check()
     assert not (tmp_path / LEASE).exists()
-    with pytest.raises(InputError):  # LeaseHeld is the CLI's one-line error
-        with OutputLease(OutputDir(str(tmp_path)), "a", every_s=0.05):
-            OutputLease(OutputDir(str(tmp_path)), "b").acquire()
+    with pytest.raises(InputError), OutputLease(OutputDir(str(tmp_path)), "a", every_s=0.05):
+        OutputLease(OutputDir(str(tmp_path)), "b").acquire()  # LeaseHeld: the CLI's one-line error
 
 
 def test_a_job_that_lost_its_lease_stops(tmp_path):
