@@ -286,16 +286,16 @@ def shard(
                           samples_per_shard=samples_per_shard, max_shard_bytes=max_shard_bytes)
         from lfvila_data.shards.write import read_manifests
         read_manifests(list(input))  # bad inputs fail before Ray starts
-        init_ray(ray_address)
-        show = ThrottledPrinter(2.0)
+        with OutputLease(OutputDir(output), "lfvila-data shard") as lease:  # so does a busy output
+            init_ray(ray_address)
+            show = ThrottledPrinter(2.0)
 
-        def progress(done: int, total: int, nbytes: int) -> None:
-            rate = nbytes / max(time.monotonic() - started, 1e-6)
-            show(f"shard: {done}/{total} shards, {human_bytes(nbytes)} ({human_bytes(rate)}/s)",
-                 force=done == total)
+            def progress(done: int, total: int, nbytes: int) -> None:
+                rate = nbytes / max(time.monotonic() - started, 1e-6)
+                show(f"shard: {done}/{total} shards, {human_bytes(nbytes)} ({human_bytes(rate)}/s)",
+                     force=done == total)
 
-        write = RayTasks(max_in_flight=concurrency, num_cpus=1, max_retries=1)
-        with OutputLease(OutputDir(output), "lfvila-data shard") as lease:
+            write = RayTasks(max_in_flight=concurrency, num_cpus=1, max_retries=1)
             stats = run_shard(list(input), output, cfg, write=write, on_progress=progress)
             lease.check()
     except (InputError, ValueError) as e:

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from lfvila_data.build import BuildConfig, run_build
@@ -18,6 +19,7 @@ from lfvila_data.inputs import InputError
 from lfvila_data.media.task import TaskContext
 from lfvila_data.output.lease import LEASE, LeaseHeld, LeaseInfo, LeaseLost, OutputLease
 from lfvila_data.output.write import OutputDir
+from lfvila_data.schemas import MANIFEST_SCHEMA
 from tests.data.output.test_s3 import s3  # noqa: F401 - the moto server fixture
 from tests.support.media import decode_times
 
@@ -103,3 +105,20 @@ def test_s3_build_that_lost_its_lease_stops(site, tmp_path, s3):  # noqa: F811
     fs.invalidate_cache()
     assert not fs.exists("lfvila-test/out/manifest.parquet")
     assert json.loads(fs.cat_file(f"lfvila-test/out/{LEASE}"))["token"] == "taker"
+
+
+def test_shard_refuses_an_output_in_use(tmp_path):
+    build = tmp_path / "build"
+    build.mkdir()
+    pq.write_table(MANIFEST_SCHEMA.empty_table(), build / "manifest.parquet")
+    _lease_file(tmp_path / "shards", os.getpid(), time.time())
+    r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "shard", "--input", str(build),
+                        "--output", str(tmp_path / "shards")], capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"lfvila-data: error: {tmp_path / 'shards'} is in use by lfvila-data build on "
+        f"{socket.gethostname()} pid {os.getpid()} since "
+        + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(json.loads(
+            (tmp_path / "shards" / LEASE).read_text())["started"]))
+        + "; wait for it to finish, or use another output"]
