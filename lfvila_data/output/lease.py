@@ -19,7 +19,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Self
 
 from lfvila_data.inputs import InputError
@@ -64,6 +66,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _parse(data: bytes, mtime: Callable[[], float]) -> LeaseInfo:
+    """A lease file's record; one that cannot be read names an unknown job whose heartbeat
+    is the file's time, so it turns stale like any other."""
+    try:
+        return LeaseInfo(**json.loads(data))
+    except (ValueError, TypeError):
+        t = mtime()
+        return LeaseInfo("an unknown job", "?", 0, t, t, "")
+
+
+def _move_aside(path: Path, stale: LeaseInfo) -> None:
+    """Remove a stale lease. Of two jobs taking it over, the later one may move the
+    winner's new lease instead: it then puts that one back."""
+    aside = path.with_name(f"{LEASE}.{uuid.uuid4().hex}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    moved = _parse(aside.read_bytes(), time.time)
+    if moved.token != stale.token:
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+    aside.unlink()
+
+
 class OutputLease:
     """Hold the output's lease: `with OutputLease(out, "build"):` or acquire/release."""
 
@@ -84,14 +113,17 @@ class OutputLease:
         self.release()
 
     def read(self) -> LeaseInfo | None:
-        """The lease as the output holds it now; None when there is none (or it is torn)."""
+        """The lease as the output holds it now; None when there is none."""
         try:
-            data = json.loads(self.out.fs.cat_file(self.out.path(LEASE)))
-            return LeaseInfo(**data)
+            return _parse(self.out.fs.cat_file(self.out.path(LEASE)), self._mtime)
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError):
-            return None  # half-written by a job killed mid-write: nobody holds it
+
+    def _mtime(self) -> float:
+        try:
+            return float(self.out.fs.modified(self.out.path(LEASE)).timestamp())
+        except (FileNotFoundError, NotImplementedError):
+            return time.time()
 
     def is_stale(self, info: LeaseInfo) -> bool:
         if time.time() - info.heartbeat > self.timeout_s:
@@ -120,21 +152,17 @@ class OutputLease:
         if self.out.is_local:
             path = self.out.local_path(LEASE)
             path.parent.mkdir(parents=True, exist_ok=True)
-            if replace is not None or path.exists():
-                # a stale (or torn) lease: move it aside first; of two jobs taking over, one rename wins
-                aside = path.with_name(f"{LEASE}.{uuid.uuid4().hex}.stale")
-                try:
-                    os.rename(path, aside)
-                    aside.unlink()
-                except FileNotFoundError:
-                    pass
+            claim = path.with_name(f"{LEASE}.{self.token}.claim")
+            claim.write_bytes(data)  # complete before anyone can see it
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                if replace is not None:
+                    _move_aside(path, replace)
+                os.link(claim, path)  # atomic, and fails when a lease exists
+                return True
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            return True
+            finally:
+                claim.unlink(missing_ok=True)
         self.out.write_bytes(LEASE, data)
         time.sleep(0.5)  # let a racing writer land, then see whose lease stayed
         held = self.read()

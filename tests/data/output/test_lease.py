@@ -122,3 +122,13 @@ def test_shard_refuses_an_output_in_use(tmp_path):
         + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(json.loads(
             (tmp_path / "shards" / LEASE).read_text())["started"]))
         + "; wait for it to finish, or use another output"]
+
+
+def test_an_unreadable_lease_is_held_until_its_file_goes_stale(tmp_path):
+    (tmp_path / LEASE).write_text("{not json")
+    with pytest.raises(LeaseHeld, match="in use by an unknown job"):
+        OutputLease(OutputDir(str(tmp_path)), "test").acquire()
+    os.utime(tmp_path / LEASE, (time.time() - 600, time.time() - 600))
+    with OutputLease(OutputDir(str(tmp_path)), "test") as lease:
+        assert json.loads((tmp_path / LEASE).read_text())["token"] == lease.token
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no claim or stale file left
