@@ -258,7 +258,10 @@ def remove_junk(out: OutputDir, ctx: TaskContext) -> None:
     files of interrupted writes in the output, and this output's scratch on this machine."""
     for rel in ("", Journal.DIR):
         for name in out.list(rel, ".tmp"):
-            out.fs.rm(name)
+            try:
+                out.fs.rm(name)
+            except FileNotFoundError:
+                pass  # gone meanwhile (a write of the killed job's last worker finishing)
     shutil.rmtree(ctx.scratch(), ignore_errors=True)
 
 
