@@ -18,13 +18,24 @@ from dataclasses import asdict, dataclass
 from lfvila_data import __version__
 from lfvila_data.executor.asr import transcribe_on_ray
 from lfvila_data.executor.base import local_fetch_cut
-from lfvila_data.executor.cluster import init_ray
+from lfvila_data.executor.cluster import init_ray, shutdown_ray, stop_on_signals
 from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
 from lfvila_data.media.task import TaskContext, VideoJob, cut_video, fetch_video, file_stamp
 from lfvila_data.output.fingerprint import content, fingerprint, remove_dir, reuse_or_clear
-from lfvila_data.output.write import DONE, FAILED, Journal, OutputDir, VideoResult, finalize, read_journal
+from lfvila_data.output.lease import OutputLease
+from lfvila_data.output.write import (
+    DONE,
+    FAILED,
+    Journal,
+    OutputDir,
+    OutputStopped,
+    VideoResult,
+    finalize,
+    is_output_error,
+    read_journal,
+)
 from lfvila_data.plan.join import (
     PlanConfig,
     PlanSummary,
@@ -36,7 +47,7 @@ from lfvila_data.plan.join import (
     word_account_rows,
 )
 from lfvila_data.progress import BuildProgress, CutProgress, human_bytes, human_time, print_summary
-from lfvila_data.records import PlannedSample
+from lfvila_data.records import FailureCode, PlannedSample
 from lfvila_data.schemas import plan_row_to_sample
 from lfvila_data.sources.local import find_videos
 from lfvila_data.text.stage import (
@@ -304,15 +315,16 @@ def run_videos_here(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
 
 
 def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
-                  previous: dict[str, tuple[str, dict]], runner: VideoRunner = run_videos,
-                  progress_every_s: float = 2.0) -> BuildProgress:
-    """Fetch and cut every unfinished video, journaling each result as it arrives;
-    progress lines at most every `progress_every_s`, moving while a video is cut."""
+                  previous: dict[str, tuple[str, dict]], lease: OutputLease | None = None,
+                  runner: VideoRunner = run_videos, progress_every_s: float = 2.0) -> BuildProgress:
+    """Fetch and cut every unfinished video, journaling each result as it arrives; stop at
+    the first result that says the output itself failed (every later video would too).
+    Progress lines at most every `progress_every_s`, moving while a video is cut."""
     skip = finished_videos(previous, cfg.retry_failed)
     skip -= changed_files(out, {vid: previous[vid] for vid in skip})
     progress = BuildProgress(videos_total=max(plan.videos_with_samples - len(skip & set(previous)), 0),
                              every_s=progress_every_s, samples_total=plan.samples)
-    journal = Journal(out)
+    journal = Journal(out, guard=lease.check if lease else None)
 
     def on_skip(samples: int) -> None:
         progress.samples_total -= samples
@@ -325,6 +337,9 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
     def on_result(r: VideoResult) -> None:
         journal.add(r)
         progress.video_finished(r.video_id)
+        full = next((f for f in r.failures if f["code"] == FailureCode.OUTPUT_FULL.value), None)
+        if full is not None:
+            raise OutputStopped(output_failed(cfg.output, full["reason"]))
         if r.status == DONE:
             progress.videos_done += 1
         else:
@@ -378,20 +393,57 @@ def print_build_summary(cfg: BuildConfig, plan: PlanSummary, counts: dict, progr
     ])
 
 
+def output_failed(url: str, reason: str) -> str:
+    return (f"the output {url} cannot be written ({reason}); the build stopped: free space "
+            "(or fix the disk) and rerun the same command to resume")
+
+
+def remove_junk(out: OutputDir, ctx: TaskContext) -> None:
+    """What a killed job leaves (this output is leased, so no live job owns it): temporary
+    files of interrupted writes in the output, and this output's scratch on this machine."""
+    for rel in ("", Journal.DIR):
+        for name in out.list(rel, ".tmp"):
+            try:
+                out.fs.rm(name)
+            except FileNotFoundError:
+                pass  # gone meanwhile (a write of the killed job's last worker finishing)
+    shutil.rmtree(ctx.scratch(), ignore_errors=True)
+
+
 def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
-    """The whole build; returns the counts written to build.json. Progress lines go to
-    stderr at most every `progress_every_s`."""
+    """The whole build under the output's lease; returns the counts written to build.json.
+    SIGINT and SIGTERM stop Ray and remove this job's scratch and lease before exiting.
+    Progress lines go to stderr at most every `progress_every_s`."""
     started = time.time()
     out = preflight(cfg)
-    init_ray(cfg.ray_address)
-    if not cfg.plan_only:
-        record_media_settings(out, cfg)
+    with OutputLease(out, "lfvila-data build") as lease:
+        remove_junk(out, cfg.task_context())
+        try:
+            init_ray(cfg.ray_address)
+            stop_on_signals()
+            if not cfg.plan_only:
+                record_media_settings(out, cfg)  # may remove files (--rebuild): under the lease
+            return _run_leased(cfg, out, lease, started, progress_every_s)
+        except KeyboardInterrupt:
+            shutdown_ray()  # its workers must not outlive the driver, nor write to the output
+            raise
+        except OSError as e:
+            if is_output_error(e):
+                raise OutputStopped(output_failed(cfg.output, str(e))) from None
+            raise
+        finally:
+            shutil.rmtree(cfg.task_context().scratch(), ignore_errors=True)
+
+
+def _run_leased(cfg: BuildConfig, out: OutputDir, lease: OutputLease, started: float,
+                progress_every_s: float) -> dict:
     plan = _plan(cfg)
     if cfg.plan_only:
         print_summary(f"plan of {cfg.output}", _plan_rows(plan))
         return asdict(plan)
     previous = reset_stale_journal(out, plan, cfg.plan)
-    progress = run_journaled(cfg, out, plan, previous, progress_every_s=progress_every_s)
+    progress = run_journaled(cfg, out, plan, previous, lease, progress_every_s=progress_every_s)
+    lease.check()
     counts = finalize(out, read_journal(out), read_plan_failures(cfg.output))
     elapsed = time.time() - started
     record = build_record(cfg, plan, counts, progress, elapsed)

@@ -47,9 +47,12 @@ def _group() -> None:
     """Build long-form video-paragraph datasets (LF-VILA) on Ray."""
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str, code: int = 2) -> None:
     typer.echo(f"lfvila-data: error: {msg}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+STOPPED = 3  # exit code of a job that stopped part-way (output full or failing, lease lost)
 
 
 def _grouped_values(groups: tuple[Callable, ...], params: dict) -> list:
@@ -274,6 +277,7 @@ def build(*groups: object) -> None:
     """Plan long-form samples (HD-VILA metadata; YouTube or local videos with subtitles or
     speech recognition), then download, cut and record them."""
     from lfvila_data.build import run_build
+    from lfvila_data.output.write import OutputStopped
 
     cfg = build_config(*groups)
     if cfg.source == "hdvila" and cfg.text_opts.asr == "auto":
@@ -283,6 +287,8 @@ def build(*groups: object) -> None:
         run_build(cfg)
     except (InputError, ValueError) as e:
         _fail(str(e))
+    except OutputStopped as e:
+        _fail(str(e), STOPPED)
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume")
 
@@ -304,6 +310,8 @@ def shard(
 
     from lfvila_data.executor.cluster import init_ray
     from lfvila_data.executor.pool import RayTasks
+    from lfvila_data.output.lease import OutputLease
+    from lfvila_data.output.write import OutputDir, OutputStopped
     from lfvila_data.progress import ThrottledPrinter, human_bytes, human_time, print_summary
     from lfvila_data.shards.write import ShardConfig, run_shard
 
@@ -313,18 +321,22 @@ def shard(
                           samples_per_shard=samples_per_shard, max_shard_bytes=max_shard_bytes)
         from lfvila_data.shards.write import read_manifests
         read_manifests(list(input))  # bad inputs fail before Ray starts
-        init_ray(ray_address)
-        show = ThrottledPrinter(2.0)
+        with OutputLease(OutputDir(output), "lfvila-data shard") as lease:  # so does a busy output
+            init_ray(ray_address)
+            show = ThrottledPrinter(2.0)
 
-        def progress(done: int, total: int, nbytes: int) -> None:
-            rate = nbytes / max(time.monotonic() - started, 1e-6)
-            show(f"shard: {done}/{total} shards, {human_bytes(nbytes)} ({human_bytes(rate)}/s)",
-                 force=done == total)
+            def progress(done: int, total: int, nbytes: int) -> None:
+                rate = nbytes / max(time.monotonic() - started, 1e-6)
+                show(f"shard: {done}/{total} shards, {human_bytes(nbytes)} ({human_bytes(rate)}/s)",
+                     force=done == total)
 
-        write = RayTasks(max_in_flight=concurrency, num_cpus=1, max_retries=1)
-        stats = run_shard(list(input), output, cfg, write=write, on_progress=progress)
+            write = RayTasks(max_in_flight=concurrency, num_cpus=1, max_retries=1)
+            stats = run_shard(list(input), output, cfg, write=write, on_progress=progress)
+            lease.check()
     except (InputError, ValueError) as e:
         _fail(str(e))
+    except OutputStopped as e:
+        _fail(str(e), STOPPED)
     rows = [("samples", f"{stats['samples']:,}"), ("videos", f"{stats['videos']:,}"),
             ("hours", f"{stats['hours']:,.3f}"), ("shards", f"{stats['shards']:,}"),
             ("bytes", human_bytes(stats["bytes"]))]

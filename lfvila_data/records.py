@@ -170,6 +170,7 @@ class FailureCode(str, Enum):
     CLIP_IN_TWO_GROUPS = "clip_in_two_groups"  # --groups: a clip already in an earlier group (later one dropped)
     PRIVATE_ADDRESS = "private_address"    # the URL or a redirect leads to a loopback, private or link-local address, or off http(s)
     SLOW = "slow"                          # the server was slower than the minimum rate, or the video passed its deadline
+    OUTPUT_FULL = "output_full"            # the output could not be written (disk full, quota, I/O error); retried
 
 
 @dataclass(frozen=True)

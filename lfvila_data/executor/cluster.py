@@ -7,6 +7,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+import signal
+import threading
 
 import ray
 
@@ -86,3 +88,22 @@ def cluster_cpus() -> int:
 def node_id() -> str:
     """The node this task runs on, so a later task can be pinned next to its files."""
     return ray.get_runtime_context().get_node_id()
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP stop the driver the way Ctrl-C does (Ray's own SIGTERM handler
+    just exits), so the build unwinds: Ray is shut down and the job's scratch and lease
+    are removed instead of outliving it."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _interrupt)
+
+
+def shutdown_ray() -> None:
+    """Stop Ray now: a local instance's processes (workers, raylet, agents) with it."""
+    if ray.is_initialized():
+        ray.shutdown()

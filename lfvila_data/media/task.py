@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lfvila_data.media.cut import CutConfig, MediaError, Probe, Span, cut_spans, probe
 from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, FetchError, Section
-from lfvila_data.output.write import DONE, FAILED, RETRY, OutputDir, VideoResult
+from lfvila_data.output.write import DONE, FAILED, RETRY, OutputDir, VideoResult, is_output_error
 from lfvila_data.progress import CutProgress
 from lfvila_data.records import Failure, FailureCode, PlannedSample, Stage, sample_key
 from lfvila_data.schemas import manifest_row
@@ -241,6 +241,11 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext,
         stamps = {r["video"]: file_stamp(out.fs.info(out.path(r["video"]))) for r in rows}
         return VideoResult(job.video_id, status, rows, [f.to_row() for f in failures], downloads,
                            node=outcome.node_id, stamps=stamps)  # cut where it was fetched
+    except OSError as e:
+        if not is_output_error(e):
+            raise
+        return VideoResult(job.video_id, RETRY, [], [Failure(job.video_id, None, Stage.WRITE.value,
+                                                             FailureCode.OUTPUT_FULL, str(e), False).to_row()], {})
     finally:
         if outcome.fetched is not None and not outcome.fetched.local:
             shutil.rmtree(ctx.scratch() / job.video_id, ignore_errors=True)
@@ -279,7 +284,10 @@ def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: Ou
         for group in adjacent_groups(fitted):
             written = len(rows)
             for planned_key, fit, result in _cut_group(Path(section.path), group, media, out, ctx):
-                if isinstance(result, MediaError):
+                if isinstance(result, MediaError) and is_output_error(result):  # the disk, not the video
+                    failures.append(Failure(job.video_id, None, Stage.WRITE.value, FailureCode.OUTPUT_FULL,
+                                            str(result), False, key=fit.key))
+                elif isinstance(result, MediaError):
                     failures.append(Failure(job.video_id, None, Stage.CUT.value, FailureCode.CUT_FAILED, str(result),
                                             True, key=fit.key))
                 else:

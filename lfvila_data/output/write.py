@@ -7,13 +7,15 @@ point loses at most the batch in memory, and those samples' files are found on d
 reused by the next run."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import fsspec
 import pyarrow as pa
@@ -29,6 +31,23 @@ JOURNAL_SCHEMA = pa.schema([("video_id", pa.string()), ("status", pa.string()),
 # A video's journal status: done (every sample written or failed for good), failed
 # (nothing more to do unless --retry-failed), retry (a transient failure: retried on rerun).
 DONE, FAILED, RETRY = "done", "failed", "retry"
+
+# Errors of the output itself, never of one video: a full disk, a quota, a failing disk.
+# A rerun after fixing them must redo the work, so they are transient, and the build stops
+# at the first one instead of failing every remaining video the same way.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+OUTPUT_ERROR_TEXT = re.compile(r"No space left on device|Disk quota exceeded|Input/output error")
+
+
+class OutputStopped(Exception):
+    """The output cannot take more writes (full, over quota, failing, lease lost): the
+    build stops with this one-line message; a rerun after fixing it resumes."""
+
+
+def is_output_error(err: BaseException) -> bool:
+    """Whether an exception (or a tool's message inside it) is the output failing."""
+    return (isinstance(err, OSError) and err.errno in OUTPUT_ERRNOS) or \
+        bool(OUTPUT_ERROR_TEXT.search(str(err)))
 
 
 @dataclass
@@ -93,9 +112,16 @@ class OutputDir:
         path = self.path(rel)
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, path)
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            self.fs.mv(tmp, path)
+        except BaseException:
+            try:  # a full disk must not also keep the half-written temp file
+                self.fs.rm(tmp)
+            except OSError:
+                pass
+            raise
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         sink = pa.BufferOutputStream()
@@ -118,8 +144,10 @@ class Journal:
 
     DIR = "_journal"
 
-    def __init__(self, out: OutputDir, every_s: float = 5.0, every_n: int = 64, dir: str = DIR):
+    def __init__(self, out: OutputDir, every_s: float = 5.0, every_n: int = 64, dir: str = DIR,
+                 guard: Callable[[], None] | None = None):
         self.out, self.every_s, self.every_n, self.dir = out, every_s, every_n, dir
+        self.guard = guard  # called before every write (the output lease's check)
         self.buffer: list[VideoResult] = []
         self.last = time.monotonic()
         self.run = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:6]}"
@@ -134,6 +162,8 @@ class Journal:
         self.last = time.monotonic()
         if not self.buffer:
             return
+        if self.guard is not None:
+            self.guard()
         table = pa.table({"video_id": [r.video_id for r in self.buffer],
                           "status": [r.status for r in self.buffer],
                           "payload": [r.payload() for r in self.buffer]}, schema=JOURNAL_SCHEMA)

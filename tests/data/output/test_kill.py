@@ -1,0 +1,67 @@
+"""No junk after a kill: SIGTERM or SIGINT to a real build stops its Ray (no worker or
+agent outlives the driver) and removes its scratch and lease; a rerun after kill -9
+removes what the killed job left (scratch, temporary files, its lease) and completes."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import psutil
+import pytest
+
+from lfvila_data.media.task import TaskContext
+from lfvila_data.output.lease import LEASE
+
+
+def _start(site, out, work) -> subprocess.Popen:
+    return subprocess.Popen(site.build_cmd(out, work, "--download-concurrency", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_until(job: subprocess.Popen, ready) -> None:
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the build never got there"
+        time.sleep(0.1)
+
+
+def _junk(out) -> list:
+    return [p for p in out.rglob("*") if p.name.endswith((".tmp", ".part")) or p.name == LEASE]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_ray_and_removes_scratch_and_lease(site, tmp_path, sig):
+    out, work = tmp_path / "out", tmp_path / "work"
+    scratch = TaskContext(output=str(out), workdir=str(work)).scratch()
+    job = _start(site, out, work)
+    _wait_until(job, scratch.exists)  # downloading
+    kids = psutil.Process(job.pid).children(recursive=True)
+    assert kids  # Ray's processes
+    job.send_signal(sig)
+    rc = job.wait(timeout=120)
+    err = job.communicate()[1]
+    assert rc == 2, err[-3000:]
+    assert "interrupted; rerun the same command to resume" in err
+    _, alive = psutil.wait_procs(kids, timeout=60)
+    assert not alive, [p.cmdline()[:3] for p in alive]
+    assert not scratch.exists()
+    assert not _junk(out)
+
+
+def test_a_rerun_after_kill_9_cleans_up_and_completes(site, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    scratch = TaskContext(output=str(out), workdir=str(work)).scratch()
+    job = _start(site, out, work)
+    _wait_until(job, lambda: (out / "videos").exists())  # cutting
+    job.kill()
+    job.wait(timeout=60)
+    assert (out / LEASE).exists()  # a killed job cannot release it
+    (out / "_write_check.0123abcd.tmp").write_bytes(b"")  # what a write killed mid-way leaves
+    r = subprocess.run(_start(site, out, work).args, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list(pd.read_parquet(out / "manifest.parquet").key) == site.keys
+    assert not scratch.exists()
+    assert not _junk(out)
