@@ -4,13 +4,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-import signal
-import threading
 
 import ray
+from ray.exceptions import AuthenticationError
 
 from lfvila_data.inputs import InputError
 
@@ -26,34 +27,48 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         kwargs = {"address": address, "log_to_driver": False, "logging_level": logging.WARNING}
     elif num_cpus:
         kwargs["num_cpus"] = num_cpus
-    if address:
-        pass_token_through()
     with _stderr_captured() as captured:
         try:
             ray.init(**kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as e:
+            return
+        except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
+            error, said = e, captured()
+    # a cluster that wants a token this job did not send: send the one this machine holds
+    if not (address and _refused_token(said) and pass_token_through()):
+        raise InputError(_init_error(address, error, said)) from error
+    with _stderr_captured() as captured:
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
             raise InputError(_init_error(address, e, captured())) from e
 
 
-def pass_token_through() -> None:
-    """Join a cluster that uses token authentication (the default of `ray start` since Ray
-    2.59) with the token this machine holds: Ray's own driver only sends one when
-    RAY_AUTH_MODE=token is set, and otherwise retries for ~20 s before failing."""
-    if os.environ.get("RAY_AUTH_MODE"):
-        return  # the user chose; respect it
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
-        os.environ["RAY_AUTH_MODE"] = "token"
-        # Ray read its config when it was imported; this is how Ray itself makes a
-        # process see a mode set later (ray._private.authentication)
-        from ray._raylet import Config
+def _refused_token(stderr: str) -> bool:
+    return "InvalidAuthToken" in stderr or "Unauthenticated" in stderr
 
-        Config.initialize("")
+
+def pass_token_through() -> bool:
+    """Send this machine's token to a cluster that refused us without one (token
+    authentication is the default of `ray start` since Ray 2.59, but Ray's driver sends a
+    token to an explicit address only when RAY_AUTH_MODE=token is set). True when there
+    is a token to try and the user did not choose a mode."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return False  # the user chose; respect it
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path)):
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    # Ray read its config when it was imported; this is how Ray itself makes a process see
+    # a mode set later (ray._private.authentication)
+    from ray._raylet import Config
+
+    Config.initialize("")
+    return True
 
 
 def _init_error(address: str | None, e: BaseException, stderr: str) -> str:
     where = address or "local"
-    if "InvalidAuthToken" in stderr or "Unauthenticated" in stderr:
+    if _refused_token(stderr) or isinstance(e, AuthenticationError):
         return (f"the Ray cluster at {where} requires token authentication and refused this job's "
                 "token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token, which "
                 "`ray get-auth-token` prints on its head node")
