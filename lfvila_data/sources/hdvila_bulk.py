@@ -11,7 +11,8 @@ line is the same coded ledger row as before, and every good line the same row va
    JSON value cannot continue past such a line end (after `}`, a `{` is invalid inside
    any value), so Arrow's row count equals the line count exactly when each line is one
    object, and row i is line i. A piece Arrow rejects is halved until the bad lines are
-   found; pieces of at most `_MIN_PIECE_LINES` lines go to the per-line parser.
+   found, one line at a time at the end (at most `_MAX_REJECTS` rejected parses per
+   piece, so a file of bad lines costs little more than the per-line parser alone).
  * Arrow does not check UTF-8 or nesting depth, where Python's `json` does (a bad byte
    anywhere in a line, or ~1000 nested brackets, make the line bad): pieces are UTF-8
    validated, and lines with more than `_MAX_BRACKETS` brackets go to the per-line parser.
@@ -54,7 +55,7 @@ PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u200
 _NEEDS_SPLIT_RE = ("^ | $|  |[" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE if c != " ") + "]")
 
 _PIECE_BYTES = 4 * 1024 * 1024  # one Arrow parse; also bounds the temporary arrays
-_MIN_PIECE_LINES = 16           # a rejected piece this small is parsed line by line
+_MAX_REJECTS = 64                # rejected Arrow parses per piece before the rest goes line by line
 _MAX_BRACKETS = 400             # Python's json gives up near 1000 nested brackets
 _READ = pj.ReadOptions(use_threads=False)  # a map task holds one CPU
 _BLANK = b" \t\n\r\x0b\x0c"        # what bytes.strip() removes
@@ -63,12 +64,14 @@ _BLANK = b" \t\n\r\x0b\x0c"        # what bytes.strip() removes
 @dataclass(frozen=True)
 class VideoBlock:
     """The video lines of one byte range: videos and their clips (any row order), the
-    ledger rows of bad lines and clips in line order, and the count of non-blank lines."""
+    ledger rows of bad lines and clips in line order, the count of non-blank lines and
+    of those parsed one by one."""
 
     videos: pa.Table
     clips: pa.Table
     failures: list[Failure]
     lines: int
+    per_line: int
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class TextBlock:
     video_ids: pa.Array
     failures: list[Failure]
     lines: int
+    per_line: int
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,7 +107,7 @@ def parse_video_lines(lines: Iterable[tuple[int, bytes]], *, allow_local_files: 
             for name, value in zip(CLIP_COLUMNS.names, (video.video_id, offset, c.clip_id, c.k, c.start, c.end)):
                 clips[name].append(value)
     return VideoBlock(pa.table(videos, schema=VIDEO_COLUMNS), pa.table(clips, schema=CLIP_COLUMNS),
-                      failures, count)
+                      failures, count, count)
 
 
 def parse_text_lines(lines: Iterable[tuple[int, bytes]]) -> TextBlock:
@@ -123,7 +127,8 @@ def parse_text_lines(lines: Iterable[tuple[int, bytes]]) -> TextBlock:
         texts["text"].append(text)
         texts["offset"].append(offset)
         video_ids.append(clip_id[:clip_id.index(".")])
-    return TextBlock(pa.table(texts, schema=TEXT_COLUMNS), pa.array(video_ids, pa.string()), failures, count)
+    return TextBlock(pa.table(texts, schema=TEXT_COLUMNS), pa.array(video_ids, pa.string()), failures, count,
+                     count)
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,7 +152,7 @@ def parse_video_block(data: bytes, base: int, *, allow_local_files: bool) -> Vid
     return VideoBlock(
         pa.concat_tables([v for v, _ in fast] + [per_line.videos]),
         pa.concat_tables([c for _, c in fast] + [per_line.clips]),
-        per_line.failures, per_line.lines + sum(v.num_rows for v, _ in fast))
+        per_line.failures, per_line.lines + sum(v.num_rows for v, _ in fast), per_line.lines)
 
 
 def parse_text_block(data: bytes, base: int) -> TextBlock:
@@ -166,7 +171,7 @@ def parse_text_block(data: bytes, base: int) -> TextBlock:
     return TextBlock(
         pa.concat_tables([t for t, _ in fast] + [per_line.texts]),
         pa.concat_arrays([v for _, v in fast] + [per_line.video_ids]),
-        per_line.failures, per_line.lines + sum(t.num_rows for t, _ in fast))
+        per_line.failures, per_line.lines + sum(t.num_rows for t, _ in fast), per_line.lines)
 
 
 def _line_at(data: bytes, base: int, offset: int) -> bytes:
@@ -188,15 +193,37 @@ def _pieces(data: bytes, base: int, schema: pa.Schema
         simple = _simple_lines(data, starts, ends)
         rejected = [(base + int(s), data[s:e]) for s, e in zip(starts[~simple], ends[~simple])
                     if data[s:e].strip(_BLANK)]
-        tables: list[pa.Table] = []
-        offsets: list[np.ndarray] = []
-        _parse_or_halve(data, starts[simple], ends[simple], schema, tables, offsets, rejected, base)
+        tables, offsets = _parse_halving(data, starts[simple], ends[simple], schema, rejected, base)
         rejected.sort()
         if tables:
             yield pa.concat_tables(tables), base + np.concatenate(offsets), rejected
         else:
             yield None, np.zeros(0, np.int64), rejected
         lo = hi
+
+
+def _parse_halving(data: bytes, starts: np.ndarray, ends: np.ndarray, schema: pa.Schema,
+                   rejected: list[tuple[int, bytes]], base: int) -> tuple[list[pa.Table], list[np.ndarray]]:
+    """Tables of the lines Arrow accepts (with their line starts); a rejected set of lines
+    is halved until the bad lines, which are added to `rejected`, stand alone."""
+    tables: list[pa.Table] = []
+    offsets: list[np.ndarray] = []
+    todo = [(starts, ends)]
+    rejects = 0
+    while todo:
+        s, e = todo.pop()
+        table = _read_json(data, s, e, schema) if len(s) and rejects < _MAX_REJECTS else None
+        if table is not None:
+            tables.append(table)
+            offsets.append(s)
+        elif len(s) > 1 and rejects < _MAX_REJECTS:
+            rejects += 1
+            mid = len(s) // 2
+            todo += [(s[mid:], e[mid:]), (s[:mid], e[:mid])]
+        else:
+            rejects += len(s) > 0
+            rejected += [(base + int(a), data[a:b]) for a, b in zip(s, e)]
+    return tables, offsets
 
 
 def _line_bounds(data: bytes, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -225,22 +252,6 @@ def _simple_lines(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarr
     brackets = np.flatnonzero((span == ord("[")) | (span == ord("{"))) + starts[0]
     count = np.searchsorted(brackets, ends) - np.searchsorted(brackets, starts)
     return simple & (count <= _MAX_BRACKETS)
-
-
-def _parse_or_halve(data: bytes, starts: np.ndarray, ends: np.ndarray, schema: pa.Schema,
-                    tables: list, offsets: list, rejected: list, base: int) -> None:
-    if not len(starts):
-        return
-    table = _read_json(data, starts, ends, schema)
-    if table is not None:
-        tables.append(table)
-        offsets.append(starts)
-    elif len(starts) <= _MIN_PIECE_LINES:
-        rejected += [(base + int(s), data[s:e]) for s, e in zip(starts, ends)]
-    else:
-        mid = len(starts) // 2
-        _parse_or_halve(data, starts[:mid], ends[:mid], schema, tables, offsets, rejected, base)
-        _parse_or_halve(data, starts[mid:], ends[mid:], schema, tables, offsets, rejected, base)
 
 
 def _read_json(data: bytes, starts: np.ndarray, ends: np.ndarray, schema: pa.Schema) -> pa.Table | None:
