@@ -229,13 +229,39 @@ def _nonblank_lines(path: str, start: int, end: int) -> Iterator[tuple[int, byte
     return ((o, ln) for o, ln in read_lines_in_range(path, start, end) if ln.strip())
 
 
+def _crc32_table() -> np.ndarray:
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
+    return table
+
+
+_CRC32 = _crc32_table()
+
+
+def crc32_each(values: pa.Array) -> np.ndarray:
+    """zlib.crc32 of each string's UTF-8 bytes, one byte position at a time over all of
+    them (ids are short), so hashing a block's ids costs no Python loop."""
+    values = values.cast(pa.large_string())
+    n = len(values)
+    offsets = np.frombuffer(values.buffers()[1], np.int64, n + 1, values.offset)
+    data = np.frombuffer(values.buffers()[2], np.uint8) if n and values.buffers()[2] else np.zeros(0, np.uint8)
+    lengths = offsets[1:] - offsets[:-1]
+    crc = np.full(n, 0xFFFFFFFF, np.uint32)
+    for pos in range(int(lengths.max()) if n else 0):
+        live = np.flatnonzero(lengths > pos)
+        byte = data[offsets[live] + pos]
+        crc[live] = _CRC32[(crc[live] ^ byte) & 0xFF] ^ (crc[live] >> 8)
+    return crc ^ np.uint32(0xFFFFFFFF)
+
+
 def buckets_of(video_ids: pa.Array | pa.ChunkedArray, num_buckets: int) -> np.ndarray:
     """`bucket_of` for each id, hashing each distinct id once."""
     if isinstance(video_ids, pa.ChunkedArray):
         video_ids = video_ids.combine_chunks()
     codes = pc.dictionary_encode(video_ids)
-    per_id = [bucket_of(v, num_buckets) for v in codes.dictionary.to_pylist()]
-    return np.asarray(per_id, dtype=np.int64)[codes.indices.to_numpy(zero_copy_only=False)]
+    per_id = crc32_each(codes.dictionary).astype(np.int64) % num_buckets
+    return per_id[codes.indices.to_numpy(zero_copy_only=False)]
 
 
 def map_metadata_range(file_idx: int, path: str, start: int, end: int, num_buckets: int,

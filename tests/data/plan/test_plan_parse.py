@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lfvila_data.executor.base import local_shuffle
-from lfvila_data.plan.join import PlanConfig, build_plan
+from lfvila_data.plan.join import PlanConfig, bucket_of, buckets_of, build_plan, crc32_each
 
 _TEXTS = ["Hello there.", "  leading and trailing  ", "double  space", "tab\there", "nbsp\u00a0here",
           "ideographic\u3000space", "caf\u00e9 \u00fcber na\u00efve", "emoji \U0001f600 ok", "quote \" and \\ back",
@@ -129,3 +133,13 @@ def test_arrow_blocks_and_per_line_give_the_same_plan_files(tmp_path, seed, cfg)
         assert per_line[name] == arrow[name], name
     assert sum(summaries[0].failures_by_stage.values()) > 30  # the bad lines and clips, and clips without text
     assert summaries[0].samples > 20
+
+
+@settings(max_examples=50, deadline=None)
+@given(ids=st.lists(st.text(max_size=40), max_size=50), offset=st.integers(0, 3), num_buckets=st.integers(1, 64))
+def test_vectorised_buckets_are_bucket_of(ids, offset, num_buckets):
+    """The map's vectorised CRC-32 puts every id in the bucket `bucket_of` names, so a
+    video's clips, texts and failures meet whichever path parsed them."""
+    values = pa.array(["pad"] * offset + ids, pa.string()).slice(offset)
+    assert list(crc32_each(values)) == [zlib.crc32(v.encode()) for v in ids]
+    assert list(buckets_of(values, num_buckets)) == [bucket_of(v, num_buckets) for v in ids]
