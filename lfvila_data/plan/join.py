@@ -273,6 +273,7 @@ def map_metadata_range(file_idx: int, path: str, start: int, end: int, num_bucke
     else:
         pos, data = read_range(path, start, end)
         block = parse_video_block(data, pos, allow_local_files=allow_local_files)
+        del data  # before the split copies the tables
     videos = block.videos.add_column(2, "file_idx", pa.array(np.full(block.videos.num_rows, file_idx, np.int32)))
     clips = block.clips.add_column(1, "file_idx", pa.array(np.full(block.clips.num_rows, file_idx, np.int32)))
     v_parts = _split(videos, buckets_of(videos.column("video_id"), num_buckets), num_buckets)
@@ -290,6 +291,7 @@ def map_text_range(file_idx: int, path: str, start: int, end: int, num_buckets: 
     else:
         pos, data = read_range(path, start, end)
         block = parse_text_block(data, pos)
+        del data
     texts = block.texts.add_column(2, "file_idx", pa.array(np.full(block.texts.num_rows, file_idx, np.int32)))
     t_parts = _split(texts, buckets_of(block.video_ids, num_buckets), num_buckets)
     f_parts = _split_failures(block.failures, num_buckets, task_no)

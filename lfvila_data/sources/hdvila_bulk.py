@@ -288,13 +288,15 @@ def _check_texts(table: pa.Table, offsets: np.ndarray) -> tuple[pa.Table, pa.Arr
         zero_copy_only=False)
     bad = ~good
     keep = pa.array(good)
-    text = text.filter(keep)
+    if bad.any():
+        clip_id, text, parts, offsets = (clip_id.filter(keep), text.filter(keep), parts.filter(keep),
+                                         offsets[good])
     redo = _matches(text, _NEEDS_SPLIT_RE)
     if redo.any():
         fixed = pa.array([" ".join(t.split()) for t in text.filter(pa.array(redo)).to_pylist()], pa.string())
         text = pc.replace_with_mask(text, pa.array(redo), fixed)
-    texts = pa.table({"clip_id": clip_id.filter(keep), "text": text, "offset": offsets[good]}, schema=TEXT_COLUMNS)
-    return texts, pc.struct_field(parts, "vid").filter(keep), bad
+    texts = pa.table({"clip_id": clip_id, "text": text, "offset": offsets}, schema=TEXT_COLUMNS)
+    return texts, pc.struct_field(parts, "vid"), bad
 
 
 def _check_videos(table: pa.Table, offsets: np.ndarray) -> tuple[pa.Table, pa.Table, np.ndarray]:
