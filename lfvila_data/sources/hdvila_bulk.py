@@ -21,7 +21,7 @@ line is the same coded ledger row as before, and every good line the same row va
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,16 +138,7 @@ def parse_text_lines(lines: Iterable[tuple[int, bytes]]) -> TextBlock:
 def parse_video_block(data: bytes, base: int, *, allow_local_files: bool) -> VideoBlock:
     """Parse the video lines of `data` (whole lines; `base` is the file offset of its first
     byte), exactly as `parse_video_lines` would."""
-    fast: list[tuple[pa.Table, pa.Table]] = []
-    slow: list[tuple[int, bytes]] = []
-    for table, offsets, rejected in _pieces(data, base, _VIDEO_JSON):
-        slow += rejected
-        if table is None:
-            continue
-        videos, clips, bad = _check_videos(table, offsets)
-        fast.append((videos, clips))
-        slow += [(int(o), _line_at(data, base, int(o))) for o in offsets[bad]]
-    slow.sort()
+    fast, slow = _fast_and_slow(data, base, _VIDEO_JSON, _check_videos)
     per_line = parse_video_lines(slow, allow_local_files=allow_local_files)
     return VideoBlock(
         pa.concat_tables([v for v, _ in fast] + [per_line.videos]),
@@ -157,21 +148,29 @@ def parse_video_block(data: bytes, base: int, *, allow_local_files: bool) -> Vid
 
 def parse_text_block(data: bytes, base: int) -> TextBlock:
     """Parse the clip-text lines of `data`, exactly as `parse_text_lines` would."""
-    fast: list[tuple[pa.Table, pa.Array]] = []
-    slow: list[tuple[int, bytes]] = []
-    for table, offsets, rejected in _pieces(data, base, _TEXT_JSON):
-        slow += rejected
-        if table is None:
-            continue
-        texts, video_ids, bad = _check_texts(table, offsets)
-        fast.append((texts, video_ids))
-        slow += [(int(o), _line_at(data, base, int(o))) for o in offsets[bad]]
-    slow.sort()
+    fast, slow = _fast_and_slow(data, base, _TEXT_JSON, _check_texts)
     per_line = parse_text_lines(slow)
     return TextBlock(
         pa.concat_tables([t for t, _ in fast] + [per_line.texts]),
         pa.concat_arrays([v for _, v in fast] + [per_line.video_ids]),
         per_line.failures, per_line.lines + sum(t.num_rows for t, _ in fast), per_line.lines)
+
+
+def _fast_and_slow(data: bytes, base: int, schema: pa.Schema, check: Callable
+                   ) -> tuple[list[tuple], list[tuple[int, bytes]]]:
+    """`check(table, offsets)` (its outputs, then a mask of rows it rejects) of each piece
+    Arrow parsed, and the (offset, line) pairs the per-line parser must see, in line order."""
+    fast: list[tuple] = []
+    slow: list[tuple[int, bytes]] = []
+    for table, offsets, rejected in _pieces(data, base, schema):
+        slow += rejected
+        if table is None:
+            continue
+        *outputs, bad = check(table, offsets)
+        fast.append(tuple(outputs))
+        slow += [(int(o), _line_at(data, base, int(o))) for o in offsets[bad]]
+    slow.sort()
+    return fast, slow
 
 
 def _line_at(data: bytes, base: int, offset: int) -> bytes:
