@@ -1,6 +1,10 @@
 """Benchmark of the planning shuffle: wall time and peak memory of build_plan on a local
-Ray against a naive one-process pandas join, on generated HD-VILA-format metadata.
+Ray, parsing the inputs in Arrow blocks (the default) and line by line (`per_line`, the
+path before), in one run, with the plan files of both compared byte for byte; the map
+phase alone (CPU per clip, one process); and a naive one-process pandas join. All on
+generated HD-VILA-format metadata.
 
+    python benchmarks/bench_plan.py --clips 1000000 --skip-baseline
     python benchmarks/bench_plan.py --clips 10000000 --workdir /tmp/lfvila-bench-plan
 
 Memory is sampled every 0.5 s over the driver and every process it started (gcs, raylet,
@@ -201,7 +205,7 @@ class MemorySampler:
 
 
 def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | None,
-            chunk_mib: int, max_in_flight: int | None) -> dict:
+            chunk_mib: int, max_in_flight: int | None, per_line: bool = False) -> dict:
     import ray
 
     from lfvila_data.executor.pool import RayShuffle
@@ -212,12 +216,37 @@ def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | N
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         t1 = time.monotonic()
         cfg = PlanConfig(num_buckets=num_buckets, chunk_bytes=chunk_mib * 1024 * 1024)
-        summary = build_plan(meta, text, out_dir, cfg, shuffle=RayShuffle(max_in_flight=max_in_flight))
+        summary = build_plan(meta, text, out_dir, cfg, shuffle=RayShuffle(max_in_flight=max_in_flight),
+                             per_line=per_line)
         t2 = time.monotonic()
         ray.shutdown()
     return {"wall_s": t2 - t1, "ray_start_s": t1 - t0, "summary": summary.__dict__,
             "peak_rss_sum_mib": mem.peak_rss / 1024, "peak_pss_sum_mib": mem.peak_pss / 1024,
             "peak_one_mib": mem.peak_one / 1024, "peak_one_name": mem.peak_one_name}
+
+
+def map_phase_cpu(meta: list[str], text: list[str], chunk_mib: int, per_line: bool) -> dict:
+    """CPU seconds of every map task of build_plan run in this process (11 buckets)."""
+    from lfvila_data.inputs import iter_line_ranges
+    from lfvila_data.plan.join import map_metadata_range, map_text_range
+
+    t0, lines = time.process_time(), 0
+    for kind, paths in (("metadata", meta), ("text", text)):
+        for i, p in enumerate(paths):
+            for _, start, end in iter_line_ranges(p, chunk_mib * 1024 * 1024):
+                if kind == "metadata":
+                    _, stats = map_metadata_range(i, p, start, end, 11, False, 0, per_line)
+                else:
+                    _, stats = map_text_range(i, p, start, end, 11, 0, per_line)
+                lines += stats["lines"]
+    return {"cpu_s": time.process_time() - t0, "lines": lines}
+
+
+def same_files(a: str, b: str) -> bool:
+    """Every file under a/plan and b/plan byte for byte equal."""
+    names = sorted(os.listdir(f"{a}/plan"))
+    return names == sorted(os.listdir(f"{b}/plan")) and all(
+        Path(f"{a}/plan/{n}").read_bytes() == Path(f"{b}/plan/{n}").read_bytes() for n in names)
 
 
 def naive_pandas(meta: list[str], text: list[str]) -> dict:
@@ -271,6 +300,9 @@ def main() -> None:
     ap.add_argument("--chunk-mib", type=int, default=64)
     ap.add_argument("--max-in-flight", type=int, default=None)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--skip-map", action="store_true", help="skip the in-process map-phase CPU measurement")
+    ap.add_argument("--per-line", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run build_plan with per-line parsing (the path before Arrow blocks)")
     ap.add_argument("--baseline-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_child:
@@ -287,27 +319,46 @@ def main() -> None:
           f"(generated or reused in {time.monotonic() - t0:.0f} s)", flush=True)
 
     results = {}
-    results[f"ray build_plan, {info['clips']:,} clips"] = (info["clips"], run_ray(
-        meta, text, str(work / f"out-{args.clips}"), args.num_buckets, args.chunk_mib, args.max_in_flight))
+    if not args.skip_map:
+        for per_line in (True, False):
+            r = map_phase_cpu(meta, text, args.chunk_mib, per_line)
+            print(f"map phase, {'per line' if per_line else 'arrow'}: {r['cpu_s']:.1f} CPU s, "
+                  f"{r['cpu_s'] / info['clips'] * 1e6:.2f} µs per clip", flush=True)
+            results[f"map_cpu_{'per_line' if per_line else 'arrow'}"] = r
+        ratio = results["map_cpu_per_line"]["cpu_s"] / results["map_cpu_arrow"]["cpu_s"]
+        print(f"map phase: arrow is {ratio:.1f}x faster (CPU)", flush=True)
+    runs = {}
+    for per_line in ((True, False) if args.per_line else (False,)):
+        name = f"ray build_plan, {'per line' if per_line else 'arrow'}, {info['clips']:,} clips"
+        runs[name] = (info["clips"], run_ray(
+            meta, text, str(work / f"out-{args.clips}-{'lines' if per_line else 'arrow'}"), args.num_buckets,
+            args.chunk_mib, args.max_in_flight, per_line))
+        print(f"{name}: {runs[name][1]['wall_s']:.1f} s", flush=True)
+    if args.per_line:
+        a, b = (runs[n][1]["wall_s"] for n in runs)
+        identical = same_files(str(work / f"out-{args.clips}-lines"), str(work / f"out-{args.clips}-arrow"))
+        print(f"build_plan: arrow is {a / b:.2f}x faster (wall); plan files byte-identical: {identical}")
+        results["identical"] = identical
     if not args.skip_baseline:
         small_meta, small_text = generate(work / f"data-{args.baseline_clips}", args.baseline_clips, 1, seed=1)
         small = json.loads((work / f"data-{args.baseline_clips}" / "generated.json").read_text())["clips"]
-        results[f"ray build_plan, {small:,} clips"] = (small, run_ray(
+        runs[f"ray build_plan, {small:,} clips"] = (small, run_ray(
             small_meta, small_text, str(work / f"out-{args.baseline_clips}"), args.num_buckets,
             args.chunk_mib, args.max_in_flight))
-        results[f"naive pandas, {small:,} clips"] = (small, run_baseline(small_meta, small_text))
+        runs[f"naive pandas, {small:,} clips"] = (small, run_baseline(small_meta, small_text))
+    results.update({n: r for n, (_, r) in runs.items()})
 
-    print(f"\n{'run':34} {'wall s':>8} {'RSS sum MiB':>12} {'PSS sum MiB':>12} {'max 1 proc MiB':>15} "
+    print(f"\n{'run':48} {'wall s':>8} {'RSS sum MiB':>12} {'PSS sum MiB':>12} {'max 1 proc MiB':>15} "
           f"{'PSS KiB/clip':>13}")
-    for name, (clips, r) in results.items():
-        print(f"{name:34} {r['wall_s']:8.1f} {r['peak_rss_sum_mib']:12.0f} {r['peak_pss_sum_mib']:12.0f} "
+    for name, (clips, r) in runs.items():
+        print(f"{name:48} {r['wall_s']:8.1f} {r['peak_rss_sum_mib']:12.0f} {r['peak_pss_sum_mib']:12.0f} "
               f"{r['peak_one_mib']:15.0f} {r['peak_pss_sum_mib'] * 1024 / clips:13.3f}")
-    names = list(results)
-    if len(names) == 3:
-        per = {n: results[n][1]["peak_pss_sum_mib"] / results[n][0] for n in names}
-        print(f"\nnaive pandas / ray peak memory per clip: {per[names[2]] / per[names[0]]:.1f}x "
-              f"(vs ray at 10M), {per[names[2]] / per[names[1]]:.1f}x (vs ray at the same 1M)")
-    print("\n" + json.dumps({n: r for n, (_, r) in results.items()}, indent=1, default=str))
+    names = list(runs)
+    if not args.skip_baseline:
+        per = {n: runs[n][1]["peak_pss_sum_mib"] / runs[n][0] for n in names}
+        print(f"\nnaive pandas / ray peak memory per clip: {per[names[-1]] / per[names[0]]:.1f}x "
+              f"(vs ray at --clips), {per[names[-1]] / per[names[-2]]:.1f}x (vs ray at --baseline-clips)")
+    print("\n" + json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -101,8 +101,15 @@ def read_lines_in_range(path: str, start: int, end: int) -> Iterator[tuple[int, 
 
     A range that does not start at 0 skips the partial line it starts inside; the last
     line may run past `end` and is read to its end."""
+    pos, data = read_range(path, start, end)
+    yield from _split_lines(data, pos)
+
+
+def read_range(path: str, start: int, end: int) -> tuple[int, bytes]:
+    """(file offset, bytes) of the whole lines that start in [start, end), the lines of
+    `read_lines_in_range` in one buffer, for parsers that split lines themselves."""
     if end <= start:
-        return
+        return start, b""
     with fsspec.open(path, "rb") as f:
         if start > 0:
             f.seek(start - 1)
@@ -110,12 +117,12 @@ def read_lines_in_range(path: str, start: int, end: int) -> Iterator[tuple[int, 
         else:
             pos = 0
         if pos >= end:
-            return
+            return pos, b""
         f.seek(pos)
         data = f.read(end - pos)
         if data and not data.endswith(b"\n"):
             data += f.readline()  # the last owned line runs past `end`
-    yield from _split_lines(data, pos)
+    return pos, data
 
 
 def _split_lines(data: bytes, base: int) -> Iterator[tuple[int, bytes]]:

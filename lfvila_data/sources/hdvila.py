@@ -77,10 +77,22 @@ def _load_object(line: str | bytes) -> tuple[dict | None, str | None]:
     return obj, None
 
 
+def _unpaired_surrogate(value: str) -> bool:
+    """True for a string JSON can hold ("\\ud800") but UTF-8, and so Arrow, cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def url_is_allowed(url: str, *, allow_local_files: bool) -> bool:
     """http(s) URLs always; file:// and plain paths only when the user opted in, so a
     metadata file cannot make the downloader read local files by default."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[abc": an unbalanced IPv6 bracket
+        return False
     if parts.scheme in ("http", "https"):
         return bool(parts.netloc)
     if not allow_local_files:
@@ -105,7 +117,7 @@ def parse_video_line(
         return None, [_meta_failure(None, None, FailureCode.UNSAFE_ID, f"unsafe 'video_id' {_short(video_id)} "
                                                 "(allowed: A-Z a-z 0-9 _ -, 1 to 128 chars)")]
     url = obj.get("url")
-    if not isinstance(url, str):
+    if not isinstance(url, str) or _unpaired_surrogate(url):
         return None, [_meta_failure(video_id, None, FailureCode.BAD_LINE, f"missing or non-string 'url': {_short(url)}")]
     if not url_is_allowed(url, allow_local_files=allow_local_files):
         allowed = "http(s), file:// or a local path" if allow_local_files else "http(s)"
@@ -183,5 +195,8 @@ def parse_text_line(line: str | bytes) -> tuple[str, str] | Failure:
     if not isinstance(text, str):
         return Failure(parsed[0], clip_id, Stage.TEXT.value, FailureCode.BAD_LINE,
                        f"'text' is not a string: {_short(text)}")
+    if _unpaired_surrogate(text):
+        return Failure(parsed[0], clip_id, Stage.TEXT.value, FailureCode.BAD_LINE,
+                       f"'text' has an unpaired UTF-16 surrogate: {_short(text)}")
     # whitespace normalised once here, so clip texts, paragraphs and shard members agree
     return clip_id, " ".join(text.split())

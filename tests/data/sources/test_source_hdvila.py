@@ -11,6 +11,13 @@ from hypothesis import strategies as st
 from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range
 from lfvila_data.records import Clip, FailureCode, VideoMeta
 from lfvila_data.sources.hdvila import parse_span, parse_text_line, parse_video_line
+from lfvila_data.sources.hdvila_bulk import (
+    PY_WHITESPACE,
+    parse_text_block,
+    parse_text_lines,
+    parse_video_block,
+    parse_video_lines,
+)
 
 VID = "QMi8x8o55Ns"
 
@@ -254,3 +261,136 @@ def test_ranges_work_through_fsspec_urls():
                     for k in range(1, 50))
     fsspec.filesystem("memory").pipe("/lfvila-ranges/t.jsonl", data)
     assert _read_all("memory://lfvila-ranges/t.jsonl", 97) == _expected_lines(data)
+
+
+# --- the Arrow block parsers equal the line parsers ---------------------------------------
+
+# one line each; texts and URLs are filled in by hypothesis
+_VIDEO_LINES = [
+    video_line(), video_line("other_id-1"), video_line(clips=[]), video_line(extra={"a": [1, None]}),
+    video_line(clips=[clip(2, "00:00:05.000", "00:00:09.5"), clip(1, "00:00:01.000", "00:00:04.000")]),
+    video_line(clips=[clip(1, "00:00:01.000", "00:00:04.000"), clip(2, "00:00:03.000", "00:00:09.000")]),
+    video_line(clips=[clip(1, "00:00:01.000", "00:00:04.000"), clip(1, "00:00:05.000", "00:00:09.000")]),
+    video_line(clips=[clip(1, "00:00:04.000", "00:00:01.000")]), video_line(clips=[clip(0, "00:00:01", "00:00:02")]),
+    video_line(clips=[clip(1, 1.5, 2.5)]), video_line(clips=[clip(1, "01:02.5", "01:04")]),
+    video_line(clips=[clip(1, "00:00:01.", "00:00:02.000")]), video_line(clips=[clip(1, "soon", None)]),
+    video_line(clips=[{"clip_id": f"{VID}.1.mp4", "span": ["00:00:01.000", "00:00:02.000", "00:00:03.000"]}]),
+    video_line(clips=[{"clip_id": f"{VID}.1.mp4"}, None]), video_line(clips=[clip(1, "0:0:1", "0:0:2", "elsewhere")]),
+    video_line(clips=[clip(1, "1:00:01.5", "1:00:02.25"), {"clip_id": f"{VID}.0000002.mp4",
+                                                           "span": ["1:00:02.25", "1:00:07.125"]}]),
+    video_line("../up"), video_line("n\n"), video_line(url="ftp://h/x"), video_line(url="file:///etc/passwd"),
+    video_line(url="http://[abc/x"), video_line(url="https://u@h/x"), video_line(url="HTTPS://h/x"),
+    video_line(url="https:///x"), video_line(url="https://h/\ud800"), video_line(url="/local/v.mp4"),
+    '{"video_id": 12, "url": "https://a/b", "clip": []}', '{"video_id": "a", "url": "https://h/a", "clip": {}}',
+    '{"video_id": "b", "url": "https://h/b"}', '{"video_id": "c", "url": null, "clip": []}',
+    '{"video_id": "d", "url": "https://h/d", "clip": [], "video_id": "e"}',
+    '{"vid\\u0065o_id": "o", "url": "https://h/o", "clip": []}',
+    video_line()[:-1] + ', "deep": ' + "[" * 1100 + "]" * 1100 + "}",  # too deep for Python's json
+]
+_TEXT_LINES = [  # $C: a clip id, $T: a JSON string, $N: nested brackets
+    '{"clip_id": "$C", "text": $T}', '{"clip_id": "$C", "text": $T, "text": "again"}',
+    '{"clip_id": "$C", "te\\u0078t": $T}', '{"text": $T, "clip_id": "$C", "x": NaN}',
+    '{"clip_id": "$C\\n", "text": $T}', '{"clip_id": "$C", "text": $T, "nest": $N}',
+    '{"clip_id": "$C", "text": null}', '{"clip_id": "$C"}', '{"clip_id": "$C", "text": 5}',
+    '{"clip_id": "bad id.1.mp4", "text": $T}', '{"clip_id": "' + VID + '.0.mp4", "text": $T}',
+    '{"clip_id": "$C", "text": {"a": 1}}',
+]
+_BAD_LINES = ["{not json", "", "   ", "\x0b", "[1, 2]", '"str"', "null", "\ufeff{}", ' {"clip_id": "v.1.mp4"} ',
+              '{"clip_id": "v.2.mp4", "text": "a"} {"clip_id": "v.3.mp4", "text": "b"}', '{"clip_id": "v.4.mp4",',
+              '"text": "split over two lines"}', '{"clip_id": "v.5.mp4", "text": "\\ud83d"}', "\xff", "\xed\xa0\x80"]
+_NOT_UTF8 = ['{"clip_id": "v.6.mp4", "text": "\xff"}', '{"clip_id": "v.7.mp4", "text": "\xed\xa0\x80"}',
+             '{"clip_id": "v.8.mp4", "text": "ok", "x": "\xc0\x80"}', "\xff", "\xed\xa0\x80"]
+_BAD_LINES += _NOT_UTF8[:3]
+_TEXTS = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30) | st.sampled_from(
+    ["  lead and trail  ", "two  spaces", "tab\there", "nbsp\u00a0x", "wide\u3000x", "\u2028", "sep\x1c",
+     "\x85", "del\x7f", "nul\x00", "emoji \U0001f600", "\\ \" /", ""])
+
+
+def _line(template: str, text: str, k: int, ascii_only: bool, depth: int) -> str:
+    return template.replace("$C", f"{VID}.{k}.mp4").replace("$N", "[" * depth + "]" * depth).replace(
+        "$T", json.dumps(text, ensure_ascii=ascii_only))
+
+
+def _encode(lines: list[str], crlf: bool) -> bytes:
+    # latin-1 for the lines that stand for raw bytes which are not UTF-8
+    raw = [line.encode("latin-1") if line in _NOT_UTF8 else line.encode("utf-8", "surrogatepass")
+           for line in lines]
+    return (b"\r\n" if crlf else b"\n").join(raw) + (b"\r\n" if crlf else b"\n")
+
+
+def _nonblank(data: bytes, base: int) -> list[tuple[int, bytes]]:
+    return [(base + o, ln) for o, ln in _expected_lines(data) if ln.strip()]
+
+
+def _assert_same_block(fast, slow) -> None:
+    for name in ("videos", "clips", "texts"):
+        if hasattr(fast, name):
+            a, b = getattr(fast, name), getattr(slow, name)
+            order = [(c, "ascending") for c in ("offset", "k") if c in a.column_names]
+            assert a.schema == b.schema
+            assert a.sort_by(order).to_pylist() == b.sort_by(order).to_pylist()
+    if hasattr(fast, "video_ids"):
+        assert sorted(zip(fast.texts.column("offset").to_pylist(), fast.video_ids.to_pylist())) == \
+            sorted(zip(slow.texts.column("offset").to_pylist(), slow.video_ids.to_pylist()))
+    assert fast.failures == slow.failures  # the same rows, in line order
+    assert fast.lines == slow.lines
+
+
+_TEXT_LINE = st.tuples(st.sampled_from(_TEXT_LINES), _TEXTS, st.integers(1, 40), st.booleans(),
+                       st.sampled_from([0, 1, 500, 1100])).map(lambda args: _line(*args))
+
+
+@settings(max_examples=40, deadline=None)
+@given(lines=st.lists(_TEXT_LINE | st.sampled_from(_BAD_LINES), max_size=80), crlf=st.booleans(),
+       base=st.integers(0, 10**9))
+def test_text_block_equals_the_line_parser(lines, crlf, base):
+    data = _encode(lines, crlf)
+    _assert_same_block(parse_text_block(data, base), parse_text_lines(_nonblank(data, base)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(lines=st.lists(st.sampled_from(_VIDEO_LINES + _BAD_LINES), max_size=60), crlf=st.booleans(),
+       allow=st.booleans())
+def test_video_block_equals_the_line_parser(lines, crlf, allow):
+    data = _encode(lines, crlf)
+    _assert_same_block(parse_video_block(data, 7, allow_local_files=allow),
+                       parse_video_lines(_nonblank(data, 7), allow_local_files=allow))
+
+
+def test_clean_lines_take_the_arrow_path_and_bad_ones_cost_little():
+    """Only the bad line and its few neighbours are parsed one by one."""
+    texts = [json.dumps({"clip_id": f"{VID}.{k}.mp4", "text": f"caf\u00e9  {k} "}) for k in range(1, 3001)]
+    videos = [video_line(f"v{n}", clips=[clip(k, f"00:00:{k:02d}.000", f"00:00:{k:02d}.500", f"v{n}")
+                                         for k in range(1, 40)]) for n in range(300)]
+    assert parse_text_block(_encode(texts, False), 0).per_line == 0
+    assert parse_video_block(_encode(videos, True), 0, allow_local_files=False).per_line == 0
+    texts[1234] = "{broken"
+    block = parse_text_block(_encode(texts, False), 0)
+    assert 1 <= block.per_line <= 16 and [f.code for f in block.failures] == [C.BAD_LINE]
+    assert block.texts.num_rows == 2999 and block.lines == 3000
+
+
+def test_whitespace_class_is_what_str_split_splits_on():
+    import sys
+    assert set(PY_WHITESPACE) == {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+
+
+def test_unparsable_urls_and_unpaired_surrogates_are_rows_not_crashes():
+    video, failures = parse_video_line(video_line(url="http://[abc/x"), allow_local_files=False)
+    assert video is None and [f.code for f in failures] == [C.BAD_URL]
+    video, failures = parse_video_line(video_line(url="https://h/\ud800"), allow_local_files=False)
+    assert video is None and [f.code for f in failures] == [C.BAD_LINE]
+    failure = parse_text_line('{"clip_id": "' + VID + '.1.mp4", "text": "a \\udc00"}')
+    assert failure.code is C.BAD_LINE and "surrogate" in failure.reason
+
+
+def test_lines_too_deep_for_pythons_json_stay_bad_lines():
+    """Arrow parses any depth; Python's json stops at the recursion limit (hypothesis raises
+    it, so this is a plain test)."""
+    import sys
+    depth = sys.getrecursionlimit() + 100
+    deep = video_line()[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}"
+    data = _encode([video_line("a"), deep, video_line("b")], False)
+    block = parse_video_block(data, 0, allow_local_files=False)
+    _assert_same_block(block, parse_video_lines(_nonblank(data, 0), allow_local_files=False))
+    assert [f.code for f in block.failures] == [C.BAD_LINE] and block.videos.num_rows == 2
