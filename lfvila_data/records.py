@@ -159,6 +159,7 @@ class FailureCode(str, Enum):
     MIXED_VIDEOS = "mixed_videos"          # --groups: a group holds clips of several videos (group dropped)
     CLIPS_OUT_OF_ORDER = "clips_out_of_order"  # --groups: clip numbers in a group do not increase (dropped)
     CLIP_IN_TWO_GROUPS = "clip_in_two_groups"  # --groups: a clip already in an earlier group (later one dropped)
+    SEGMENT_OUTSIDE_VIDEO = "segment_outside_video"  # benchmarks: a segment starting at or after the video's end
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ class PlannedSample:
     clips: tuple[Clip, ...] = field(default_factory=tuple)
     text_source: str = "metadata"  # metadata (HD-VILA), subtitles, auto_captions, asr
     language: str | None = None
+    split: str | None = None  # benchmark sources: the dataset split (train, val1, ...); None for pretraining
 
     @property
     def duration(self) -> float:
