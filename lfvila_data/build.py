@@ -49,6 +49,7 @@ from lfvila_data.plan.join import (
 from lfvila_data.progress import BuildProgress, CutProgress, human_bytes, human_time, print_summary
 from lfvila_data.records import FailureCode, PlannedSample
 from lfvila_data.schemas import plan_row_to_sample
+from lfvila_data.sources.activitynet import index_video_dir, plan_activitynet
 from lfvila_data.sources.local import find_videos
 from lfvila_data.text.stage import (
     TextOptions,
@@ -77,6 +78,9 @@ class BuildConfig:
     ray_address: str | None = None
     groups: tuple[str, ...] = ()      # --source hdvila: clip-id group files; the plan is exactly those
     rebuild: bool = False  # redo the samples when their settings changed (else refused)
+    annotations: tuple[str, ...] = ()  # benchmark sources: annotation files
+    video_dir: str | None = None       # benchmark sources: local videos named by id (else fetched)
+    split_files: tuple[str, ...] = ()  # benchmark sources: [NAME=]FILE lists of the videos to build
 
     def task_context(self) -> TaskContext:
         """What every fetch and cut task gets (defaults unless `task` is given)."""
@@ -114,6 +118,9 @@ def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = 
 
 def _plan(cfg: BuildConfig) -> PlanSummary:
     fetch = cfg.task_context().fetch
+    if cfg.source == "activitynet":  # annotations are small: re-planned on every run, in one process
+        return plan_activitynet(list(cfg.annotations), cfg.output, cfg.plan, video_dir=cfg.video_dir,
+                                split_files=list(cfg.split_files))
     # text-first sources journal each video's text, so re-planning redoes only what is missing
     if cfg.source == "local":
         return plan_local_text(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch,
@@ -172,6 +179,11 @@ def preflight(cfg: BuildConfig) -> OutputDir:
             expand_paths(list(cfg.groups))
     elif cfg.source == "youtube":
         expand_paths(list(cfg.inputs))
+    elif cfg.source == "activitynet":
+        expand_paths(list(cfg.annotations))
+        expand_paths([spec.rpartition("=")[2] for spec in cfg.split_files])
+        if cfg.video_dir is not None:
+            index_video_dir(cfg.video_dir)
     else:
         find_videos(list(cfg.inputs))
     if cfg.text_opts.asr != "off":
@@ -351,7 +363,9 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
     if previous:
         print(f"build: resuming, {len(skip)} videos already finished", file=sys.stderr)
     stamps = {vid: payload.get("stamps", {}) for vid, (_status, payload) in previous.items()}
-    jobs = iter_jobs(cfg.output, skip, cfg.plan.min_clips, cfg.retry_failed, stamps, on_skip)
+    # a benchmark sample is the whole video: trimmed to a short file, it keeps any clip left
+    min_clips = 1 if cfg.source == "activitynet" else cfg.plan.min_clips
+    jobs = iter_jobs(cfg.output, skip, min_clips, cfg.retry_failed, stamps, on_skip)
     try:
         runner(started(jobs), cfg.task_context(), cfg.run, on_result, progress.tick,
                progress.cut_progress, progress_every_s)
@@ -367,7 +381,8 @@ def build_record(cfg: BuildConfig, plan: PlanSummary, counts: dict, progress: Bu
     task = cfg.task_context()
     return {
         "source": task.source, "metadata": list(cfg.metadata), "text": list(cfg.text),
-        "groups": list(cfg.groups),
+        "groups": list(cfg.groups), "annotations": list(cfg.annotations), "video_dir": cfg.video_dir,
+        "split_files": list(cfg.split_files),
         "inputs": list(cfg.inputs), "text_options": asdict(cfg.text_opts),
         "output": cfg.output, "plan_config": asdict(cfg.plan), "fetch": asdict(task.fetch),
         "cut": asdict(task.cut), "run": asdict(cfg.run), "plan": asdict(plan),

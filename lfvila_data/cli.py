@@ -34,6 +34,10 @@ class Source(str, Enum):
     hdvila = "hdvila"
     youtube = "youtube"
     local = "local"
+    activitynet = "activitynet"
+
+
+BENCHMARK_SOURCES = (Source.activitynet,)
 
 
 class Asr(str, Enum):
@@ -103,6 +107,7 @@ class RunOptions:
 
 _INPUT, _TEXT, _ASR, _PLAN = "Input and output", "Subtitles and clips", "Speech recognition", "Planning"
 _FETCH, _CUT, _RUN = "Download", "Cutting", "Running"
+_BENCH = "Benchmark datasets"
 
 
 def input_options(
@@ -124,6 +129,26 @@ def input_options(
         _fail("--groups needs --source hdvila (the groups name HD-VILA clip ids)")
     return BuildConfig(metadata=tuple(metadata), text=tuple(text), output=output,
                        source=source.value, inputs=tuple(input), groups=tuple(groups))
+
+
+@dataclass(frozen=True)
+class BenchmarkInputs:
+    """--annotations, --video-dir and --split-file of the benchmark sources."""
+
+    annotations: tuple[str, ...]
+    video_dir: str | None
+    split_files: tuple[str, ...]
+
+
+def benchmark_options(
+    annotations: List[str] = typer.Option([], help="--source activitynet: annotation files (ActivityNet Captions train.json, val_1.json, ...); repeatable.", rich_help_panel=_BENCH),
+    video_dir: Optional[Path] = typer.Option(None, help="Benchmarks: local videos named by video id (with or without v_), any common container; without it videos are fetched by YouTube id.", rich_help_panel=_BENCH),
+    split_file: List[str] = typer.Option([], help="Benchmarks: [NAME=]FILE listing the videos to build, one id a line (collaborative-experts splits: train_list.txt, val_1_list.txt); the split NAME (default from the file: val1) is recorded per sample. Repeatable.", rich_help_panel=_BENCH),
+) -> BenchmarkInputs:
+    """The benchmark sources' inputs (checked against --source in build_config)."""
+    if video_dir is not None and not video_dir.is_dir():
+        _fail(f"--video-dir {str(video_dir)!r} is not a directory")
+    return BenchmarkInputs(tuple(annotations), str(video_dir) if video_dir else None, tuple(split_file))
 
 
 def text_options(
@@ -245,22 +270,29 @@ def run_options(
                       ray_address, retry_failed, workdir, rebuild)
 
 
-BUILD_OPTIONS = (input_options, text_options, asr_options, plan_options, fetch_options,
+BUILD_OPTIONS = (input_options, benchmark_options, text_options, asr_options, plan_options, fetch_options,
                  cut_options, run_options)
 
 
-def build_config(build: BuildConfig, text: TextOptions, asr: AsrChoice, plan: tuple[PlanConfig, bool],
+def build_config(build: BuildConfig, bench: BenchmarkInputs, text: TextOptions, asr: AsrChoice,
+                 plan: tuple[PlanConfig, bool],
                  fetch: FetchConfig, cut: CutConfig, run: RunOptions) -> BuildConfig:
     """The build's settings from its option groups; settings that more than one stage
     reads (height, audio, local files, concurrency, cut threads, fps) are wired here."""
-    allow_local_files = fetch.allow_local_files or build.source == "local"  # local inputs are files
+    if build.source in BENCHMARK_SOURCES and not bench.annotations:
+        _fail(f"--annotations is required for --source {build.source}")
+    if build.source not in BENCHMARK_SOURCES and (bench.annotations or bench.video_dir or bench.split_files):
+        _fail("--annotations, --video-dir and --split-file need a benchmark --source (activitynet)")
+    # local inputs are files
+    allow_local_files = fetch.allow_local_files or build.source == "local" or bench.video_dir is not None
     plan_cfg, plan_only = plan
     try:
         clip = replace(text.clip, fps=cut.fps)  # the shortest clip is a number of frames
     except ValueError as e:
         _fail(str(e))
     return replace(
-        build, plan=replace(plan_cfg, allow_local_files=allow_local_files),
+        build, annotations=bench.annotations, video_dir=bench.video_dir, split_files=bench.split_files,
+        plan=replace(plan_cfg, allow_local_files=allow_local_files),
         text_opts=replace(text, clip=clip, asr=asr.mode, asr_config=asr.config,
                           concurrency=run.run.fetch_concurrency),
         task=TaskContext(output=build.output, source=build.source, workdir=run.workdir, cut=cut,

@@ -171,6 +171,7 @@ class FailureCode(str, Enum):
     PRIVATE_ADDRESS = "private_address"    # the URL or a redirect leads to a loopback, private or link-local address, or off http(s)
     SLOW = "slow"                          # the server was slower than the minimum rate, or the video passed its deadline
     OUTPUT_FULL = "output_full"            # the output could not be written (disk full, quota, I/O error); retried
+    SEGMENT_OUTSIDE_VIDEO = "segment_outside_video"  # benchmarks: a segment starting at or after the video's end
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ class PlannedSample:
     clips: tuple[Clip, ...] = field(default_factory=tuple)
     text_source: str = "metadata"  # metadata (HD-VILA), subtitles, auto_captions, asr
     language: str | None = None
+    split: str | None = None  # benchmark sources: the dataset split (train, val1, ...); None for pretraining
 
     @property
     def duration(self) -> float:

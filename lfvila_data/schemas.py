@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from lfvila_data.records import Clip, PlannedSample, TimedText, parse_clip_id, redact
+from lfvila_data.records import Clip, PlannedSample, TimedText, _text_or_none, parse_clip_id, redact
 
 if TYPE_CHECKING:
     from lfvila_data.media.cut import Probe
@@ -27,7 +27,7 @@ PLAN_SCHEMA = pa.schema([
     ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
     ("start", pa.float64()), ("end", pa.float64()), ("duration", pa.float64()),
     ("n_clips", pa.int32()), ("clips", pa.list_(PLAN_CLIP_TYPE)),
-    ("text_source", pa.string()), ("language", pa.string()),
+    ("text_source", pa.string()), ("language", pa.string()), ("split", pa.string()),
 ])
 # Manifest clips always list their sentences (a single-sentence clip is its own sentence).
 CLIP_TYPE = pa.struct([("clip_id", pa.string()), ("start", pa.float64()),
@@ -40,6 +40,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("video", pa.string()), ("fps", pa.float64()), ("width", pa.int32()),
     ("height", pa.int32()), ("duration", pa.float64()), ("frames", pa.int32()),
     ("bytes", pa.int64()), ("text_source", pa.string()), ("language", pa.string()),
+    ("split", pa.string()),
 ])
 # The ledger: the plan's failure parts and failures.parquet (records.Failure.to_row).
 FAILURE_SCHEMA = pa.schema([
@@ -63,7 +64,7 @@ def sample_to_row(sample: PlannedSample) -> dict:
                        "text": c.text, "sentences": [{"text": t.text, "start": t.start, "end": t.end}
                                                      for t in c.sentences]}
                       for c in sample.clips],
-            "text_source": sample.text_source, "language": sample.language}
+            "text_source": sample.text_source, "language": sample.language, "split": sample.split}
 
 
 def plan_row_to_sample(row: dict) -> PlannedSample:
@@ -74,7 +75,7 @@ def plan_row_to_sample(row: dict) -> PlannedSample:
     return PlannedSample(key=row["key"], video_id=row["video_id"], url=row["url"],
                          start=float(row["start"]), end=float(row["end"]), clips=clips,
                          text_source=row.get("text_source") or "metadata",
-                         language=row.get("language"))
+                         language=row.get("language"), split=_text_or_none(row.get("split")))
 
 
 def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, source: str) -> dict:
@@ -88,7 +89,7 @@ def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, sourc
         "paragraph": sample.paragraph, "video": rel, "fps": round(out.fps, 6),
         "width": out.width, "height": out.height, "duration": round(out.duration, 6),
         "frames": out.nb_frames or 0, "bytes": nbytes,
-        "text_source": sample.text_source, "language": sample.language,
+        "text_source": sample.text_source, "language": sample.language, "split": sample.split,
     }
 
 
@@ -113,4 +114,4 @@ def manifest_row_to_sample(row: dict) -> PlannedSample:
     return PlannedSample(key=row["key"], video_id=row["video_id"], url=row["url"],
                          start=float(row["start"]), end=float(row["end"]), clips=clips,
                          text_source=row.get("text_source") or "metadata",
-                         language=row.get("language"))
+                         language=row.get("language"), split=_text_or_none(row.get("split")))

@@ -72,13 +72,16 @@ def fit_to_media(sample: PlannedSample, media_end: float, min_clips: int,
     keep = [c for c in sample.clips if c.end <= media_end + tol]
     if len(keep) == len(sample.clips):
         return sample, []
+    # by end, not position: benchmark clips may overlap, so a clip past the end can sit
+    # between clips that are kept
     fails = [Failure(sample.video_id, c.clip_id, Stage.PROBE.value, FailureCode.PAST_MEDIA_END,
                      f"clip span {c.start:.3f}-{c.end:.3f} s is beyond the end of the video "
-                     f"data at {media_end:.3f} s (video shorter than its metadata, or truncated)") for c in sample.clips[len(keep):]]
+                     f"data at {media_end:.3f} s (video shorter than its metadata, or truncated)")
+             for c in sample.clips if c.end > media_end + tol]
     if len(keep) < min_clips:
         return None, fails
     key = sample_key(sample.video_id, keep[0].k, keep[-1].k)
-    return replace(sample, key=key, clips=tuple(keep), end=min(keep[-1].end, media_end)), fails
+    return replace(sample, key=key, clips=tuple(keep), end=min(max(c.end for c in keep), media_end)), fails
 
 
 def fit_rel(video_id: str, planned_key: str) -> str:

@@ -129,6 +129,11 @@ def _common(t: pa.Table) -> dict:
            "hours": float(np.nansum(duration)) / 3600}
     if "bytes" in t.column_names:
         out["bytes"] = int(pc.sum(t["bytes"]).as_py() or 0)
+    # benchmark builds: samples per dataset split (the build's `split`, the shards' `dataset_split`)
+    column = "dataset_split" if "dataset_split" in t.column_names else "split" if "clips" in t.column_names else None
+    if column in t.column_names and t[column].null_count < t.num_rows:
+        counts = pc.value_counts(t[column].drop_null()).to_pylist()
+        out["dataset_splits"] = {c["values"]: int(c["counts"]) for c in sorted(counts, key=lambda c: c["values"])}
     return out
 
 
@@ -152,7 +157,7 @@ def text_origin(t: pa.Table) -> dict:
 
 
 def _build_stats(fs, root: str) -> dict:
-    cols = ["video_id", "n_clips", "duration", "bytes", "paragraph", "clips", "text_source", "language"]
+    cols = ["video_id", "n_clips", "duration", "bytes", "paragraph", "clips", "text_source", "language", "split"]
     t = _read_table(fs, f"{root}/manifest.parquet")
     t = t.select([c for c in cols if c in t.column_names])
     clips = pc.list_flatten(t["clips"])
@@ -379,6 +384,8 @@ def render_summary(stats: dict) -> list[tuple[str, str]]:
                                                for k, v in stats["text_sources"].items())))
     if stats.get("languages"):
         rows.append(("languages", ", ".join(f"{k} {v:,}" for k, v in list(stats["languages"].items())[:10])))
+    if stats.get("dataset_splits"):
+        rows.append(("dataset splits", ", ".join(f"{k} {v:,}" for k, v in stats["dataset_splits"].items())))
     for split, s in stats.get("splits", {}).items():
         rows.append((f"split {split}", f"{s['samples']:,} samples, {s['videos']:,} videos, "
                                        f"{s['hours']:,.2f} h"))

@@ -29,7 +29,7 @@ import fsspec
 from lfvila_data.media.cut import INPUT_GUARD, MediaError, probe
 from lfvila_data.progress import human_bytes, human_time
 from lfvila_data.records import paragraph, parse_sample_key
-from lfvila_data.shards.write import MEMBER_EXTS
+from lfvila_data.shards.write import MEMBER_EXTS, TASKS
 
 # The check names a Problem can carry, and what each means.
 CHECKS = {
@@ -193,6 +193,7 @@ def check_meta(key: str, meta: object) -> list[tuple[str, str]]:
     parsed = parse_sample_key(key)
     if parsed is not None and parsed[0] != meta["video_id"]:
         errors.append(("json", f"key is of video {parsed[0]!r}, json says video_id {meta['video_id']!r}"))
+    errors += [("json", e) for e in _task_errors(meta)]
     if meta["n_clips"] != len(clips):
         errors.append(("json", f"n_clips {meta['n_clips']} but {len(clips)} clips"))
     if meta["duration"] <= 0 or meta["fps"] <= 0 or meta["width"] <= 0 or meta["height"] <= 0:
@@ -201,6 +202,17 @@ def check_meta(key: str, meta: object) -> list[tuple[str, str]]:
     return (errors + [("clips", m) for m in _clip_time_errors(clips)]
             + [("bounds", m) for m in _bound_errors(clips, meta["duration"])]
             + [("sentences", m) for i, c in enumerate(clips) for m in _sentence_errors(i, c)])
+
+
+def _task_errors(meta: dict) -> list[str]:
+    """`task` and `split` (absent in shards older than them): a known task, and the
+    dataset split as a string or null."""
+    errors = []
+    if "task" in meta and meta["task"] not in TASKS:
+        errors.append(f"task {str(meta['task'])[:40]!r} is not one of {', '.join(TASKS)}")
+    if meta.get("split") is not None and not (isinstance(meta["split"], str) and meta["split"]):
+        errors.append(f"split {str(meta['split'])[:40]!r} is not a non-empty string or null")
+    return errors
 
 
 def _sentence_errors(i: int, clip: dict) -> list[str]:

@@ -33,6 +33,9 @@ from lfvila_data.schemas import manifest_clips
 from lfvila_data.shards.stats import shard_table_stats
 
 SPLITS = ("train", "val")
+# the json's `task`: what a sample is for, by the source that built it
+TASKS = ("pretraining", "retrieval")
+BENCHMARK_TASKS = {"activitynet": "retrieval"}
 MEMBER_EXTS = ("mp4", "json", "txt")  # a sample's members, in tar order
 _BLOCK = 512
 _COPY = 4 * 1024 * 1024
@@ -159,7 +162,9 @@ def sample_json(row: dict) -> dict:
             "height": int(row["height"]), "frames": int(row.get("frames") or 0),
             "n_clips": len(clips), "clips": clips,
             "text_source": _text_or(row.get("text_source"), "metadata"),
-            "language": _text_or(row.get("language"), None)}
+            "language": _text_or(row.get("language"), None),
+            "task": BENCHMARK_TASKS.get(row.get("source") or "hdvila", "pretraining"),
+            "split": _text_or(row.get("split"), None)}
 
 
 def sample_members(row: dict) -> tuple[bytes, bytes]:
@@ -322,12 +327,14 @@ def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> p
                          "paragraph_words": words_of(paragraph(c["text"] for c in row["clips"])),
                          "clip_words": [words_of(c["text"]) for c in row["clips"]],
                          "text_source": _text_or(row.get("text_source"), "metadata"),
-                         "language": _text_or(row.get("language"), None)})
+                         "language": _text_or(row.get("language"), None),
+                         "dataset_split": _text_or(row.get("split"), None)})
     schema = pa.schema([("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
                         ("offset", pa.int64()), ("index", pa.int32()), ("video_id", pa.string()),
                         ("n_clips", pa.int32()), ("duration", pa.float64()), ("bytes", pa.int64()),
                         ("paragraph_words", pa.int32()), ("clip_words", pa.list_(pa.int32())),
-                        ("text_source", pa.string()), ("language", pa.string())])
+                        ("text_source", pa.string()), ("language", pa.string()),
+                        ("dataset_split", pa.string())])
     return pa.Table.from_pylist(rows, schema=schema).sort_by("key")
 
 

@@ -20,6 +20,7 @@ from lfvila_data.text.stage import TextOptions
 
 GROUPS = {
     "Input and output": ["--source", "--metadata", "--text", "--groups", "--input", "--output"],
+    "Benchmark datasets": ["--annotations", "--video-dir", "--split-file"],
     "Subtitles and clips": ["--lang", "--min-clip-seconds", "--max-clip-seconds", "--max-join-gap",
                             "--language-check"],
     "Speech recognition": ["--asr", "--asr-model", "--asr-language", "--asr-timestamps",
@@ -47,7 +48,7 @@ def test_help_lists_every_option_under_its_stage():
         elif line.startswith("│") and "--" in line:
             seen[line.strip("│ *").split()[0]] = panel
     assert seen == {opt: group for group, opts in GROUPS.items() for opt in opts} | {"--help": "Options"}
-    assert sum(map(len, GROUPS.values())) == 51
+    assert sum(map(len, GROUPS.values())) == 54
 
 
 def config(*args: str):
@@ -98,6 +99,19 @@ def test_local_sources_are_local_files():
     assert cfg.inputs == ("videos/",) and cfg.task.source == "local"
     assert cfg.plan.allow_local_files and cfg.task.fetch.allow_local_files
     assert not config().task.fetch.allow_local_files
+
+
+def test_benchmark_inputs_reach_the_build(tmp_path):
+    cfg = config("--source", "activitynet", "--annotations", "val_1.json", "--video-dir", str(tmp_path),
+                 "--split-file", "val_1_list.txt")
+    assert (cfg.source, cfg.task.source, cfg.annotations, cfg.video_dir, cfg.split_files) == \
+        ("activitynet", "activitynet", ("val_1.json",), str(tmp_path), ("val_1_list.txt",))
+    assert cfg.task.fetch.allow_local_files  # --video-dir files are local
+    assert not config("--source", "activitynet", "--annotations", "a.json").task.fetch.allow_local_files
+    for args, message in [(["--source", "activitynet"], "--annotations is required for --source activitynet"),
+                          (["--annotations", "a.json"], "need a benchmark --source")]:
+        r = CliRunner().invoke(app, ["build", *REQUIRED, *args])
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.parametrize("args, message", [
