@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Self
+from typing import NamedTuple, Self
 from urllib.parse import unquote, urlsplit
 
 from lfvila_data.records import FailureCode, redact
@@ -79,8 +79,7 @@ def _refusal(host: str, ip: str) -> str:
             "(--allow-private-addresses to allow)")
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """Why the guard stopped a video's download: the ledger's reason, code and class."""
 
     reason: str
