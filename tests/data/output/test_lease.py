@@ -20,7 +20,6 @@ from lfvila_data.media.task import TaskContext
 from lfvila_data.output.lease import LEASE, LeaseHeld, LeaseInfo, LeaseLost, OutputLease
 from lfvila_data.output.write import OutputDir
 from lfvila_data.schemas import MANIFEST_SCHEMA
-from tests.data.output.test_s3 import s3  # noqa: F401 - the moto server fixture
 from tests.support.media import decode_times
 
 

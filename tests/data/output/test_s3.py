@@ -1,6 +1,6 @@
 """`s3://` inputs and outputs through fsspec, against a real S3 API (moto's server on
-loopback): metadata read from a bucket, sample videos and the manifest written to one,
-and a rerun that resumes from what the bucket holds."""
+loopback, the `s3` fixture of conftest.py): metadata read from a bucket, sample videos and
+the manifest written to one, and a rerun that resumes from what the bucket holds."""
 from __future__ import annotations
 
 import hashlib
@@ -19,30 +19,6 @@ import pytest
 from lfvila_data.localserver import MediaServer
 from tests.support.corpus import VideoSpec, even_spans, write_metadata
 from tests.support.media import decode_times, make_timecoded_video
-
-moto_server = pytest.importorskip("moto.server")
-
-
-@pytest.fixture
-def s3(tmp_path):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL"])
-    fs.mkdir("lfvila-test")
-    yield fs, env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
 
 
 def test_build_from_and_to_s3(s3, tmp_path):
