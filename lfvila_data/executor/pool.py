@@ -248,7 +248,10 @@ class Poster:
 
     def wait(self) -> None:
         if self.last is not None:
-            ray.get(self.last)
+            try:
+                ray.get(self.last)
+            except ray.exceptions.RayActorError:
+                pass  # the driver closed the board: the job is ending, its reports no longer count
 
 
 class RayBoard:

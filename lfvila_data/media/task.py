@@ -15,7 +15,15 @@ from pathlib import Path
 
 from lfvila_data.media.cut import CutConfig, MediaError, Probe, Span, cut_spans, probe
 from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, FetchError, Section
-from lfvila_data.output.write import DONE, FAILED, RETRY, OutputDir, VideoResult, is_output_error
+from lfvila_data.output.write import (
+    DONE,
+    FAILED,
+    RETRY,
+    OutputDir,
+    VideoResult,
+    is_output_error,
+    output_space_problem,
+)
 from lfvila_data.progress import CutProgress
 from lfvila_data.records import Failure, FailureCode, PlannedSample, Stage, sample_key
 from lfvila_data.schemas import manifest_row
@@ -287,9 +295,11 @@ def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: Ou
         for group in adjacent_groups(fitted):
             written = len(rows)
             for planned_key, fit, result in _cut_group(Path(section.path), group, media, out, ctx):
-                if isinstance(result, MediaError) and is_output_error(result):  # the disk, not the video
+                full = isinstance(result, MediaError) and (
+                    str(result) if is_output_error(result) else output_space_problem(out))
+                if full:  # the disk, not the video
                     failures.append(Failure(job.video_id, None, Stage.WRITE.value, FailureCode.OUTPUT_FULL,
-                                            str(result), False, key=fit.key))
+                                            full, False, key=fit.key))
                 elif isinstance(result, MediaError):
                     failures.append(Failure(job.video_id, None, Stage.CUT.value, FailureCode.CUT_FAILED, str(result),
                                             True, key=fit.key))

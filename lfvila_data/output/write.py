@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -48,6 +49,25 @@ def is_output_error(err: BaseException) -> bool:
     """Whether an exception (or a tool's message inside it) is the output failing."""
     return (isinstance(err, OSError) and err.errno in OUTPUT_ERRNOS) or \
         bool(OUTPUT_ERROR_TEXT.search(str(err)))
+
+
+# a local output with less free space than this is full for our purposes: ffmpeg's own
+# message for a failed write is often only "Error initializing output stream", or it
+# exits 0 leaving a truncated file, so the disk is asked instead of the message
+NEARLY_FULL_BYTES = 1024**2
+
+
+def output_space_problem(out: OutputDir) -> str | None:
+    """"No space left" with the free bytes, when a local output has (almost) none: a cut
+    that failed then failed because of the disk, not the video. Object stores never fill
+    up this way."""
+    if not out.is_local:
+        return None
+    try:
+        free = shutil.disk_usage(out.root).free
+    except OSError:
+        return None
+    return f"No space left on device (the output has {free:,} bytes free)" if free < NEARLY_FULL_BYTES else None
 
 
 @dataclass

@@ -33,7 +33,7 @@ def test_full_output_stops_the_build_and_a_rerun_completes(site, tmp_path, small
     errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 1 and f"the output {out} cannot be written" in errors[0]
     assert "No space left on device" in errors[0] and "rerun the same command" in errors[0]
-    assert len(site.server.requests) < VIDEOS  # stopped early, not after failing every video
+    assert len(site.server.requests) < VIDEOS, r.stderr  # stopped early, not after failing every video
     assert not (out / "manifest.parquet").exists()
     journaled = [f for _, payload in read_journal(OutputDir(str(out))).values() for f in payload["failures"]]
     assert not [f for f in journaled if f["permanent"]]
