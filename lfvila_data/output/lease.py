@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Self
 
+import psutil
+
 from lfvila_data.inputs import InputError
 from lfvila_data.output.write import OutputDir, OutputStopped
 
@@ -49,6 +51,7 @@ class LeaseInfo:
     started: float  # epoch seconds
     heartbeat: float
     token: str      # unique per job: tells our lease from a newer one
+    pid_started: float = 0.0  # the process's start time: a reused pid is not the holder
 
     def describe(self, url: str) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
@@ -56,14 +59,27 @@ class LeaseInfo:
                 "wait for it to finish, or use another output")
 
 
-def _pid_alive(pid: int) -> bool:
+def _started(pid: int) -> float:
+    """When a process started (0.0 if unknown): with the pid it names one process, since
+    pids are reused (32768 of them go round in an hour of a busy machine)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return 0.0
+
+
+def _pid_alive(pid: int, started: float = 0.0) -> bool:
+    """Whether the process that took the lease still runs: its pid exists, is not a zombie
+    and, when the lease recorded it, started when that process did."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not started or abs(proc.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # another user's live process
+    except psutil.Error:  # e.g. another user's live process
         return True
-    return True
 
 
 def _parse(data: bytes, mtime: Callable[[], float]) -> LeaseInfo:
@@ -128,12 +144,13 @@ class OutputLease:
     def is_stale(self, info: LeaseInfo) -> bool:
         if time.time() - info.heartbeat > self.timeout_s:
             return True
-        return info.host == socket.gethostname() and not _pid_alive(info.pid)
+        return info.host == socket.gethostname() and not _pid_alive(info.pid, info.pid_started)
 
     def acquire(self) -> None:
         """Take the lease, or raise LeaseHeld naming the job that holds it."""
         now = time.time()
-        info = LeaseInfo(self.owner, socket.gethostname(), os.getpid(), now, now, self.token)
+        info = LeaseInfo(self.owner, socket.gethostname(), os.getpid(), now, now, self.token,
+                         _started(os.getpid()))
         for _ in range(5):
             held = self.read()
             if held is not None and not self.is_stale(held):

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pandas as pd
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,9 +24,9 @@ from lfvila_data.schemas import MANIFEST_SCHEMA
 from tests.support.media import decode_times
 
 
-def _lease_file(path, pid: int, heartbeat: float, token: str = "other") -> None:
+def _lease_file(path, pid: int, heartbeat: float, token: str = "other", pid_started: float = 0.0) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    info = LeaseInfo("lfvila-data build", socket.gethostname(), pid, heartbeat, heartbeat, token)
+    info = LeaseInfo("lfvila-data build", socket.gethostname(), pid, heartbeat, heartbeat, token, pid_started)
     (path / LEASE).write_text(json.dumps(info.__dict__))
 
 
@@ -63,6 +64,18 @@ def test_a_live_lease_refuses_and_a_dead_one_is_taken_over(site, tmp_path, ray_l
     run_build(cfg)
     assert list(pd.read_parquet(out / "manifest.parquet").key) == site.keys
     assert not (out / LEASE).exists()
+
+
+def test_a_reused_pid_does_not_hold_the_lease(tmp_path):
+    """The holder died and its pid now names another process (pids go round on a busy
+    machine): the start time recorded with the pid tells them apart."""
+    me = psutil.Process(os.getpid()).create_time()
+    _lease_file(tmp_path, os.getpid(), time.time(), pid_started=me)  # the holder: alive
+    with pytest.raises(LeaseHeld):
+        OutputLease(OutputDir(str(tmp_path)), "test").acquire()
+    _lease_file(tmp_path, os.getpid(), time.time(), pid_started=me - 3600)  # same pid, another process
+    with OutputLease(OutputDir(str(tmp_path)), "test") as lease:
+        assert json.loads((tmp_path / LEASE).read_text())["token"] == lease.token
 
 
 def test_a_lease_whose_heartbeat_stopped_is_stale(tmp_path):
