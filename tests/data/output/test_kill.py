@@ -60,7 +60,8 @@ def test_a_rerun_after_kill_9_cleans_up_and_completes(site, tmp_path):
     job.wait(timeout=60)
     assert (out / LEASE).exists()  # a killed job cannot release it
     (out / "_write_check.0123abcd.tmp").write_bytes(b"")  # what a write killed mid-way leaves
-    r = subprocess.run(_start(site, out, work).args, capture_output=True, text=True, timeout=600, check=False)
+    rerun = site.build_cmd(out, work, "--download-concurrency", "1")
+    r = subprocess.run(rerun, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert list(pd.read_parquet(out / "manifest.parquet").key) == site.keys
     assert not scratch.exists()
