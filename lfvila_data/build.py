@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 
 from lfvila_data import __version__
 from lfvila_data.executor.asr import transcribe_on_ray
-from lfvila_data.executor.base import local_fetch_cut
-from lfvila_data.executor.cluster import init_ray, shutdown_ray, stop_on_signals
+from lfvila_data.executor.base import local_fetch_cut, local_shuffle
+from lfvila_data.executor.cluster import RayStart, stop_on_signals
 from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
@@ -39,6 +39,7 @@ from lfvila_data.output.write import (
 from lfvila_data.plan.join import (
     PlanConfig,
     PlanSummary,
+    _input_listing,
     _read_success,
     build_plan,
     iter_plan_parts,
@@ -116,7 +117,26 @@ def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = 
                            tuple(sorted((stamps or {}).get(vid, {}).items())))
 
 
-def _plan(cfg: BuildConfig) -> PlanSummary:
+# hdvila inputs up to this size are planned in the driver while Ray starts: on Ray the
+# map tasks would first wait for Ray and then for worker processes to import us
+IN_PROCESS_PLAN_BYTES = 16 << 20
+
+
+def plans_in_process(cfg: BuildConfig) -> bool:
+    """Whether planning needs no Ray: annotations, or small HD-VILA inputs without ASR."""
+    if cfg.source == "activitynet":
+        return True
+    if cfg.source != "hdvila" or cfg.text_opts.asr == "always":
+        return False
+    paths = expand_paths(list(cfg.metadata)) + expand_paths(list(cfg.text)) + expand_paths(list(cfg.groups))
+    return sum(size for _, size in _input_listing(paths)) <= IN_PROCESS_PLAN_BYTES
+
+
+def _plan(cfg: BuildConfig, ray: RayStart | None = None) -> PlanSummary:
+    """The plan; `ray` is waited for first unless this plan needs no Ray."""
+    in_process = plans_in_process(cfg)
+    if ray is not None and not in_process:
+        ray.wait()
     fetch = cfg.task_context().fetch
     if cfg.source == "activitynet":  # annotations are small: re-planned on every run, in one process
         return plan_activitynet(list(cfg.annotations), cfg.output, cfg.plan, video_dir=cfg.video_dir,
@@ -139,8 +159,8 @@ def _plan(cfg: BuildConfig) -> PlanSummary:
         print("plan: reusing the finished plan (same inputs and settings)", file=sys.stderr)
         return summary
     if summary is None or made_with is not None:
-        summary = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan, shuffle=RayShuffle(),
-                             groups=list(cfg.groups))
+        summary = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan,
+                             shuffle=local_shuffle if in_process else RayShuffle(), groups=list(cfg.groups))
     return (retext_plan_with_asr(cfg.output, cfg.plan, cfg.text_opts, fetch, transcriber=transcribe_on_ray)
             if asr else summary)
 
@@ -433,14 +453,16 @@ def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
     out = preflight(cfg)
     with OutputLease(out, "lfvila-data build") as lease:
         remove_junk(out, cfg.task_context())
+        # Ray starts while the driver plans; a plan-only run that plans here needs none
+        ray = None if cfg.plan_only and plans_in_process(cfg) else RayStart(cfg.ray_address)
         try:
-            init_ray(cfg.ray_address)
             stop_on_signals()
             if not cfg.plan_only:
                 record_media_settings(out, cfg)  # may remove files (--rebuild): under the lease
-            return _run_leased(cfg, out, lease, started, progress_every_s)
+            return _run_leased(cfg, out, lease, started, progress_every_s, ray)
         except KeyboardInterrupt:
-            shutdown_ray()  # its workers must not outlive the driver, nor write to the output
+            if ray is not None:
+                ray.stop()  # its workers must not outlive the driver, nor write to the output
             raise
         except OSError as e:
             if is_output_error(e):
@@ -451,11 +473,13 @@ def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
 
 
 def _run_leased(cfg: BuildConfig, out: OutputDir, lease: OutputLease, started: float,
-                progress_every_s: float) -> dict:
-    plan = _plan(cfg)
+                progress_every_s: float, ray: RayStart | None) -> dict:
+    plan = _plan(cfg, ray)
     if cfg.plan_only:
         print_summary(f"plan of {cfg.output}", _plan_rows(plan))
         return asdict(plan)
+    if ray is not None:
+        ray.wait()
     previous = reset_stale_journal(out, plan, cfg.plan)
     progress = run_journaled(cfg, out, plan, previous, lease, progress_every_s=progress_every_s)
     lease.check()

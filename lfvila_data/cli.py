@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional
 
 import typer
 
-from lfvila_data.executor.runner import RunConfig
+from lfvila_data.executor.base import RunConfig
 from lfvila_data.inputs import InputError, storage_problem
 from lfvila_data.media.cut import CutConfig
 from lfvila_data.media.fetch import FetchConfig

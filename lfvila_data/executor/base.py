@@ -6,15 +6,26 @@ tests pass these, which run everything in this process in input order."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from lfvila_data.output.fingerprint import SPEED
 from lfvila_data.records import error_line
 
 T = TypeVar("T")
 R = TypeVar("R")
 P = TypeVar("P")
 S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How many videos are worked on at once: speed only, free to change on a rerun.
+    (Here, not beside the Ray runner, so the command line is read without importing Ray.)"""
+
+    fetch_concurrency: int = field(default=8, metadata=SPEED)
+    cut_concurrency: int | None = field(default=None, metadata=SPEED)  # default: the cluster's CPUs
+    cut_cpus: float = field(default=1.0, metadata=SPEED)
 
 
 class WorkerCrashed(Exception):

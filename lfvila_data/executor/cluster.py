@@ -5,8 +5,10 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +43,42 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
             raise InputError(_init_error(address, e, captured())) from e
+
+
+class RayStart:
+    """Ray starting on a thread of its own while the driver does what needs no Ray
+    (checks, the lease, planning small inputs): a local start takes 4-9 s on 2 cores, most
+    of a small build's fixed cost. `wait()` before the first Ray call; it re-raises the
+    start's error (an InputError naming the cluster)."""
+
+    def __init__(self, address: str | None, num_cpus: int | None = None) -> None:
+        self._error: BaseException | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._start, args=(address, num_cpus),
+                                        name="ray-start", daemon=True)
+        self._thread.start()
+
+    def _start(self, address: str | None, num_cpus: int | None) -> None:
+        try:
+            init_ray(address, num_cpus)
+        except BaseException as e:  # handed to the thread that waits
+            self._error = e
+        finally:
+            self._started.set()
+        # Ray's processes die with the *thread* that started them (PR_SET_PDEATHSIG is
+        # per thread on Linux): this one lives until Ray is shut down
+        while self._error is None and ray.is_initialized():
+            time.sleep(0.5)
+
+    def wait(self) -> None:
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Shut Ray down, a start still under way included (its processes would leak)."""
+        self._started.wait()
+        shutdown_ray()
 
 
 def _refused_token(stderr: str) -> bool:
@@ -79,15 +117,33 @@ def _init_error(address: str | None, e: BaseException, stderr: str) -> str:
 def _stderr_captured() -> Iterator:
     """Keep what Ray prints while it starts (C++ network warnings, the token notice, ~20
     lines of retries against a cluster that refuses us) off the user's screen; the text
-    is kept to explain a failure in one line."""
+    is kept to explain a failure in one line. Ray may start on another thread while this
+    one prints progress: Python's own stderr keeps writing to the screen meanwhile."""
     with tempfile.TemporaryFile(mode="w+b") as sink:
+        sys.stderr.flush()
         saved = os.dup(2)
+        ours = _on_fd2(sys.stderr)
+        if ours:
+            screen = os.fdopen(os.dup(saved), "w", buffering=1, encoding=sys.stderr.encoding,
+                               errors="backslashreplace")
+            previous, sys.stderr = sys.stderr, screen
         os.dup2(sink.fileno(), 2)
         try:
             yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if ours:
+                sys.stderr = previous
+                screen.close()
+
+
+def _on_fd2(stream: object) -> bool:
+    """Whether a stream writes to file descriptor 2 (not, e.g., pytest's capture)."""
+    try:
+        return stream.fileno() == 2  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def cluster_resources() -> dict[str, float]:

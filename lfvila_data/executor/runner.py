@@ -8,29 +8,19 @@ long video's progress shows before the video is finished."""
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable, Iterable
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from lfvila_data.executor.base import crash_line
+from lfvila_data.executor.base import RunConfig, crash_line
 from lfvila_data.executor.cluster import node_id
 from lfvila_data.executor.pool import InFlight, Poster, RayBoard
 from lfvila_data.media.task import FetchOutcome, TaskContext, VideoJob, cut_video, fetch_video
-from lfvila_data.output.fingerprint import SPEED
 from lfvila_data.output.write import RETRY, VideoResult
 from lfvila_data.progress import CutProgress, Throttled
 from lfvila_data.records import Failure, FailureCode, Stage
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """How many videos are worked on at once: speed only, free to change on a rerun."""
-
-    fetch_concurrency: int = field(default=8, metadata=SPEED)
-    cut_concurrency: int | None = field(default=None, metadata=SPEED)  # default: the cluster's CPUs
-    cut_cpus: float = field(default=1.0, metadata=SPEED)
 
 
 def _crash(job: VideoJob, stage: Stage, err: Exception) -> VideoResult:

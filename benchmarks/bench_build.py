@@ -1,0 +1,131 @@
+"""The whole build, end to end, split into its fixed and its proportional cost, beside a
+bare decode of the same spans in the same run.
+
+    python benchmarks/bench_build.py                      # 4 videos x 16 clips, 3 rounds
+    python benchmarks/bench_build.py --videos 12 --repeat 5
+    python benchmarks/bench_build.py --quick              # 1 round, 2 videos
+
+A generated HD-VILA-style corpus (lfvila_data.demo.make_corpus: 320x240, 15 fps, 4-s clips)
+is served on loopback; every method runs as the user runs it, a fresh `lfvila-data`
+process, and rounds interleave the methods so drift on a shared machine hits all alike.
+
+- `ray`: start and stop a local Ray, nothing else (the floor Ray alone sets);
+- `plan-only`: `lfvila-data build --plan-only` on a fresh output: the fixed cost
+  (start-up, Ray, reading and planning the inputs);
+- `build`: the whole build on a fresh output;
+- `decode`: ffmpeg decoding exactly the spans the build cut, from the same files, to
+  `-f null` (no scaling, no encode), one process per sample as the build runs them:
+  what cutting cannot go below.
+
+The proportional cost is build minus plan-only. CPU is the whole process tree (a cgroup
+as root, else psutil polling: benchmarks/proctree.py), since Ray's workers are not the
+driver's waited-for children. Medians are printed, with ratios; nothing asserts on time.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proctree import Measured, run_measured
+
+from lfvila_data.demo import make_corpus
+from lfvila_data.localserver import MediaServer
+
+RAY_ONLY = ("import logging, ray; ray.init(address='local', include_dashboard=False, "
+            "log_to_driver=False, logging_level=logging.WARNING); ray.get(ray.remote(lambda: 1).remote()); "
+            "ray.shutdown()")
+
+
+def build_cmd(meta: Path, text: Path, out: Path, *extra: str) -> list[str]:
+    exe = shutil.which("lfvila-data") or sys.exit("lfvila-data is not on PATH (pip install -e .)")
+    return [exe, "build", "--metadata", str(meta), "--text", str(text), "--output", str(out),
+            "--allow-private-addresses", *extra]
+
+
+def decode_cmd(spans: list[tuple[str, float, float]]) -> list[str]:
+    """One shell running one ffmpeg per span, as the build runs one per sample."""
+    lines = [f"ffmpeg -nostdin -v error -ss {s:.3f} -i {src} -t {e - s:.3f} -f null - || exit 1"
+             for src, s, e in spans]
+    return ["bash", "-c", "\n".join(lines)]
+
+
+def check(m: Measured, what: str) -> Measured:
+    if m.returncode != 0:
+        sys.exit(f"{what} failed ({m.returncode}):\n{m.stderr[-2000:]}")
+    return m
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", type=int, default=4)
+    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--no-cgroup", action="store_true", help="measure CPU by polling (as without root)")
+    a = p.parse_args()
+    if a.quick:
+        a.videos, a.repeat = 2, 1
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="bench_build_"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[Measured]] = defaultdict(list)
+    source_s = 0.0
+    (work / "corpus" / "www").mkdir(parents=True, exist_ok=True)
+    with MediaServer(work / "corpus" / "www") as srv:
+        meta, text = make_corpus(work / "corpus", srv.url("").rstrip("/"), videos=a.videos, clips=a.clips)
+        www = work / "corpus" / "www"
+        for r in range(a.repeat):
+            results["ray"].append(check(run_measured([sys.executable, "-c", RAY_ONLY],
+                                                     use_cgroup=not a.no_cgroup), "ray"))
+            out = work / f"plan{r}"
+            shutil.rmtree(out, ignore_errors=True)
+            results["plan-only"].append(check(run_measured(build_cmd(meta, text, out, "--plan-only"),
+                                                           use_cgroup=not a.no_cgroup), "plan-only"))
+            out = work / f"build{r}"
+            shutil.rmtree(out, ignore_errors=True)
+            results["build"].append(check(run_measured(build_cmd(meta, text, out),
+                                                       use_cgroup=not a.no_cgroup), "build"))
+            manifest = pd.read_parquet(out / "manifest.parquet") if (out / "manifest.parquet").exists() \
+                else pd.read_parquet(out / "manifest")
+            spans = [(str(www / f"{row.video_id}.mp4"), float(row.start), float(row.end))
+                     for row in manifest.itertuples()]
+            source_s = sum(e - s for _, s, e in spans)
+            results["decode"].append(check(run_measured(decode_cmd(spans), use_cgroup=not a.no_cgroup),
+                                           "decode"))
+            print(f"round {r + 1}/{a.repeat}: " + ", ".join(
+                f"{k} {v[-1].wall_s:.2f} s / {v[-1].cpu_s:.2f} CPU-s" for k, v in results.items()), flush=True)
+
+    med = {k: (statistics.median(m.wall_s for m in v), statistics.median(m.cpu_s for m in v))
+           for k, v in results.items()}
+    fixed_w, fixed_c = med["plan-only"]
+    build_w, build_c = med["build"]
+    prop_w, prop_c = build_w - fixed_w, build_c - fixed_c
+    dec_w, dec_c = med["decode"]
+    method = results["build"][0].method
+    print(f"\n{a.videos} videos x {a.clips} clips, {len(spans)} samples, {source_s:.0f} source-s cut; "
+          f"median of {a.repeat}; CPU by {method}")
+    print(f"{'':24s} {'wall s':>8s} {'CPU s':>8s}")
+    for label, (w, c) in [("ray start+stop", med["ray"]), ("fixed (plan-only)", med["plan-only"]),
+                          ("whole build", med["build"]), ("proportional", (prop_w, prop_c)),
+                          ("bare decode", med["decode"])]:
+        print(f"{label:24s} {w:8.2f} {c:8.2f}")
+    print(f"\nfixed share of the build's wall time: {fixed_w / build_w:.2f}")
+    print(f"source-s per wall-s: build {source_s / build_w:.1f}, proportional {source_s / max(prop_w, 1e-9):.1f}, "
+          f"decode {source_s / dec_w:.1f}")
+    print(f"source-s per CPU-s:  build {source_s / build_c:.1f}, proportional {source_s / max(prop_c, 1e-9):.1f}, "
+          f"decode {source_s / dec_c:.1f}")
+    print(f"proportional CPU / bare decode CPU: {prop_c / dec_c:.2f}")
+    subprocess.run(["rm", "-rf", *(str(work / f"{k}{r}") for k in ("plan", "build") for r in range(a.repeat))], check=False)
+
+
+if __name__ == "__main__":
+    main()
