@@ -453,8 +453,10 @@ def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
     out = preflight(cfg)
     with OutputLease(out, "lfvila-data build") as lease:
         remove_junk(out, cfg.task_context())
-        # Ray starts while the driver plans; a plan-only run that plans here needs none
-        ray = None if cfg.plan_only and plans_in_process(cfg) else RayStart(cfg.ray_address)
+        # Ray starts while the driver plans; a plan-only run that plans here needs none,
+        # unless a cluster was named (joining it is then part of what the run checks)
+        local_plan_only = cfg.plan_only and not cfg.ray_address and plans_in_process(cfg)
+        ray = None if local_plan_only else RayStart(cfg.ray_address)
         try:
             stop_on_signals()
             if not cfg.plan_only:
@@ -475,11 +477,11 @@ def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
 def _run_leased(cfg: BuildConfig, out: OutputDir, lease: OutputLease, started: float,
                 progress_every_s: float, ray: RayStart | None) -> dict:
     plan = _plan(cfg, ray)
+    if ray is not None:
+        ray.wait()  # a plan-only run with --ray-address reports a cluster it cannot join
     if cfg.plan_only:
         print_summary(f"plan of {cfg.output}", _plan_rows(plan))
         return asdict(plan)
-    if ray is not None:
-        ray.wait()
     previous = reset_stale_journal(out, plan, cfg.plan)
     progress = run_journaled(cfg, out, plan, previous, lease, progress_every_s=progress_every_s)
     lease.check()
