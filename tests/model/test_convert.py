@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from lfvila_model import cli
+from lfvila_model.checkpoint import load_stage1
 from lfvila_model.config import load_config
 from lfvila_model.convert import ConvertError, convert_xpretrain
 from lfvila_model.models.lfvila import synthetic_batch
 from lfvila_model.models.video import pool_clips_xpretrain
-from lfvila_model.train import load_model
+from lfvila_model.train import load_model, setup_model
 
 # The release's LFVILA_Pretrain arguments at a tiny size (its configs/pretrain_stage1.yaml has the paper's).
 VIDEO = {"patch_size": (1, 8, 8), "embed_dim": 8, "depths": (2, 2, 2), "num_heads": (1, 2, 4), "stages": (0, 1, 2),
@@ -203,3 +204,12 @@ def test_wrong_files_name_the_key(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown key some_head.weight" in err
     assert not (tmp_path / "c" / "step-00000000").exists()
+
+
+def test_stage2_starts_from_a_converted_checkpoint(converted):
+    root, release = converted
+    cfg = load_config("tiny", [*OURS, "model.compat=xpretrain", f"model.text.max_sentences={SEGMENTS}", "stage=2"])
+    model = setup_model(cfg, torch.device("cpu"))
+    load_stage1(model, root / "ours")
+    torch.testing.assert_close(model.stage1.text_encoder.paragraph_embedding.norm.weight,
+                               release["sent_embedding.norm.weight"].float())
