@@ -25,6 +25,7 @@ import torch
 
 from lfvila_model.checkpoint import TrainState
 from lfvila_model.config import ConfigError, TrainConfig, model_config
+from lfvila_model.models.video import read_state_dict
 
 STEP_DIR = "step-00000000"
 REPORT = "convert.json"
@@ -93,14 +94,9 @@ def release_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict of a release checkpoint: a bare one, or DeepSpeed's (``{"module": ...}``
     and/or keys under ``module.``)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConvertError(f"checkpoint not found: {path}") from None
-    except Exception as e:  # noqa: BLE001 - pickle/zip errors of a wrong file: one line
-        raise ConvertError(f"{path} is not a torch checkpoint: {str(e).splitlines()[0]}") from None
-    for wrapper in ("module", "model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
+        state = read_state_dict(path, ("module", "model", "state_dict"))
+    except ValueError as e:
+        raise ConvertError(str(e)) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConvertError(f"{path} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}

@@ -274,20 +274,27 @@ def _inflate_rel_table(src: torch.Tensor, table: tuple[int, int, int], dtype) ->
     return img.permute(1, 2, 0).unsqueeze(0).expand(t, h, w, heads).reshape(-1, heads).to(dtype)
 
 
-def _swin_state(path_or_state: str | dict) -> dict[str, torch.Tensor]:
-    """The 2D Swin state dict of a release checkpoint (``{"model": ...}``) or a bare one; a file
-    that is not one is a one-line ValueError."""
+def read_state_dict(path_or_state: str | os.PathLike | dict, wrappers: tuple[str, ...]) -> dict:
+    """A checkpoint's state dict (inside the first of ``wrappers`` it has, in turn); a missing or
+    unreadable file is a one-line ValueError."""
     state = path_or_state
     if not isinstance(state, dict):
         try:
             state = torch.load(path_or_state, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise ValueError(f"Swin checkpoint not found: {path_or_state}") from None
+            raise ValueError(f"checkpoint not found: {path_or_state}") from None
         except Exception as e:  # noqa: BLE001 - pickle/zip errors of a wrong file: one line
             raise ValueError(f"{path_or_state} is not a torch checkpoint: {str(e).splitlines()[0]}") from None
-    for wrapper in ("model", "state_dict"):
+    for wrapper in wrappers:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
+    return state
+
+
+def _swin_state(path_or_state: str | dict) -> dict[str, torch.Tensor]:
+    """The 2D Swin state dict of a release checkpoint (``{"model": ...}``) or a bare one; a file
+    that is not one is a one-line ValueError."""
+    state = read_state_dict(path_or_state, ("model", "state_dict"))
     if not (isinstance(state, dict) and "patch_embed.proj.weight" in state
             and any(k.startswith("layers.0.blocks.0.") for k in state)):
         where = path_or_state if isinstance(path_or_state, (str, os.PathLike)) else "the state dict"
