@@ -5,9 +5,10 @@ or on Ray Train, and evaluate (retrieval; stage 2 adds MLM and video-text matchi
     lfvila-train --train-shards shards/ --config tiny --num-workers 2 --resume
     lfvila-train --train-shards shards/ --config tiny_stage2 --stage1-checkpoint runs/tiny/checkpoints
     lfvila-train eval --checkpoint runs/tiny/checkpoints --val-shards shards/
+    lfvila-train convert --xpretrain lfvila_stage1.bin --out runs/xpretrain
 
-Training is the command itself (no subcommand name) and `eval` the one subcommand, so
-``main`` picks the typer app by the first argument. Errors that stop a run are one line on
+Training is the command itself (no subcommand name) and `eval` and `convert` the
+subcommands, so ``main`` picks the typer app by the first argument. Errors that stop a run are one line on
 stderr and exit code 2.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ PROG = "lfvila-train"
 
 train_app = typer.Typer(add_completion=False)
 eval_app = typer.Typer(add_completion=False)
+convert_app = typer.Typer(add_completion=False)
 
 CONFIG = typer.Option(None, help="YAML file or bundled name (tiny, tiny_stage2, demo, paper).")
 OVERRIDES = typer.Argument(None, help="Config overrides: key.sub=value.", show_default=False)
@@ -143,12 +145,41 @@ def evaluate(
     return _eval(checkpoint, val_shards, output, cfg, device)
 
 
+@convert_app.command(name="convert")
+def convert(
+    xpretrain: str = typer.Option(..., metavar="FILE", help="The LF-VILA release's checkpoint (lfvila_stage1.bin)."),
+    out: str = typer.Option(..., metavar="DIR", help="Our checkpoint directory to write (DIR/step-00000000)."),
+    config: Optional[str] = typer.Option("paper", help="The model size the file has (YAML or bundled name)."),
+    overrides: Optional[List[str]] = OVERRIDES,
+) -> int:
+    """Convert the release's checkpoint (fp16, DeepSpeed's `module.` or not) into ours, run with
+    model.compat=xpretrain; prints the key report and writes it to DIR/convert.json."""
+    from lfvila_model.config import load_config
+    from lfvila_model.convert import REPORT, convert_xpretrain
+
+    if not os.path.isfile(xpretrain):
+        raise UsageError(f"checkpoint not found: {xpretrain}")
+    report = convert_xpretrain(xpretrain, out, load_config(config, overrides or []))
+    for part, keys in report["not_converted"].items():
+        print(f"{part}: {len(keys)} keys ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    by_reason: dict[str, list[str]] = {}
+    for key, why in sorted(report["unused"].items()):
+        by_reason.setdefault(why, []).append(key)
+    for why, keys in by_reason.items():
+        print(f"unused, {why}: {len(keys)} keys ({keys[0]}{', ...' if len(keys) > 1 else ''})")
+    print(json.dumps(report["counts"]))
+    print(f"wrote {report['checkpoint']} (model.compat=xpretrain) and {os.path.join(out, REPORT)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: `eval ...` or training; bad input is one line on stderr and exit 2."""
     from lfvila_model.config import ConfigError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    app, args, name = (eval_app, argv[1:], f"{PROG} eval") if argv[:1] == ["eval"] else (train_app, argv, PROG)
+    apps = {"eval": eval_app, "convert": convert_app}
+    app, args, name = (apps[argv[0]], argv[1:], f"{PROG} {argv[0]}") if argv[:1] and argv[0] in apps \
+        else (train_app, argv, PROG)
     try:
         return typer.main.get_command(app).main(args, prog_name=name, standalone_mode=False) or 0
     except TyperException as e:  # typer's own usage errors (an unknown option, a missing value)

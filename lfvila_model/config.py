@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from lfvila_model.data import DataConfig
 from lfvila_model.models import presets
 from lfvila_model.models.lfvila import LFVILAConfig
+from lfvila_model.models.video import COMPAT_MODES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -37,6 +38,7 @@ class ModelSection:
     frame_size: tuple[int, int] | None = None
     max_tokens: int | None = None
     cross: dict[str, Any] = field(default_factory=dict)  # CrossModalConfig overrides (stage 2)
+    compat: str | None = None  # "xpretrain": compute what the LF-VILA release computes (docs/fidelity.md)
 
 
 @dataclass
@@ -201,6 +203,11 @@ def model_config(section: ModelSection) -> LFVILAConfig:
         cfg = builders[section.preset](**video)
         text = dict(section.text)
         bert = {**cfg.text.bert, **text.pop("bert", {})}
+        if section.compat not in COMPAT_MODES:
+            raise ConfigError(f"model.compat must be null or xpretrain, not {section.compat!r}")
+        if section.compat:
+            text.setdefault("compat", section.compat)
+            cfg = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, compat=section.compat))
         cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, bert=bert, **text),
                                   cross=dataclasses.replace(cfg.cross, **section.cross))
         top = {k: as_tuples(getattr(section, k)) for k in ("num_clips", "frame_size", "max_tokens")

@@ -180,6 +180,13 @@ class TrainRecipe:
                 raise ConfigError(f"checkpoint.dir {cfg.checkpoint.dir} already holds checkpoints: give stage 2 "
                                   "its own checkpoint.dir (or --resume a stage-2 run)")
             self._say(f"stage 2: stage-1 weights from {load_stage1(raw, cfg.stage2.stage1_checkpoint)} (frozen)")
+        else:
+            try:  # the paper's start: Swin-B inflated to 3D, BERT-large (model.video.pretrained_2d, model.text.pretrained)
+                loaded = raw.load_pretrained()
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            for line in loaded:
+                self._say(line)
         return TrainState()
 
     def _say(self, line: str) -> None:

@@ -49,6 +49,18 @@ class LFVILA(nn.Module):
         {"clip": B×m×D, "video": B×D, "sentence": B×m×D, "paragraph": B×D}, L2-normalised."""
         return {**self.video_encoder(video), **self.text_encoder(input_ids, attention_mask)}
 
+    def load_pretrained(self) -> list[str]:
+        """Start from the configured initial weights (``video.pretrained_2d``, a 2D Swin
+        checkpoint; ``text.pretrained``, a BERT): one log line for each loaded."""
+        lines = []
+        if self.cfg.video.pretrained_2d:
+            report = self.video_encoder.load_swin2d(self.cfg.video.pretrained_2d)
+            lines.append(report.summary(f"video encoder from 2D Swin {self.cfg.video.pretrained_2d}"))
+        if self.cfg.text.pretrained:
+            report = self.text_encoder.load_pretrained()
+            lines.append(report.summary(f"text encoder from BERT {self.cfg.text.pretrained}"))
+        return lines
+
 
 def pick_negatives(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Row i's negative: j drawn with probability weights[i, j] (the diagonal is never drawn),

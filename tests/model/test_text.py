@@ -77,5 +77,6 @@ def test_from_pretrained_local_dir_keeps_used_layers(tmp_path):
     bert = BertModel(BertConfig(**{**CFG.bert, "num_hidden_layers": 6}), add_pooling_layer=False)
     bert.save_pretrained(tmp_path)
     enc = TextEncoder(dataclasses.replace(CFG, pretrained=str(tmp_path)))
+    enc.load_pretrained()
     assert len(enc.bert.encoder.layer) == CFG.split + CFG.paragraph_layers
     torch.testing.assert_close(enc.bert.encoder.layer[3].output.dense.weight, bert.encoder.layer[3].output.dense.weight)

