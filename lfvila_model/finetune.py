@@ -127,7 +127,9 @@ class PeriodicEval:
         state, metrics = recipe.state, None
         if self.rank == 0:
             batches = self.source(0, 1)(0, 0)
-            metrics = evaluate(unwrap(recipe.model), batches, self.device, bf16=self.cfg.optim.bf16)
+            model = unwrap(recipe.model)
+            model = getattr(model, "stage1", model)  # stage 2: retrieval is the frozen stage-1 model's
+            metrics = evaluate(model, batches, self.device, bf16=self.cfg.optim.bf16)
             metrics.update(step=state.step, epoch=state.epoch)
             log = Path(self.cfg.log.dir)
             log.mkdir(parents=True, exist_ok=True)

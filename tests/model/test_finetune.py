@@ -199,3 +199,15 @@ def test_pretraining_evaluates_a_downstream_val_split(bench, vocab_dir, tmp_path
     evals = [json.loads(line) for line in (tmp_path / "log" / "eval.jsonl").read_text().splitlines()]
     assert [(e["step"], e["num_samples"]) for e in evals] == [(2, 2), (3, 2)]
     assert not (tmp_path / "ck" / "best").exists()
+
+
+def test_stage2_evaluates_downstream_with_its_stage1_model(bench, vocab_dir, tmp_path):
+    root, shards, _ = bench
+    cfg = load_config("tiny_stage2", [f"checkpoint.dir={tmp_path}/ck", f"log.dir={tmp_path}/log",
+                                      "log.tensorboard=false", "log.progress=false", "optim.max_steps=1",
+                                      f"data.tokenizer={vocab_dir}", f"stage2.stage1_checkpoint={root}/pre",
+                                      f"eval.downstream_shards={shards}/train-{{000000..000003}}.tar",
+                                      "eval.split=val1"])
+    train(cfg, SyntheticSource(cfg.model, batch_size=2))
+    evals = [json.loads(line) for line in (tmp_path / "log" / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["num_samples"]) for e in evals] == [(1, 2)]
