@@ -7,7 +7,7 @@ or on Ray Train, and evaluate (retrieval; stage 2 adds MLM and video-text matchi
     lfvila-train eval --checkpoint runs/tiny/checkpoints --val-shards shards/
     lfvila-train --config finetune_activitynet --init runs/paper/checkpoints \
         --train-shards 'anet-shards/*.tar' --val-shards 'anet-shards/*.tar' data.tokenizer=bert-base-uncased
-    lfvila-train eval --checkpoint runs/anet/checkpoints/best --val-shards 'anet-shards/*.tar' \
+    lfvila-train eval --checkpoint runs/finetune_activitynet/checkpoints/best --val-shards 'anet-shards/*.tar' \
         --split val1 --benchmark activitynet
 
 Training is the command itself (no subcommand name) and `eval` the one subcommand, so

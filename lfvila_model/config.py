@@ -147,7 +147,7 @@ class EvalSection:
     split: str | None = None  # only samples of this split (default: all)
     every_steps: int = 1000
     keep_best: bool = False
-    benchmark: str | None = None  # name in finetune.BENCHMARKS: its paper numbers go beside ours
+    benchmark: str | None = None  # a name in eval.BENCHMARKS: its paper numbers go beside ours
 
     def __post_init__(self):
         if self.every_steps < 1:

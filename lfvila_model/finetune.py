@@ -26,7 +26,7 @@ from torch import nn
 
 from lfvila_model.checkpoint import checkpoint_path, checkpoints, save_checkpoint, stored_config, unwrap
 from lfvila_model.config import ConfigError, TrainConfig
-from lfvila_model.eval import evaluate, paper_table
+from lfvila_model.eval import BENCHMARKS, evaluate, paper_table
 from lfvila_model.losses import gather_features, global_contrastive_loss, rank_offset
 from lfvila_model.train import TrainRecipe, param_groups
 
@@ -114,6 +114,8 @@ class PeriodicEval:
         from lfvila_model.sources import setup_data
 
         self.cfg, self.device, self.rank = cfg, device, rank
+        if cfg.eval.benchmark is not None and cfg.eval.benchmark not in BENCHMARKS:
+            raise ConfigError(f"unknown eval.benchmark {cfg.eval.benchmark!r} (choose {', '.join(BENCHMARKS)})")
         self.best_dir = Path(cfg.checkpoint.dir) / BEST
         data = dataclasses.replace(cfg.data, split=cfg.eval.split)
         self.source = setup_data(dataclasses.replace(cfg, data=data),

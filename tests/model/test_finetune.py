@@ -185,6 +185,14 @@ def test_finetune_keeps_the_best_and_eval_writes_json(bench, vocab_dir, tmp_path
     assert "paper (activitynet)" in printed.err and json.loads(printed.out)["num_samples"] == 2
     assert cli.main(["eval", "--checkpoint", str(root / "pre"), "--val-shards", str(shards),
                      "--benchmark", "imagenet"]) == 2
+    common = ["--config", "finetune_didemo", "--train-shards", str(shards), f"data.tokenizer={vocab_dir}"]
+    assert cli.main(common) == 2 and "needs --init" in capsys.readouterr().err
+    assert cli.main([*common, "--init", str(tmp_path / "nothing")]) == 2
+    assert cli.main([*common, "--init", str(root / "pre"), "data.batch_size=16"]) == 2  # 4 train samples
+    assert "fewer than 16 training samples" in capsys.readouterr().err
+    assert cli.main([*common, "--init", str(root / "pre"), "data.batch_size=2", "eval.benchmark=msrvtt",
+                     "--val-shards", str(shards), "--device", "cpu"]) == 2
+    assert "unknown eval.benchmark 'msrvtt'" in capsys.readouterr().err
 
 
 def test_pretraining_evaluates_a_downstream_val_split(bench, vocab_dir, tmp_path):
