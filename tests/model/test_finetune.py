@@ -185,7 +185,8 @@ def test_finetune_keeps_the_best_and_eval_writes_json(bench, vocab_dir, tmp_path
     assert "paper (activitynet)" in printed.err and json.loads(printed.out)["num_samples"] == 2
     assert cli.main(["eval", "--checkpoint", str(root / "pre"), "--val-shards", str(shards),
                      "--benchmark", "imagenet"]) == 2
-    common = ["--config", "finetune_didemo", "--train-shards", str(shards), f"data.tokenizer={vocab_dir}"]
+    common = ["--config", "finetune_didemo", "--train-shards", str(shards), f"data.tokenizer={vocab_dir}",
+              f"checkpoint.dir={tmp_path}/bad/ck", f"log.dir={tmp_path}/bad/log", "log.tensorboard=false"]
     assert cli.main(common) == 2 and "needs --init" in capsys.readouterr().err
     assert cli.main([*common, "--init", str(tmp_path / "nothing")]) == 2
     assert cli.main([*common, "--init", str(root / "pre"), "data.batch_size=16"]) == 2  # 4 train samples
