@@ -6,6 +6,10 @@ or on Ray Train, and evaluate (retrieval; stage 2 adds MLM and video-text matchi
     lfvila-train --train-shards shards/ --config tiny_stage2 --stage1-checkpoint runs/tiny/checkpoints
     lfvila-train eval --checkpoint runs/tiny/checkpoints --val-shards shards/
     lfvila-train convert --xpretrain lfvila_stage1.bin --out runs/xpretrain
+    lfvila-train --config finetune_activitynet --init runs/paper/checkpoints \
+        --train-shards 'anet-shards/*.tar' --val-shards 'anet-shards/*.tar' data.tokenizer=bert-base-uncased
+    lfvila-train eval --checkpoint runs/finetune_activitynet/checkpoints/best --val-shards 'anet-shards/*.tar' \
+        --split val1 --benchmark activitynet
 
 Training is the command itself (no subcommand name) and `eval` and `convert` the
 subcommands, so ``main`` picks the typer app by the first argument. Errors that stop a run are one line on
@@ -51,14 +55,53 @@ def shard_list(pattern: str, split: str) -> list[str]:
     return found
 
 
-def _eval(checkpoint: str, val: str, output: str | None, cfg, device: str | None) -> int:
-    from lfvila_model.eval import run_eval
+def _eval(checkpoint: str, val: str, output: str | None, cfg, device: str | None,
+          split: str | None = None, benchmark: str | None = None) -> int:
+    from lfvila_model.eval import BENCHMARKS, paper_table, run_eval
 
     if not os.path.exists(checkpoint):
         raise UsageError(f"checkpoint not found: {checkpoint}")
-    metrics = run_eval(checkpoint, shard_list(val, "val"), output, cfg, device)
+    if benchmark is not None and benchmark not in BENCHMARKS:
+        raise UsageError(f"unknown benchmark {benchmark!r} (choose {', '.join(BENCHMARKS)})")
+    # a benchmark's shards hold every split in train-*.tar: a directory means all its shards then
+    metrics = run_eval(checkpoint, shard_list(val, "*" if split or benchmark else "val"), output, cfg, device,
+                       split, benchmark)
     print(json.dumps(metrics, indent=1))
+    print(paper_table(metrics, benchmark), file=sys.stderr)  # stdout stays one JSON document
     return 0
+
+
+def _finetune_setup(cfg, init: str | None, train_shards: list[str], val_shards: str | None,
+                    world: int) -> None:
+    """Retrieval fine-tuning (finetune.enabled, or --init): the model section comes from the
+    init checkpoint (its weights fix the architecture), the validation shards are evaluated
+    during training, and an epoch is counted from the train shards when not given."""
+    from lfvila_model.checkpoint import checkpoint_path, stored_config
+    from lfvila_model.config import ConfigError, TrainConfig
+    from lfvila_model.finetune import count_samples
+
+    if init:
+        if not os.path.exists(init):
+            raise UsageError(f"init checkpoint not found: {init}")
+        cfg.finetune.enabled, cfg.finetune.init = True, os.path.abspath(init)
+    if not cfg.finetune.enabled:
+        return
+    if not cfg.finetune.init:
+        raise UsageError("fine-tuning needs --init PATH (a pretrained stage-1 checkpoint)")
+    try:
+        cfg.model = TrainConfig.from_dict({"model": stored_config(checkpoint_path(cfg.finetune.init))
+                                          .get("model", {})}).model
+    except ConfigError as e:
+        raise UsageError(f"--init: {e}") from None
+    for part in (cfg.model.text, cfg.model.video):  # every weight comes from the init checkpoint
+        part.pop("pretrained", None)
+    if val_shards and not cfg.eval.downstream_shards:
+        cfg.eval.downstream_shards = ",".join(shard_list(val_shards, "*"))
+    if cfg.optim.steps_per_epoch is None:
+        per_step = cfg.data.batch_size * world * cfg.optim.grad_accum
+        cfg.optim.steps_per_epoch = count_samples(train_shards, cfg.data.split) // per_step
+        if cfg.optim.steps_per_epoch < 1:
+            raise UsageError(f"fewer than {per_step} training samples (split {cfg.data.split!r}) in --train-shards")
 
 
 @train_app.command()
@@ -77,6 +120,9 @@ def train(
         None, metavar="PATH", help="Train stage 2 on this stage-1 checkpoint (step-* or checkpoint dir; "
                                    "= stage=2 stage2.stage1_checkpoint=PATH)."),
     eval_only: bool = typer.Option(False, "--eval-only", help="Only evaluate the latest checkpoint on --val-shards."),
+    init: Optional[str] = typer.Option(
+        None, metavar="PATH", help="Fine-tune for retrieval from this stage-1 checkpoint (step-* or checkpoint "
+                                   "dir; = finetune.enabled=true finetune.init=PATH; its model section is used)."),
 ) -> int:
     """Train LF-VILA on shards (stage 1, or stage 2 with --stage1-checkpoint), in this process or
     on Ray Train; `lfvila-train eval --help` for evaluating a checkpoint.
@@ -108,9 +154,11 @@ def train(
     if resume_from and not os.path.isfile(os.path.join(resume_from, "trainer.json")):
         raise UsageError(f"not a checkpoint directory: {resume_from}")
     start = resume_from or resume
-    if val_shards:
-        shard_list(val_shards, "val")  # a bad pattern fails now, not after training
-    sources = setup_data(cfg, shard_list(train_shards, "train"))
+    if val_shards:  # a bad pattern fails now, not after training (benchmark shards: every split in train-*)
+        shard_list(val_shards, "*" if init or cfg.finetune.enabled else "val")
+    train_list = shard_list(train_shards, "*" if cfg.data.split else "train")
+    _finetune_setup(cfg, init, train_list, val_shards, num_workers or 1)
+    sources = setup_data(cfg, train_list)
     cfg.optim.total_steps(), cfg.optim.warmup()  # config errors before any worker starts
     if num_workers:
         from lfvila_model.ray_train import train_ray
@@ -122,9 +170,9 @@ def train(
         from lfvila_model.train import train as run_train
 
         run_train(cfg, sources, resume=start, device=torch.device(device) if device else None)
-    if val_shards:
+    if val_shards and not cfg.eval.downstream_shards:
         return _eval(cfg.checkpoint.dir, val_shards, None, None, device)
-    return 0
+    return 0  # evaluated during training: log.dir/eval.jsonl (and checkpoint.dir/best)
 
 
 @eval_app.command(name="eval")
@@ -135,14 +183,19 @@ def evaluate(
     overrides: Optional[List[str]] = OVERRIDES,
     device: Optional[str] = DEVICE,
     output: Optional[str] = typer.Option(None, help="Metrics JSON (default: CHECKPOINT/eval.json)."),
+    split: Optional[str] = typer.Option(None, help="Only samples of this split (benchmark shards, e.g. val1)."),
+    benchmark: Optional[str] = typer.Option(
+        None, help="activitynet, didemo, queryd or condensed-movies: its paragraph cut, and the paper's numbers "
+                   "printed beside ours."),
 ) -> int:
-    """Paragraph-to-video retrieval of a checkpoint (its stored config unless --config)."""
+    """Paragraph-to-video retrieval of a checkpoint (its stored config unless --config), zero-shot
+    or fine-tuned, on any shards; retrieval samples are read whole (the paper's protocol)."""
     from lfvila_model.config import load_config
 
     if overrides and not config:
         raise UsageError("overrides need --config")
     cfg = load_config(config, overrides or []) if config else None
-    return _eval(checkpoint, val_shards, output, cfg, device)
+    return _eval(checkpoint, val_shards, output, cfg, device, split, benchmark)
 
 
 @convert_app.command(name="convert")

@@ -62,6 +62,8 @@ class DataSection:
     frames_per_clip: int | None = None
     size: tuple[int, int] | None = None
     max_tokens: int | None = None
+    retrieval_sentences: int = DataConfig.retrieval_sentences
+    split: str | None = None  # keep only samples of this split (benchmark shards carry one)
 
 
 @dataclass
@@ -136,6 +138,41 @@ class Stage2Config:
 
 
 @dataclass
+class EvalSection:
+    """Retrieval evaluation during training (lfvila_model.finetune.PeriodicEval): on
+    ``downstream_shards`` (e.g. ActivityNet val during pretraining, as the release does, or
+    the benchmark's val split when fine-tuning) every ``every_steps`` updates and at the end;
+    ``keep_best``: also save the model with the best paragraph-to-video R@1 in
+    ``checkpoint.dir/best``."""
+
+    downstream_shards: str | None = None
+    split: str | None = None  # only samples of this split (default: all)
+    every_steps: int = 1000
+    keep_best: bool = False
+    benchmark: str | None = None  # a name in eval.BENCHMARKS: its paper numbers go beside ours
+
+    def __post_init__(self):
+        if self.every_steps < 1:
+            raise ConfigError("eval.every_steps must be >= 1")
+
+
+@dataclass
+class FinetuneSection:
+    """Retrieval fine-tuning (the paper's protocol, lfvila_model.finetune): start from the
+    weights of ``init`` (a stage-1 checkpoint), global contrastive loss only, LR warm-up then
+    multiplied by ``lr_decay_rate`` every ``lr_decay_epochs`` epochs."""
+
+    enabled: bool = False
+    init: str | None = None
+    lr_decay_epochs: float = 5.0
+    lr_decay_rate: float = 0.25
+
+    def __post_init__(self):
+        if self.lr_decay_epochs <= 0 or not 0 < self.lr_decay_rate <= 1:
+            raise ConfigError("finetune.lr_decay_epochs must be > 0 and finetune.lr_decay_rate in (0, 1]")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -145,6 +182,8 @@ class TrainConfig:
     seed: int = 0
     stage: int = 1
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    eval: EvalSection = field(default_factory=EvalSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def __post_init__(self):
         if self.stage not in (1, 2):

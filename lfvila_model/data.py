@@ -31,6 +31,7 @@ video) and unreadable shards are skipped and counted by reason in a per-worker
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import math
@@ -89,6 +90,8 @@ class DataConfig:
     drop_last: bool = False
     decode_threads: int = 1   # decord threads per sample; DataLoader workers give the parallelism
     log_every: int = 1000     # samples between skip-counter log lines, per worker
+    retrieval_sentences: int = 4  # a retrieval sample's sentences merged to this many (Condensed Movies: 1)
+    split: str | None = None  # keep only samples whose json `split` is this (benchmark shards)
 
     def __post_init__(self) -> None:
         if self.sample_clips < 1 or self.frames_per_clip < 1:
@@ -97,6 +100,8 @@ class DataConfig:
             raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("batch_size must be >= 1 and num_workers >= 0")
+        if self.retrieval_sentences < 1:
+            raise ValueError("retrieval_sentences must be >= 1")
 
     @property
     def crop_ratio(self) -> tuple[float, float]:
@@ -142,6 +147,34 @@ def frame_indices(clips: Sequence[Mapping[str, Any]], window_start: int, k: int,
                 i = min(max(i, lo), hi)
             out.append(min(max(i, 0), n_frames - 1))
     return out
+
+
+def spread_frames(n_frames: int, n: int, rng: random.Random, train: bool) -> list[int]:
+    """n frame numbers spread evenly over a whole video (the paper's retrieval protocol):
+    first to last frame in eval; in training the first frame is drawn from the first
+    interval (n_frames // (n-1) frames) and the last from the last one, as the release does."""
+    if n_frames < 1:
+        raise ValueError("the video has no frames")
+    start, end = 0, n_frames - 1
+    if train:
+        interval = n_frames // (n - 1) if n > 1 else n_frames - 1
+        start = rng.randint(0, min(interval, n_frames - 1))
+        end = rng.randint(max(start, n_frames - 1 - interval), n_frames - 1)
+    if n == 1:
+        return [start]
+    return [int(start + i * (end - start) / (n - 1)) for i in range(n)]
+
+
+def merge_sentences(texts: Sequence[str], limit: int) -> list[str]:
+    """At most ``limit`` sentences, in order: while there are more, join (with a space) the
+    adjacent pair whose lengths in characters sum least, the leftmost such pair on a tie -
+    the release's rule for fitting a paragraph of many captions into its sentence slots."""
+    texts = list(texts)
+    while len(texts) > limit:
+        pair = [len(a) + len(b) for a, b in itertools.pairwise(texts)]
+        i = pair.index(min(pair))
+        texts[i:i + 2] = [f"{texts[i]} {texts[i + 1]}"]
+    return texts
 
 
 def random_resized_crop_box(h: int, w: int, scale: tuple[float, float],
@@ -229,8 +262,8 @@ class SkipCounter:
     def skip(self, reason: str, key: str, message: str = "") -> None:
         first = reason not in self.skipped_by_reason
         self.skipped_by_reason[reason] = self.skipped_by_reason.get(reason, 0) + 1
-        if first:
-            log.warning("skipping %s: %s %s", key, reason, message[:300])
+        if first:  # a sample of another split is selection, not a fault
+            (log.debug if reason == "other_split" else log.warning)("skipping %s: %s %s", key, reason, message[:300])
 
     def on_error(self, reason: str, exn: Exception) -> bool:
         """A webdataset handler (`handler=`) that counts and continues."""
@@ -256,7 +289,7 @@ class SkipCounter:
 class SkipSample(Exception):
     """An expected, per-sample failure; `reason` is from a closed set."""
 
-    REASONS = ("missing_member", "bad_json", "too_few_clips", "decode_error")
+    REASONS = ("missing_member", "bad_json", "too_few_clips", "decode_error", "other_split")
 
     def __init__(self, reason: str, message: str = ""):
         assert reason in self.REASONS, reason
@@ -321,10 +354,18 @@ class SampleDecoder:
             texts = [str(c["text"]) for c in clips]
         except (ValueError, KeyError, TypeError) as exn:
             raise SkipSample("bad_json", repr(exn)) from None
-        start = choose_window(len(clips), k, rng, self.train)
-        if start is None:
-            raise SkipSample("too_few_clips", f"{len(clips)} < {k}")
-        frames = self.read_frames(sample["mp4"], clips, start, fps)
+        if cfg.split is not None and meta.get("split") != cfg.split:
+            raise SkipSample("other_split", f"{meta.get('split')!r} is not {cfg.split!r}")
+        if meta.get("task") == "retrieval":  # the whole video, all its sentences merged to a few
+            if not texts:
+                raise SkipSample("too_few_clips", "no sentence")
+            frames = self.read_frames(sample["mp4"], clips, None, fps, rng)
+            texts, start, k = merge_sentences(texts, cfg.retrieval_sentences), 0, cfg.retrieval_sentences
+        else:
+            start = choose_window(len(clips), k, rng, self.train)
+            if start is None:
+                raise SkipSample("too_few_clips", f"{len(clips)} < {k}")
+            frames = self.read_frames(sample["mp4"], clips, start, fps)
         _, h, w, _ = frames.shape
         if self.train:
             box = random_resized_crop_box(h, w, cfg.scale, cfg.crop_ratio, rng)
@@ -333,20 +374,25 @@ class SampleDecoder:
             box, flip = center_crop_box(h, w, cfg.size[1] / cfg.size[0]), False
         tok = self.tokenizer(texts[start:start + k], padding="max_length", truncation=True,
                              max_length=cfg.max_tokens, return_tensors="pt")
+        pad = k - len(tok["input_ids"])  # a retrieval paragraph shorter than its slots: empty sentences
         return {"video": crop_resize_normalize(frames, box, cfg.size, flip),
-                "input_ids": tok["input_ids"].long(),
-                "attention_mask": tok["attention_mask"].long(),
+                "input_ids": F.pad(tok["input_ids"].long(), (0, 0, 0, pad)),
+                "attention_mask": F.pad(tok["attention_mask"].long(), (0, 0, 0, pad)),
                 "key": sample.get("__key__", "")}
 
-    def read_frames(self, mp4: bytes, clips: Sequence[Mapping[str, Any]], start: int,
-                    fps: float) -> torch.Tensor:
-        """T×H×W×3 uint8 of the window's frames, decoded from the bytes in memory."""
+    def read_frames(self, mp4: bytes, clips: Sequence[Mapping[str, Any]], start: int | None,
+                    fps: float, rng: random.Random | None = None) -> torch.Tensor:
+        """T×H×W×3 uint8 of the window's frames (start None: frames spread over the whole
+        video, `spread_frames`), decoded from the bytes in memory."""
         import decord
 
         cfg = self.cfg
         try:
             vr = decord.VideoReader(io.BytesIO(mp4), ctx=decord.cpu(0), num_threads=cfg.decode_threads)
-            idx = frame_indices(clips, start, cfg.sample_clips, cfg.frames_per_clip, fps, len(vr))
+            if start is None:
+                idx = spread_frames(len(vr), cfg.sample_clips * cfg.frames_per_clip, rng, self.train)
+            else:
+                idx = frame_indices(clips, start, cfg.sample_clips, cfg.frames_per_clip, fps, len(vr))
             frames = torch.from_numpy(vr.get_batch(idx).asnumpy())
         except (decord.DECORDError, RuntimeError, ValueError, KeyError, TypeError, OSError) as exn:
             raise SkipSample("decode_error", repr(exn)[:300]) from None

@@ -147,17 +147,29 @@ class TrainRecipe:
         torch.manual_seed(cfg.seed)
         raw = setup_model(cfg, self.device)
         torch.manual_seed(cfg.seed + 1 + self.rank)  # same init on every rank, different dropout masks
-        self.optimizer, self.scheduler = setup_optimizer(raw, cfg.optim)
+        self.optimizer, self.scheduler = self.make_optimizer(raw)
         self.total = cfg.optim.total_steps()
         if cfg.stage == 2 and cfg.data.batch_size < 2:
             raise ConfigError("stage 2 needs data.batch_size >= 2 (video-text negatives come from the batch)")
-        self.objective: Objective = setup_objective(cfg, self.rank)
+        self.objective: Objective = self.make_objective()
         self.state = self._restore(raw, resume)
         self.model = self.wrap_model(raw) if self.wrap_model is not None else raw
         self.logger = MetricLogger(cfg.log, self.total, self.state.step, self.objective.names,
                                    enabled=self.rank == 0)
         self.batches = _micro_batches(sources(self.rank, self.world), self.state, cfg.optim.grad_accum,
                                       cfg.optim.steps_per_epoch)
+        self.evaluator = None
+        if cfg.eval.downstream_shards:
+            from lfvila_model.finetune import PeriodicEval
+            self.evaluator = PeriodicEval(cfg, self.device, self.rank)
+
+    def make_optimizer(self, raw: nn.Module):
+        """The optimizer and LR schedule (a hook: fine-tuning decays the LR in steps)."""
+        return setup_optimizer(raw, self.cfg.optim)
+
+    def make_objective(self) -> Objective:
+        """The loss (a hook: fine-tuning uses the global contrastive loss alone)."""
+        return setup_objective(self.cfg, self.rank)
 
     def _restore(self, raw: nn.Module, resume: bool | str) -> TrainState:
         """The state of a resumed checkpoint; else a fresh one (stage 2: stage-1 weights loaded)."""
@@ -211,6 +223,8 @@ class TrainRecipe:
             if state.step % cfg.checkpoint.every_steps == 0 or state.step == self.total:
                 save_checkpoint(cfg.checkpoint.dir, self.model, self.optimizer, self.scheduler, state, cfg,
                                 cfg.checkpoint.keep)
+            if self.evaluator is not None and (state.step % cfg.eval.every_steps == 0 or state.step == self.total):
+                self.evaluator(self)
         return last
 
     def _log(self, out: dict, samples_per_s: float) -> dict:
@@ -238,7 +252,10 @@ def train(cfg: TrainConfig, sources: SourceFactory, *, resume: bool | str = Fals
           device: torch.device | None = None, wrap_model: Callable[[nn.Module], nn.Module] | None = None,
           report: Callable[[dict], None] | None = None) -> dict:
     """Train to ``optim.total_steps()`` updates (see TrainRecipe); returns the last logged metrics."""
-    recipe = TrainRecipe(cfg, device=device, wrap_model=wrap_model, report=report)
+    recipe_class = TrainRecipe
+    if cfg.finetune.enabled:
+        from lfvila_model.finetune import FinetuneRecipe as recipe_class
+    recipe = recipe_class(cfg, device=device, wrap_model=wrap_model, report=report)
     try:
         recipe.setup(sources, resume)
         return recipe.train()
