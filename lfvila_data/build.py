@@ -133,9 +133,10 @@ def plans_in_process(cfg: BuildConfig) -> bool:
 
 
 def _plan(cfg: BuildConfig, ray: RayStart | None = None) -> PlanSummary:
-    """The plan; `ray` is waited for first unless this plan needs no Ray."""
+    """The plan; `ray` is waited for first unless this plan needs no Ray (joining a named
+    cluster is quick, and one it refuses should be the only thing said)."""
     in_process = plans_in_process(cfg)
-    if ray is not None and not in_process:
+    if ray is not None and (cfg.ray_address or not in_process):
         ray.wait()
     fetch = cfg.task_context().fetch
     if cfg.source == "activitynet":  # annotations are small: re-planned on every run, in one process
