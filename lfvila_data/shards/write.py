@@ -35,7 +35,7 @@ from lfvila_data.shards.stats import shard_table_stats
 SPLITS = ("train", "val")
 # the json's `task`: what a sample is for, by the source that built it
 TASKS = ("pretraining", "retrieval")
-BENCHMARK_TASKS = {"activitynet": "retrieval"}
+BENCHMARK_TASKS = {"activitynet": "retrieval", "didemo": "retrieval", "queryd": "retrieval", "condensed-movies": "retrieval"}
 MEMBER_EXTS = ("mp4", "json", "txt")  # a sample's members, in tar order
 _BLOCK = 512
 _COPY = 4 * 1024 * 1024
