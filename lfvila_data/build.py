@@ -53,8 +53,10 @@ from lfvila_data.sources.activitynet import ACTIVITYNET
 from lfvila_data.sources.benchmark import index_video_dir, plan_benchmark
 from lfvila_data.sources.condensed_movies import CONDENSED_MOVIES
 from lfvila_data.sources.didemo import DIDEMO
+from lfvila_data.sources.how2qa import HOW2QA
 from lfvila_data.sources.local import find_videos
 from lfvila_data.sources.queryd import QUERYD
+from lfvila_data.sources.violin import VIOLIN
 from lfvila_data.text.stage import (
     TextOptions,
     _asr_marker,
@@ -64,7 +66,7 @@ from lfvila_data.text.stage import (
 )
 
 # the benchmark sources by --source name: their parsers; everything after parsing is shared
-BENCHMARKS = {f.name: f for f in (ACTIVITYNET, DIDEMO, QUERYD, CONDENSED_MOVIES)}
+BENCHMARKS = {f.name: f for f in (ACTIVITYNET, DIDEMO, QUERYD, CONDENSED_MOVIES, HOW2QA, VIOLIN)}
 
 
 @dataclass(frozen=True)

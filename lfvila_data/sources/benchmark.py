@@ -55,6 +55,7 @@ class AnnotatedVideo:
     segments: tuple[TimedText, ...]
     split: str
     url: str | None = None  # where the download stage fetches it; None: only a --video-dir copy
+    qa: tuple[dict, ...] = ()  # QA sources: its questions, as the shard json's `qa` lists them
 
 
 def _same(video_id: str) -> str:
@@ -77,6 +78,11 @@ def split_name(path: str) -> str:
     return re.sub(r"[^a-z0-9]", "", stem) or "all"
 
 
+def safe_id(name: str) -> str:
+    """A dataset's own name made a video id: characters outside [A-Za-z0-9_-] become `_`."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
 def number(x: object) -> float | None:
     """A finite number read from an annotation (bools are not numbers), else None."""
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
@@ -91,6 +97,35 @@ def metadata_failure(vid: str | None, code: FailureCode, reason: str, clip_id: s
 
 def unsafe_id(vid: object) -> Failure:
     return metadata_failure(None, FailureCode.UNSAFE_ID, f"video id {str(vid)[:80]!r} is not [A-Za-z0-9_-]{{1,128}}")
+
+
+def timed_text(vid: str, where: str, text: object, start: object, end: object) -> tuple[TimedText | None, list[Failure]]:
+    """An annotated line and its span, or why it is dropped (`no_text`, `bad_span`)."""
+    if not isinstance(text, str) or not text.strip():
+        return None, [metadata_failure(vid, FailureCode.NO_TEXT, f"{where} is empty; dropped")]
+    a, b = number(start), number(end)
+    if a is None or b is None or a < 0 or b <= a:
+        return None, [metadata_failure(vid, FailureCode.BAD_SPAN, f"{where} span {str(start)[:20]}-{str(end)[:20]} "
+                                       "is not [start, end] with 0 <= start < end; dropped")]
+    return TimedText(" ".join(text.split()), a, b), []
+
+
+def line_fields(s: object) -> tuple[object, object, object]:
+    """A subtitle line's (text, start, end), from `{"text", "start", "end"}` or `[text, start, end]`."""
+    if isinstance(s, dict):
+        return s.get("text"), s.get("start"), s.get("end")
+    return tuple(s) if isinstance(s, list) and len(s) == 3 else (None, None, None)
+
+
+def read_jsonl(path: str) -> Iterable[tuple[int, object]]:
+    """(line number, parsed line) of a JSON-lines file; a line that is not JSON is None."""
+    with fsspec.open(path, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError:
+                    yield i, None
 
 
 def load_json(path: str) -> object:
@@ -157,7 +192,8 @@ def plan_video(video: AnnotatedVideo, url: str, end: float) -> tuple[PlannedSamp
         return None, failures + [metadata_failure(video.video_id, FailureCode.NO_TEXT,
                                                   "no usable annotated segment; no sample")]
     return PlannedSample(sample_key(video.video_id, 1, len(clips)), video.video_id, url, 0.0, end,
-                         tuple(clips), text_source=TEXT_SOURCE, split=video.split), failures
+                         tuple(clips), text_source=TEXT_SOURCE, split=video.split,
+                         qa=json.dumps(list(video.qa), ensure_ascii=False) if video.qa else None), failures
 
 
 def _select(videos: list[AnnotatedVideo], wanted: dict[str, str],

@@ -16,7 +16,6 @@ The annotation has no duration: a sample ends at the local file's end, else at i
 moment's. Without `--video-dir` a video is fetched from its `dl_link` when it has one."""
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 
 from lfvila_data.inputs import InputError
@@ -27,6 +26,7 @@ from lfvila_data.sources.benchmark import (
     first_annotation,
     load_json,
     metadata_failure,
+    safe_id,
     split_name,
     unsafe_id,
 )
@@ -37,7 +37,7 @@ LAST_SEGMENT = 5  # ... six of them: the annotated part of a video is its first 
 
 def didemo_id(name: str) -> str:
     """`12090392@N02_13482799053_87ef417396.mov` -> `12090392_N02_13482799053_87ef417396`."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name.split(".")[0])
+    return safe_id(name.split(".")[0])
 
 
 def moment_span(times: object) -> tuple[float, float] | None:
