@@ -158,7 +158,7 @@ def sample_json(row: dict) -> dict:
               "source_end": c.end, "text": c.text, "sentences": c.sentence_rows(start, duration)}
              for c in manifest_clips(row)]
     # QA samples alone carry their questions: other samples' json stays byte for byte as it was
-    qa = {"qa": json.loads(row["qa"])} if row.get("qa") else {}
+    qa = {"qa": json.loads(row["qa"])} if _text_or(row.get("qa"), None) else {}
     return {"key": row["key"], "video_id": row["video_id"], "url": row["url"],
             "source": row.get("source") or "hdvila", "start": start, "end": row["end"],
             "duration": row["duration"], "fps": row["fps"], "width": int(row["width"]),
