@@ -50,6 +50,7 @@ from lfvila_data.progress import BuildProgress, CutProgress, human_bytes, human_
 from lfvila_data.records import FailureCode, PlannedSample
 from lfvila_data.schemas import plan_row_to_sample
 from lfvila_data.sources.activitynet import ACTIVITYNET
+from lfvila_data.sources.activitynet_qa import ACTIVITYNET_QA
 from lfvila_data.sources.benchmark import index_video_dir, plan_benchmark
 from lfvila_data.sources.condensed_movies import CONDENSED_MOVIES
 from lfvila_data.sources.didemo import DIDEMO
@@ -66,7 +67,7 @@ from lfvila_data.text.stage import (
 )
 
 # the benchmark sources by --source name: their parsers; everything after parsing is shared
-BENCHMARKS = {f.name: f for f in (ACTIVITYNET, DIDEMO, QUERYD, CONDENSED_MOVIES, HOW2QA, VIOLIN)}
+BENCHMARKS = {f.name: f for f in (ACTIVITYNET, DIDEMO, QUERYD, CONDENSED_MOVIES, HOW2QA, VIOLIN, ACTIVITYNET_QA)}
 
 
 @dataclass(frozen=True)

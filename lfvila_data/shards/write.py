@@ -36,7 +36,7 @@ SPLITS = ("train", "val")
 # the json's `task`: what a sample is for, by the source that built it
 TASKS = ("pretraining", "retrieval", "qa")
 BENCHMARK_TASKS = {"activitynet": "retrieval", "didemo": "retrieval", "queryd": "retrieval", "condensed-movies": "retrieval",
-                   "how2qa": "qa", "violin": "qa"}
+                   "how2qa": "qa", "violin": "qa", "activitynet-qa": "qa"}
 MEMBER_EXTS = ("mp4", "json", "txt")  # a sample's members, in tar order
 _BLOCK = 512
 _COPY = 4 * 1024 * 1024

@@ -83,6 +83,12 @@ def safe_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
+def qa_split(path: str) -> str:
+    """`how2qa_train.jsonl` -> `train`: the split word in a QA file's name, else split_name's."""
+    found = re.findall(r"(?<![a-z])(train|val|valid|test)(?![a-z])", Path(path).name.lower())
+    return found[-1] if found else split_name(path)
+
+
 def number(x: object) -> float | None:
     """A finite number read from an annotation (bools are not numbers), else None."""
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
@@ -229,6 +235,10 @@ def plan_benchmark(fmt: BenchmarkFormat, annotations: list[str], out_dir: str, p
                                     f"no video file named {v.video_id} or {fmt.file_id(v.video_id)} in "
                                     f"--video-dir {video_dir}" if local is not None else
                                     "the annotation gives no download link: pass --video-dir", True))
+            continue
+        if not math.isfinite(end):  # no duration anywhere: a local file ffprobe cannot time
+            failures.append(Failure(v.video_id, None, Stage.PROBE.value, FailureCode.PROBE_FAILED,
+                                    f"the duration of {url} cannot be read", True))
             continue
         sample, fails = plan_video(v, url, end)
         failures += fails

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from pathlib import Path
 
 from lfvila_data.records import Failure, FailureCode, TimedText, is_safe_video_id
 from lfvila_data.sources.benchmark import (
@@ -21,20 +20,14 @@ from lfvila_data.sources.benchmark import (
     BenchmarkFormat,
     line_fields,
     metadata_failure,
+    qa_split,
     read_jsonl,
     safe_id,
-    split_name,
     timed_text,
     unsafe_id,
 )
 
 CHOICES = 4  # a0-a3
-
-
-def qa_split(path: str) -> str:
-    """`how2qa_train.jsonl` -> `train`: the split word in a QA file's name, else split_name's."""
-    found = re.findall(r"(?<![a-z])(train|val|valid|test)(?![a-z])", Path(path).name.lower())
-    return found[-1] if found else split_name(path)
 
 
 def parse_question(line: dict, vid: str) -> tuple[dict | None, list[Failure]]:

@@ -114,7 +114,7 @@ def test_benchmark_inputs_reach_the_build(tmp_path):
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
 
 
-@pytest.mark.parametrize("source", ["didemo", "queryd", "condensed-movies", "how2qa", "violin"])
+@pytest.mark.parametrize("source", ["didemo", "queryd", "condensed-movies", "how2qa", "violin", "activitynet-qa"])
 def test_every_benchmark_source_takes_annotations(source):
     cfg = config("--source", source, "--annotations", "a.json")
     assert (cfg.source, cfg.task.source, cfg.annotations) == (source, source, ("a.json",))

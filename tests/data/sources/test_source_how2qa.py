@@ -11,7 +11,8 @@ import pytest
 
 from lfvila_data.records import FailureCode
 from lfvila_data.shards.verify import check_meta
-from lfvila_data.sources.how2qa import parse_question, qa_split
+from lfvila_data.sources.benchmark import qa_split
+from lfvila_data.sources.how2qa import parse_question
 from tests.support.benchbuild import benchmark_build
 from tests.support.endtoend import read_metas, shard_verify_load
 
