@@ -20,17 +20,15 @@ the split file's name (`val_1_list.txt` -> `val1`, or `NAME=FILE`), else the ann
 file's (`val_1.json` -> `val1`)."""
 from __future__ import annotations
 
-from lfvila_data.inputs import InputError
 from lfvila_data.records import Failure, FailureCode, TimedText, is_safe_video_id
 from lfvila_data.sources.benchmark import (
     YOUTUBE_URL,
     AnnotatedVideo,
     BenchmarkFormat,
-    first_annotation,
-    load_json,
     metadata_failure,
     number,
     plan_video,
+    read_keyed,
     split_name,
     unsafe_id,
 )
@@ -74,18 +72,7 @@ def parse_entry(vid: str, entry: object, split: str) -> tuple[AnnotatedVideo | N
 
 def read_annotations(paths: list[str]) -> tuple[list[AnnotatedVideo], list[Failure]]:
     """Every video of the annotation files (a video in two files: the first is used)."""
-    found, failures = [], []
-    for path in paths:
-        data = load_json(path)
-        if not isinstance(data, dict):
-            raise InputError(f"annotation file {path!r} is not a JSON object keyed by video id")
-        for vid, entry in data.items():
-            video, fails = parse_entry(vid, entry, split_name(path))
-            failures += fails
-            if video is not None:
-                found.append((path, video))
-    videos, dupes = first_annotation(found)
-    return videos, failures + dupes
+    return read_keyed(paths, parse_entry, "video id")
 
 
 ACTIVITYNET = BenchmarkFormat("activitynet", read_annotations, youtube_id)

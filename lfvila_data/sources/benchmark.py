@@ -156,6 +156,24 @@ def first_annotation(videos: Iterable[tuple[str, AnnotatedVideo]]) -> tuple[list
     return list(kept.values()), failures
 
 
+def read_keyed(paths: list[str], parse: Callable[[str, object, str], tuple[AnnotatedVideo | None, list[Failure]]],
+               what: str) -> tuple[list[AnnotatedVideo], list[Failure]]:
+    """The videos of JSON objects keyed by `what` (ActivityNet's by video id, VIOLIN's by
+    clip id), each entry parsed with its file's split name; a video again: `duplicate`."""
+    found, failures = [], []
+    for path in paths:
+        data = load_json(path)
+        if not isinstance(data, dict):
+            raise InputError(f"annotation file {path!r} is not a JSON object keyed by {what}")
+        for key, entry in data.items():
+            video, fails = parse(str(key), entry, split_name(path))
+            failures += fails
+            if video is not None:
+                found.append((path, video))
+    videos, dupes = first_annotation(found)
+    return videos, failures + dupes
+
+
 def read_split_files(specs: list[str], file_id: Callable[[str], str] = _same) -> dict[str, str]:
     """Video id (as `file_id` names it) -> split name, from `[NAME=]FILE` split files."""
     wanted: dict[str, str] = {}

@@ -9,17 +9,14 @@ lines; each statement pair gives two `qa` items, the true statement with `label`
 the false one with `label` 0. A sample's split is the entry's `split`."""
 from __future__ import annotations
 
-from lfvila_data.inputs import InputError
 from lfvila_data.records import Failure, FailureCode, is_safe_video_id
 from lfvila_data.sources.benchmark import (
     AnnotatedVideo,
     BenchmarkFormat,
-    first_annotation,
     line_fields,
-    load_json,
     metadata_failure,
+    read_keyed,
     safe_id,
-    split_name,
     timed_text,
     unsafe_id,
 )
@@ -62,18 +59,7 @@ def parse_clip(key: str, entry: object, default_split: str) -> tuple[AnnotatedVi
 
 def read_violin(paths: list[str]) -> tuple[list[AnnotatedVideo], list[Failure]]:
     """Every clip of the annotation files (a clip in two entries: the first is used)."""
-    found, failures = [], []
-    for path in paths:
-        data = load_json(path)
-        if not isinstance(data, dict):
-            raise InputError(f"annotation file {path!r} is not a JSON object keyed by clip id")
-        for key, entry in data.items():
-            video, fails = parse_clip(str(key), entry, split_name(path))
-            failures += fails
-            if video is not None:
-                found.append((path, video))
-    videos, dupes = first_annotation(found)
-    return videos, failures + dupes
+    return read_keyed(paths, parse_clip, "clip id")
 
 
 VIOLIN = BenchmarkFormat("violin", read_violin, safe_id)

@@ -11,7 +11,7 @@ import pytest
 
 from lfvila_data.sources.activitynet_qa import read_activitynet_qa
 from tests.support.benchbuild import benchmark_build
-from tests.support.endtoend import read_metas
+from tests.support.endtoend import read_metas, shard_verify_load
 
 QUESTIONS = [
     {"video_name": "v_anqaAAAAAAA", "question": "is the person outdoors", "question_id": "v_anqaAAAAAAA_1"},
@@ -65,14 +65,8 @@ def test_one_whole_video_sample_per_video(anqa_build):
 
 
 def test_shards_carry_questions_and_answers(anqa_build, tmp_path):
-    from lfvila_data.executor.pool import RayTasks
-    from lfvila_data.shards.verify import verify_shards
-    from lfvila_data.shards.write import ShardConfig, run_shard
-
     _, out = anqa_build
-    run_shard([str(out)], str(tmp_path / "shards"), ShardConfig(val_count=0), write=RayTasks())
-    report = verify_shards(str(tmp_path / "shards"), progress=lambda line: None)
-    assert report.ok and report.samples == 2, report.render()
+    assert shard_verify_load([out], tmp_path, multi_sentence=False) == {"samples": 2, "loaded": 0, "sentences": 0}
     metas = read_metas(sorted(str(p) for p in (tmp_path / "shards").glob("*.tar")))
     assert metas["anqaBBBBBBB_00001_00001"]["qa"] == [
         {"qid": "anqaBBBBBBB_1", "question": "what is the man doing", "answers": None, "label": None,

@@ -12,7 +12,7 @@ import pytest
 from lfvila_data.records import FailureCode
 from lfvila_data.sources.violin import parse_clip, statements
 from tests.support.benchbuild import benchmark_build
-from tests.support.endtoend import read_metas
+from tests.support.endtoend import read_metas, shard_verify_load
 
 A, B = "friends_s01e01_seg01_clip_00", "movieclips_abc"
 ANNOTATION = {
@@ -62,14 +62,8 @@ def test_one_sample_per_clip_and_coded_ledger_rows(violin_build):
 
 
 def test_shards_carry_the_statements(violin_build, tmp_path):
-    from lfvila_data.executor.pool import RayTasks
-    from lfvila_data.shards.verify import verify_shards
-    from lfvila_data.shards.write import ShardConfig, run_shard
-
     _, out = violin_build
-    run_shard([str(out)], str(tmp_path / "shards"), ShardConfig(val_count=0), write=RayTasks())
-    report = verify_shards(str(tmp_path / "shards"), progress=lambda line: None)
-    assert report.ok and report.samples == 2, report.render()
+    assert shard_verify_load([out], tmp_path, multi_sentence=False) == {"samples": 2, "loaded": 0, "sentences": 4}
     metas = read_metas(sorted(str(p) for p in (tmp_path / "shards").glob("*.tar")))
     assert {k: (m["task"], m["split"], [(q["question"], q["label"]) for q in m["qa"]]) for k, m in metas.items()} == {
         f"{A}_00001_00003": ("qa", "test", [("Rachel greets Ross.", 1), ("Rachel ignores Ross.", 0)]),
