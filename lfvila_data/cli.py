@@ -35,9 +35,16 @@ class Source(str, Enum):
     youtube = "youtube"
     local = "local"
     activitynet = "activitynet"
+    didemo = "didemo"
+    queryd = "queryd"
+    condensed_movies = "condensed-movies"
+    how2qa = "how2qa"
+    violin = "violin"
+    activitynet_qa = "activitynet-qa"
 
 
-BENCHMARK_SOURCES = (Source.activitynet,)
+BENCHMARK_SOURCES = (Source.activitynet, Source.didemo, Source.queryd, Source.condensed_movies, Source.how2qa,
+                     Source.violin, Source.activitynet_qa)
 
 
 class Asr(str, Enum):
@@ -141,8 +148,8 @@ class BenchmarkInputs:
 
 
 def benchmark_options(
-    annotations: List[str] = typer.Option([], help="--source activitynet: annotation files (ActivityNet Captions train.json, val_1.json, ...); repeatable.", rich_help_panel=_BENCH),
-    video_dir: Optional[Path] = typer.Option(None, help="Benchmarks: local videos named by video id (with or without v_), any common container; without it videos are fetched by YouTube id.", rich_help_panel=_BENCH),
+    annotations: List[str] = typer.Option([], help="Benchmarks: annotation files, repeatable: activitynet: ActivityNet Captions train.json, val_1.json; didemo: train_data.json, test_data.json; queryd: raw_captions_combined_filtered-v2.pkl and times_captions_combined_filtered-v2.pkl (or .json); condensed-movies: metadata/descriptions.csv; how2qa: how2qa_train.jsonl and the subtitles jsonl; violin: violin_annotation.json; activitynet-qa: train_q.json and train_a.json.", rich_help_panel=_BENCH),
+    video_dir: Optional[Path] = typer.Option(None, help="Benchmarks: local videos named by video id (activitynet: with or without v_; queryd: with or without video-; didemo: the Flickr name; how2qa: vid_name; violin: file), any common container; without it videos are fetched by YouTube id (didemo: by the annotation's dl_link).", rich_help_panel=_BENCH),
     split_file: List[str] = typer.Option([], help="Benchmarks: [NAME=]FILE listing the videos to build, one id a line (collaborative-experts splits: train_list.txt, val_1_list.txt); the split NAME (default from the file: val1) is recorded per sample. Repeatable.", rich_help_panel=_BENCH),
 ) -> BenchmarkInputs:
     """The benchmark sources' inputs (checked against --source in build_config)."""
@@ -282,7 +289,8 @@ def build_config(build: BuildConfig, bench: BenchmarkInputs, text: TextOptions, 
     if build.source in BENCHMARK_SOURCES and not bench.annotations:
         _fail(f"--annotations is required for --source {build.source}")
     if build.source not in BENCHMARK_SOURCES and (bench.annotations or bench.video_dir or bench.split_files):
-        _fail("--annotations, --video-dir and --split-file need a benchmark --source (activitynet)")
+        _fail("--annotations, --video-dir and --split-file need a benchmark --source "
+              f"({', '.join(s.value for s in BENCHMARK_SOURCES)})")
     # local inputs are files
     allow_local_files = fetch.allow_local_files or build.source == "local" or bench.video_dir is not None
     plan_cfg, plan_only = plan

@@ -222,6 +222,7 @@ class PlannedSample:
     text_source: str = "metadata"  # metadata (HD-VILA), subtitles, auto_captions, asr
     language: str | None = None
     split: str | None = None  # benchmark sources: the dataset split (train, val1, ...); None for pretraining
+    qa: str | None = None  # QA sources: the video's questions as a JSON list (shards/README.md `qa`)
 
     @property
     def duration(self) -> float:

@@ -406,7 +406,7 @@ def _plan_table(samples: list[PlannedSample], first_rows: list[int], clips: pa.T
         "duration": [e - b for b, e in zip(starts, ends)], "n_clips": n_clips,
         "clips": pa.ListArray.from_arrays(pa.array(offsets), struct.take(pa.array(rows)), type=item),
         "text_source": ["metadata"] * len(samples), "language": pa.nulls(len(samples), pa.string()),
-        "split": pa.nulls(len(samples), pa.string()),
+        "split": pa.nulls(len(samples), pa.string()), "qa": pa.nulls(len(samples), pa.string()),
     }, schema=PLAN_SCHEMA).sort_by("key")
 
 

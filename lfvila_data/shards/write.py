@@ -34,8 +34,9 @@ from lfvila_data.shards.stats import shard_table_stats
 
 SPLITS = ("train", "val")
 # the json's `task`: what a sample is for, by the source that built it
-TASKS = ("pretraining", "retrieval")
-BENCHMARK_TASKS = {"activitynet": "retrieval"}
+TASKS = ("pretraining", "retrieval", "qa")
+BENCHMARK_TASKS = {"activitynet": "retrieval", "didemo": "retrieval", "queryd": "retrieval", "condensed-movies": "retrieval",
+                   "how2qa": "qa", "violin": "qa", "activitynet-qa": "qa"}
 MEMBER_EXTS = ("mp4", "json", "txt")  # a sample's members, in tar order
 _BLOCK = 512
 _COPY = 4 * 1024 * 1024
@@ -156,6 +157,8 @@ def sample_json(row: dict) -> dict:
               "end": relative_time(c.end, start, duration), "source_start": c.start,
               "source_end": c.end, "text": c.text, "sentences": c.sentence_rows(start, duration)}
              for c in manifest_clips(row)]
+    # QA samples alone carry their questions: other samples' json stays byte for byte as it was
+    qa = {"qa": json.loads(row["qa"])} if _text_or(row.get("qa"), None) else {}
     return {"key": row["key"], "video_id": row["video_id"], "url": row["url"],
             "source": row.get("source") or "hdvila", "start": start, "end": row["end"],
             "duration": row["duration"], "fps": row["fps"], "width": int(row["width"]),
@@ -164,7 +167,7 @@ def sample_json(row: dict) -> dict:
             "text_source": _text_or(row.get("text_source"), "metadata"),
             "language": _text_or(row.get("language"), None),
             "task": BENCHMARK_TASKS.get(row.get("source") or "hdvila", "pretraining"),
-            "split": _text_or(row.get("split"), None)}
+            "split": _text_or(row.get("split"), None)} | qa
 
 
 def sample_members(row: dict) -> tuple[bytes, bytes]:

@@ -114,6 +114,14 @@ def test_benchmark_inputs_reach_the_build(tmp_path):
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("source", ["didemo", "queryd", "condensed-movies", "how2qa", "violin", "activitynet-qa"])
+def test_every_benchmark_source_takes_annotations(source):
+    cfg = config("--source", source, "--annotations", "a.json")
+    assert (cfg.source, cfg.task.source, cfg.annotations) == (source, source, ("a.json",))
+    r = CliRunner().invoke(app, ["build", *REQUIRED, "--source", source])
+    assert r.exit_code == 2 and f"--annotations is required for --source {source}" in r.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--height", "241"], "--height must be a positive even number, got 241"),
     (["--min-clips", "0"], "need 1 <= min_clips <= max_clips"),
