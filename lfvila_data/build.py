@@ -134,7 +134,7 @@ IN_PROCESS_PLAN_BYTES = 16 << 20
 
 def plans_in_process(cfg: BuildConfig) -> bool:
     """Whether planning needs no Ray: annotations, or small HD-VILA inputs without ASR."""
-    if cfg.source == "activitynet":
+    if cfg.source in BENCHMARKS:
         return True
     if cfg.source != "hdvila" or cfg.text_opts.asr == "always":
         return False
