@@ -1,4 +1,4 @@
-"""Stage 2: BERT masking, video-text matching negatives, the cross-modal forward and losses
+"""Stage 2 with stage2.arch=crossattn (ours; singlestream: test_singlestream.py): BERT masking, video-text matching negatives, the cross-modal forward and losses
 against direct computations, frozen stage-1 parts, resume, initialisation from a BERT
 checkpoint, a short run on real shards with eval (CLI), and 2 Ray Train workers (DDP with
 frozen parameters) whose saved data positions replay each rank's stream."""
@@ -205,7 +205,8 @@ def test_stage2_freezes_stage1_trains_the_rest_and_resumes_exactly(tmp_path):
     stage1 = params(checkpoints(s1.checkpoint.dir)[-1])
     over = [f"stage2.stage1_checkpoint={s1.checkpoint.dir}", f"stage2.mask_token_id={SPECIAL['mask_token_id']}",
             f"stage2.special_token_ids={SPECIAL['special_token_ids']}", "optim.max_steps=4",
-            "checkpoint.every_steps=2", "checkpoint.keep=0", "optim.grad_accum=2", "stage2.negatives=hard"]
+            "checkpoint.every_steps=2", "checkpoint.keep=0", "optim.grad_accum=2", "stage2.negatives=hard",
+            "stage2.arch=crossattn"]
     a = _cfg(tmp_path, "a", "tiny_stage2", *over)
     source = SyntheticSource(a.model, batch_size=3, batches_per_epoch=5, seed=2)
     torch.manual_seed(a.seed)
@@ -257,7 +258,7 @@ def test_stage2_on_shards_mlm_falls_and_eval_reports_accuracy(shards, vocab_dir,
     rc = cli.main(["--train-shards", shard_dir, "--val-shards", shard_dir, "--config", "tiny",
                    "--stage1-checkpoint", f"{tmp_path}/s1", f"checkpoint.dir={tmp_path}/s2",
                    f"log.dir={tmp_path}/s2log", "optim.max_steps=30", "optim.lr=0.1", "optim.steps_per_epoch=null",
-                   *common])
+                   "stage2.arch=crossattn", *common])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "(mlm " in out and "vtm_acc" in out
@@ -289,7 +290,8 @@ def test_stage2_on_two_ray_workers_and_their_data_positions(shards, vocab_dir, t
     s1 = _cfg(tmp_path, "s1", "tiny", "optim.max_steps=1", *common, "data.num_workers=0")
     train(s1, SyntheticSource(s1.model, batch_size=2))
     cfg = _cfg(tmp_path, "ray", "tiny_stage2", *common, "data.num_workers=1", "optim.max_steps=4",
-               "checkpoint.every_steps=2", "checkpoint.keep=0", f"stage2.stage1_checkpoint={s1.checkpoint.dir}")
+               "checkpoint.every_steps=2", "checkpoint.keep=0", f"stage2.stage1_checkpoint={s1.checkpoint.dir}",
+               "stage2.arch=crossattn")
     train_shards = [s for s in shards if "/train-" in s]
     keys = tmp_path / "keys"
     last = train_ray(cfg, RecordKeys(setup_data(cfg, train_shards), str(keys)), num_workers=2)
