@@ -16,6 +16,7 @@ from torch import nn
 
 from lfvila_model.checkpoint import checkpoints
 from lfvila_model.config import ConfigError, load_config, model_config
+from lfvila_model.eval import evaluate_stage2
 from lfvila_model.losses import IGNORE_INDEX
 from lfvila_model.models import presets
 from lfvila_model.models.lfvila import LFVILA, synthetic_batch
@@ -101,6 +102,18 @@ def test_forward_and_loss_equal_a_per_sample_computation():
         torch.testing.assert_close(loss["vtm"], vtm, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(loss["loss"], mlm + 10 * vtm, rtol=1e-4, atol=1e-5)
         assert out["video"].shape == out["paragraph"].shape == (b, cfg.video.proj_dim)
+
+
+def test_eval_scores_the_rolled_pairs():
+    cfg = presets.tiny()
+    model = LFVILASingleStream(cfg)
+    masker = Masker(4, (0, 1, 2, 3), cfg.text.bert["vocab_size"], probability=0.3)
+    metrics = evaluate_stage2(model, [synthetic_batch(cfg, 4, seed=s) for s in range(2)], masker)
+    s2 = metrics["stage2"]  # 2 batches of 4: 4 mismatched (rolled) and 4 matched pairs
+    assert s2["vtm_matched_accuracy"] in {25.0 * k for k in range(5)}
+    assert s2["vtm_mismatched_accuracy"] in {25.0 * k for k in range(5)}
+    assert s2["vtm_accuracy"] == pytest.approx((s2["vtm_matched_accuracy"] + s2["vtm_mismatched_accuracy"]) / 2)
+    assert s2["masked_tokens"] > 0 and model.training and metrics["paragraph_to_video"]
 
 
 # ----------------------------------------------------------------------------- the release's weights
