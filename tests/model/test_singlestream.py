@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ from lfvila_model.models.singlestream import (
 from lfvila_model.objectives import Masker, MatchingObjective, setup_objective
 from lfvila_model.sources import SyntheticSource
 from lfvila_model.train import load_model, lr_factor, param_groups, setup_model, setup_optimizer, train
+from tests.model.checks import resumed_params, tiny_with_saved_bert
 
 SPECIAL = ["stage2.mask_token_id=4", "stage2.special_token_ids=[0, 1, 2, 3]"]
 
@@ -189,13 +189,9 @@ def test_release_stage2_keys_map_onto_the_model_and_load_strictly():
 
 
 def test_fusion_starts_from_bert_after_the_stage1_layers(tmp_path):
-    from transformers import BertConfig, BertForPreTraining
+    from transformers import BertForPreTraining
 
-    tiny = presets.tiny()
-    used = tiny.text.split + tiny.text.paragraph_layers
-    bert = BertForPreTraining(BertConfig(**{**tiny.text.bert, "num_hidden_layers": used + 2}))
-    bert.save_pretrained(tmp_path)
-    cfg = dataclasses.replace(tiny, text=dataclasses.replace(tiny.text, pretrained=str(tmp_path)))
+    cfg, bert, used = tiny_with_saved_bert(tmp_path, BertForPreTraining)
     model = LFVILASingleStream(cfg)
     for i in range(2):
         theirs = bert.bert.encoder.layer[used + i].state_dict()
@@ -241,10 +237,7 @@ def test_singlestream_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     print(f"single-stream stage-2 loss, mean of the first and last 3 of {len(loss)} steps: {first:.3f} -> {last:.3f}")
     assert len(loss) == 12 and last < first - 3.0, loss
 
-    b = _cfg(tmp_path, "b", "tiny_stage2", *over)
-    shutil.copytree(Path(a.checkpoint.dir) / "step-00000006", Path(b.checkpoint.dir) / "step-00000006")
-    train(b, source, resume=True)
-    resumed = params(Path(b.checkpoint.dir) / "step-00000012")
+    resumed = resumed_params(_cfg(tmp_path, "b", "tiny_stage2", *over), source, a.checkpoint.dir, 6)
     assert max((final[k] - resumed[k]).abs().max().item() for k in final) <= 1e-6
     model, cfg = load_model(a.checkpoint.dir)
     assert isinstance(model, LFVILASingleStream) and cfg.stage2.arch == "singlestream"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from lfvila_model.objectives import Masker, MatchingObjective, mask_tokens
 from lfvila_model.ray_train import train_ray
 from lfvila_model.sources import SyntheticSource, setup_data
 from lfvila_model.train import load_model, setup_model, setup_optimizer, train
-from tests.model.checks import assert_retrieval_consistent
+from tests.model.checks import assert_retrieval_consistent, resumed_params, tiny_with_saved_bert
 from tests.model.recording import RecordKeys, recorded
 
 SPECIAL = {"mask_token_id": 4, "special_token_ids": [0, 1, 2, 3]}  # the test vocabulary's, and synthetic_batch's
@@ -174,13 +173,9 @@ def test_stage1_part_stays_frozen_and_in_eval_mode():
 
 
 def test_cross_layers_start_from_bert_layers_after_the_stage1_ones(tmp_path):
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
-    tiny = presets.tiny()
-    used = tiny.text.split + tiny.text.paragraph_layers
-    bert = BertForMaskedLM(BertConfig(**{**tiny.text.bert, "num_hidden_layers": used + 2}))
-    bert.save_pretrained(tmp_path)
-    cfg = dataclasses.replace(tiny, text=dataclasses.replace(tiny.text, pretrained=str(tmp_path)))
+    cfg, bert, used = tiny_with_saved_bert(tmp_path, BertForMaskedLM)
     model = LFVILAStage2(cfg)
     for i in range(2):
         ours, theirs = model.cross.layers[i], bert.bert.encoder.layer[used + i]
@@ -226,10 +221,7 @@ def test_stage2_freezes_stage1_trains_the_rest_and_resumes_exactly(tmp_path):
     for r in rows:
         assert float(r["loss"]) == pytest.approx(float(r["mlm"]) + float(r["vtm"]), rel=1e-5)
 
-    b = _cfg(tmp_path, "b", "tiny_stage2", *over)
-    shutil.copytree(Path(a.checkpoint.dir) / "step-00000002", Path(b.checkpoint.dir) / "step-00000002")
-    train(b, source, resume=True)
-    resumed = params(Path(b.checkpoint.dir) / "step-00000004")
+    resumed = resumed_params(_cfg(tmp_path, "b", "tiny_stage2", *over), source, a.checkpoint.dir, 2)
     assert max((final[k] - resumed[k]).abs().max().item() for k in final) <= 1e-6
     model, cfg = load_model(a.checkpoint.dir)
     assert isinstance(model, LFVILAStage2) and cfg.stage == 2 and not model.training
