@@ -22,6 +22,7 @@ from lfvila_model.models.lfvila import LFVILA, synthetic_batch
 from lfvila_model.models.singlestream import (
     XPRETRAIN_STAGE2_RULES,
     LFVILASingleStream,
+    SingleStreamEncoder,
     map_xpretrain_stage2,
     pool_frame_tokens,
     rolled_pairs,
@@ -186,6 +187,20 @@ def test_release_stage2_keys_map_onto_the_model_and_load_strictly():
     with pytest.raises(ValueError, match="fusion.cls.predictions.bias"):
         map_xpretrain_stage2(bad)
     assert len(XPRETRAIN_STAGE2_RULES) == 12 + 5
+
+
+def test_release_stage2_shapes_at_the_paper_size():
+    """The paper-size fusion encoder (built without memory, on the meta device) has exactly
+    the shapes of the release's stage-2 keys: BERT-large, 32 frames × 6 patches."""
+    from transformers import BertConfig
+
+    paper = presets.paper()
+    with torch.device("meta"):
+        fusion = SingleStreamEncoder(paper.cross, BertConfig(**paper.text.bert), paper.video.dims[-1],
+                                     paper.video.token_grid(paper.num_frames, paper.frame_size), paper.video.pool_grid)
+    ours = {f"fusion.{k}": tuple(v.shape) for k, v in fusion.state_dict().items()}
+    release = {xpretrain_stage2_key(k): s for k, s in release_stage2_keys(1024, 4096, 30522, 32, 6).items()}
+    assert release == ours
 
 
 def test_fusion_starts_from_bert_after_the_stage1_layers(tmp_path):
