@@ -178,6 +178,9 @@ class TrainRecipe:
             if stored != cfg.stage:
                 raise ConfigError(f"{found[-1]} is a stage-{stored} checkpoint and this is stage {cfg.stage}: "
                                   "give each stage its own checkpoint.dir")
+            arch = stored_arch(stored_config(found[-1]))
+            if cfg.stage == 2 and arch != cfg.stage2.arch:
+                raise ConfigError(f"{found[-1]} trained stage2.arch={arch}; resume it with stage2.arch={arch}")
             state = load_checkpoint(found[-1], raw, self.optimizer, self.scheduler)
             self._say(f"resumed from {found[-1]} at step {state.step}")
             return state
@@ -247,12 +250,23 @@ def train(cfg: TrainConfig, sources: SourceFactory, *, resume: bool | str = Fals
         recipe.cleanup()
 
 
+def stored_arch(stored: dict) -> str | None:
+    """The stage-2 arch of a stored config: crossattn for checkpoints saved before
+    ``stage2.arch`` existed; None for stage 1."""
+    if stored.get("stage", 1) != 2:
+        return None
+    return stored.get("stage2", {}).get("arch", "crossattn")
+
+
 def load_model(path: str | os.PathLike, device="cpu",
                cfg: TrainConfig | None = None) -> tuple[LFVILA | LFVILAStage2 | LFVILASingleStream, TrainConfig]:
     """The model of a checkpoint, built from the config stored in it (or ``cfg``), in eval mode."""
     path = checkpoint_path(path)
     if cfg is None:
-        cfg = TrainConfig.from_dict(stored_config(path))
+        stored = stored_config(path)
+        if stored_arch(stored):
+            stored = {**stored, "stage2": {**stored.get("stage2", {}), "arch": stored_arch(stored)}}
+        cfg = TrainConfig.from_dict(stored)
     model = setup_model(cfg, torch.device(device))
     load_checkpoint(path, model, restore_rng=False)
     return model.eval(), cfg

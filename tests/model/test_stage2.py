@@ -228,6 +228,15 @@ def test_stage2_freezes_stage1_trains_the_rest_and_resumes_exactly(tmp_path):
     assert model.state_dict().keys() == final.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())  # the step-4 weights, all of them
 
+    saved = Path(a.checkpoint.dir) / "step-00000004" / "trainer.json"  # as saved before stage2.arch existed
+    meta = json.loads(saved.read_text())
+    del meta["config"]["stage2"]["arch"], meta["config"]["stage2"]["batch_size"]
+    saved.write_text(json.dumps(meta))
+    assert isinstance(load_model(a.checkpoint.dir)[0], LFVILAStage2)
+    with pytest.raises(ConfigError, match="trained stage2.arch=crossattn; resume it with stage2.arch=crossattn"):
+        train(_cfg(tmp_path, "a", "tiny_stage2", *[o for o in over if "arch" not in o and "negatives" not in o]),
+              source, resume=True)
+
     with pytest.raises(ConfigError, match="stage-2 checkpoint"):  # stage 2 starts from stage 1 only
         train(_cfg(tmp_path, "c", "tiny_stage2", *over, f"stage2.stage1_checkpoint={a.checkpoint.dir}"), source)
     with pytest.raises(ConfigError, match="stage-1 checkpoint and this is stage 2"):
