@@ -70,6 +70,6 @@ def test_bad_rows_are_coded_ledger_rows(cmd_build):
 
 def test_shards_carry_task_and_split(cmd_build, tmp_path):
     _, out = cmd_build
-    assert shard_verify_load([out], tmp_path, multi_sentence=False) == {"samples": 2, "loaded": 0, "sentences": 2}
+    assert shard_verify_load([out], tmp_path, multi_sentence=False) == {"samples": 2, "loaded": 2, "sentences": 2}
     metas = read_metas(sorted(str(p) for p in (tmp_path / "shards").glob("*.tar")))
     assert {(m["task"], m["split"], m["n_clips"]) for m in metas.values()} == {("retrieval", "all", 1)}

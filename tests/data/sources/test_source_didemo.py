@@ -96,7 +96,7 @@ def test_bad_moments_are_coded_ledger_rows(didemo_build):
 
 def test_shards_carry_task_and_split_and_load(didemo_build, tmp_path):
     _, out = didemo_build
-    assert shard_verify_load([out], tmp_path, multi_sentence=False) == {"samples": 2, "loaded": 1, "sentences": 5}
+    assert shard_verify_load([out], tmp_path, multi_sentence=False) == {"samples": 2, "loaded": 2, "sentences": 5}
     metas = read_metas(sorted(str(p) for p in (tmp_path / "shards").glob("*.tar")))
     assert {k: (m["task"], m["split"], m["source"], m["n_clips"]) for k, m in metas.items()} == {
         f"{A_ID}_00001_00004": ("retrieval", "train", "didemo", 4),

@@ -106,7 +106,7 @@ def test_bad_descriptions_are_coded_ledger_rows(queryd_build):
 
 def test_shards_carry_task_and_split_and_load(queryd_build, tmp_path):
     _, out = queryd_build
-    assert shard_verify_load([out], tmp_path, multi_sentence=False) == {"samples": 2, "loaded": 1, "sentences": 5}
+    assert shard_verify_load([out], tmp_path, multi_sentence=False) == {"samples": 2, "loaded": 2, "sentences": 5}
     metas = read_metas(sorted(str(p) for p in (tmp_path / "shards").glob("*.tar")))
     assert {k: (m["task"], m["split"], m["source"]) for k, m in metas.items()} == {
         f"{A}_00001_00004": ("retrieval", "test", "queryd"), f"{B}_00001_00001": ("retrieval", "test", "queryd")}
