@@ -163,6 +163,7 @@ class AudioResolver:
 
     def __init__(self, fetch: FetchConfig):
         self.fetch = fetch
+        self.guard_limits = fetch.guard_limits()  # what the audio read through the guard may do
 
     def __call__(self, url: str) -> str:
         # a FetchError keeps `permanent`, so a 404 is not retried on every rerun
