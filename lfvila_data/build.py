@@ -18,7 +18,13 @@ from dataclasses import asdict, dataclass
 from lfvila_data import __version__
 from lfvila_data.executor.asr import transcribe_on_ray
 from lfvila_data.executor.base import local_fetch_cut
-from lfvila_data.executor.cluster import init_ray, shutdown_ray, stop_on_signals
+from lfvila_data.executor.cluster import (
+    init_ray,
+    processes_file,
+    remove_on_every_node,
+    shutdown_ray,
+    stop_on_signals,
+)
 from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
@@ -434,7 +440,9 @@ def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
     with OutputLease(out, "lfvila-data build") as lease:
         remove_junk(out, cfg.task_context())
         try:
-            init_ray(cfg.ray_address)
+            init_ray(cfg.ray_address, processes=processes_file(cfg.task_context().scratch()))
+            if cfg.ray_address:  # a cluster: a killed job's scratch on the workers too
+                remove_on_every_node(cfg.task_context().scratch())
             stop_on_signals()
             if not cfg.plan_only:
                 record_media_settings(out, cfg)  # may remove files (--rebuild): under the lease
