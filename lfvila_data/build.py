@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from lfvila_data import __version__
 from lfvila_data.executor.asr import transcribe_on_ray
 from lfvila_data.executor.base import local_fetch_cut, local_shuffle
-from lfvila_data.executor.cluster import RayStart, stop_on_signals
+from lfvila_data.executor.cluster import RayStart, processes_file, remove_on_every_node, stop_on_signals
 from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
@@ -467,8 +467,12 @@ def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
         # Ray starts while the driver plans; a plan-only run that plans here needs none,
         # unless a cluster was named (joining it is then part of what the run checks)
         local_plan_only = cfg.plan_only and not cfg.ray_address and plans_in_process(cfg)
-        ray = None if local_plan_only else RayStart(cfg.ray_address)
+        ray = None if local_plan_only else RayStart(
+            cfg.ray_address, processes=processes_file(cfg.task_context().scratch()))
         try:
+            if cfg.ray_address:  # a cluster: a killed job's scratch on the workers too
+                ray.wait()
+                remove_on_every_node(cfg.task_context().scratch())
             stop_on_signals()
             if not cfg.plan_only:
                 record_media_settings(out, cfg)  # may remove files (--rebuild): under the lease

@@ -164,12 +164,16 @@ def text_options(
     max_clip_seconds: float = typer.Option(20.0, help="...and at most this length.", rich_help_panel=_TEXT),
     max_join_gap: float = typer.Option(1.5, help="Subtitles/ASR: sentences further apart than this many seconds are never in one clip.", rich_help_panel=_TEXT),
     language_check: bool = typer.Option(True, help="Reject subtitles whose text is clearly in another language than asked.", rich_help_panel=_TEXT),
+    max_text_bytes: int = typer.Option(64 * 1024, help="Longest clip text in UTF-8 bytes; a longer one is a text_too_long ledger row and breaks its run. A clip's caption is a sentence or a few (HD-VILA: ~200 bytes); 64 KiB leaves room for 32 clips in a shard member verify accepts.", rich_help_panel=_TEXT),
+    max_subtitle_bytes: int = typer.Option(50 * 1024 * 1024, help="Largest subtitle file in bytes; a larger one is a subtitle_too_large ledger row, never read (hours of speech are a few MB; parsing costs several times the file in memory).", rich_help_panel=_TEXT),
 ) -> TextOptions:
     """How subtitles become clips (speech recognition and concurrency are set later)."""
     if not 0 < min_clip_seconds <= max_clip_seconds:
         _fail("--min-clip-seconds must be positive and at most --max-clip-seconds")
-    return TextOptions(langs=tuple(lang), check_language=language_check,
-                       clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds,
+    if max_text_bytes < 1 or max_subtitle_bytes < 1:
+        _fail("--max-text-bytes and --max-subtitle-bytes must be at least 1")
+    return TextOptions(langs=tuple(lang), check_language=language_check, max_text_bytes=max_text_bytes,
+                       max_subtitle_bytes=max_subtitle_bytes, clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds,
                                        join_gap=max_join_gap))
 
 
@@ -300,7 +304,7 @@ def build_config(build: BuildConfig, bench: BenchmarkInputs, text: TextOptions, 
         _fail(str(e))
     return replace(
         build, annotations=bench.annotations, video_dir=bench.video_dir, split_files=bench.split_files,
-        plan=replace(plan_cfg, allow_local_files=allow_local_files),
+        plan=replace(plan_cfg, allow_local_files=allow_local_files, max_text_bytes=text.max_text_bytes),
         text_opts=replace(text, clip=clip, asr=asr.mode, asr_config=asr.config,
                           concurrency=run.run.fetch_concurrency),
         task=TaskContext(output=build.output, source=build.source, workdir=run.workdir, cut=cut,

@@ -64,7 +64,10 @@ class PlanConfig:
     max_clips=32: about 7 minutes at the 13.4 s average clip, which bounds one sample's
     file size and fetch time while still leaving 29 start positions for a 4-clip window.
     num_buckets=None picks one bucket per 256 MiB of input (at least 1), which keeps a
-    reduce task's share of clips and texts to a few hundred MB of memory."""
+    reduce task's share of clips and texts to a few hundred MB of memory.
+    max_text_bytes=64 KiB: HD-VILA's clip texts are one ASR sentence (~30 words, ~200
+    bytes); a text hundreds of times longer is not a caption of 13 s of video but junk or
+    an attack, and max_clips such texts must still fit a shard member `verify` accepts."""
 
     min_clips: int = 4
     max_clips: int = 32
@@ -72,6 +75,7 @@ class PlanConfig:
     allow_local_files: bool = False
     num_buckets: int | None = field(default=None, metadata=LAYOUT)
     chunk_bytes: int = field(default=64 * 1024 * 1024, metadata=LAYOUT)
+    max_text_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         require(1 <= self.min_clips <= self.max_clips,
@@ -80,6 +84,7 @@ class PlanConfig:
         require(self.num_buckets is None or self.num_buckets >= 1,
                 f"num_buckets must be >= 1, got {self.num_buckets}")
         require(self.chunk_bytes >= 1, f"chunk_bytes must be >= 1, got {self.chunk_bytes}")
+        require(self.max_text_bytes >= 1, f"--max-text-bytes must be >= 1, got {self.max_text_bytes}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ DROP_REASONS = {
     "not_in_groups": "--groups: a clip in no group",
     "unaligned_text": "a cue without word timings (or one timed word) longer than max_clip_seconds",
     "short_clip": "a clip shorter than 3 output frames with no neighbour to join within the limits",
+    "text_too_long": "a clip text longer than max_text_bytes (it breaks its run)",
 }
 _DROP_UNITS = ("runs", "clips", "words", "seconds")
 
@@ -195,6 +201,13 @@ def group_runs(video: VideoMeta, texts: dict[str, str], cfg: PlanConfig,
             failures.append(Failure(video.video_id, clip.clip_id, Stage.TEXT.value, FailureCode.NO_TEXT,
                                     "no text for clip"))
             count_drop(stats, "no_text", clips=1, seconds=clip.end - clip.start)
+            close()
+            continue
+        if (size := len(text.encode())) > cfg.max_text_bytes:
+            failures.append(Failure(video.video_id, clip.clip_id, Stage.TEXT.value, FailureCode.TEXT_TOO_LONG,
+                                    f"clip text of {size} bytes is longer than --max-text-bytes "
+                                    f"{cfg.max_text_bytes}"))
+            count_drop(stats, "text_too_long", clips=1, words=words_of(text), seconds=clip.end - clip.start)
             close()
             continue
         if run and (clip.k != run[-1].k + 1 or clip.start - run[-1].end > cfg.max_gap):
@@ -325,6 +338,34 @@ def _first_of_each(table: pa.Table, key: str) -> tuple[pa.Table, pa.Table]:
     return table.filter(mask), table.filter(pc.invert(mask))
 
 
+def _conflicting_texts(texts: pa.Table, dup_texts: pa.Table) -> dict[str, Failure]:
+    """A ledger row per clip id whose later lines give another text than its first line:
+    which one describes the clip is unknown, so neither is used. Repeats of the same text
+    (a file listed twice, overlapping dumps) stay fine."""
+    if not dup_texts.num_rows:
+        return {}
+    both = dup_texts.select(["clip_id", "text", "file_idx", "offset"]).join(
+        texts.select(["clip_id", "text", "file_idx", "offset"]), keys="clip_id", right_suffix="_first")
+    differ = both.filter(pc.fill_null(pc.not_equal(both.column("text"), both.column("text_first")), True))
+    out: dict[str, Failure] = {}
+    for clip_id, fi, off, fi0, off0 in zip(*(differ.column(n).to_pylist() for n in (
+            "clip_id", "file_idx", "offset", "file_idx_first", "offset_first"))):
+        out.setdefault(clip_id, Failure(
+            clip_id[:clip_id.index(".")], clip_id, Stage.TEXT.value, FailureCode.CLIP_TEXT_CONFLICT,
+            f"two different texts for the clip (text file #{fi0} byte {off0}, file #{fi} byte {off}); "
+            "neither is used"))
+    return out
+
+
+def _too_long_texts(texts: pa.Table, max_bytes: int) -> dict[str, Failure]:
+    """A ledger row per clip text longer than `max_bytes` (UTF-8)."""
+    sizes = pc.binary_length(texts.column("text"))
+    long = texts.filter(pc.fill_null(pc.greater(sizes, max_bytes), False))
+    return {cid: Failure(cid[:cid.index(".")], cid, Stage.TEXT.value, FailureCode.TEXT_TOO_LONG,
+                         f"clip text of {len(text.encode())} bytes is longer than --max-text-bytes {max_bytes}")
+            for cid, text in zip(long.column("clip_id").to_pylist(), long.column("text").to_pylist())}
+
+
 def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
                   from_groups: bool = False) -> dict:
     """Join bucket `bucket` of every map output, plan its videos (by our rule, or as the
@@ -344,6 +385,12 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
     group_parts = [p["groups"] for p in parts if "groups" in p]
     del parts
     stats["texts_unique"], stats["texts_duplicate"] = texts.num_rows, dup_texts.num_rows
+    withheld = _conflicting_texts(texts, dup_texts)
+    if from_groups:  # group_runs checks the length itself; a group needs the row here
+        withheld |= _too_long_texts(texts, cfg.max_text_bytes)
+    if withheld:
+        texts = texts.filter(pc.invert(pc.is_in(texts.column("clip_id"), pa.array(list(withheld), pa.string()))))
+        failures += withheld.values()
     clips = clips.join(texts.select(["clip_id", "text"]), keys="clip_id", join_type="left outer")
     clips = clips.sort_by([("video_id", "ascending"), ("k", "ascending")])
     stats["texts_unused"] = texts.num_rows - (clips.num_rows - clips.column("text").null_count)
@@ -366,6 +413,7 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
         texts_of = {cols["clip_id"][x]: cols["text"][x] for x in range(i, j) if cols["text"][x] is not None}
         stats["words_parsed"] += sum(words_of(t) for t in texts_of.values())
         got, fails = group_runs(meta, texts_of, cfg, stats)
+        fails = [f for f in fails if not (f.code is FailureCode.NO_TEXT and f.clip_id in withheld)]
         if got:
             row_of = {cols["clip_id"][x]: x for x in range(i, j)}
             first_rows += [row_of[s.clips[0].clip_id] for s in got]

@@ -29,7 +29,7 @@ import fsspec
 from lfvila_data.media.cut import INPUT_GUARD, MediaError, probe
 from lfvila_data.progress import human_bytes, human_time
 from lfvila_data.records import paragraph, parse_sample_key
-from lfvila_data.shards.write import MEMBER_EXTS, TASKS
+from lfvila_data.shards.write import MAX_TEXT_MEMBER, MEMBER_EXTS, TASKS
 
 # The check names a Problem can carry, and what each means.
 CHECKS = {
@@ -54,7 +54,6 @@ CHECKS = {
 }
 INDEX_NAMES = ("train.json", "val.json")
 INDEX_KIND = "wids-shard-index-v1"
-MAX_TEXT_MEMBER = 16 * 1024 * 1024  # a json or txt member larger than this is a problem
 DURATION_SLACK = 0.05  # seconds, on top of one frame
 DECODE_TIMEOUT = 1800.0
 PROGRESS_EVERY_S = 5.0

@@ -41,6 +41,9 @@ MEMBER_EXTS = ("mp4", "json", "txt")  # a sample's members, in tar order
 _BLOCK = 512
 _COPY = 4 * 1024 * 1024
 _PART = 16 * 1024 * 1024  # write buffer; on S3 the multipart part size (>= 5 MiB)
+# a json or txt member larger than this is a problem: `verify` rejects it, so the writer
+# leaves out the samples that would need one (a build made with a large --max-text-bytes)
+MAX_TEXT_MEMBER = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,11 @@ def sample_members(row: dict) -> tuple[bytes, bytes]:
     meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True, allow_nan=False).encode()
     text = paragraph(c["text"] for c in row["clips"]).encode()
     return meta, text
+
+
+def text_fits(row: dict) -> bool:
+    """True when the sample's json and txt members are within MAX_TEXT_MEMBER."""
+    return max(len(m) for m in sample_members(row)) <= MAX_TEXT_MEMBER
 
 
 def sample_tar_bytes(row: dict) -> int:
@@ -372,8 +380,11 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMa
     on a cluster, `executor.base.local_map` in this process), then the index files, the
     manifest and the stats. Returns the stats."""
     manifest, dups = read_manifests(inputs)
+    fits = [text_fits(r) for r in manifest.to_dict("records")]
+    manifest = manifest[fits] if fits else manifest
     if manifest.empty:
-        raise InputError("the input builds hold no samples")
+        raise InputError("the input builds hold no samples" + (
+            f" whose text fits a {MAX_TEXT_MEMBER} byte member" if fits else ""))
     out = OutputDir(output)
     out.fs.makedirs(out.root, exist_ok=True)
     plans = plan_shards(manifest, cfg)
@@ -408,6 +419,7 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMa
     stats = shard_table_stats(table)
     stats["bytes"] = int(sum(r.filesize for r in records.values()))  # shard files, not videos
     stats["duplicate_keys_dropped"] = dups
+    stats["text_too_large_dropped"] = len(fits) - sum(fits)
     out.write_json("stats.json", stats)
     out.write_json("shard.json", {"inputs": list(inputs), "config": asdict(cfg),
                                   "source": sorted(set(manifest.get("source", pd.Series(["hdvila"]))))})

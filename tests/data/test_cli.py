@@ -22,7 +22,7 @@ GROUPS = {
     "Input and output": ["--source", "--metadata", "--text", "--groups", "--input", "--output"],
     "Benchmark datasets": ["--annotations", "--video-dir", "--split-file"],
     "Subtitles and clips": ["--lang", "--min-clip-seconds", "--max-clip-seconds", "--max-join-gap",
-                            "--language-check"],
+                            "--language-check", "--max-text-bytes", "--max-subtitle-bytes"],
     "Speech recognition": ["--asr", "--asr-model", "--asr-language", "--asr-timestamps",
                            "--asr-batch-size", "--asr-actors", "--asr-gpu", "--asr-silence-db"],
     "Planning": ["--min-clips", "--max-clips", "--max-gap", "--plan-buckets", "--plan-only"],
@@ -48,7 +48,7 @@ def test_help_lists_every_option_under_its_stage():
         elif line.startswith("│") and "--" in line:
             seen[line.strip("│ *").split()[0]] = panel
     assert seen == {opt: group for group, opts in GROUPS.items() for opt in opts} | {"--help": "Options"}
-    assert sum(map(len, GROUPS.values())) == 54
+    assert sum(map(len, GROUPS.values())) == 56
 
 
 def config(*args: str):
@@ -92,6 +92,14 @@ def test_clip_settings_reach_the_text_stage_and_its_fingerprint():
     for bad in (["--max-join-gap", "-1"], ["--fps", "0.1"]):
         r = CliRunner().invoke(app, ["build", *REQUIRED, *bad])
         assert r.exit_code == 2 and "error:" in r.output, r.output
+
+
+def test_text_caps_reach_the_plan_and_the_text_stage():
+    cfg = config("--max-text-bytes", "1000", "--max-subtitle-bytes", "2000")
+    assert cfg.plan.max_text_bytes == cfg.text_opts.max_text_bytes == 1000
+    assert cfg.text_opts.max_subtitle_bytes == 2000
+    r = CliRunner().invoke(app, ["build", *REQUIRED, "--max-text-bytes", "0"])
+    assert r.exit_code == 2 and "error:" in r.output, r.output
 
 
 def test_local_sources_are_local_files():
