@@ -200,7 +200,7 @@ def evaluate(
 
 @convert_app.command(name="convert")
 def convert(
-    xpretrain: str = typer.Option(..., metavar="FILE", help="The LF-VILA release's checkpoint (lfvila_stage1.bin)."),
+    xpretrain: str = typer.Option(..., metavar="FILE", help="The LF-VILA release's checkpoint (lfvila_stage1.bin or lfvila_stage2.bin)."),
     out: str = typer.Option(..., metavar="DIR", help="Our checkpoint directory to write (DIR/step-00000000)."),
     config: Optional[str] = typer.Option("paper", help="The model size the file has (YAML or bundled name)."),
     overrides: Optional[List[str]] = OVERRIDES,
@@ -213,15 +213,14 @@ def convert(
     if not os.path.isfile(xpretrain):
         raise UsageError(f"checkpoint not found: {xpretrain}")
     report = convert_xpretrain(xpretrain, out, load_config(config, overrides or []))
-    for part, keys in report["not_converted"].items():
-        print(f"{part}: {len(keys)} keys ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
     by_reason: dict[str, list[str]] = {}
     for key, why in sorted(report["unused"].items()):
         by_reason.setdefault(why, []).append(key)
     for why, keys in by_reason.items():
         print(f"unused, {why}: {len(keys)} keys ({keys[0]}{', ...' if len(keys) > 1 else ''})")
     print(json.dumps(report["counts"]))
-    print(f"wrote {report['checkpoint']} (model.compat=xpretrain) and {os.path.join(out, REPORT)}")
+    print(f"wrote {report['checkpoint']} (stage {report['stage']}, model.compat=xpretrain) and "
+          f"{os.path.join(out, REPORT)}")
     return 0
 
 

@@ -13,6 +13,7 @@ regex rules of ``XPRETRAIN_STAGE2_RULES`` (``text_encoder.bert.encoder.layer.12`
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,24 +27,32 @@ from lfvila_model.models.lfvila import LFVILA, LFVILAConfig
 IGNORE_INDEX = -100
 XPRETRAIN_FIRST_LAYER, XPRETRAIN_NUM_LAYERS = 12, 12  # the release's stage 2: BERT-large layers 12-23
 
-# (regex over a release stage-2 key, re.Match.expand template of our LFVILASingleStream key).
-# Both cls.predictions.bias and cls.predictions.decoder.bias (the same tensor in the release)
-# map onto fusion.cls.predictions.bias.
-XPRETRAIN_STAGE2_RULES: list[tuple[str, str]] = [
-    *((rf"text_encoder\.bert\.encoder\.layer\.{i}\.(.+)", rf"fusion.layer.{i - XPRETRAIN_FIRST_LAYER}.\1")
-      for i in range(XPRETRAIN_FIRST_LAYER, XPRETRAIN_FIRST_LAYER + XPRETRAIN_NUM_LAYERS)),
-    (r"text_encoder\.bert\.pooler\.dense\.(weight|bias)", r"fusion.pooler.dense.\1"),
-    (r"text_encoder\.cls\.predictions\.decoder\.bias", r"fusion.cls.predictions.bias"),
-    (r"text_encoder\.cls\.predictions\.(bias|decoder\.weight|transform\..+)", r"fusion.cls.predictions.\1"),
-    (r"text_encoder\.seq_relationship\.(weight|bias)", r"fusion.seq_relationship.\1"),
-    (r"video_token_pos\.(s_pos_embed|t_pos_embed|norm\.weight|norm\.bias)", r"fusion.video_token_pos.\1"),
-]
+
+def xpretrain_stage2_rules(first: int = XPRETRAIN_FIRST_LAYER,
+                           layers: int = XPRETRAIN_NUM_LAYERS) -> list[tuple[str, str]]:
+    """(regex over a release stage-2 key, re.Match.expand template of our LFVILASingleStream
+    key) for a release whose stage 2 is BERT layers ``first``.. ``first + layers - 1`` (the
+    release's ``stage1_layers`` onwards). Both cls.predictions.bias and
+    cls.predictions.decoder.bias (the same tensor in the release) map onto
+    fusion.cls.predictions.bias."""
+    return [
+        *((rf"text_encoder\.bert\.encoder\.layer\.{i}\.(.+)", rf"fusion.layer.{i - first}.\1")
+          for i in range(first, first + layers)),
+        (r"text_encoder\.bert\.pooler\.dense\.(weight|bias)", r"fusion.pooler.dense.\1"),
+        (r"text_encoder\.cls\.predictions\.decoder\.bias", r"fusion.cls.predictions.bias"),
+        (r"text_encoder\.cls\.predictions\.(bias|decoder\.weight|transform\..+)", r"fusion.cls.predictions.\1"),
+        (r"text_encoder\.seq_relationship\.(weight|bias)", r"fusion.seq_relationship.\1"),
+        (r"video_token_pos\.(s_pos_embed|t_pos_embed|norm\.weight|norm\.bias)", r"fusion.video_token_pos.\1"),
+    ]
 
 
-def xpretrain_stage2_key(key: str) -> str | None:
+XPRETRAIN_STAGE2_RULES: list[tuple[str, str]] = xpretrain_stage2_rules()
+
+
+def xpretrain_stage2_key(key: str, rules: Sequence[tuple[str, str]] = XPRETRAIN_STAGE2_RULES) -> str | None:
     """Our key for a release stage-2 key (after any DeepSpeed ``module.`` prefix is removed),
     or None when the key is not a stage-2 one (stage-1 keys are converted elsewhere)."""
-    for pattern, template in XPRETRAIN_STAGE2_RULES:
+    for pattern, template in rules:
         m = re.fullmatch(pattern, key)
         if m:
             return m.expand(template)

@@ -1,8 +1,10 @@
 """The release's checkpoints as ours: a random state dict with the exact key names and shapes
 of the LF-VILA release's model (LFVILA_Pretrain in microsoft/XPretrain LF-VILA/src/models) at a
 tiny size, fp16 under DeepSpeed's ``module.``, converted by ``lfvila-train convert``, loaded
-with model.compat=xpretrain and run; and compat computing the release's pooling and paragraph
-input (reference code written from the release's, here)."""
+with model.compat=xpretrain and run - a stage-1 file as our stage 1, a stage-2 file as our
+single-stream stage 2 (forward, losses, eval on real shards, resumable); and compat
+computing the release's pooling and paragraph input (reference code written from the
+release's, here)."""
 from __future__ import annotations
 
 import json
@@ -12,12 +14,15 @@ import torch
 from torch import nn
 
 from lfvila_model import cli
-from lfvila_model.checkpoint import load_stage1
+from lfvila_model.checkpoint import load_checkpoint, load_stage1
 from lfvila_model.config import load_config
 from lfvila_model.convert import ConvertError, convert_xpretrain
 from lfvila_model.models.lfvila import synthetic_batch
+from lfvila_model.models.singlestream import LFVILASingleStream
 from lfvila_model.models.video import pool_clips_xpretrain
-from lfvila_model.train import load_model, setup_model
+from lfvila_model.objectives import setup_objective
+from lfvila_model.train import load_model, setup_model, setup_optimizer
+from tests.model.checks import assert_retrieval_consistent
 
 # The release's LFVILA_Pretrain arguments at a tiny size (its configs/pretrain_stage1.yaml has the paper's).
 VIDEO = {"patch_size": (1, 8, 8), "embed_dim": 8, "depths": (2, 2, 2), "num_heads": (1, 2, 4), "stages": (0, 1, 2),
@@ -94,6 +99,7 @@ def release_state(stage2: bool = False) -> dict[str, torch.Tensor]:
             out[key] = torch.arange(shape[1])[None]
         else:
             out[key] = (0.02 * torch.randn(shape, generator=g)).half()
+    out["text_encoder.cls.predictions.decoder.bias"] = out["text_encoder.cls.predictions.bias"]  # tied in BERT's head
     return out
 
 
@@ -102,29 +108,112 @@ def save_deepspeed(state: dict, path) -> None:
     torch.save({"module": {f"module.{k}": v for k, v in state.items()}, "global_steps": 10}, path)
 
 
+def convert_file(root, release: dict, name: str, *extra: str) -> None:
+    save_deepspeed(release, root / name)
+    assert cli.main(["convert", "--xpretrain", str(root / name), "--out", str(root / "ours"),
+                     "--config", "tiny", *OURS, *extra]) == 0
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("xpretrain")
+    release = release_state()
+    convert_file(root, release, "lfvila_stage1.bin")
+    return root, release
+
+
+@pytest.fixture(scope="module")
+def converted2(tmp_path_factory, vocab_dir):
+    """The release's stage-2 file, converted with our demo vocabulary as data.tokenizer."""
+    root = tmp_path_factory.mktemp("xpretrain2")
     release = release_state(stage2=True)
-    save_deepspeed(release, root / "lfvila_stage2.bin")
-    assert cli.main(["convert", "--xpretrain", str(root / "lfvila_stage2.bin"), "--out", str(root / "ours"),
-                     "--config", "tiny", *OURS]) == 0
+    convert_file(root, release, "lfvila_stage2.bin", f"data.tokenizer={vocab_dir}")
     return root, release
 
 
 def test_every_key_is_accounted_for(converted, capsys):
     root, release = converted
     report = json.loads((root / "ours" / "convert.json").read_text())
-    pending = report["not_converted"]["stage 2: not converted by this version"]
-    assert sorted([*report["mapped"], *report["unused"], *pending]) == sorted(release)
-    assert not set(report["mapped"]) & set(pending)
+    assert report["stage"] == 1 and sorted([*report["mapped"], *report["unused"]]) == sorted(release)
+    assert not set(report["mapped"]) & set(report["unused"])
     assert report["mapped"]["video_local_proj.weight"] == "video_encoder.clip_proj.weight"
     assert report["mapped"]["sent_embedding.segment_embeddings.weight"] == "text_encoder.paragraph_embedding.segment_embeddings.weight"
     assert report["mapped"]["text_encoder.bert.encoder.layer.3.output.dense.weight"] == "text_encoder.bert.encoder.layer.3.output.dense.weight"
     assert set(report["unused"]) >= {"video_encoder.norm_local.weight", "video_encoder.local_feat_proj.reduction.weight",
                                      "sent_embedding.position_ids", "video_encoder.layers.0.blocks.1.attn.relative_position_index"}
-    assert "text_encoder.bert.encoder.layer.4.output.dense.weight" in pending and "video_token_pos.t_pos_embed" in pending
-    assert "text_encoder.cls.predictions.decoder.weight" in pending
+    assert "never trains it" in report["unused"]["text_encoder.cls.predictions.decoder.weight"]
+    assert "never trains it" in report["unused"]["text_encoder.seq_relationship.bias"]
+
+
+def test_stage2_file_every_key_is_accounted_for(converted2):
+    root, release = converted2
+    report = json.loads((root / "ours" / "convert.json").read_text())
+    assert report["stage"] == 2 and sorted([*report["mapped"], *report["unused"]]) == sorted(release)
+    mapped = report["mapped"]
+    assert mapped["video_local_proj.weight"] == "stage1.video_encoder.clip_proj.weight"
+    assert mapped["text_encoder.bert.encoder.layer.3.output.dense.weight"] == "stage1.text_encoder.bert.encoder.layer.3.output.dense.weight"
+    assert mapped["text_encoder.bert.encoder.layer.4.output.dense.weight"] == "fusion.layer.0.output.dense.weight"
+    assert mapped["text_encoder.bert.encoder.layer.5.attention.self.key.bias"] == "fusion.layer.1.attention.self.key.bias"
+    assert mapped["text_encoder.cls.predictions.bias"] == mapped["text_encoder.cls.predictions.decoder.bias"] \
+        == "fusion.cls.predictions.bias"
+    assert mapped["video_token_pos.t_pos_embed"] == "fusion.video_token_pos.t_pos_embed"
+    assert mapped["text_encoder.bert.pooler.dense.weight"] == "fusion.pooler.dense.weight"
+    assert not any("never trains" in why for why in report["unused"].values())  # the heads are trained here
+
+
+def test_stage2_checkpoint_loads_runs_evaluates_and_resumes(converted2, shards, tmp_path):
+    """The converted stage 2 is our single-stream LFVILASingleStream with the release's tensors;
+    its VTM/MLM losses are finite, `lfvila-train eval` scores it on real shards, and the
+    directory holds what a stage-2 --resume-from loads (optimizer, schedule, RNG)."""
+    root, release = converted2
+    model, cfg = load_model(root / "ours")
+    assert isinstance(model, LFVILASingleStream)
+    assert (cfg.stage, cfg.stage2.arch, cfg.model.compat, cfg.model.cross["num_layers"]) == (2, "singlestream", "xpretrain", 2)
+    state = model.state_dict()
+    for ours, theirs in [("fusion.layer.1.output.dense.weight", "text_encoder.bert.encoder.layer.5.output.dense.weight"),
+                         ("fusion.video_token_pos.s_pos_embed", "video_token_pos.s_pos_embed"),
+                         ("fusion.cls.predictions.bias", "text_encoder.cls.predictions.decoder.bias"),
+                         ("stage1.video_encoder.video_proj.weight", "video_global_proj.weight"),
+                         ("stage1.text_encoder.paragraph_embedding.norm.weight", "sent_embedding.norm.weight")]:
+        torch.testing.assert_close(state[ours], release[theirs].float())
+    out = setup_objective(cfg)(model.train(), synthetic_batch(model.cfg, 4, seed=1), torch.device("cpu"), seed=0)
+    assert torch.isfinite(out["mlm"]) and torch.isfinite(out["vtm"]) and out["mlm"] > 0 and out["vtm"] > 0
+
+    shard_dir = str(shards[0]).rsplit("/", 1)[0]
+    assert cli.main(["eval", "--checkpoint", str(root / "ours"), "--val-shards", f"{shard_dir}/val-*.tar",
+                     "--output", str(tmp_path / "eval.json")]) == 0
+    m = json.loads((tmp_path / "eval.json").read_text())
+    assert m["num_samples"] == 2
+    for direction in ("paragraph_to_video", "video_to_paragraph"):
+        assert_retrieval_consistent(m[direction], n=2)
+
+    fresh = setup_model(cfg, torch.device("cpu"))
+    optimizer, scheduler = setup_optimizer(fresh, cfg.optim)
+    assert load_checkpoint(root / "ours" / "step-00000000", fresh, optimizer, scheduler).step == 0
+    assert all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())
+
+
+def test_stage2_file_with_a_wrong_fusion_key_is_one_line(tmp_path, capsys):
+    state = release_state(stage2=True)
+    state["text_encoder.bert.encoder.layer.5.intermediate.dense.weight"] = torch.zeros(3, 3, dtype=torch.half)
+    save_deepspeed(state, tmp_path / "shape.bin")
+    assert cli.main(["convert", "--xpretrain", str(tmp_path / "shape.bin"), "--out", str(tmp_path / "a"),
+                     "--config", "tiny", *OURS]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "text_encoder.bert.encoder.layer.5.intermediate.dense.weight has shape (3, 3)" in err
+    assert "fusion.layer.1.intermediate.dense.weight" in err and not (tmp_path / "a" / "step-00000000").exists()
+    cfg = load_config("tiny", OURS)
+    state = release_state(stage2=True)
+    state["text_encoder.cls.predictions.decoder.bias"] = torch.ones(BERT["vocab"], dtype=torch.half)
+    torch.save(state, tmp_path / "alias.bin")
+    with pytest.raises(ConvertError, match=r"cls\.predictions\.bias and text_encoder\.cls\.predictions\.decoder\.bias "
+                                           r"both fill our fusion\.cls\.predictions\.bias but differ"):
+        convert_xpretrain(tmp_path / "alias.bin", tmp_path / "b", cfg)
+    del state["video_token_pos.norm.bias"]
+    state["text_encoder.cls.predictions.decoder.bias"] = state["text_encoder.cls.predictions.bias"]
+    torch.save(state, tmp_path / "missing.bin")
+    with pytest.raises(ConvertError, match=r"lacks the key for our fusion\.video_token_pos\.norm\.bias"):
+        convert_xpretrain(tmp_path / "missing.bin", tmp_path / "c", cfg)
 
 
 def test_converted_checkpoint_loads_with_compat_and_runs(converted):
