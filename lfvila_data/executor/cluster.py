@@ -9,7 +9,6 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,9 +138,10 @@ class RayStart:
         finally:
             self._started.set()
         # Ray's processes die with the *thread* that started them (PR_SET_PDEATHSIG is
-        # per thread on Linux): this one lives until Ray is shut down
-        while self._error is None and ray.is_initialized():
-            time.sleep(0.5)
+        # per thread on Linux), at once and ungracefully: this one lives as long as the
+        # process, so they end as if the main thread had started them (after Ray's own
+        # shutdown, which lets the raylet stop its agents)
+        threading.Event().wait()
 
     def wait(self) -> None:
         self._started.wait()
