@@ -87,7 +87,7 @@ def shards(builds, tmp_path_factory, ray_module):
 def build_rows(builds) -> dict[str, dict]:
     rows = {}
     for b in builds:
-        for r in pd.read_parquet(b / "manifest.parquet").to_dict("records"):
+        for r in pd.read_parquet(b / "manifest").to_dict("records"):
             rows[r["key"]] = dict(r, _build=b)
     return rows
 
@@ -100,7 +100,7 @@ def test_layout_and_index(shards, builds):
     out, stats = shards
     rows = build_rows(builds)
     assert len(rows) == 12 and stats["samples"] == 12 and stats["videos"] == 6
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     assert set(m.key) == set(rows)
     val_videos = set(m[m.split == "val"].video_id)
     assert val_videos and not val_videos & set(m[m.split == "train"].video_id)
@@ -121,7 +121,7 @@ def test_layout_and_index(shards, builds):
 def test_tarfile_reader_matches_the_build(shards, builds):
     out, _ = shards
     rows = build_rows(builds)
-    m = pd.read_parquet(out / "manifest.parquet").set_index("key")
+    m = pd.read_parquet(out / "manifest").set_index("key")
     seen = set()
     for tar_path in sorted(out.glob("*.tar")):
         with tarfile.open(tar_path) as tar:
@@ -169,7 +169,7 @@ def test_wids_reader(shards, builds):
     import wids
     out, _ = shards
     rows = build_rows(builds)
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     keys = set()
     for split in ("train", "val"):
         ds = wids.ShardListDataset(str(out / f"{split}.json"), cache_dir=str(out.parent / "wids-cache"))
@@ -228,7 +228,8 @@ def test_identical_bytes_on_rerun_and_on_another_run_without_ray(shards, builds,
     other = tmp_path / "again"  # the stage in this process: the same bytes
     run_shard([str(b) for b in builds], str(other), ShardConfig(val_count=2, samples_per_shard=3), write=local_map)
     assert {p.name: md5(p) for p in other.glob("*.tar")} == before
-    assert (other / "manifest.parquet").read_bytes() == (out / "manifest.parquet").read_bytes()
+    assert {p.name: p.read_bytes() for p in (other / "manifest").iterdir()} == \
+        {p.name: p.read_bytes() for p in (out / "manifest").iterdir()}
 
 
 def test_kill_9_then_rerun_completes_identically(shards, builds, tmp_path):
@@ -246,7 +247,7 @@ def test_kill_9_then_rerun_completes_identically(shards, builds, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the shard job ended before the kill"
     assert list(target.glob("_meta/*.tar.json")), "killed before any shard was written"
-    assert not (target / "manifest.parquet").exists()  # the set was left incomplete
+    assert not (target / "manifest").exists()  # the set was left incomplete
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert {p.name: md5(p) for p in target.glob("*.tar")} == reference
@@ -313,7 +314,7 @@ def test_json_times_lie_within_a_sample_file_shorter_than_its_span(tmp_path, ray
         build = tmp_path / "build"
         run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(build),
                               task=TaskContext(output=str(build), fetch=FetchConfig(retries=2, backoff=0.1))))
-    [row] = pd.read_parquet(build / "manifest.parquet").to_dict("records")
+    [row] = pd.read_parquet(build / "manifest").to_dict("records")
     assert row["clips"][-1]["end"] == 18.4 and row["duration"] < 18.4 - row["start"]
 
     out = tmp_path / "shards"
