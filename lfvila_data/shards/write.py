@@ -263,7 +263,8 @@ def _conform(t: pa.Table, build: str) -> pa.Table:
         raise InputError(f"{build!r}: the manifest has unexpected columns ({e})") from None
 
 
-def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: str) -> tuple[int, set[str]]:
+def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: str,
+                   bucket_rows: int) -> tuple[int, set[str]]:
     """Stream every build's manifest into seeded buckets (local spill files), each row
     tagged with its build and its video's rank. Returns (buckets, sources)."""
     total = 0
@@ -272,14 +273,14 @@ def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: s
         for path in files:
             with fs.open(path, "rb") as f:
                 total += pq.ParquetFile(f).metadata.num_rows
-    n = max(1, -(-total // BUCKET_ROWS))
+    n = max(1, -(-total // bucket_rows))
     schema = MANIFEST_SCHEMA.append(pa.field("_build", pa.int32())).append(pa.field("_rank", pa.uint64()))
     writers: dict[int, pq.ParquetWriter] = {}
     sources: set[str] = set()
     try:
         for bi, (d, files) in enumerate(builds):
             fs, _ = fsspec.core.url_to_fs(d)
-            for batch in tables.iter_batches(fs, files, batch_rows=65536):
+            for batch in tables.iter_batches(fs, files, batch_rows=min(65536, bucket_rows)):
                 t = _conform(pa.Table.from_batches([batch]), d)
                 ranks: dict[str, int] = {}
                 vids = t["video_id"].to_pylist()
@@ -333,7 +334,8 @@ def _val_limit(buckets: int, cfg: ShardConfig, tmp: str) -> tuple[int, int]:
     return val_rank_limit(uniq, np.bincount(inverse, weights=c).astype(np.int64), cfg), dups
 
 
-def plan_shards(inputs: list[str], output: str, cfg: ShardConfig) -> ShardLayout:
+def plan_shards(inputs: list[str], output: str, cfg: ShardConfig,
+                bucket_rows: int = BUCKET_ROWS) -> ShardLayout:
     """Split (whole videos, by seeded rank), shuffle (seeded buckets, then a seeded
     permutation within each) and pack every sample of the input builds into shards,
     streaming: the driver holds one bucket at a time. Each split's samples are written in
@@ -344,7 +346,7 @@ def plan_shards(inputs: list[str], output: str, cfg: ShardConfig) -> ShardLayout
     out.fs.makedirs(out.path(PLAN_DIR), exist_ok=True)
     layout = hashlib.sha256(json.dumps(content(cfg), sort_keys=True).encode())
     with tempfile.TemporaryDirectory(prefix="lfvila-shardplan-") as tmp:
-        n, sources = _spill_buckets(builds, cfg, tmp)
+        n, sources = _spill_buckets(builds, cfg, tmp, bucket_rows)
         limit, dups = _val_limit(n, cfg, tmp)
         shards: dict[str, list[ShardPlan]] = {s: [] for s in SPLITS}
         current: dict[str, list[list]] = {s: [] for s in SPLITS}  # open shard: [url, first, end]

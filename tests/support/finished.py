@@ -1,63 +1,82 @@
-"""A synthetic finished build: the media journal a full build leaves (samples of realistic
-clip counts and texts, some failures, downloads), written as the real `Journal` writes it,
-with no video. For finalize and shard planning at any size (tests, bench_finalize)."""
+"""A simulated finished build: the media journal a real build leaves (samples of 4..32
+clips of ~5 s with texts, a failed video now and then), written as `Journal` files, with
+no video. Finalize and shard planning run on it at any size (tests, bench_finalize)."""
 from __future__ import annotations
 
+import json
 import random
+import shutil
+from pathlib import Path
 
-from lfvila_data.output.write import DONE, FAILED, Journal, OutputDir, VideoResult
-from lfvila_data.records import paragraph, sample_key
+import pyarrow as pa
 
-WORDS = ("a man is cutting the onions on a wooden board then he adds them to the pan while "
-         "the camera shows the kitchen and a woman talks about the recipe for the dinner").split()
+from lfvila_data.output.write import JOURNAL_SCHEMA, Journal, OutputDir
+from lfvila_data.records import sample_key
+
+WORDS = ("a", "man", "is", "cutting", "the", "onions", "on", "a", "wooden", "board", "then",
+         "he", "adds", "them", "to", "the", "pan", "while", "the", "camera", "shows", "the",
+         "kitchen", "and", "a", "woman", "talks", "about", "the", "recipe", "for", "the",
+         "dinner")
 
 
-def _text(rng: random.Random) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 24)))
+def _texts(rng: random.Random, n: int = 4096) -> list[str]:
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 24))) for _ in range(n)]
 
 
-def video_result(i: int, rng: random.Random, samples: int) -> VideoResult:
-    """One video's journal entry: `samples` samples of 4..32 clips of ~5 s each, or a
-    failed video (every 50th) with a ledger row and no sample."""
-    vid = f"v{rng.getrandbits(56):014x}"[:11]
-    if i % 50 == 49:
-        failure = {"video_id": vid, "clip_id": None, "key": None, "stage": "fetch",
-                   "code": "video_unavailable", "reason": "HTTP Error 404: Not Found",
-                   "permanent": True}
-        return VideoResult(vid, FAILED, [], [failure], {})
-    rows, downloads, k = [], {}, 1
+def _payload(vid: str, rng: random.Random, texts: list[str], samples: int) -> str:
+    """A journal payload as `VideoResult.payload` serialises it, built as a string: the
+    same bytes at a fraction of the cost of dicts and json.dumps."""
+    rows, downloads, k = [], [], 1
     for _ in range(samples):
-        n = rng.randint(4, 32)
-        clips, t0 = [], k * 5.0
+        n = rng.randint(4, 32)  # LF-VILA: 4..32 HD-VILA clips of ~5 s
+        t0 = k * 5.0
+        clips, chosen = [], []
         for j in range(n):
-            s = t0 + 5.0 * j
-            text = _text(rng)
-            clips.append({"clip_id": f"{vid}.{k + j}.mp4", "start": s, "end": s + 5.0, "text": text,
-                          "sentences": [{"text": text, "start": s, "end": s + 5.0}]})
+            s, text = t0 + 5.0 * j, texts[rng.randrange(len(texts))]
+            chosen.append(text)
+            clips.append(f'{{"clip_id":"{vid}.{k + j}.mp4","start":{s},"end":{s + 5.0},"text":"{text}",'
+                         f'"sentences":[{{"text":"{text}","start":{s},"end":{s + 5.0}}}]}}')
         key = sample_key(vid, k, k + n - 1)
         size = rng.randint(2_000_000, 40_000_000)
-        rows.append({"key": key, "video_id": vid, "url": f"https://www.youtube.com/watch?v={vid}",
-                     "source": "hdvila", "start": t0, "end": t0 + 5.0 * n, "n_clips": n,
-                     "clips": clips, "paragraph": paragraph(c["text"] for c in clips),
-                     "video": OutputDir.video_rel(vid, key), "fps": 30.0, "width": 1280,
-                     "height": 720, "duration": 5.0 * n, "frames": 150 * n, "bytes": size,
-                     "text_source": "metadata", "language": None, "split": None})
-        downloads[key] = size
+        rows.append(f'{{"key":"{key}","video_id":"{vid}","url":"https://www.youtube.com/watch?v={vid}",'
+                    f'"source":"hdvila","start":{t0},"end":{t0 + 5.0 * n},"n_clips":{n},'
+                    f'"clips":[{",".join(clips)}],"paragraph":"{" ".join(chosen)}",'
+                    f'"video":"{OutputDir.video_rel(vid, key)}","fps":30.0,"width":1280,"height":720,'
+                    f'"duration":{5.0 * n},"frames":{150 * n},"bytes":{size},"text_source":"metadata",'
+                    f'"language":null,"split":null}}')
+        downloads.append(f'"{key}":{size}')
         k += n + 3
-    return VideoResult(vid, DONE, rows, [], downloads, node="node-1")
+    return (f'{{"rows":[{",".join(rows)}],"failures":[],"downloads":{{{",".join(downloads)}}},'
+            f'"node":"node-1"}}')
 
 
-def write_finished_build(url: str, samples: int, seed: int = 0, per_video: int = 3,
-                         every_n: int = 64) -> int:
-    """Journal `samples` samples (three per video) under `url`; returns the journal's
-    video count. Deterministic for a seed."""
+def simulate(build: Path, samples: int, seed: int = 0, per_video: int = 3, per_file: int = 64) -> int:
+    """Journal `samples` samples, `per_video` per video, every 50th video failed (a ledger
+    row), `per_file` videos per journal file as the Journal flushes them. The same seed
+    gives the same videos whatever `per_file`. Returns the number of videos."""
+    shutil.rmtree(build, ignore_errors=True)
+    out = OutputDir(str(build))
     rng = random.Random(seed)
-    journal = Journal(OutputDir(url), every_s=1e9, every_n=every_n)
-    written = videos = 0
+    texts = _texts(rng)
+    batch: dict[str, list] = {"video_id": [], "status": [], "payload": []}
+    written = videos = files = 0
     while written < samples:
-        result = video_result(videos, rng, min(per_video, samples - written))
-        journal.add(result)
-        written += len(result.rows)
+        vid = f"v{rng.getrandbits(56):014x}"[:11]
+        if videos % 50 == 49:
+            fail = {"video_id": vid, "clip_id": None, "key": None, "stage": "fetch", "code": "video_unavailable",
+                    "reason": "HTTP Error 404: Not Found", "permanent": True}
+            status, payload = "failed", json.dumps({"rows": [], "failures": [fail], "downloads": {}, "node": None},
+                                                   separators=(",", ":"))
+        else:
+            n = min(per_video, samples - written)
+            status, payload = "done", _payload(vid, rng, texts, n)
+            written += n
         videos += 1
-    journal.flush()
+        for c, v in zip(batch, (vid, status, payload)):
+            batch[c].append(v)
+        if len(batch["video_id"]) == per_file or written >= samples:
+            out.write_table(f"{Journal.DIR}/{0:013d}-sim-{files:06d}.parquet",
+                            pa.table(batch, schema=JOURNAL_SCHEMA))
+            files += 1
+            batch = {c: [] for c in batch}
     return videos

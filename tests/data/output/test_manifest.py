@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from lfvila_data.output.manifest import SortConfig, parquet_files, read_table
 from lfvila_data.output.write import OutputDir, finalize, iter_journal, read_journal
-from tests.support.finished import write_finished_build
+from tests.support.finished import simulate
 
 SMALL = SortConfig(run_bytes=256 * 1024, merge_bytes=512 * 1024, chunk_rows=64, part_rows=256)
 
@@ -26,7 +26,7 @@ def _digests(root: Path) -> dict[str, str]:
 
 def test_finalize_writes_sorted_parts_readers_get_back(tmp_path):
     out = tmp_path / "out"
-    write_finished_build(str(out), 700, seed=1)
+    simulate(out, 700, seed=1)
     journal = read_journal(OutputDir(str(out)))
     counts = finalize(OutputDir(str(out)), iter_journal(OutputDir(str(out))), None, SMALL)
     rows = [r for _, p in journal.values() for r in p["rows"]]
@@ -50,8 +50,8 @@ def test_finalize_writes_sorted_parts_readers_get_back(tmp_path):
 
 def test_finalize_is_byte_identical_whatever_the_journal_and_run_layout(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    write_finished_build(str(a), 500, seed=2, every_n=64)
-    write_finished_build(str(b), 500, seed=2, every_n=7)  # other journal files, same videos
+    simulate(a, 500, seed=2, per_file=64)
+    simulate(b, 500, seed=2, per_file=7)  # other journal files, same videos
     finalize(OutputDir(str(a)), iter_journal(OutputDir(str(a))), None, SMALL)
     other = SortConfig(run_bytes=40 * 1024, merge_bytes=64 * 1024, chunk_rows=64, part_rows=256)
     finalize(OutputDir(str(b)), iter_journal(OutputDir(str(b))), None, other)
@@ -84,7 +84,7 @@ def test_readers_take_an_old_single_file_manifest(tmp_path):
 
 def test_finalize_to_s3(s3, tmp_path):
     fs, env = s3
-    write_finished_build(str(tmp_path / "local"), 120, seed=3)
+    simulate(tmp_path / "local", 120, seed=3)
     for p in sorted((tmp_path / "local" / "_journal").iterdir()):
         fs.put_file(str(p), f"lfvila-test/out/_journal/{p.name}")
     out = OutputDir("s3://lfvila-test/out")
