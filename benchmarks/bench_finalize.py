@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import resource
 import shutil
 import subprocess
@@ -23,80 +22,18 @@ import time
 import types
 from pathlib import Path
 
-import pyarrow as pa
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lfvila_data.output.write import JOURNAL_SCHEMA, Journal, OutputDir  # noqa: E402
-from lfvila_data.records import sample_key  # noqa: E402
-
-WORDS = ("a man is cutting the onions on a wooden board then he adds them to the pan while "
-         "the camera shows the kitchen and a woman talks about the recipe for the dinner").split()
+from lfvila_data.output.write import OutputDir
+from tests.support.finished import simulate
 
 
-def _texts(rng: random.Random, n: int = 4096) -> list[str]:
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 24))) for _ in range(n)]
-
-
-def _payload(vid: str, rng: random.Random, texts: list[str], samples: int) -> str:
-    """A journal payload as the real writer serialises it (VideoResult.payload), built as
-    a string: the same bytes at a fraction of the cost of dicts + json.dumps."""
-    rows, downloads, k = [], [], 1
-    for _ in range(samples):
-        n = rng.randint(4, 32)  # LF-VILA: 4..32 clips of HD-VILA's ~5 s (mean ~18)
-        t0 = k * 5.0
-        clips = []
-        for j in range(n):
-            s, text = t0 + 5.0 * j, texts[rng.randrange(len(texts))]
-            clips.append(f'{{"clip_id":"{vid}.{k + j}.mp4","start":{s},"end":{s + 5.0},"text":"{text}",'
-                         f'"sentences":[{{"text":"{text}","start":{s},"end":{s + 5.0}}}]}}')
-        key = sample_key(vid, k, k + n - 1)
-        size = rng.randint(2_000_000, 40_000_000)
-        para = " ".join(c.split('"text":"', 1)[1].split('"', 1)[0] for c in clips)
-        rows.append(f'{{"key":"{key}","video_id":"{vid}","url":"https://www.youtube.com/watch?v={vid}",'
-                    f'"source":"hdvila","start":{t0},"end":{t0 + 5.0 * n},"n_clips":{n},'
-                    f'"clips":[{",".join(clips)}],"paragraph":"{para}",'
-                    f'"video":"{OutputDir.video_rel(vid, key)}","fps":30.0,"width":1280,"height":720,'
-                    f'"duration":{5.0 * n},"frames":{150 * n},"bytes":{size},"text_source":"metadata",'
-                    f'"language":null,"split":null}}')
-        downloads.append(f'"{key}":{size}')
-        k += n + 3
-    return (f'{{"rows":[{",".join(rows)}],"failures":[],"downloads":{{{",".join(downloads)}}},'
-            f'"node":"node-1"}}')
-
-
-def simulate(build: Path, samples: int, seed: int = 0, per_video: int = 3, per_file: int = 64) -> None:
-    """A finished build's media journal: `per_video` samples per video, every 50th video
-    failed (a ledger row), `per_file` videos per journal file as the Journal flushes."""
-    if (build / "_journal" / "SIMULATED").exists():
-        return
-    shutil.rmtree(build, ignore_errors=True)
-    out = OutputDir(str(build))
-    rng = random.Random(seed)
-    texts = _texts(rng)
-    batch: dict[str, list] = {"video_id": [], "status": [], "payload": []}
-    written = videos = files = 0
-    while written < samples:
-        vid = f"v{rng.getrandbits(56):014x}"[:11]
-        if videos % 50 == 49:
-            fail = {"video_id": vid, "clip_id": None, "key": None, "stage": "fetch", "code": "video_unavailable",
-                    "reason": "HTTP Error 404: Not Found", "permanent": True}
-            status, payload = "failed", json.dumps({"rows": [], "failures": [fail], "downloads": {}, "node": None},
-                                                   separators=(",", ":"))
-        else:
-            n = min(per_video, samples - written)
-            status, payload = "done", _payload(vid, rng, texts, n)
-            written += n
-        videos += 1
-        for c, v in zip(batch, (vid, status, payload)):
-            batch[c].append(v)
-        if len(batch["video_id"]) == per_file or written >= samples:
-            out.write_table(f"{Journal.DIR}/{0:013d}-bench-{files:06d}.parquet",
-                            pa.table(batch, schema=JOURNAL_SCHEMA))
-            files += 1
-            batch = {c: [] for c in batch}
-    (build / "_journal" / "SIMULATED").write_text(f"{samples}\n")
+def simulate_once(build: Path, samples: int) -> None:
+    """A finished build's media journal (tests/support/finished.py), kept between runs."""
+    if not (build / "_journal" / "SIMULATED").exists():
+        simulate(build, samples)
+        (build / "_journal" / "SIMULATED").write_text(f"{samples}\n")
 
 
 def _legacy(module: str) -> types.ModuleType:
@@ -164,7 +101,7 @@ def main() -> None:
     for n in args.samples:
         build, shards = args.workdir / f"build-{n}", args.workdir / f"shards-{n}"
         t = time.perf_counter()
-        simulate(build, n)
+        simulate_once(build, n)
         print(f"{n:,} samples: journal simulated in {time.perf_counter() - t:.0f} s "
               f"({sum(p.stat().st_size for p in (build / '_journal').iterdir()) / 2**30:.2f} GiB)", flush=True)
         steps = (["finalize-old", "plan-old"] if n <= args.old_up_to else []) + ["finalize-new", "plan-new"]

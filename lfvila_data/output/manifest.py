@@ -38,7 +38,8 @@ class SortConfig:
     with 4 KB manifest rows (docs/performance.md)."""
 
     run_bytes: int = 256 * 1024**2     # rows buffered before a sorted run is spilled
-    merge_bytes: int = 256 * 1024**2   # read-ahead over all runs while merging
+    merge_group_bytes: int = 1024**2   # what the merge reads ahead per run (one row group)
+    max_runs: int = 64                 # runs merged at once (more: merged in passes)
     chunk_rows: int = 4096             # rows per gather and per Parquet row group
     part_rows: int = 1_000_000         # rows per output part (a multiple of chunk_rows)
 
@@ -125,7 +126,7 @@ class ExternalSort:
     def __init__(self, schema: pa.Schema, sort_by: list[str], cfg: SortConfig | None = None):
         self.schema, self.sort_by, self.cfg = schema, sort_by, cfg or SortConfig()
         self._tmp = tempfile.TemporaryDirectory(prefix="lfvila-sort-")
-        self._runs: list[str] = []
+        self._runs: list[tuple[str, int]] = []  # (file, rows per row group)
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self.rows = 0
@@ -144,32 +145,55 @@ class ExternalSort:
             return
         table = pa.concat_tables(self._buffer)
         self._buffer, self._buffered = [], 0
-        table = table.sort_by([(c, "ascending") for c in self.sort_by])
-        path = f"{self._tmp.name}/run-{len(self._runs):06d}.parquet"
-        pq.write_table(table, path, row_group_size=self.cfg.chunk_rows, compression="lz4")
-        self._runs.append(path)
+        self._write_run([table.sort_by([(c, "ascending") for c in self.sort_by])])
+
+    def _write_run(self, chunks: Iterable[pa.Table]) -> None:
+        """A sorted run on local disk, in row groups of ~merge_group_bytes: the merge
+        reads each run one row group at a time."""
+        path = f"{self._tmp.name}/run-{uuid.uuid4().hex}.parquet"
+        writer, group = None, 16
+        for chunk in chunks:
+            if writer is None:
+                group = max(16, int(self.cfg.merge_group_bytes * chunk.num_rows / max(1, chunk.nbytes)))
+                writer = pq.ParquetWriter(path, self.schema, compression="lz4")
+            writer.write_table(chunk, row_group_size=group)
+        if writer is not None:
+            writer.close()
+            self._runs.append((path, group))
+
+    def _merge(self, runs: list[tuple[str, int]]) -> Iterator[pa.Table]:
+        """The rows of sorted runs in order, `chunk_rows` at a time."""
+        readers = [_Run(p, self.sort_by, group) for p, group in runs]
+        merged = heapq.merge(*(_tagged(run.sort_keys(), i) for i, run in enumerate(readers)))
+        order: list[int] = []
+        for _key, i in merged:
+            order.append(i)
+            if len(order) == self.cfg.chunk_rows:
+                yield _gather(readers, order)
+                order = []
+        if order:
+            yield _gather(readers, order)
+        for p, _ in runs:
+            os.unlink(p)
 
     def sorted_chunks(self) -> Iterator[pa.Table]:
-        """All rows in order, `chunk_rows` at a time; consumes the sorter."""
+        """All rows in order, `chunk_rows` at a time; consumes the sorter. More runs than
+        `max_runs` are first merged in groups into longer runs, so the read-ahead of the
+        final merge stays max_runs row groups however big the table."""
         self._spill()
         try:
-            if not self._runs:
-                return
-            avg = max(1, sum(os.path.getsize(r) for r in self._runs) * 4 // max(1, self.rows))
-            batch = max(64, min(self.cfg.chunk_rows,
-                                self.cfg.merge_bytes // (avg * len(self._runs))))
-            runs = [_Run(p, self.sort_by, batch) for p in self._runs]
-            merged = heapq.merge(*(((k, i) for k in run.sort_keys()) for i, run in enumerate(runs)))
-            order: list[int] = []
-            for _key, i in merged:
-                order.append(i)
-                if len(order) == self.cfg.chunk_rows:
-                    yield _gather(runs, order)
-                    order = []
-            if order:
-                yield _gather(runs, order)
+            while len(self._runs) > self.cfg.max_runs:
+                group, self._runs = self._runs[:self.cfg.max_runs], self._runs[self.cfg.max_runs:]
+                self._write_run(self._merge(group))
+            if self._runs:
+                yield from self._merge(self._runs)
         finally:
             self._tmp.cleanup()
+
+
+def _tagged(keys: Iterator[tuple], run: int) -> Iterator[tuple[tuple, int]]:
+    for key in keys:
+        yield key, run
 
 
 def _gather(runs: list[_Run], order: list[int]) -> pa.Table:

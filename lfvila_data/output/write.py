@@ -289,10 +289,13 @@ def finalize(out: OutputDir, journal: Iterable[tuple[str, str, dict]],
         sorters[DOWNLOADS].add(pa.Table.from_pylist(downloads, schema=DOWNLOAD_SCHEMA))
         batch.clear()
 
+    rows = 0
     for vid, _status, payload in journal:
         batch.append((vid, payload))
-        if len(batch) >= 1024:
+        rows += len(payload["rows"])
+        if rows >= 256:  # a few MB of Python rows at a time
             flush()
+            rows = 0
     flush()
     cfg = sort or SortConfig()
     counts = {n: write_parts(out, n, sorters[n].sorted_chunks(), tables[n], cfg.part_rows)

@@ -232,7 +232,7 @@ class Packer:
 
 
 PLAN_DIR = "_plan"       # the ordered samples of every shard, read by the shard tasks
-BUCKET_ROWS = 50_000     # samples per shuffle bucket: ~200 MB of manifest rows in Arrow
+BUCKET_ROWS = 20_000     # samples per shuffle bucket: ~120 MB of manifest rows in Arrow
 PLAN_GROUP_ROWS = 256    # Parquet row group of a plan file: a task reads only its own
 _SIZE_CHUNK = 2048       # rows turned into Python at a time to size their json and txt
 

@@ -19,8 +19,8 @@ WORDS = ("a", "man", "is", "cutting", "the", "onions", "on", "a", "wooden", "boa
          "dinner")
 
 
-def _texts(rng: random.Random, n: int = 4096) -> list[str]:
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 24))) for _ in range(n)]
+def _texts(rng: random.Random, words: tuple[int, int], n: int = 4096) -> list[str]:
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) for _ in range(n)]
 
 
 def _payload(vid: str, rng: random.Random, texts: list[str], samples: int) -> str:
@@ -50,14 +50,16 @@ def _payload(vid: str, rng: random.Random, texts: list[str], samples: int) -> st
             f'"node":"node-1"}}')
 
 
-def simulate(build: Path, samples: int, seed: int = 0, per_video: int = 3, per_file: int = 64) -> int:
+def simulate(build: Path, samples: int, seed: int = 0, per_video: int = 3, per_file: int = 64,
+             words: tuple[int, int] = (8, 24)) -> int:
     """Journal `samples` samples, `per_video` per video, every 50th video failed (a ledger
-    row), `per_file` videos per journal file as the Journal flushes them. The same seed
-    gives the same videos whatever `per_file`. Returns the number of videos."""
+    row), `per_file` videos per journal file as the Journal flushes them, `words` words
+    per clip text. The same seed gives the same videos whatever `per_file`. Returns the
+    number of videos."""
     shutil.rmtree(build, ignore_errors=True)
     out = OutputDir(str(build))
     rng = random.Random(seed)
-    texts = _texts(rng)
+    texts = _texts(rng, words)
     batch: dict[str, list] = {"video_id": [], "status": [], "payload": []}
     written = videos = files = 0
     while written < samples:

@@ -5,6 +5,7 @@ users do (pandas, pyarrow.dataset) and as our readers do (also an old single fil
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import pandas as pd
@@ -12,11 +13,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from lfvila_data.output.manifest import SortConfig, parquet_files, read_table
+from lfvila_data.output.manifest import ExternalSort, SortConfig, parquet_files, read_table
 from lfvila_data.output.write import OutputDir, finalize, iter_journal, read_journal
 from tests.support.finished import simulate
 
-SMALL = SortConfig(run_bytes=256 * 1024, merge_bytes=512 * 1024, chunk_rows=64, part_rows=256)
+SMALL = SortConfig(run_bytes=256 * 1024, merge_group_bytes=32 * 1024, chunk_rows=64, part_rows=256)
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -53,7 +54,7 @@ def test_finalize_is_byte_identical_whatever_the_journal_and_run_layout(tmp_path
     simulate(a, 500, seed=2, per_file=64)
     simulate(b, 500, seed=2, per_file=7)  # other journal files, same videos
     finalize(OutputDir(str(a)), iter_journal(OutputDir(str(a))), None, SMALL)
-    other = SortConfig(run_bytes=40 * 1024, merge_bytes=64 * 1024, chunk_rows=64, part_rows=256)
+    other = SortConfig(run_bytes=40 * 1024, merge_group_bytes=8 * 1024, chunk_rows=64, part_rows=256)
     finalize(OutputDir(str(b)), iter_journal(OutputDir(str(b))), None, other)
     assert len(list((a / "manifest").iterdir())) == 2
     assert _digests(a) == _digests(b)
@@ -95,3 +96,19 @@ def test_finalize_to_s3(s3, tmp_path):
     assert len(m) == counts["samples_written"] == 120 and list(m.key) == sorted(m.key)
     assert sorted(fs.ls("lfvila-test/out/manifest")) == ["lfvila-test/out/manifest/part-00000.parquet"]
     assert read_table(out.fs, out.root, "downloads").num_rows == 120
+
+
+def test_external_sort_merges_many_runs_into_the_sorted_rows():
+    rng = random.Random(0)
+    rows = [{"video_id": rng.choice("abcdefgh") * 3, "clip_id": rng.choice([None, "c1", "c2"]),
+             "n": rng.randrange(50)} for _ in range(3000)]
+    schema = pa.schema([("video_id", pa.string()), ("clip_id", pa.string()), ("n", pa.int64())])
+    sorter = ExternalSort(schema, ["video_id", "clip_id", "n"],
+                          SortConfig(run_bytes=2048, merge_group_bytes=512, max_runs=8, chunk_rows=100))
+    for i in range(0, 3000, 70):
+        sorter.add(pa.Table.from_pylist(rows[i:i + 70], schema=schema))
+    assert len(sorter._runs) > 20
+    got = pa.concat_tables(list(sorter.sorted_chunks()))
+    want = pa.Table.from_pylist(rows, schema=schema).sort_by(
+        [("video_id", "ascending"), ("clip_id", "ascending"), ("n", "ascending")])
+    assert got.to_pylist() == want.to_pylist()
