@@ -34,6 +34,7 @@ from lfvila_data.output.write import (
     VideoResult,
     finalize,
     is_output_error,
+    iter_journal,
     read_journal,
 )
 from lfvila_data.plan.join import (
@@ -285,8 +286,8 @@ def check_media_settings(out: OutputDir, cfg: BuildConfig) -> list[tuple[str, st
 
 # what the sample settings decide: the media journal, the files and what lists them;
 # the text journal and the plan do not depend on them and are kept
-MEDIA_OUTPUTS = (Journal.DIR, "videos", "_fit", "manifest.parquet", "failures.parquet",
-                 "downloads.parquet", "build.json")
+MEDIA_OUTPUTS = (Journal.DIR, "videos", "_fit", "manifest", "failures", "downloads",
+                 "manifest.parquet", "failures.parquet", "downloads.parquet", "build.json")
 
 
 def record_media_settings(out: OutputDir, cfg: BuildConfig) -> None:
@@ -500,7 +501,7 @@ def _run_leased(cfg: BuildConfig, out: OutputDir, lease: OutputLease, started: f
     previous = reset_stale_journal(out, plan, cfg.plan)
     progress = run_journaled(cfg, out, plan, previous, lease, progress_every_s=progress_every_s)
     lease.check()
-    counts = finalize(out, read_journal(out), read_plan_failures(cfg.output))
+    counts = finalize(out, iter_journal(out), read_plan_failures(cfg.output))
     elapsed = time.time() - started
     record = build_record(cfg, plan, counts, progress, elapsed)
     out.write_json("build.json", record)

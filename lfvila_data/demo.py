@@ -157,8 +157,8 @@ def train_demo(output: str | Path, steps: int, overrides: Iterable[str] = (), co
     splits = {s: sorted(shard_dir.glob(f"{s}-*.tar")) for s in ("train", "val")}
     if not splits["train"]:
         raise ValueError(f"no train shards in {shard_dir}")
-    counts = pd.read_parquet(shard_dir / "manifest.parquet").split.value_counts().to_dict()
-    paragraphs = pd.read_parquet(out / "manifest.parquet").paragraph.tolist()
+    counts = pd.read_parquet(shard_dir / "manifest").split.value_counts().to_dict()
+    paragraphs = pd.read_parquet(out / "manifest").paragraph.tolist()
     tok = write_vocab(out / "tokenizer", paragraphs)
     vocab = len((tok / "vocab.txt").read_text().split())
     n_train = int(counts.get("train", 0))

@@ -14,14 +14,17 @@ import re
 import shutil
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lfvila_data.output.manifest import ExternalSort, SortConfig, write_parts
 from lfvila_data.schemas import FAILURE_SCHEMA, MANIFEST_SCHEMA
 
 DOWNLOAD_SCHEMA = pa.schema([("video_id", pa.string()), ("key", pa.string()),
@@ -219,56 +222,90 @@ def journal_status(out: OutputDir, dir: str = Journal.DIR) -> dict[str, str]:
 
 def iter_journal(out: OutputDir, dir: str = Journal.DIR) -> Iterator[tuple[str, str, dict]]:
     """(video, status, payload) of each video's latest entry, one journal file in memory
-    at a time: a first pass reads only the ids to find which entry is the latest."""
+    at a time: a first pass reads only the ids (into Arrow, a few bytes per entry) to find
+    which entry is the latest."""
     names = out.list(dir, ".parquet")
-    latest: dict[str, tuple[int, int]] = {}
+    ids, ords = [], []
     for i, name in enumerate(names):
         with out.fs.open(name, "rb") as f:
-            ids = pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist()
-        for j, vid in enumerate(ids):
-            latest[vid] = (i, j)
+            col = pq.read_table(f, columns=["video_id"]).column("video_id").combine_chunks()
+        ids.append(col)
+        ords.append(np.arange(len(col), dtype=np.int64) + (i << 32))
+    if not names:
+        return
+    entries = pa.table({"video_id": pa.concat_arrays(ids), "ord": np.concatenate(ords)})
+    latest = np.sort(entries.group_by("video_id").aggregate([("ord", "max")])
+                     .column("ord_max").to_numpy())
+    del entries, ids, ords
     for i, name in enumerate(names):
+        lo, hi = np.searchsorted(latest, [i << 32, (i + 1) << 32])
+        if lo == hi:
+            continue
         with out.fs.open(name, "rb") as f:
-            table = pq.read_table(f)
-        for j, (vid, status, payload) in enumerate(zip(*(table.column(c).to_pylist() for c in
-                                                         ("video_id", "status", "payload")))):
-            if latest.get(vid) == (i, j):
-                yield vid, status, json.loads(payload)
+            table = pq.read_table(f).take(pa.array(latest[lo:hi] - (i << 32)))
+        for vid, status, payload in zip(*(table.column(c).to_pylist() for c in
+                                          ("video_id", "status", "payload"))):
+            yield vid, status, json.loads(payload)
 
 
-def finalize(out: OutputDir, journal: dict[str, tuple[str, dict]],
-             plan_failures: pa.Table | None) -> dict:
-    """Write manifest.parquet, failures.parquet and downloads.parquet; return counts.
+# the output tables: partitioned folders of Parquet parts (output/manifest.py), each sorted
+# by columns that order its rows totally, so the files are the same whatever order videos
+# finished in and however often the job was resumed
+MANIFEST, FAILURES, DOWNLOADS = "manifest", "failures", "downloads"
+TABLE_ORDER = {MANIFEST: ["key"],
+               FAILURES: ["video_id", "clip_id", "stage", "reason", "key", "code", "permanent"],
+               DOWNLOADS: ["video_id", "key", "download_bytes", "node"]}
 
-    Rows are sorted (manifest by key, ledger by video and clip) so the files are the same
-    whatever order videos finished in and however often the job was resumed."""
-    rows, failures, downloads = [], [], []
-    for vid, (_status, payload) in journal.items():
-        rows.extend(payload["rows"])
-        failures.extend(payload["failures"])
-        downloads.extend({"video_id": vid, "key": k, "download_bytes": b,
-                          "node": payload.get("node")}
-                         for k, b in payload["downloads"].items())
-    rows.sort(key=lambda r: r["key"])
-    manifest = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-    ledger = pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA)
+
+def finalize(out: OutputDir, journal: Iterable[tuple[str, str, dict]],
+             plan_failures: pa.Table | None, sort: SortConfig | None = None) -> dict:
+    """Write manifest/, failures/ and downloads/ (partitioned, sorted); return counts.
+
+    The journal is streamed (`iter_journal`) and every table goes through an external
+    sort, so no process holds all rows: an 8.5M-sample build fits a small head node."""
+    tables = {MANIFEST: MANIFEST_SCHEMA, FAILURES: FAILURE_SCHEMA, DOWNLOADS: DOWNLOAD_SCHEMA}
+    sorters = {n: ExternalSort(schema, TABLE_ORDER[n], sort) for n, schema in tables.items()}
+    stages: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    totals = {"duration": 0.0, "bytes": 0, "download_bytes": 0}
+
+    def add_failures(ledger: pa.Table) -> None:
+        stages.update(ledger.column("stage").to_pylist())
+        codes.update(ledger.column("code").to_pylist())
+        sorters[FAILURES].add(ledger)
+
     if plan_failures is not None and plan_failures.num_rows:
-        plan_rows = plan_failures.to_pylist()
-        ledger = pa.concat_tables([pa.Table.from_pylist(plan_rows, schema=FAILURE_SCHEMA), ledger])
-    ledger = ledger.sort_by([("video_id", "ascending"), ("clip_id", "ascending"),
-                             ("stage", "ascending"), ("reason", "ascending")])
-    out.write_table("manifest.parquet", manifest)
-    out.write_table("failures.parquet", ledger)
-    out.write_table("downloads.parquet", pa.Table.from_pylist(downloads, schema=DOWNLOAD_SCHEMA))
-    stages: dict[str, int] = {}
-    for s in ledger.column("stage").to_pylist():
-        stages[s] = stages.get(s, 0) + 1
-    codes: dict[str, int] = {}
-    for c in ledger.column("code").to_pylist():
-        codes[c] = codes.get(c, 0) + 1
-    return {"samples_written": manifest.num_rows,
-            "hours_written": round(sum(manifest.column("duration").to_pylist()) / 3600, 4),
-            "video_bytes": int(sum(manifest.column("bytes").to_pylist())),
-            "failures": ledger.num_rows, "failures_by_stage": stages,
+        add_failures(plan_failures)
+    batch: list[tuple[str, dict]] = []
+
+    def flush() -> None:
+        rows = [r for _, p in batch for r in p["rows"]]
+        manifest = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+        totals["duration"] += sum(r["duration"] for r in rows)
+        totals["bytes"] += sum(int(r["bytes"]) for r in rows)
+        sorters[MANIFEST].add(manifest)
+        add_failures(pa.Table.from_pylist([f for _, p in batch for f in p["failures"]],
+                                          schema=FAILURE_SCHEMA))
+        downloads = [{"video_id": vid, "key": k, "download_bytes": b, "node": p.get("node")}
+                     for vid, p in batch for k, b in p["downloads"].items()]
+        totals["download_bytes"] += sum(d["download_bytes"] for d in downloads)
+        sorters[DOWNLOADS].add(pa.Table.from_pylist(downloads, schema=DOWNLOAD_SCHEMA))
+        batch.clear()
+
+    rows = 0
+    for vid, _status, payload in journal:
+        batch.append((vid, payload))
+        rows += len(payload["rows"])
+        if rows >= 256:  # a few MB of Python rows at a time
+            flush()
+            rows = 0
+    flush()
+    cfg = sort or SortConfig()
+    counts = {n: write_parts(out, n, sorters[n].sorted_chunks(), tables[n], cfg.part_rows)
+              for n in tables}
+    return {"samples_written": counts[MANIFEST],
+            "hours_written": round(totals["duration"] / 3600, 4),
+            "video_bytes": int(totals["bytes"]),
+            "failures": counts[FAILURES], "failures_by_stage": dict(sorted(stages.items())),
             "failures_by_code": dict(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "download_bytes": int(sum(d["download_bytes"] for d in downloads))}
+            "download_bytes": int(totals["download_bytes"])}

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from lfvila_data.inputs import InputError
 from lfvila_data.media.cut import INPUT_GUARD
+from lfvila_data.output import manifest as tables
 from lfvila_data.shards.stats import _kind
 from lfvila_data.shards.write import sample_json
 
@@ -188,17 +189,23 @@ def _picked_rows(fs, root: str, n: int, seed: int) -> tuple[pd.DataFrame, int]:
     """The drawn manifest rows (as pandas gives them) and the number of rows. Only the row
     groups holding drawn rows are read: a build manifest of millions of samples carries
     every clip's text."""
-    with fs.open(f"{root}/manifest.parquet", "rb") as f:
-        pf = pq.ParquetFile(f)
-        total = pf.metadata.num_rows
-        picked, parts, first = pick(total, n, seed), [], 0
-        for g in range(pf.num_row_groups):
-            size = pf.metadata.row_group(g).num_rows
-            local = [i - first for i in picked if first <= i < first + size]
-            if local:
-                parts.append(pf.read_row_group(g).take(local))
-            first += size
-        table = pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table()
+    files = tables.parquet_files(fs, root, "manifest")
+    metas = []
+    for path in files:
+        with fs.open(path, "rb") as f:
+            metas.append(pq.ParquetFile(f).metadata)
+    total = sum(m.num_rows for m in metas)
+    picked, parts, first = pick(total, n, seed), [], 0
+    for path, meta in zip(files, metas):
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            for g in range(pf.num_row_groups):
+                size = meta.row_group(g).num_rows
+                local = [i - first for i in picked if first <= i < first + size]
+                if local:
+                    parts.append(pf.read_row_group(g).take(local))
+                first += size
+    table = pa.concat_tables(parts) if parts else tables.read_schema(fs, files).empty_table()
     return table.to_pandas(), total
 
 

@@ -1,8 +1,9 @@
 """`lfvila-data stats`: the numbers of a build or shard directory, PNG plots of their
 distributions and of the failure codes, and a self-contained index.html.
 
-A build directory is recognised by `manifest.parquet` with a `clips` column (words are
-counted from the texts, failures read from `failures.parquet`); a shard directory by
+A build directory is recognised by a manifest (`manifest/` parts, or an older single
+`manifest.parquet`) with a `clips` column (words are counted from the texts, failures read
+from `failures/`); a shard directory by
 `stats.json` and a manifest with `n_clips`, `duration`, `paragraph_words`, `clip_words`.
 Columns are read with Arrow and words counted by Arrow kernels, so millions of samples
 take seconds; failures are counted by their code."""
@@ -18,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from lfvila_data.output import manifest as tables
 from lfvila_data.plan.join import word_account_rows
 from lfvila_data.progress import human_bytes
 from lfvila_data.records import paragraph
@@ -103,23 +104,17 @@ def failure_stats(failures: pd.DataFrame) -> dict:
                           for r in grouped.head(TOP_CODES).itertuples()]}
 
 
-def _read_table(fs, path: str, columns: list[str] | None = None) -> pa.Table:
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=columns)
-
-
 def _kind(fs, root: str) -> str:
     """'build' or 'shards', from the files present and the manifest's columns."""
-    manifest = f"{root}/manifest.parquet"
-    if not fs.exists(manifest):
-        raise StatsInputError(f"{root!r} has no manifest.parquet: not a build or shard directory")
-    with fs.open(manifest, "rb") as f:
-        names = set(pq.read_schema(f).names)
+    files = tables.parquet_files(fs, root, "manifest")
+    if not files:
+        raise StatsInputError(f"{root!r} has no manifest: not a build or shard directory")
+    names = set(tables.read_schema(fs, files).names)
     if fs.exists(f"{root}/stats.json") and set(SHARD_COLUMNS) <= names:
         return "shards"
     if "clips" in names:
         return "build"
-    raise StatsInputError(f"{root}/manifest.parquet has neither a clips column (build) nor "
+    raise StatsInputError(f"{root}/manifest has neither a clips column (build) nor "
                           f"{', '.join(SHARD_COLUMNS)} with stats.json (shards)")
 
 
@@ -158,7 +153,7 @@ def text_origin(t: pa.Table) -> dict:
 
 def _build_stats(fs, root: str) -> dict:
     cols = ["video_id", "n_clips", "duration", "bytes", "paragraph", "clips", "text_source", "language", "split"]
-    t = _read_table(fs, f"{root}/manifest.parquet")
+    t = tables.read_table(fs, root, "manifest")
     t = t.select([c for c in cols if c in t.column_names])
     clips = pc.list_flatten(t["clips"])
     texts = pc.struct_field(clips, "text") if len(clips) else pa.array([], pa.string())
@@ -173,15 +168,14 @@ def _build_stats(fs, root: str) -> dict:
     if fs.exists(f"{root}/build.json"):  # what planning dropped: not in the ledger, no sample holds it
         with fs.open(f"{root}/build.json", "rb") as f:
             stats["planning"] = json.loads(f.read()).get("plan", {})
-    path = f"{root}/failures.parquet"
-    failures = (_read_table(fs, path).to_pandas() if fs.exists(path)
+    failures = (tables.read_table(fs, root, "failures").to_pandas() if tables.has_table(fs, root, "failures")
                 else pd.DataFrame(columns=["stage", "code", "reason", "permanent"]))
     stats["failures"] = failure_stats(failures)
     return stats
 
 
 def _shard_stats(fs, root: str) -> dict:
-    return shard_table_stats(_read_table(fs, f"{root}/manifest.parquet"))
+    return shard_table_stats(tables.read_table(fs, root, "manifest"))
 
 
 def shard_table_stats(t: pa.Table) -> dict:

@@ -27,6 +27,7 @@ from typing import Callable
 import fsspec
 
 from lfvila_data.media.cut import INPUT_GUARD, MediaError, probe
+from lfvila_data.output import manifest as tables
 from lfvila_data.progress import human_bytes, human_time
 from lfvila_data.records import paragraph, parse_sample_key
 from lfvila_data.shards.write import MAX_TEXT_MEMBER, MEMBER_EXTS, TASKS
@@ -550,22 +551,20 @@ def _split_indexes(fs, root: str) -> list[tuple[str, str]]:
 
 
 def _load_manifest(fs, root: str) -> tuple[dict[str, tuple] | None, str | None]:
-    """key -> (split, shard, offset) from manifest.parquet; None when there is none."""
-    path = f"{root}/manifest.parquet"
-    if not fs.exists(path):
+    """key -> (split, shard, offset) from the manifest (`manifest/` parts or an older
+    `manifest.parquet`); None when there is none."""
+    if not tables.has_table(fs, root, "manifest"):
         return None, None
     try:
-        import pandas as pd
-        with fs.open(path, "rb") as f:
-            df = pd.read_parquet(f, columns=["key", "split", "shard", "offset"])
+        df = tables.read_table(fs, root, "manifest", ["key", "split", "shard", "offset"]).to_pandas()
         rows: dict[str, tuple] = {}
         dup = 0
         for key, split, shard, offset in zip(df.key, df.split, df.shard, df.offset):
             dup += key in rows
             rows[key] = (split, shard, int(offset))
     except Exception as e:  # any unreadable or ill-typed parquet is a finding, not a crash
-        return None, f"manifest.parquet is not readable: {e}"
-    return rows, (f"manifest.parquet has {dup} duplicate key row(s)" if dup else None)
+        return None, f"the manifest is not readable: {e}"
+    return rows, (f"the manifest has {dup} duplicate key row(s)" if dup else None)
 
 
 class Verifier:

@@ -11,25 +11,31 @@ import hashlib
 import io
 import json
 import math
+import os
 import queue
 import tarfile
+import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import fsspec
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from lfvila_data.executor.base import TaskMap, crash_line
 from lfvila_data.inputs import InputError, require, storage_problem_at
+from lfvila_data.output import manifest as tables
 from lfvila_data.output.fingerprint import content, reuse_or_clear
 from lfvila_data.output.write import OutputDir
 from lfvila_data.records import paragraph, relative_time, words_of
-from lfvila_data.schemas import manifest_clips
+from lfvila_data.schemas import MANIFEST_SCHEMA, manifest_clips
 from lfvila_data.shards.stats import shard_table_stats
 
 SPLITS = ("train", "val")
@@ -44,6 +50,9 @@ _PART = 16 * 1024 * 1024  # write buffer; on S3 the multipart part size (>= 5 Mi
 # a json or txt member larger than this is a problem: `verify` rejects it, so the writer
 # leaves out the samples that would need one (a build made with a large --max-text-bytes)
 MAX_TEXT_MEMBER = 16 * 1024 * 1024
+# what `stats` reads back of the shard manifest (not the keys and offsets)
+STATS_COLUMNS = ["split", "shard", "video_id", "n_clips", "duration", "paragraph_words",
+                 "clip_words", "text_source", "language"]
 
 
 @dataclass(frozen=True)
@@ -66,11 +75,14 @@ class ShardConfig:
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """One shard to write: its file name and its samples' rows, in tar order."""
+    """One shard to write: its file name and where its samples' rows are, in tar order:
+    row ranges (URL, first, end) of the plan files under the output's `_plan/`, so that
+    neither the driver nor a task holds more than a few shards' rows."""
 
     split: str
     name: str
-    rows: tuple[dict, ...]
+    parts: tuple[tuple[str, int, int], ...]
+    nsamples: int
 
 
 @dataclass
@@ -192,19 +204,239 @@ def sample_tar_bytes(row: dict) -> int:
     return sum(member_bytes(len(member_name(row["key"], ext)), size) for ext, size in sizes.items())
 
 
-def plan_shards(manifest: pd.DataFrame, cfg: ShardConfig) -> list[ShardPlan]:
-    """Split, shuffle and pack every sample of the manifest into shards."""
-    counts = manifest.groupby("video_id").size().to_dict()
-    val = split_videos(counts, cfg)
-    rows = {r["key"]: r for r in manifest.to_dict("records")}
-    plans: list[ShardPlan] = []
-    for split in SPLITS:
-        keys = [k for k, r in rows.items() if (r["video_id"] in val) == (split == "val")]
-        order = shuffled(keys, cfg.seed, split)
-        groups = pack([(k, sample_tar_bytes(rows[k])) for k in order], cfg)
-        plans += [ShardPlan(split, f"{split}-{i:06d}.tar", tuple(rows[k] for k in g))
-                  for i, g in enumerate(groups)]
-    return plans
+def video_rank(video_id: str, seed: int) -> int:
+    """`_video_rank` as a 64-bit number (its first 16 hex digits): the same order, in a
+    numpy array of 8 bytes per video instead of a 40-character string."""
+    return int(_video_rank(video_id, seed)[:16], 16)
+
+
+def val_rank_limit(ranks: np.ndarray, counts: np.ndarray, cfg: ShardConfig) -> int:
+    """`split_videos` over arrays (a video's rank and its sample count): the val split is
+    the videos whose rank is below the returned limit."""
+    n = len(ranks)
+    if n < 2:
+        return 0
+    order = np.argsort(ranks, kind="stable")
+    if cfg.val_count is not None:
+        reached = np.cumsum(counts[order][:n - 1]) >= cfg.val_count
+        take = 0 if cfg.val_count == 0 else (int(np.argmax(reached)) + 1 if reached.any() else n - 1)
+    else:
+        take = min(n - 1, round(cfg.val_fraction * n))
+    return 0 if take == 0 else int(ranks[order[take - 1]]) + 1
+
+
+class Packer:
+    """`pack` as a stream: samples in, a shard's row range out whenever one is full."""
+
+    def __init__(self, cfg: ShardConfig):
+        self.cfg, self.count, self.used = cfg, 0, 2 * _BLOCK * 10
+
+    def full(self, size: int) -> bool:
+        """Whether a sample of `size` bytes starts a new shard (then counted into it)."""
+        start = (self.cfg.samples_per_shard is not None and self.count >= self.cfg.samples_per_shard) or \
+                (self.count > 0 and self.used + size > self.cfg.max_shard_bytes)
+        if start:
+            self.count, self.used = 0, 2 * _BLOCK * 10
+        self.count += 1
+        self.used += size
+        return start
+
+
+PLAN_DIR = "_plan"       # the ordered samples of every shard, read by the shard tasks
+BUCKET_ROWS = 20_000     # samples per shuffle bucket: ~120 MB of manifest rows in Arrow
+PLAN_GROUP_ROWS = 256    # Parquet row group of a plan file: a task reads only its own
+_SIZE_CHUNK = 2048       # rows turned into Python at a time to size their json and txt
+
+
+@dataclass
+class ShardLayout:
+    """The whole plan as the driver keeps it: shard row ranges, never the rows."""
+
+    shards: list[ShardPlan]
+    layout: str        # what decides every shard's bytes (see `_clear_stale`)
+    duplicates: int    # samples dropped because an earlier input build has the key
+    sources: list[str]
+    text_too_large: int = 0  # samples left out: a json or txt member over MAX_TEXT_MEMBER
+
+
+def _bucket_of(keys: list[str], seed: int, buckets: int) -> np.ndarray:
+    """A seeded hash of each sample key into a bucket: the first step of the shuffle."""
+    return np.fromiter((int.from_bytes(hashlib.sha1(f"{seed}:{k}".encode()).digest()[:8], "little")
+                        % buckets for k in keys), dtype=np.int64, count=len(keys))
+
+
+def _conform(t: pa.Table, build: str) -> pa.Table:
+    """A build's manifest rows in MANIFEST_SCHEMA (older builds lack some columns)."""
+    cols = [t[f.name] if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+            for f in MANIFEST_SCHEMA]
+    try:
+        return pa.Table.from_arrays(cols, schema=MANIFEST_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        raise InputError(f"{build!r}: the manifest has unexpected columns ({e})") from None
+
+
+def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: str,
+                   bucket_rows: int) -> tuple[int, set[str]]:
+    """Stream every build's manifest into seeded buckets (local spill files), each row
+    tagged with its build and its video's rank. Returns (buckets, sources)."""
+    total = 0
+    for d, files in builds:
+        fs, _ = fsspec.core.url_to_fs(d)
+        for path in files:
+            with fs.open(path, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+    n = max(1, -(-total // bucket_rows))
+    schema = MANIFEST_SCHEMA.append(pa.field("_build", pa.int32())).append(pa.field("_rank", pa.uint64()))
+    writers: dict[int, pq.ParquetWriter] = {}
+    sources: set[str] = set()
+    try:
+        for bi, (d, files) in enumerate(builds):
+            fs, _ = fsspec.core.url_to_fs(d)
+            for batch in tables.iter_batches(fs, files, batch_rows=min(65536, bucket_rows)):
+                t = _conform(pa.Table.from_batches([batch]), d)
+                ranks: dict[str, int] = {}
+                vids = t["video_id"].to_pylist()
+                rank = np.fromiter((ranks.setdefault(v, video_rank(v, cfg.seed)) if v not in ranks else ranks[v]
+                                    for v in vids), dtype=np.uint64, count=len(vids))
+                sources.update(s or "hdvila" for s in pc.unique(t["source"]).to_pylist())
+                t = t.append_column("_build", pa.array(np.full(t.num_rows, bi, np.int32))) \
+                     .append_column("_rank", pa.array(rank))
+                bucket = _bucket_of(t["key"].to_pylist(), cfg.seed, n)
+                order = np.argsort(bucket, kind="stable")
+                edges = np.searchsorted(bucket[order], np.arange(n + 1))
+                for b in np.flatnonzero(np.diff(edges)):
+                    if b not in writers:
+                        writers[b] = pq.ParquetWriter(f"{tmp}/bucket-{b:05d}.parquet", schema, compression="lz4")
+                    writers[b].write_table(t.take(pa.array(order[edges[b]:edges[b + 1]])))
+    finally:
+        for w in writers.values():
+            w.close()
+    return n, sources
+
+
+def _dedup(t: pa.Table) -> tuple[pa.Table, int]:
+    """One row per key, the earliest input build's, in key order."""
+    t = t.sort_by([("key", "ascending"), ("_build", "ascending")])
+    if t.num_rows < 2:
+        return t, 0
+    keys = t["key"]
+    first = pc.not_equal(keys.slice(1), keys.slice(0, t.num_rows - 1)).combine_chunks()
+    keep = pa.concat_arrays([pa.array([True]), first])
+    kept = t.filter(keep)
+    return kept, t.num_rows - kept.num_rows
+
+
+def _val_limit(buckets: int, cfg: ShardConfig, tmp: str) -> tuple[int, int]:
+    """The val split's rank limit from every video's rank and sample count (8 + 8 bytes
+    per video, not its rows), and the number of duplicate keys."""
+    ranks, counts, dups = [], [], 0
+    for b in range(buckets):
+        path = f"{tmp}/bucket-{b:05d}.parquet"
+        if not os.path.exists(path):
+            continue
+        t, d = _dedup(pq.read_table(path, columns=["key", "_build", "_rank"]))
+        dups += d
+        per_video = t.group_by("_rank").aggregate([("key", "count")])
+        ranks.append(per_video["_rank"].to_numpy())
+        counts.append(per_video["key_count"].to_numpy())
+    if not ranks:
+        return 0, dups
+    r, c = np.concatenate(ranks), np.concatenate(counts)
+    uniq, inverse = np.unique(r, return_inverse=True)  # a video's samples sit in many buckets
+    return val_rank_limit(uniq, np.bincount(inverse, weights=c).astype(np.int64), cfg), dups
+
+
+def plan_shards(inputs: list[str], output: str, cfg: ShardConfig,
+                bucket_rows: int = BUCKET_ROWS) -> ShardLayout:
+    """Split (whole videos, by seeded rank), shuffle (seeded buckets, then a seeded
+    permutation within each) and pack every sample of the input builds into shards,
+    streaming: the driver holds one bucket at a time. Each split's samples are written in
+    tar order to `_plan/<split>-<bucket>.parquet`; the same inputs and options write the
+    same files and shards on every run."""
+    builds = read_manifests(inputs)
+    out = OutputDir(output)
+    out.fs.makedirs(out.path(PLAN_DIR), exist_ok=True)
+    layout = hashlib.sha256(json.dumps(content(cfg), sort_keys=True).encode())
+    with tempfile.TemporaryDirectory(prefix="lfvila-shardplan-") as tmp:
+        n, sources = _spill_buckets(builds, cfg, tmp, bucket_rows)
+        limit, dups = _val_limit(n, cfg, tmp)
+        shards: dict[str, list[ShardPlan]] = {s: [] for s in SPLITS}
+        current: dict[str, list[list]] = {s: [] for s in SPLITS}  # open shard: [url, first, end]
+        packers = {s: Packer(cfg) for s in SPLITS}
+        too_large = 0
+
+        def close(split: str) -> None:
+            if current[split]:
+                name = f"{split}-{len(shards[split]):06d}.tar"
+                parts = tuple((u, a, e) for u, a, e in current[split])
+                shards[split].append(ShardPlan(split, name, parts, sum(e - a for _, a, e in parts)))
+                layout.update(f"{name};".encode())
+                current[split] = []
+
+        for b in range(n):
+            path = f"{tmp}/bucket-{b:05d}.parquet"
+            if not os.path.exists(path):
+                continue
+            t, _ = _dedup(pq.read_table(path))
+            is_val = pc.less(t["_rank"], pa.scalar(limit, pa.uint64()))
+            for split, rows in (("train", t.filter(pc.invert(is_val))), ("val", t.filter(is_val))):
+                if not rows.num_rows:
+                    continue
+                salt = int.from_bytes(hashlib.sha1(split.encode()).digest()[:4], "little")
+                rows = rows.take(np.random.default_rng([cfg.seed, salt, b]).permutation(rows.num_rows))
+                rows = rows.set_column(rows.schema.get_field_index("_build"), "_build",
+                                       pa.array([builds[i][0] for i in rows["_build"].to_pylist()]))
+                rows = rows.drop_columns(["_rank"])
+                # `verify` rejects a member over MAX_TEXT_MEMBER: such a sample stays out
+                fits = [text_fits(r) for c in range(0, rows.num_rows, _SIZE_CHUNK)
+                        for r in rows.slice(c, _SIZE_CHUNK).to_pylist()]
+                too_large += len(fits) - sum(fits)
+                rows = rows.filter(pa.array(fits, pa.bool_()))
+                if not rows.num_rows:
+                    continue
+                rel = f"{PLAN_DIR}/{split}-{b:05d}.parquet"
+                url = f"{out.url}/{rel}"
+                for c in range(0, rows.num_rows, _SIZE_CHUNK):
+                    for i, row in enumerate(rows.slice(c, _SIZE_CHUNK).to_pylist(), start=c):
+                        if packers[split].full(sample_tar_bytes(row)):
+                            close(split)
+                        if not current[split] or current[split][-1][0] != url:
+                            current[split].append([url, i, i])
+                        current[split][-1][2] = i + 1
+                        layout.update(f"{row['key']}:{row['bytes']}:{row['_build']};".encode())
+                local = Path(tmp) / f"plan-{split}-{b:05d}.parquet"
+                pq.write_table(rows, str(local), row_group_size=PLAN_GROUP_ROWS, compression="zstd")
+                tables.put_local(out, local, rel)
+        for split in SPLITS:
+            close(split)
+    _remove_stale_plan_files(out, {p[0].rsplit("/", 1)[-1] for s in SPLITS for sp in shards[s] for p in sp.parts})
+    return ShardLayout(shards["train"] + shards["val"], layout.hexdigest()[:20], dups, sorted(sources),
+                       too_large)
+
+
+def _remove_stale_plan_files(out: OutputDir, keep: set[str]) -> None:
+    for path in out.list(PLAN_DIR, ""):  # also the temporary file of a killed run
+        if path.rsplit("/", 1)[-1] not in keep:
+            out.fs.rm(path)
+
+
+def plan_rows(plan: ShardPlan) -> list[dict]:
+    """A shard's rows as Python dicts, reading only the plan files' row groups it spans."""
+    rows: list[dict] = []
+    for url, first, end in plan.parts:
+        fs, path = fsspec.core.url_to_fs(url)
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            groups, at, offset = [], 0, None
+            for g in range(pf.num_row_groups):
+                size = pf.metadata.row_group(g).num_rows
+                if at + size > first and at < end:
+                    groups.append(g)
+                    offset = at if offset is None else offset
+                at += size
+            t = pf.read_row_groups(groups)
+        rows += t.slice(first - offset, end - first).to_pylist()
+    return rows
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,7 +483,7 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
-def _write_members(sink: _Hashing, rows: tuple[dict, ...], offsets: list[int]) -> None:
+def _write_members(sink: _Hashing, rows: list[dict], offsets: list[int]) -> None:
     """The tar itself: per sample the mp4 (streamed from its build), the json, the txt.
     Plain "w" mode writes straight through (no 10 KiB stream buffer); big copy buffers
     keep Python out of the byte path."""
@@ -278,12 +510,12 @@ def write_shard(plan: ShardPlan, output: str) -> ShardRecord:
     with out.fs.open(target, "wb", block_size=_PART) as raw:
         sink = _Hashing(raw)
         try:
-            _write_members(sink, plan.rows, offsets)
+            _write_members(sink, plan_rows(plan), offsets)
         finally:
             md5sum = sink.hexdigest()  # also ends the hashing thread on failure
     if out.is_local:
         out.fs.mv(target, final)
-    record = ShardRecord(plan.split, plan.name, len(plan.rows), sink.size, md5sum, offsets)
+    record = ShardRecord(plan.split, plan.name, plan.nsamples, sink.size, md5sum, offsets)
     out.write_json(f"_meta/{plan.name}.json", asdict(record))  # the done marker, last
     return record
 
@@ -301,24 +533,21 @@ def read_record(out: OutputDir, name: str) -> ShardRecord | None:
 # the command
 
 
-def read_manifests(inputs: list[str]) -> tuple[pd.DataFrame, int]:
-    """All build manifests, each row knowing its build directory; duplicate keys (the same
-    sample in two builds) keep the first build's row. Returns (rows, duplicates)."""
-    frames = []
+def read_manifests(inputs: list[str]) -> list[tuple[str, list[str]]]:
+    """Each input build and its manifest files (`manifest/` parts, or the single
+    `manifest.parquet` of older builds); a one-line error for an input that is not a build."""
+    builds = []
     for d in inputs:
-        path = f"{d.rstrip('/')}/manifest.parquet"
-        fs, p = fsspec.core.url_to_fs(path)
-        if not fs.exists(p):
-            problem = storage_problem_at(fs, p)
-            raise InputError(f"{d!r}: {problem}" if problem else f"{d!r} is not a build directory (no manifest.parquet)")
-        with fs.open(p, "rb") as f:
-            df = pd.read_parquet(f)
-        frames.append(df.assign(_build=d.rstrip("/")))
-    if not frames:
+        d = d.rstrip("/")
+        fs, root = fsspec.core.url_to_fs(d)
+        files = tables.parquet_files(fs, root, "manifest")
+        if not files:
+            problem = storage_problem_at(fs, f"{root}/manifest")
+            raise InputError(f"{d!r}: {problem}" if problem else f"{d!r} is not a build directory (no manifest)")
+        builds.append((d, files))
+    if not builds:
         raise InputError("no --input build directory given")
-    df = pd.concat(frames, ignore_index=True)
-    dups = int(df.key.duplicated().sum())
-    return df.drop_duplicates("key", keep="first").reset_index(drop=True), dups
+    return builds
 
 
 def _text_or(value: object, default: str | None) -> str | None:
@@ -326,11 +555,20 @@ def _text_or(value: object, default: str | None) -> str | None:
     return value if isinstance(value, str) and value else default
 
 
-def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> pa.Table:
-    rows = []
+SHARD_MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()), ("split", pa.string()), ("shard", pa.string()), ("offset", pa.int64()),
+    ("index", pa.int32()), ("video_id", pa.string()), ("n_clips", pa.int32()),
+    ("duration", pa.float64()), ("bytes", pa.int64()), ("paragraph_words", pa.int32()),
+    ("clip_words", pa.list_(pa.int32())), ("text_source", pa.string()), ("language", pa.string()),
+    ("dataset_split", pa.string())])
+
+
+def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> Iterator[pa.Table]:
+    """The shard manifest's rows, one shard at a time (unsorted: `run_shard` sorts them)."""
     for plan in plans:
         rec = records[plan.name]
-        for i, row in enumerate(plan.rows):
+        rows = []
+        for i, row in enumerate(plan_rows(plan)):
             rows.append({"key": row["key"], "split": plan.split, "shard": plan.name,
                          "offset": rec.offsets[i], "index": i, "video_id": row["video_id"],
                          "n_clips": len(row["clips"]), "duration": float(row["duration"]),
@@ -340,30 +578,13 @@ def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> p
                          "text_source": _text_or(row.get("text_source"), "metadata"),
                          "language": _text_or(row.get("language"), None),
                          "dataset_split": _text_or(row.get("split"), None)})
-    schema = pa.schema([("key", pa.string()), ("split", pa.string()), ("shard", pa.string()),
-                        ("offset", pa.int64()), ("index", pa.int32()), ("video_id", pa.string()),
-                        ("n_clips", pa.int32()), ("duration", pa.float64()), ("bytes", pa.int64()),
-                        ("paragraph_words", pa.int32()), ("clip_words", pa.list_(pa.int32())),
-                        ("text_source", pa.string()), ("language", pa.string()),
-                        ("dataset_split", pa.string())])
-    return pa.Table.from_pylist(rows, schema=schema).sort_by("key")
+        yield pa.Table.from_pylist(rows, schema=SHARD_MANIFEST_SCHEMA)
 
 
 def wids_index(split: str, records: list[ShardRecord]) -> dict:
     return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split,
             "shardlist": [{"url": r.name, "nsamples": r.nsamples, "filesize": r.filesize,
                            "md5sum": r.md5sum} for r in records]}
-
-
-def _layout_id(plans: list[ShardPlan], cfg: ShardConfig) -> str:
-    """What decides every shard's bytes: the content settings and each shard's samples
-    (hashed as a stream: a plan may list millions of samples)."""
-    h = hashlib.sha256(json.dumps(content(cfg), sort_keys=True).encode())
-    for p in plans:
-        h.update(p.name.encode())
-        for r in p.rows:
-            h.update(f"{r['key']}:{r['bytes']}:{r['_build']};".encode())
-    return h.hexdigest()[:20]
 
 
 def _clear_stale(out: OutputDir, layout: str) -> None:
@@ -379,16 +600,14 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMa
     """Plan every shard, write the unfinished ones through `write` (`executor.pool.RayTasks`
     on a cluster, `executor.base.local_map` in this process), then the index files, the
     manifest and the stats. Returns the stats."""
-    manifest, dups = read_manifests(inputs)
-    fits = [text_fits(r) for r in manifest.to_dict("records")]
-    manifest = manifest[fits] if fits else manifest
-    if manifest.empty:
-        raise InputError("the input builds hold no samples" + (
-            f" whose text fits a {MAX_TEXT_MEMBER} byte member" if fits else ""))
     out = OutputDir(output)
     out.fs.makedirs(out.root, exist_ok=True)
-    plans = plan_shards(manifest, cfg)
-    _clear_stale(out, _layout_id(plans, cfg))
+    layout = plan_shards(inputs, output, cfg)
+    plans = layout.shards
+    if not plans:
+        raise InputError("the input builds hold no samples" + (
+            f" whose text fits a {MAX_TEXT_MEMBER} byte member" if layout.text_too_large else ""))
+    _clear_stale(out, layout.layout)
     records: dict[str, ShardRecord] = {}
     todo = []
     for p in plans:
@@ -414,13 +633,12 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMa
             out.write_json(f"{split}.json", wids_index(split, recs))
         elif out.exists(f"{split}.json"):
             out.fs.rm(out.path(f"{split}.json"))
-    table = shard_manifest(plans, records)
-    out.write_table("manifest.parquet", table)
-    stats = shard_table_stats(table)
+    tables.write_sorted(out, "manifest", shard_manifest(plans, records), SHARD_MANIFEST_SCHEMA, ["key"])
+    stats = shard_table_stats(tables.read_table(out.fs, out.root, "manifest", STATS_COLUMNS))
     stats["bytes"] = int(sum(r.filesize for r in records.values()))  # shard files, not videos
-    stats["duplicate_keys_dropped"] = dups
-    stats["text_too_large_dropped"] = len(fits) - sum(fits)
+    stats["duplicate_keys_dropped"] = layout.duplicates
+    stats["text_too_large_dropped"] = layout.text_too_large
     out.write_json("stats.json", stats)
     out.write_json("shard.json", {"inputs": list(inputs), "config": asdict(cfg),
-                                  "source": sorted(set(manifest.get("source", pd.Series(["hdvila"]))))})
+                                  "source": layout.sources})
     return stats

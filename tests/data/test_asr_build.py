@@ -94,12 +94,12 @@ def test_local_asr_auto(tmp_path, whisper, ray_module):
                           text_opts=asr_opts(whisper),
                           task=TaskContext(output=str(out), source="local",
                                            fetch=FetchConfig(allow_local_files=True))))
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     speech = m[m.video_id == local_video_id((lib / "speech.mp4").resolve())]
     check_asr_samples(speech, 100.0)
     subbed = m[m.video_id == local_video_id((lib / "subbed.mp4").resolve())]
     assert len(subbed) >= 1 and (subbed.text_source == "subtitles").all()  # subtitles win in auto
-    f = pd.read_parquet(out / "failures.parquet")
+    f = pd.read_parquet(out / "failures")
     mute = f[f.video_id == local_video_id((lib / "mute.mp4").resolve())]
     assert mute.stage.tolist() == ["asr"]
     assert "no subtitles" in mute.reason.iloc[0] and "audio" in mute.reason.iloc[0]
@@ -121,7 +121,7 @@ def test_youtube_asr_auto(tmp_path, whisper, ray_module):
         run_build(BuildConfig(metadata=(), text=(), output=str(out), source="youtube", inputs=(str(lst),),
                               plan=PLAN, text_opts=asr_opts(whisper),
                               task=TaskContext(output=str(out), source="youtube")))
-        m = pd.read_parquet(out / "manifest.parquet")
+        m = pd.read_parquet(out / "manifest")
         assert set(m.video_id) == {url_video_id(srv.url("french.html"))}
         check_asr_samples(m, 90.0)
         assert srv.requests["talk.fr.vtt"] == 0  # French was not asked for: never downloaded
@@ -139,7 +139,7 @@ def test_hdvila_asr_always_retranscribes_planned_spans(tmp_path, whisper, ray_mo
                           plan=PLAN, text_opts=asr_opts(whisper, "always"),
                           task=TaskContext(output=str(out)))
         record = run_build(cfg)
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     check_asr_samples(m, 100.0)
     check_word_account(record["plan"])
     assert record["plan"]["words_in_samples"] == sum(len(c["text"].split()) for r in m.itertuples()

@@ -79,7 +79,7 @@ def config(site, out: Path, **kw) -> BuildConfig:
 
 
 def ledger(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(out / "failures.parquet")
+    return pd.read_parquet(out / "failures")
 
 
 def reasons(df: pd.DataFrame, video_id: str) -> str:
@@ -100,7 +100,7 @@ def built(site, tmp_path_factory, ray_module):
 
 def test_manifest(built, site):
     out, record = built
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     assert list(m.key) == [k for k in EXPECTED_KEYS if k != "vidK_00001_00005"]
     assert m.key.is_unique and not m.key.str.contains(r"\.").any()
     for col in ("key", "video_id", "url", "start", "end", "clips", "paragraph", "video", "fps",
@@ -122,7 +122,7 @@ def test_manifest(built, site):
 
 def test_sample_videos_are_exact(built):
     out, _ = built
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     for row in m.itertuples():
         path = out / row.video
         assert path.is_file() and path.stat().st_size == row.bytes
@@ -168,8 +168,8 @@ def test_nothing_written_outside_output(built, site):
     for base in (root, out, out.parent):
         assert not list(base.rglob("*evil*")) and not list(base.parent.glob("*evil*"))
     written = {p.relative_to(out).parts[0] for p in out.rglob("*")}
-    assert written <= {"videos", "plan", "_journal", "_fit", "_media", "manifest.parquet", "failures.parquet",
-                       "downloads.parquet", "build.json"}
+    assert written <= {"videos", "plan", "_journal", "_fit", "_media", "manifest", "failures",
+                       "downloads", "build.json"}
     assert not list(out.rglob("*.part")) and not list(out.rglob("*.tmp"))
     assert not list((root / "scratch").rglob("*.*"))  # downloads are cleaned up
 
@@ -180,24 +180,24 @@ def test_build_json_and_downloads(built):
     assert info["plan_config"]["min_clips"] == 4 and info["plan_config"]["max_gap"] == 3.0
     assert info["cut"]["fps"] == 3.0 and info["counts"]["samples_written"] == 6
     assert info["plan"]["samples"] == 11
-    ledger_codes = pd.read_parquet(out / "failures.parquet").code.value_counts().to_dict()
+    ledger_codes = pd.read_parquet(out / "failures").code.value_counts().to_dict()
     assert info["counts"]["failures_by_code"] == ledger_codes and ledger_codes["past_media_end"] == 8
-    dl = pd.read_parquet(out / "downloads.parquet")
-    assert set(dl.key) == set(pd.read_parquet(out / "manifest.parquet").key)
+    dl = pd.read_parquet(out / "downloads")
+    assert set(dl.key) == set(pd.read_parquet(out / "manifest").key)
     assert (dl.download_bytes > 0).all() and info["counts"]["download_bytes"] == dl.download_bytes.sum()
 
 
 def test_rerun_retries_only_transient_failures(built, site):
     out, _ = built
     srv = site["srv"]
-    before = pd.read_parquet(out / "manifest.parquet")
+    before = pd.read_parquet(out / "manifest")
     srv.requests.clear()
     run_build(config(site, out))
     # vidK failed with 503s before: retried now and done; permanent failures are not retried
     assert srv.requests["k.mp4"] >= 1
     assert srv.requests["gone.mp4"] == 0 and srv.requests["e.mp4"] == 0
     assert srv.requests["a.mp4"] == 0  # finished videos are not fetched again
-    after = pd.read_parquet(out / "manifest.parquet")
+    after = pd.read_parquet(out / "manifest")
     assert list(after.key) == EXPECTED_KEYS
     pd.testing.assert_frame_equal(after[after.key != "vidK_00001_00005"].reset_index(drop=True), before)
     assert "vidK" not in set(ledger(out).video_id)
@@ -205,18 +205,18 @@ def test_rerun_retries_only_transient_failures(built, site):
     run_build(config(site, out, retry_failed=True))
     assert srv.requests["gone.mp4"] == 1 and srv.requests["d.mp4"] >= 1  # vidD lost clips
     assert srv.requests["a.mp4"] == 0  # vidA's missing text is a plan failure: nothing to retry
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), after)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest"), after)
 
 
 def test_lost_journal_reuses_finished_files(built, site):
     """Files written before a crash that never reached the journal are reused, not redone."""
     out, _ = built
-    expected = pd.read_parquet(out / "manifest.parquet")
+    expected = pd.read_parquet(out / "manifest")
     shutil.rmtree(out / "_journal")
     site["srv"].requests.clear()
     run_build(config(site, out))
     assert site["srv"].requests["a.mp4"] == 0 and site["srv"].requests["k.mp4"] == 0
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), expected)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest"), expected)
 
 
 def test_lost_journal_reuses_files_of_trimmed_samples(built, site):
@@ -224,13 +224,13 @@ def test_lost_journal_reuses_files_of_trimmed_samples(built, site):
     under the fitted key. Without the journal, a rerun finds those files (and the clips
     they lost) without downloading or cutting again."""
     out, _ = built
-    expected, failures = pd.read_parquet(out / "manifest.parquet"), ledger(out)
+    expected, failures = pd.read_parquet(out / "manifest"), ledger(out)
     assert {"vidD_00001_00004", "vidF_00001_00006"} <= set(expected.key)
     shutil.rmtree(out / "_journal")
     site["srv"].requests.clear()
     run_build(config(site, out))
     assert site["srv"].requests["d.mp4"] == 0 and site["srv"].requests["f.mp4"] == 0
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), expected)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest"), expected)
     pd.testing.assert_frame_equal(ledger(out), failures)
 
 
@@ -255,17 +255,17 @@ def _kill_when(cmd: list[str], ready, timeout: float = 240) -> None:
 @pytest.mark.parametrize("when", ["planned", "first-sample"])
 def test_kill_9_then_rerun_gives_the_same_manifest(built, site, tmp_path, when):
     out = tmp_path / "out"
-    reference = pd.read_parquet(built[0] / "manifest.parquet")
+    reference = pd.read_parquet(built[0] / "manifest")
     if when == "planned":
         ready = lambda: (out / "plan" / "_SUCCESS.json").exists()
     else:
         ready = lambda: any((out / "videos").rglob("*.mp4"))
     _kill_when(cli(site, out), ready)
-    assert not (out / "manifest.parquet").exists()
+    assert not (out / "manifest").exists()
     done = subprocess.run(cli(site, out), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "build of" in done.stdout and "samples written" in done.stdout
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     pd.testing.assert_frame_equal(m.drop(columns="video"), reference.drop(columns="video"))
     assert not list(out.rglob("*.part"))
     assert sorted(p.name for p in (out / "videos").rglob("*")  if p.is_file()) == \
@@ -307,7 +307,7 @@ def test_hdvila_build_shards_verifies_and_loads(built, tmp_path):
     """build -> shard -> verify -> the model's loader; HD-VILA clips are one sentence each."""
     from tests.support.endtoend import shard_verify_load
 
-    m = pd.read_parquet(built[0] / "manifest.parquet")  # earlier tests may have rerun the build
+    m = pd.read_parquet(built[0] / "manifest")  # earlier tests may have rerun the build
     got = shard_verify_load([built[0]], tmp_path, multi_sentence=False)
     assert got == {"samples": len(m), "loaded": int((m.n_clips >= 4).sum()), "sentences": int(m.n_clips.sum())}
 

@@ -20,12 +20,12 @@ def test_demo_builds_shards_and_trains(tmp_path):
                         "--videos", "2", "--clips", "8", "--max-clips", "4", "--train-steps", "3"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     assert len(m) == 4 and (m.n_clips == 4).all()
     assert m.paragraph.str.contains("red|green|blue|yellow|purple|orange|black|white").all()
-    assert pd.read_parquet(out / "failures.parquet").empty
+    assert pd.read_parquet(out / "failures").empty
     assert all((out / v).stat().st_size > 0 for v in m.video)
-    shards = pd.read_parquet(out / "shards" / "manifest.parquet")
+    shards = pd.read_parquet(out / "shards" / "manifest")
     assert set(shards.key) == set(m.key) and set(shards.split) == {"train", "val"}
     # training: a vocabulary of the corpus, a checkpoint, per-step metrics, retrieval on each split
     vocab = (out / "tokenizer" / "vocab.txt").read_text().split()
@@ -53,7 +53,7 @@ def test_demo_train_steps_zero_skips_training(tmp_path):
                         "--videos", "1", "--clips", "4", "--max-clips", "4", "--train-steps", "0"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (out / "shards" / "manifest.parquet").is_file() and not (out / "train").exists()
+    assert (out / "shards" / "manifest").is_dir() and not (out / "train").exists()
 
 
 def test_the_data_package_never_imports_the_model_package():

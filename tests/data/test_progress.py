@@ -64,7 +64,7 @@ def test_ray_build_reports_samples_while_a_long_video_is_cut(long_video, tmp_pat
     out = tmp_path / "out"
     record = run_build(config(long_video, out), progress_every_s=0)
     assert record["counts"]["samples_written"] == SAMPLES
-    manifest = pd.read_parquet(out / "manifest.parquet")
+    manifest = pd.read_parquet(out / "manifest")
     check_moves_during_the_video(progress_lines(capsys.readouterr().err),
                                  float((manifest.end - manifest.start).sum()))
 

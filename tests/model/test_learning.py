@@ -50,7 +50,7 @@ def corpus(tmp_path_factory, ray_module):
                              cut=CutConfig(height=96))))
     shards = root / "shards"
     run_shard([str(build)], str(shards), ShardConfig(val_count=0, samples_per_shard=4), write=RayTasks())
-    paragraphs = pd.read_parquet(build / "manifest.parquet").paragraph.tolist()
+    paragraphs = pd.read_parquet(build / "manifest").paragraph.tolist()
     return {"shards": sorted(str(p) for p in shards.glob("*.tar")), "paragraphs": paragraphs,
             "tokenizer": write_vocab(root / "tokenizer", paragraphs), "root": root}
 

@@ -40,7 +40,7 @@ def shard_verify_load(builds: list[Path], root: Path, *, multi_sentence: bool = 
     from lfvila_data.shards.write import ShardConfig, run_shard
     from lfvila_model.data import DataConfig, load_tokenizer, make_loader
 
-    manifest = pd.concat([pd.read_parquet(b / "manifest.parquet") for b in builds], ignore_index=True)
+    manifest = pd.concat([pd.read_parquet(b / "manifest") for b in builds], ignore_index=True)
     assert len(manifest), "the build made no samples"
     sentences = {(r.key, c["clip_id"]): len(c["sentences"]) for r in manifest.itertuples() for c in r.clips}
     if multi_sentence:

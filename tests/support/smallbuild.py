@@ -45,7 +45,7 @@ class SmallSite:
     def build(self, out: Path) -> Path:
         """A finished build with the default settings in `out`."""
         run_build(self.config(out))
-        assert list(pd.read_parquet(out / "manifest.parquet").key) == KEYS
+        assert list(pd.read_parquet(out / "manifest").key) == KEYS
         return out
 
     def cli(self, out: Path, *extra: str) -> list[str]:

@@ -56,14 +56,14 @@ def test_build_on_two_nodes(cluster, tmp_path):
         run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(out),
                               plan=PlanConfig(num_buckets=3), task=task,
                               ray_address=cluster.address))
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     assert list(m.key) == [f"clusterv{i}_00001_00005" for i in range(6)]
     for row in m.itertuples():
         times = decode_times(out / row.video)
         assert row.start - 0.25 <= times[0] <= row.start + 1 / 3
-    nodes = pd.read_parquet(out / "downloads.parquet").node
+    nodes = pd.read_parquet(out / "downloads").node
     assert nodes.notna().all() and nodes.nunique() == 2  # work ran on both nodes
-    assert pd.read_parquet(out / "failures.parquet").empty
+    assert pd.read_parquet(out / "failures").empty
 
 
 def _free_ports(n: int) -> list[int]:

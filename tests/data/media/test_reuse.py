@@ -40,7 +40,7 @@ def corrupt_middle(path) -> None:
 def test_a_damaged_sample_is_redone_alone(small_build, tmp_path, damage, lose_journal):
     site, built = small_build
     out = copy_build(built, tmp_path / "out")
-    expected = pd.read_parquet(out / "manifest.parquet")
+    expected = pd.read_parquet(out / "manifest")
     bad = out / expected.set_index("key").loc[BAD, "video"]
     good_bytes = bad.read_bytes()
     damage(bad)
@@ -55,18 +55,18 @@ def test_a_damaged_sample_is_redone_alone(small_build, tmp_path, damage, lose_jo
             if k.startswith("videos/") and BAD not in k} == neighbours
     assert bad.read_bytes() == good_bytes  # made again, the same way
     got = read_video_stream(bad)
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     row = m.set_index("key").loc[BAD]
     assert got["height"] == 240 and abs(got["frames"] - (row.end - row.start) * 3) <= 1
     assert list(m.key) == KEYS
     pd.testing.assert_frame_equal(m, expected)
-    assert not len(pd.read_parquet(out / "failures.parquet"))
+    assert not len(pd.read_parquet(out / "failures"))
 
 
 def test_a_file_unlike_its_plan_is_not_reused(small_build):
     """The packet check alone (no journal): a file cut short or with another size or rate."""
     built = small_build[1]
-    row = next(r for r in pq.read_table(built / "manifest.parquet").to_pylist() if r["key"] == BAD)
+    row = next(r for r in pq.read_table(built / "manifest").to_pylist() if r["key"] == BAD)
     sample = manifest_row_to_sample(row)
     found = probe(built / row["video"])
     assert reuse_problem(found, sample, CutConfig()) is None

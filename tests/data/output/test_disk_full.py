@@ -34,7 +34,7 @@ def test_full_output_stops_the_build_and_a_rerun_completes(site, tmp_path, small
     assert len(errors) == 1 and f"the output {out} cannot be written" in errors[0]
     assert "No space left on device" in errors[0] and "rerun the same command" in errors[0]
     assert len(site.server.requests) < VIDEOS, r.stderr  # stopped early, not after failing every video
-    assert not (out / "manifest.parquet").exists()
+    assert not (out / "manifest").exists()
     journaled = [f for _, payload in read_journal(OutputDir(str(out))).values() for f in payload["failures"]]
     assert not [f for f in journaled if f["permanent"]]
     assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".part"))]
@@ -42,5 +42,5 @@ def test_full_output_stops_the_build_and_a_rerun_completes(site, tmp_path, small
     subprocess.run(["mount", "-o", "remount,size=8m", str(out)], check=True)  # space freed
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert list(pd.read_parquet(out / "manifest.parquet").key) == site.keys
-    assert pd.read_parquet(out / "failures.parquet").empty
+    assert list(pd.read_parquet(out / "manifest").key) == site.keys
+    assert pd.read_parquet(out / "failures").empty

@@ -68,7 +68,7 @@ def test_a_rerun_after_kill_9_cleans_up_and_completes(site, tmp_path):
     rerun = site.build_cmd(out, work, "--download-concurrency", "1")
     r = subprocess.run(rerun, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert list(pd.read_parquet(out / "manifest.parquet").key) == site.keys
+    assert list(pd.read_parquet(out / "manifest").key) == site.keys
     assert not scratch.exists()
     assert not _junk(out)
     assert not [p for p in recorded if _running(p)], "the killed job's Ray outlived the rerun's start"

@@ -41,9 +41,9 @@ def test_two_builds_into_one_output(site, tmp_path):
     lines = [ln for ln in refused.splitlines() if "error:" in ln]
     assert len(lines) == 1 and f"{out} is in use by lfvila-data build on {socket.gethostname()} pid " in lines[0]
     assert " since " in lines[0]
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     assert list(m.key) == site.keys
-    assert pd.read_parquet(out / "failures.parquet").empty
+    assert pd.read_parquet(out / "failures").empty
     for rel, start in zip(m.video, m.start):
         times = decode_times(out / rel)
         assert len(times) > 0 and abs(times[0] - start) <= 0.5
@@ -62,7 +62,7 @@ def test_a_live_lease_refuses_and_a_dead_one_is_taken_over(site, tmp_path, ray_l
     dead.wait()
     _lease_file(out, dead.pid, time.time())  # killed with -9: its heartbeat is still fresh
     run_build(cfg)
-    assert list(pd.read_parquet(out / "manifest.parquet").key) == site.keys
+    assert list(pd.read_parquet(out / "manifest").key) == site.keys
     assert not (out / LEASE).exists()
 
 
@@ -115,7 +115,7 @@ def test_s3_build_that_lost_its_lease_stops(site, tmp_path, s3):  # noqa: F811
     assert rc == 3, err[-3000:]
     assert "lost the lease on s3://lfvila-test/out: lfvila-data build on elsewhere pid 1 took it over" in err
     fs.invalidate_cache()
-    assert not fs.exists("lfvila-test/out/manifest.parquet")
+    assert not fs.exists("lfvila-test/out/manifest")
     assert json.loads(fs.cat_file(f"lfvila-test/out/{LEASE}"))["token"] == "taker"
 
 

@@ -41,13 +41,13 @@ def test_build_from_and_to_s3(s3, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         fs.invalidate_cache()
         opts = {"endpoint_url": env["AWS_ENDPOINT_URL"]}
-        m = pd.read_parquet("s3://lfvila-test/out/manifest.parquet", storage_options=opts)
+        m = pd.read_parquet("s3://lfvila-test/out/manifest", storage_options=opts)
         assert list(m.key) == ["s3vid0_00001_00005", "s3vid1_00001_00005"]
         local = tmp_path / "v.mp4"
         fs.get_file(f"lfvila-test/out/{m.video[0]}", str(local))
         times = decode_times(local)
         assert m.start[0] - 0.25 <= times[0] <= m.start[0] + 1 / 3
-        assert pd.read_parquet("s3://lfvila-test/out/failures.parquet", storage_options=opts).empty
+        assert pd.read_parquet("s3://lfvila-test/out/failures", storage_options=opts).empty
         # a plain rerun finds every journaled sample unchanged in the bucket: nothing fetched
         srv.requests.clear()
         r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=run_env)
@@ -59,7 +59,7 @@ def test_build_from_and_to_s3(s3, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         assert sum(srv.requests.values()) == 0
         fs.invalidate_cache()
-        again = pd.read_parquet("s3://lfvila-test/out/manifest.parquet", storage_options=opts)
+        again = pd.read_parquet("s3://lfvila-test/out/manifest", storage_options=opts)
         pd.testing.assert_frame_equal(again, m)
     # shards from the build in the bucket, into the bucket
     r = subprocess.run([sys.executable, "-m", "lfvila_data.cli", "shard", "--input",
@@ -74,7 +74,7 @@ def test_build_from_and_to_s3(s3, tmp_path):
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
     assert len(names) == 3 * shard["nsamples"] and names[0].endswith(".mp4")
-    sm = pd.read_parquet("s3://lfvila-test/shards/manifest.parquet", storage_options=opts)
+    sm = pd.read_parquet("s3://lfvila-test/shards/manifest", storage_options=opts)
     assert set(sm.key) == set(m.key) and set(sm.split) == {"train", "val"}
 
 

@@ -77,7 +77,7 @@ def test_rebuild_makes_every_sample_with_the_new_settings(small_build, tmp_path)
     out = copy_build(built, tmp_path / "out")
     plan_before = {k: v for k, v in file_facts(out).items() if k.startswith("plan/")}
     run_build(site.config(out, cut=CutConfig(fps=1, height=120), rebuild=True))
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     assert list(m.key) == KEYS
     for row in m.itertuples():
         got = read_video_stream(out / row.video)

@@ -149,9 +149,9 @@ def test_groups_build_shards_verifies_and_loads(tmp_path, ray_local):
                               task=TaskContext(output=str(out), fetch=FetchConfig(retries=0),
                                                workdir=str(tmp_path / "scratch"))))
 
-    manifest = pd.read_parquet(out / "manifest.parquet")
+    manifest = pd.read_parquet(out / "manifest")
     assert sorted(manifest.key) == ["vA_00001_00007", "vB_00001_00003", "vB_00004_00008"]
     assert sorted([c["clip_id"] for c in clips] for clips in manifest.clips) == sorted(want)
-    assert pd.read_parquet(out / "failures.parquet").code.tolist() == ["clip_in_two_groups"]
+    assert pd.read_parquet(out / "failures").code.tolist() == ["clip_in_two_groups"]
     got = shard_verify_load([out], tmp_path, multi_sentence=False)
     assert got == {"samples": 3, "loaded": 2, "sentences": 13}

@@ -225,7 +225,7 @@ def test_browse_build_and_shards_in_chromium(built, tmp_path):
     from lfvila_data.cli import app
 
     build, shards = built
-    m = pd.read_parquet(build / "manifest.parquet")
+    m = pd.read_parquet(build / "manifest")
     result = write_browse(str(build), samples=3, seed=1)
     assert result.page == build / "browse" / "index.html" and result.missing_images == 0
     parsed = check_page(result.page, m, 3)

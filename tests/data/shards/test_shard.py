@@ -88,7 +88,7 @@ def shards(builds, tmp_path_factory, ray_module):
 def build_rows(builds) -> dict[str, dict]:
     rows = {}
     for b in builds:
-        for r in pd.read_parquet(b / "manifest.parquet").to_dict("records"):
+        for r in pd.read_parquet(b / "manifest").to_dict("records"):
             rows[r["key"]] = dict(r, _build=b)
     return rows
 
@@ -101,7 +101,7 @@ def test_layout_and_index(shards, builds):
     out, stats = shards
     rows = build_rows(builds)
     assert len(rows) == 12 and stats["samples"] == 12 and stats["videos"] == 6
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     assert set(m.key) == set(rows)
     val_videos = set(m[m.split == "val"].video_id)
     assert val_videos and not val_videos & set(m[m.split == "train"].video_id)
@@ -122,7 +122,7 @@ def test_layout_and_index(shards, builds):
 def test_tarfile_reader_matches_the_build(shards, builds):
     out, _ = shards
     rows = build_rows(builds)
-    m = pd.read_parquet(out / "manifest.parquet").set_index("key")
+    m = pd.read_parquet(out / "manifest").set_index("key")
     seen = set()
     for tar_path in sorted(out.glob("*.tar")):
         with tarfile.open(tar_path) as tar:
@@ -170,7 +170,7 @@ def test_wids_reader(shards, builds):
     import wids
     out, _ = shards
     rows = build_rows(builds)
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     keys = set()
     for split in ("train", "val"):
         ds = wids.ShardListDataset(str(out / f"{split}.json"), cache_dir=str(out.parent / "wids-cache"))
@@ -229,7 +229,8 @@ def test_identical_bytes_on_rerun_and_on_another_run_without_ray(shards, builds,
     other = tmp_path / "again"  # the stage in this process: the same bytes
     run_shard([str(b) for b in builds], str(other), ShardConfig(val_count=2, samples_per_shard=3), write=local_map)
     assert {p.name: md5(p) for p in other.glob("*.tar")} == before
-    assert (other / "manifest.parquet").read_bytes() == (out / "manifest.parquet").read_bytes()
+    assert {p.name: p.read_bytes() for p in (other / "manifest").iterdir()} == \
+        {p.name: p.read_bytes() for p in (out / "manifest").iterdir()}
 
 
 def test_kill_9_then_rerun_completes_identically(shards, builds, tmp_path):
@@ -247,7 +248,7 @@ def test_kill_9_then_rerun_completes_identically(shards, builds, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the shard job ended before the kill"
     assert list(target.glob("_meta/*.tar.json")), "killed before any shard was written"
-    assert not (target / "manifest.parquet").exists()  # the set was left incomplete
+    assert not (target / "manifest").exists()  # the set was left incomplete
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert {p.name: md5(p) for p in target.glob("*.tar")} == reference
@@ -314,7 +315,7 @@ def test_json_times_lie_within_a_sample_file_shorter_than_its_span(tmp_path, ray
         build = tmp_path / "build"
         run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(build),
                               task=TaskContext(output=str(build), fetch=FetchConfig(retries=2, backoff=0.1))))
-    [row] = pd.read_parquet(build / "manifest.parquet").to_dict("records")
+    [row] = pd.read_parquet(build / "manifest").to_dict("records")
     assert row["clips"][-1]["end"] == 18.4 and row["duration"] < 18.4 - row["start"]
 
     out = tmp_path / "shards"
@@ -344,14 +345,15 @@ def test_a_text_verify_would_reject_is_left_out_not_sharded(builds, tmp_path):
 
     build = tmp_path / "build"
     shutil.copytree(builds[0], build)
-    table = pq.read_table(build / "manifest.parquet")
+    table = pq.read_table(build / "manifest")
     rows = table.to_pylist()
     rows[0]["clips"][0]["text"] = "word " * (MAX_TEXT_MEMBER // 5 + 1)
+    shutil.rmtree(build / "manifest")  # an older build's single manifest file, as a build of it
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), build / "manifest.parquet")
     out = tmp_path / "shards"
     stats = run_shard([str(build)], str(out), ShardConfig(val_count=0), write=local_map)
     assert stats["text_too_large_dropped"] == 1
-    keys = set(pd.read_parquet(out / "manifest.parquet").key)
+    keys = set(pd.read_parquet(out / "manifest").key)
     assert keys == {r["key"] for r in rows[1:]}
     report = verify_shards(str(out), decode=False)
     assert report.ok, report.render()

@@ -106,7 +106,7 @@ def anet_build(tmp_path_factory, ray_module):
 
 def test_one_sample_per_video_with_the_annotated_segments(anet_build):
     root, out, _ = anet_build
-    m = pd.read_parquet(out / "manifest.parquet").set_index("key")
+    m = pd.read_parquet(out / "manifest").set_index("key")
     assert sorted(m.index) == ["v_badsegment_00001_00004", "v_overlapAAAA_00001_00005"]
     a = m.loc["v_overlapAAAA_00001_00005"]
     assert (a.video_id, a.source, a.start, a.end, a.split) == ("v_overlapAAAA", "activitynet", 0.0, 30.0, "val1")
@@ -124,7 +124,7 @@ def test_one_sample_per_video_with_the_annotated_segments(anet_build):
 
 def test_bad_cases_are_coded_ledger_rows(anet_build):
     _, out, _ = anet_build
-    f = pd.read_parquet(out / "failures.parquet")
+    f = pd.read_parquet(out / "failures")
     assert sorted(zip(f.video_id, f.stage, f.code)) == [
         ("v_badsegment", "metadata", "bad_span"), ("v_badsegment", "metadata", "no_text"),
         ("v_badsegment", "metadata", "segment_outside_video"), ("v_missingfile", "download", "not_found")]
@@ -148,7 +148,7 @@ def test_shards_carry_task_and_split_and_load(anet_build, tmp_path):
 
 def test_rerun_resumes_to_the_same_manifest(anet_build):
     _, out, cfg = anet_build
-    before = pd.read_parquet(out / "manifest.parquet")
+    before = pd.read_parquet(out / "manifest")
     record = run_build(cfg)
     assert record["last_run"]["videos_processed"] == 0  # everything journaled as done
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), before)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest"), before)

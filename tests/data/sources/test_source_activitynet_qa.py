@@ -52,7 +52,7 @@ def anqa_build(tmp_path_factory, ray_module):
 
 def test_one_whole_video_sample_per_video(anqa_build):
     _, out = anqa_build
-    m = pd.read_parquet(out / "manifest.parquet").set_index("key")
+    m = pd.read_parquet(out / "manifest").set_index("key")
     assert sorted(m.index) == ["anqaBBBBBBB_00001_00001", "v_anqaAAAAAAA_00001_00001"]
     a = m.loc["v_anqaAAAAAAA_00001_00001"]
     assert (a.source, a.split, a.paragraph, a.start) == ("activitynet-qa", "test", "", 0.0)

@@ -50,7 +50,7 @@ def cmd_build(tmp_path_factory, ray_module):
 
 def test_one_sample_per_clip_with_its_description(cmd_build):
     _, out = cmd_build
-    m = pd.read_parquet(out / "manifest.parquet").set_index("key")
+    m = pd.read_parquet(out / "manifest").set_index("key")
     assert sorted(m.index) == ["cmAAAAAAAAA_00001_00001", "cmBBBBBBBBB_00001_00001"]
     a, b = m.loc["cmAAAAAAAAA_00001_00001"], m.loc["cmBBBBBBBBB_00001_00001"]
     assert (a.source, a.split, a.paragraph) == ("condensed-movies", "all",

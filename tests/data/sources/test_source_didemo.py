@@ -73,7 +73,7 @@ def didemo_build(tmp_path_factory, ray_module):
 
 def test_one_sample_per_video_with_its_moments(didemo_build):
     _, out = didemo_build
-    m = pd.read_parquet(out / "manifest.parquet").set_index("key")
+    m = pd.read_parquet(out / "manifest").set_index("key")
     assert sorted(m.index) == [f"{A_ID}_00001_00004", "99_N01_222_bbb_00001_00001"]
     a = m.loc[f"{A_ID}_00001_00004"]
     assert (a.video_id, a.source, a.start, a.split) == (A_ID, "didemo", 0.0, "train")

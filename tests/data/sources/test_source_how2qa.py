@@ -76,7 +76,7 @@ def how2qa_build(tmp_path_factory, ray_module):
 
 def test_one_sample_per_clip_with_subtitles_and_questions(how2qa_build):
     _, out = how2qa_build
-    m = pd.read_parquet(out / "manifest.parquet").set_index("key")
+    m = pd.read_parquet(out / "manifest").set_index("key")
     assert sorted(m.index) == [f"{A}_00001_00003", f"{B}_00001_00001"]
     a = m.loc[f"{A}_00001_00003"]
     assert (a.source, a.split, a.paragraph) == ("how2qa", "val", "so today we cook take a cup and pour")

@@ -77,7 +77,7 @@ def local_build(tmp_path_factory, ray_module):
 
 def test_local_build_samples_and_text(local_build):
     out, lib = local_build
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     talk = m[m.video_id == local_video_id((lib / "talk.mp4").resolve())]
     # 25 cues of 3 s every 3.5 s: clips of 3 sentences (10 s), chunks of 4 clips, a tail of 1 dropped
     assert [k.split("_", 1)[1] for k in talk.key] == ["00001_00004", "00005_00008"]
@@ -103,7 +103,7 @@ def test_local_build_samples_and_text(local_build):
 
 def test_local_build_ledger(local_build):
     out, lib = local_build
-    f = pd.read_parquet(out / "failures.parquet")
+    f = pd.read_parquet(out / "failures")
     silent = f[f.video_id == local_video_id((lib / "silent.mp4").resolve())]
     assert "no subtitles" in silent.reason.iloc[0] and silent.code.tolist() == ["no_subtitles"]
     garbage = f[f.video_id == local_video_id((lib / "garbage.mp4").resolve())]
@@ -135,7 +135,7 @@ def test_local_build_shards_verifies_and_loads(local_build, tmp_path):
     from tests.support.endtoend import shard_verify_load
 
     out, _ = local_build
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     got = shard_verify_load([out], tmp_path)
     assert got["samples"] == len(m) and got["loaded"] == int((m.n_clips >= 4).sum())
 
@@ -180,8 +180,8 @@ def test_symlinked_video_build_reads_the_links_subtitles(tmp_path, ray_local):
     run_build(BuildConfig(metadata=(), text=(), output=str(out), source="local", inputs=(str(lib),),
                           plan=plan, task=TaskContext(output=str(out),
                                                       fetch=FetchConfig(allow_local_files=True))))
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     assert len(m) == 1 and m.paragraph.str.startswith("Link sentence number 1.").iloc[0]
     assert not m.paragraph.str.contains("Target").any()
     assert (m.video_id == local_video_id(link)).all()  # the id is the path the user gave
-    assert len(pd.read_parquet(out / "failures.parquet")) == 0
+    assert len(pd.read_parquet(out / "failures")) == 0

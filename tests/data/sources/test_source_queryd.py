@@ -85,7 +85,7 @@ def queryd_build(tmp_path_factory, ray_module):
 
 def test_one_sample_per_video_with_its_descriptions(queryd_build):
     _, out = queryd_build
-    m = pd.read_parquet(out / "manifest.parquet").set_index("key")
+    m = pd.read_parquet(out / "manifest").set_index("key")
     assert sorted(m.index) == [f"{A}_00001_00004", f"{B}_00001_00001"]
     a = m.loc[f"{A}_00001_00004"]
     assert (a.video_id, a.source, a.start, a.split) == (A, "queryd", 0.0, "test")

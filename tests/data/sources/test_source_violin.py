@@ -50,7 +50,7 @@ def violin_build(tmp_path_factory, ray_module):
 
 def test_one_sample_per_clip_and_coded_ledger_rows(violin_build):
     _, out = violin_build
-    m = pd.read_parquet(out / "manifest.parquet").set_index("key")
+    m = pd.read_parquet(out / "manifest").set_index("key")
     assert sorted(m.index) == [f"{A}_00001_00003", f"{B}_00001_00001"]
     a = m.loc[f"{A}_00001_00003"]
     assert (a.source, a.split, a.paragraph) == ("violin", "test", "Hi Ross. Hey! Coffee?")

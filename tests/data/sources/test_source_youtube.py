@@ -154,7 +154,7 @@ def youtube_build(site, tmp_path_factory, ray_module):
 
 def test_youtube_build_samples(youtube_build):
     out, _cfg, ids, record = youtube_build
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     # 16 cues of 3 s every 3.5 s: 5 clips of 3 sentences; one chunk of 4 clips, a tail of 1 dropped
     assert list(m.key) == [f"{ids['talk']}_00001_00004"]
     assert [len(c["sentences"]) for c in m.clips.iloc[0]] == [3, 3, 3, 3]
@@ -172,7 +172,7 @@ def test_youtube_build_samples(youtube_build):
 
 def test_youtube_build_ledger(youtube_build):
     out, _cfg, ids, _ = youtube_build
-    f = pd.read_parquet(out / "failures.parquet")
+    f = pd.read_parquet(out / "failures")
 
     def reasons(name: str) -> list[str]:
         return f[f.video_id == ids[name]].reason.tolist()
@@ -195,11 +195,11 @@ def test_youtube_rerun_uses_the_text_journal(youtube_build, site):
     out, cfg, _ids, _ = youtube_build
     _root, srv = site
     before = dict(srv.requests)
-    manifest = pd.read_parquet(out / "manifest.parquet")
+    manifest = pd.read_parquet(out / "manifest")
     run_build(cfg)
     assert srv.requests["talk.en.vtt"] == before["talk.en.vtt"]  # subtitles not fetched again
     assert srv.requests["missing.html"] == before["missing.html"]  # permanent failure not retried
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), manifest)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest"), manifest)
     # one more video in the list, other speed settings: only the new video is looked up
     root, _ = site
     (root / "again.html").write_text(page("talk.mp4", {"en": "talk.en.vtt"}))
@@ -207,7 +207,7 @@ def test_youtube_rerun_uses_the_text_journal(youtube_build, site):
     lst.write_text(lst.read_text() + srv.url("again.html") + "\n")
     run_build(replace(cfg, text_opts=replace(cfg.text_opts, concurrency=3)))
     assert srv.requests["talk.en.vtt"] == before["talk.en.vtt"] + 1
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     assert set(m.video_id) == {manifest.video_id.iloc[0], url_video_id(srv.url("again.html"))}
 
 
@@ -216,11 +216,11 @@ def test_youtube_rerun_with_other_plan_buckets_keeps_the_text_journal(youtube_bu
     out, cfg, _ids, _ = youtube_build
     _root, srv = site
     before = dict(srv.requests)
-    manifest = pd.read_parquet(out / "manifest.parquet")
+    manifest = pd.read_parquet(out / "manifest")
     run_build(replace(cfg, plan=replace(cfg.plan, num_buckets=5)))
     assert srv.requests["talk.en.vtt"] == before["talk.en.vtt"]
     assert srv.requests["talk.html"] == before["talk.html"]
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), manifest)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest"), manifest)
 
 
 def test_subtitles_longer_than_the_video_are_recorded():
@@ -254,6 +254,6 @@ def test_youtube_build_shards_verifies_and_loads(youtube_build, tmp_path):
     from tests.support.endtoend import shard_verify_load
 
     out = youtube_build[0]
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     got = shard_verify_load([out], tmp_path)
     assert got["samples"] == len(m) and got["loaded"] == int((m.n_clips >= 4).sum())

@@ -114,7 +114,7 @@ def build(tmp_path_factory, ray_module):
 def test_build_accounts_for_every_word(build, capsys):
     out, cfg = build
     plan = json.loads((out / "build.json").read_text())["plan"]
-    m = pd.read_parquet(out / "manifest.parquet")
+    m = pd.read_parquet(out / "manifest")
     in_manifest = sum(len(c["text"].split()) for clips in m.clips for c in clips)
     assert plan["words_parsed"] == 47 and plan["words_in_samples"] == in_manifest == 20
     assert plan["dropped"] == {

@@ -1,0 +1,114 @@
+"""The partitioned manifest, ledger and downloads (output/manifest.py): finalize a
+synthetic finished build (a real journal, no video) through the external sort with tiny
+memory bounds, so the sort spills many runs and writes several parts; read them back as
+users do (pandas, pyarrow.dataset) and as our readers do (also an old single file)."""
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from lfvila_data.output.manifest import ExternalSort, SortConfig, parquet_files, read_table
+from lfvila_data.output.write import OutputDir, finalize, iter_journal, read_journal
+from tests.support.finished import simulate
+
+SMALL = SortConfig(run_bytes=256 * 1024, merge_group_bytes=32 * 1024, chunk_rows=64, part_rows=256)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for name in ("manifest", "failures", "downloads") for p in sorted((root / name).iterdir())}
+
+
+def test_finalize_writes_sorted_parts_readers_get_back(tmp_path):
+    out = tmp_path / "out"
+    simulate(out, 700, seed=1)
+    journal = read_journal(OutputDir(str(out)))
+    counts = finalize(OutputDir(str(out)), iter_journal(OutputDir(str(out))), None, SMALL)
+    rows = [r for _, p in journal.values() for r in p["rows"]]
+    keys = sorted(r["key"] for r in rows)
+    parts = sorted(p.name for p in (out / "manifest").iterdir())
+    assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [pq.read_metadata(out / "manifest" / p).num_rows for p in parts] == [256, 256, 188]
+    m = pd.read_parquet(out / "manifest")
+    assert list(m.key) == keys and list(pads.dataset(out / "manifest").to_table()["key"].to_pylist()) == keys
+    # a list column comes back as numpy arrays of dicts, as readers really get it
+    first = min(rows, key=lambda r: r["key"])
+    assert [c["text"] for c in m.clips[0]] == [c["text"] for c in first["clips"]]
+    assert counts["samples_written"] == 700 and counts["video_bytes"] == sum(r["bytes"] for r in rows)
+    assert counts["download_bytes"] == counts["video_bytes"]
+    ledger = pd.read_parquet(out / "failures")
+    assert len(ledger) == counts["failures"] == counts["failures_by_code"]["video_unavailable"] > 0
+    assert list(ledger.video_id) == sorted(ledger.video_id)
+    dl = pd.read_parquet(out / "downloads")
+    assert sorted(dl.key) == keys and list(dl.video_id) == sorted(dl.video_id)
+
+
+def test_finalize_is_byte_identical_whatever_the_journal_and_run_layout(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    simulate(a, 500, seed=2, per_file=64)
+    simulate(b, 500, seed=2, per_file=7)  # other journal files, same videos
+    finalize(OutputDir(str(a)), iter_journal(OutputDir(str(a))), None, SMALL)
+    other = SortConfig(run_bytes=40 * 1024, merge_group_bytes=8 * 1024, chunk_rows=64, part_rows=256)
+    finalize(OutputDir(str(b)), iter_journal(OutputDir(str(b))), None, other)
+    assert len(list((a / "manifest").iterdir())) == 2
+    assert _digests(a) == _digests(b)
+    # a rerun with fewer, bigger parts leaves no stale part behind
+    finalize(OutputDir(str(b)), iter_journal(OutputDir(str(b))), None,
+             SortConfig(chunk_rows=64, part_rows=1024))
+    assert [p.name for p in (b / "manifest").iterdir()] == ["part-00000.parquet"]
+    pd.testing.assert_frame_equal(pd.read_parquet(b / "manifest"), pd.read_parquet(a / "manifest"))
+
+
+def test_an_empty_build_has_typed_empty_tables(tmp_path):
+    out = OutputDir(str(tmp_path))
+    counts = finalize(out, iter_journal(out), None)
+    assert counts["samples_written"] == 0
+    assert pd.read_parquet(tmp_path / "manifest").empty
+    assert "clips" in pq.read_schema(tmp_path / "manifest" / "part-00000.parquet").names
+
+
+def test_readers_take_an_old_single_file_manifest(tmp_path):
+    import fsspec
+    table = pa.table({"key": ["b", "a"], "n": [2, 1]})
+    pq.write_table(table, tmp_path / "manifest.parquet")
+    fs = fsspec.filesystem("file")
+    assert parquet_files(fs, str(tmp_path), "manifest") == [f"{tmp_path}/manifest.parquet"]
+    assert read_table(fs, str(tmp_path), "manifest").equals(table)
+    assert parquet_files(fs, str(tmp_path), "failures") == []
+
+
+def test_finalize_to_s3(s3, tmp_path):
+    fs, env = s3
+    simulate(tmp_path / "local", 120, seed=3)
+    for p in sorted((tmp_path / "local" / "_journal").iterdir()):
+        fs.put_file(str(p), f"lfvila-test/out/_journal/{p.name}")
+    out = OutputDir("s3://lfvila-test/out")
+    counts = finalize(out, iter_journal(out), None, SMALL)
+    fs.invalidate_cache()
+    opts = {"endpoint_url": env["AWS_ENDPOINT_URL"]}
+    m = pd.read_parquet("s3://lfvila-test/out/manifest", storage_options=opts)
+    assert len(m) == counts["samples_written"] == 120 and list(m.key) == sorted(m.key)
+    assert sorted(fs.ls("lfvila-test/out/manifest")) == ["lfvila-test/out/manifest/part-00000.parquet"]
+    assert read_table(out.fs, out.root, "downloads").num_rows == 120
+
+
+def test_external_sort_merges_many_runs_into_the_sorted_rows():
+    rng = random.Random(0)
+    rows = [{"video_id": rng.choice("abcdefgh") * 3, "clip_id": rng.choice([None, "c1", "c2"]),
+             "n": rng.randrange(50)} for _ in range(3000)]
+    schema = pa.schema([("video_id", pa.string()), ("clip_id", pa.string()), ("n", pa.int64())])
+    sorter = ExternalSort(schema, ["video_id", "clip_id", "n"],
+                          SortConfig(run_bytes=2048, merge_group_bytes=512, max_runs=8, chunk_rows=100))
+    for i in range(0, 3000, 70):
+        sorter.add(pa.Table.from_pylist(rows[i:i + 70], schema=schema))
+    assert len(sorter._runs) > 20
+    got = pa.concat_tables(list(sorter.sorted_chunks()))
+    want = pa.Table.from_pylist(rows, schema=schema).sort_by(
+        [("video_id", "ascending"), ("clip_id", "ascending"), ("n", "ascending")])
+    assert got.to_pylist() == want.to_pylist()
