@@ -11,6 +11,8 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -107,8 +109,11 @@ def bench(tmp_path_factory, vocab_dir):
                              audio=False)
         rows.append(_row(root / "build", vid, split, sentences, duration))
     shards = root / "shards"
+    plan = root / "plan.parquet"  # the rows where a shard plan keeps them (see ShardPlan)
+    pq.write_table(pa.Table.from_pylist(rows), plan, row_group_size=2)
     for n in range(0, len(rows), 2):
-        write_shard(ShardPlan("train", f"train-{n // 2:06d}.tar", tuple(rows[n:n + 2])), str(shards))
+        end = min(n + 2, len(rows))
+        write_shard(ShardPlan("train", f"train-{n // 2:06d}.tar", ((str(plan), n, end),), end - n), str(shards))
     init_cfg = load_config("tiny", [f"checkpoint.dir={root}/pre", f"log.dir={root}/prelog", "log.tensorboard=false",
                                     "log.progress=false", "optim.max_steps=1", f"data.tokenizer={vocab_dir}"])
     train(init_cfg, SyntheticSource(init_cfg.model, batch_size=2))

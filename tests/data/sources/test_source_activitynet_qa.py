@@ -58,7 +58,7 @@ def test_one_whole_video_sample_per_video(anqa_build):
     assert (a.source, a.split, a.paragraph, a.start) == ("activitynet-qa", "test", "", 0.0)
     assert [(c["start"], c["text"]) for c in a.clips] == [(0.0, "")] and a.clips[0]["end"] == a.end
     assert a.end == pytest.approx(4.0, abs=0.1)
-    f = pd.read_parquet(out / "failures.parquet")
+    f = pd.read_parquet(out / "failures")
     assert sorted(zip(f.video_id.fillna("-"), f.stage, f.code)) == [
         ("-", "metadata", "bad_line"), ("-", "metadata", "unsafe_id"), ("v_anqaAAAAAAA", "metadata", "bad_line"),
         ("v_anqaMISSING", "download", "not_found")]

@@ -61,7 +61,7 @@ def test_one_sample_per_clip_with_its_description(cmd_build):
 
 def test_bad_rows_are_coded_ledger_rows(cmd_build):
     _, out = cmd_build
-    f = pd.read_parquet(out / "failures.parquet")
+    f = pd.read_parquet(out / "failures")
     assert sorted(zip(f.video_id.fillna("-"), f.stage, f.code)) == [
         ("-", "metadata", "unsafe_id"), ("cmAAAAAAAAA", "metadata", "duplicate"),
         ("cmCCCCCCCCC", "metadata", "no_text"), ("cmDDDDDDDDD", "metadata", "bad_line"),

@@ -88,7 +88,7 @@ def test_one_sample_per_video_with_its_moments(didemo_build):
 
 def test_bad_moments_are_coded_ledger_rows(didemo_build):
     _, out = didemo_build
-    f = pd.read_parquet(out / "failures.parquet")
+    f = pd.read_parquet(out / "failures")
     assert sorted(zip(f.video_id.fillna("-"), f.stage, f.code)) == [
         ("-", "metadata", "bad_line"), (A_ID, "metadata", "bad_span"), (A_ID, "metadata", "no_text"),
         (A_ID, "metadata", "segment_outside_video"), ("55_N02_333_ccc", "download", "not_found")]

@@ -86,7 +86,7 @@ def test_one_sample_per_clip_with_subtitles_and_questions(how2qa_build):
 
 def test_bad_lines_are_coded_ledger_rows(how2qa_build):
     _, out = how2qa_build
-    f = pd.read_parquet(out / "failures.parquet")
+    f = pd.read_parquet(out / "failures")
     assert sorted(zip(f.video_id.fillna("-"), f.stage, f.code)) == [
         ("-", "metadata", "bad_line"), (A, "metadata", "bad_line"), (A, "metadata", "no_text"),
         (B, "metadata", "bad_line"), (B, "metadata", "bad_span"), (C, "download", "not_found")]

@@ -97,7 +97,7 @@ def test_one_sample_per_video_with_its_descriptions(queryd_build):
 
 def test_bad_descriptions_are_coded_ledger_rows(queryd_build):
     _, out = queryd_build
-    f = pd.read_parquet(out / "failures.parquet")
+    f = pd.read_parquet(out / "failures")
     assert sorted(zip(f.video_id, f.stage, f.code)) == [
         ("qdMISSING00", "metadata", "not_found"),  # in the split file, in no annotation file
         (A, "metadata", "bad_span"), (A, "metadata", "no_text"), (A, "metadata", "segment_outside_video"),

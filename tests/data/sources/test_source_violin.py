@@ -55,7 +55,7 @@ def test_one_sample_per_clip_and_coded_ledger_rows(violin_build):
     a = m.loc[f"{A}_00001_00003"]
     assert (a.source, a.split, a.paragraph) == ("violin", "test", "Hi Ross. Hey! Coffee?")
     assert m.loc[f"{B}_00001_00001"].split == "train"
-    f = pd.read_parquet(out / "failures.parquet")
+    f = pd.read_parquet(out / "failures")
     assert sorted(zip(f.video_id.fillna("-"), f.stage, f.code)) == [
         ("-", "metadata", "bad_line"), (A, "metadata", "bad_line"), (A, "metadata", "bad_span"),
         ("missing_clip", "download", "not_found"), ("nostatement_clip", "metadata", "bad_line")]
