@@ -379,6 +379,8 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
             yield job
 
     def on_result(r: VideoResult) -> None:
+        fetched_now = r.fetched_bytes
+        r.fetched_bytes += previous.get(r.video_id, ("", {}))[1].get("fetched_bytes", 0)  # all runs
         journal.add(r)
         progress.video_finished(r.video_id)
         full = next((f for f in r.failures if f["code"] == FailureCode.OUTPUT_FULL.value), None)
@@ -390,7 +392,7 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
             progress.videos_failed += 1
         progress.samples_written += len(r.rows)
         progress.samples_failed += len({f.get("key") or f.get("clip_id") for f in r.failures})
-        progress.bytes_downloaded += sum(r.downloads.values())
+        progress.bytes_downloaded += fetched_now
 
     if previous:
         print(f"build: resuming, {len(skip)} videos already finished", file=sys.stderr)
@@ -433,7 +435,8 @@ def print_build_summary(cfg: BuildConfig, plan: PlanSummary, counts: dict, progr
         ("hours written", f"{counts['hours_written']:,.3f}"),
         ("videos processed this run", f"{progress.videos_done + progress.videos_failed:,}"),
         ("videos failed this run", f"{progress.videos_failed:,}"),
-        ("downloaded (all runs)", human_bytes(counts["download_bytes"])),
+        ("downloaded (all runs)", (f"{human_bytes(counts['fetched_bytes'])} "
+                                   f"(written samples needed {human_bytes(counts['download_bytes'])})")),
         ("sample video bytes", human_bytes(counts["video_bytes"])),
         ("ledger rows", ", ".join(f"{k}: {v}" for k, v in counts["failures_by_stage"].items()) or "none"),
         ("time", human_time(elapsed)),

@@ -72,6 +72,7 @@ class FetchError(Exception):
         self.reason = reason
         self.permanent = permanent
         self.code = code or fetch_code(reason)
+        self.wire_bytes = 0  # what the failed attempts took from the network (set by Fetcher)
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,9 @@ class Section:
 @dataclass
 class Fetched:
     sections: list[Section] = field(default_factory=list)
-    bytes: int = 0
+    bytes: int = 0  # of the files kept
     local: bool = False  # the source itself (allow_local_files): never delete it
+    wire_bytes: int = 0  # from the network over every attempt (retries, pages, dropped seeks)
 
 
 def section_spans(spans: list[tuple[float, float]], margin: float,
@@ -274,10 +276,13 @@ class Fetcher:
                 return self._download(url, target, wanted, guard)
 
             try:
-                return with_retries(attempt, self.cfg)
-            except FetchError:
+                fetched = with_retries(attempt, self.cfg)
+            except FetchError as e:
                 shutil.rmtree(target, ignore_errors=True)
+                e.wire_bytes = guard.total_received
                 raise
+            fetched.wire_bytes = guard.total_received
+            return fetched
 
     def media_url(self, url: str) -> str:
         """What ffmpeg should read for the audio of `url`: the file itself for local

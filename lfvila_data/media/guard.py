@@ -109,6 +109,7 @@ class Guard:
         self.limits = limits
         self.verdict: Verdict | None = None
         self.received = 0          # bytes from the network in this attempt
+        self.total_received = 0    # ... in every attempt: what the video cost the network
         self.requests = 0          # connections the guard let through
         self._budget = limits.page_bytes
         self._budget_name = "page"
@@ -247,6 +248,7 @@ class Guard:
                 return
             with self._lock:
                 self.received += len(data)
+                self.total_received += len(data)
                 start, count = self._window
                 self._window = (start, count + len(data))
                 over = self.received > self._budget

@@ -72,6 +72,7 @@ class FetchOutcome:
     # planned key -> the probe of its existing file (checked against the plan)
     probes: dict[str, Probe] = field(default_factory=dict)
     failure: Failure | None = None
+    fetched_bytes: int = 0  # from the network for this video, failed attempts included
 
 
 def fit_to_media(sample: PlannedSample, media_end: float, min_clips: int,
@@ -190,8 +191,10 @@ def fetch_video(job: VideoJob, ctx: TaskContext) -> FetchOutcome:
     try:
         outcome.fetched = Fetcher(ctx.fetch, ctx.scratch())(
             job.video_id, job.url, [(s.start, s.end) for s in todo])
+        outcome.fetched_bytes = outcome.fetched.wire_bytes
     except FetchError as e:
         outcome.failure = Failure(job.video_id, None, Stage.DOWNLOAD.value, e.code, e.reason, e.permanent)
+        outcome.fetched_bytes = e.wire_bytes
     return outcome
 
 
@@ -235,7 +238,8 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext,
     try:
         if outcome.failure is not None:
             status = FAILED if outcome.failure.permanent else RETRY
-            return VideoResult(job.video_id, status, [], [outcome.failure.to_row()], {})
+            return VideoResult(job.video_id, status, [], [outcome.failure.to_row()], {},
+                               fetched_bytes=outcome.fetched_bytes)
         for s in job.samples:
             if s.key in outcome.existing:
                 fit, fails = fit_to_media(s, outcome.existing[s.key], job.min_clips)
@@ -251,7 +255,7 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext,
         status = RETRY if transient else DONE
         stamps = {r["video"]: file_stamp(out.fs.info(out.path(r["video"]))) for r in rows}
         return VideoResult(job.video_id, status, rows, [f.to_row() for f in failures], downloads,
-                           node=outcome.node_id, stamps=stamps)  # cut where it was fetched
+                           node=outcome.node_id, stamps=stamps, fetched_bytes=outcome.fetched_bytes)  # cut where it was fetched
     except OSError as e:
         if not is_output_error(e):
             raise

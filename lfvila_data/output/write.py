@@ -91,10 +91,13 @@ class VideoResult:
     # sample file -> its size and mtime when written (media/task.file_stamp): a rerun
     # redoes a file that changed since
     stamps: dict[str, str] = field(default_factory=dict)
+    # every byte fetched for the video, all runs (`downloads` has only written samples' shares)
+    fetched_bytes: int = 0
 
     def payload(self) -> str:
         extra = {"counts": self.counts} if self.counts is not None else {}
         extra |= {"stamps": self.stamps} if self.stamps else {}
+        extra |= {"fetched_bytes": self.fetched_bytes} if self.fetched_bytes else {}
         return json.dumps({"rows": self.rows, "failures": self.failures,
                            "downloads": self.downloads, "node": self.node, **extra},
                           separators=(",", ":"))
@@ -267,7 +270,7 @@ def finalize(out: OutputDir, journal: Iterable[tuple[str, str, dict]],
     sorters = {n: ExternalSort(schema, TABLE_ORDER[n], sort) for n, schema in tables.items()}
     stages: Counter[str] = Counter()
     codes: Counter[str] = Counter()
-    totals = {"duration": 0.0, "bytes": 0, "download_bytes": 0}
+    totals = {"duration": 0.0, "bytes": 0, "download_bytes": 0, "fetched_bytes": 0}
 
     def add_failures(ledger: pa.Table) -> None:
         stages.update(ledger.column("stage").to_pylist())
@@ -289,6 +292,7 @@ def finalize(out: OutputDir, journal: Iterable[tuple[str, str, dict]],
         downloads = [{"video_id": vid, "key": k, "download_bytes": b, "node": p.get("node")}
                      for vid, p in batch for k, b in p["downloads"].items()]
         totals["download_bytes"] += sum(d["download_bytes"] for d in downloads)
+        totals["fetched_bytes"] += sum(p.get("fetched_bytes", 0) for _, p in batch)
         sorters[DOWNLOADS].add(pa.Table.from_pylist(downloads, schema=DOWNLOAD_SCHEMA))
         batch.clear()
 
@@ -308,4 +312,6 @@ def finalize(out: OutputDir, journal: Iterable[tuple[str, str, dict]],
             "video_bytes": int(totals["bytes"]),
             "failures": counts[FAILURES], "failures_by_stage": dict(sorted(stages.items())),
             "failures_by_code": dict(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "download_bytes": int(totals["download_bytes"])}
+            "download_bytes": int(totals["download_bytes"]),
+            # everything taken from the network, for samples that failed later too
+            "fetched_bytes": int(totals["fetched_bytes"])}

@@ -167,7 +167,12 @@ def _build_stats(fs, root: str) -> dict:
     stats["words"] = int(word_counts(texts).sum())
     if fs.exists(f"{root}/build.json"):  # what planning dropped: not in the ledger, no sample holds it
         with fs.open(f"{root}/build.json", "rb") as f:
-            stats["planning"] = json.loads(f.read()).get("plan", {})
+            record = json.loads(f.read())
+        stats["planning"] = record.get("plan", {})
+        counts = record.get("counts", {})
+        if "fetched_bytes" in counts:  # the network's bill against what the written samples needed
+            stats["downloads"] = {"fetched_bytes": counts["fetched_bytes"],
+                                  "needed_bytes": counts.get("download_bytes", 0)}
     failures = (tables.read_table(fs, root, "failures").to_pandas() if tables.has_table(fs, root, "failures")
                 else pd.DataFrame(columns=["stage", "code", "reason", "permanent"]))
     stats["failures"] = failure_stats(failures)
@@ -373,6 +378,10 @@ def render_summary(stats: dict) -> list[tuple[str, str]]:
         rows.append(("sample video bytes", human_bytes(stats["bytes"])))
     if "shards" in stats:
         rows.append(("shards", f"{stats['shards']:,}"))
+    if "downloads" in stats:
+        d = stats["downloads"]
+        rows.append(("downloaded (all runs)", (f"{human_bytes(d['fetched_bytes'])}, of which written samples "
+                                               f"needed {human_bytes(d['needed_bytes'])}")))
     if stats.get("text_sources"):
         rows.append(("text sources", ", ".join(f"{k} {v['samples']:,} ({v['hours']:,.2f} h)"
                                                for k, v in stats["text_sources"].items())))

@@ -90,11 +90,15 @@ def reasons(df: pd.DataFrame, video_id: str) -> str:
 def built(site, tmp_path_factory, ray_module):
     """The first build, with vidK's server failing transiently all along."""
     out = tmp_path_factory.mktemp("build") / "out"
-    site["srv"].fail_transient["k.mp4"] = 10**6
+    srv = site["srv"]
+    srv.fail_transient["k.mp4"] = 10**6
+    sent, requests = sum(srv.bytes_sent.values()), sum(srv.requests.values())
     try:
         record = run_build(config(site, out))
     finally:
-        site["srv"].fail_transient.clear()
+        srv.fail_transient.clear()
+    site["first_build_sent"] = sum(srv.bytes_sent.values()) - sent  # body bytes the server sent
+    site["first_build_requests"] = sum(srv.requests.values()) - requests
     return out, record
 
 
@@ -185,6 +189,19 @@ def test_build_json_and_downloads(built):
     dl = pd.read_parquet(out / "downloads")
     assert set(dl.key) == set(pd.read_parquet(out / "manifest").key)
     assert (dl.download_bytes > 0).all() and info["counts"]["download_bytes"] == dl.download_bytes.sum()
+
+
+def test_every_byte_fetched_is_counted(built, site):
+    """downloads/ holds the written samples' shares; build.json also counts what the network
+    gave for samples and videos that failed later (past the media's end, not a video, 503s),
+    so fetched > needed; fetched is at most what the server sent plus its headers (less when
+    a client hung up on bytes already in the server's socket buffer)."""
+    out, _ = built
+    counts = json.loads((out / "build.json").read_text())["counts"]
+    sent, requests = site["first_build_sent"], site["first_build_requests"]
+    assert 0 < counts["fetched_bytes"] <= sent + 2048 * requests
+    # vidD and vidF were fetched whole and cut nothing; vidE's html page was read too
+    assert counts["fetched_bytes"] - counts["download_bytes"] > (site["root"] / "www" / "d.mp4").stat().st_size
 
 
 def test_rerun_retries_only_transient_failures(built, site):

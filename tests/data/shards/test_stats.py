@@ -187,6 +187,13 @@ def test_render_summary(build_dir, shard_dir):
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in rows.items())
     assert rows["text sources"] == "asr 1 (0.01 h), metadata 2 (0.01 h)"
     assert rows["languages"] == "unknown 2, en 1"
+    assert "downloaded (all runs)" not in rows  # no build.json: nothing to say
+    (build_dir / "build.json").write_text(json.dumps({"counts": {"fetched_bytes": 3 << 20,
+                                                                 "download_bytes": 1 << 20}}))
+    stats = collect_stats(str(build_dir))
+    assert stats["downloads"] == {"fetched_bytes": 3 << 20, "needed_bytes": 1 << 20}
+    assert dict(render_summary(stats))["downloaded (all runs)"] == \
+        "3.0 MB, of which written samples needed 1.0 MB"
     rows = dict(render_summary(collect_stats(str(shard_dir))))
     assert rows["shards"] == "3" and rows["split val"].startswith("1 samples")
 
