@@ -31,7 +31,8 @@ def test_content_keeps_content_fields_of_nested_configs():
 
 
 def test_plan_layout_fields_are_not_content():
-    assert set(content(PlanConfig())) == {"min_clips", "max_clips", "max_gap", "allow_local_files"}
+    assert set(content(PlanConfig())) == {"min_clips", "max_clips", "max_gap", "allow_local_files",
+                                         "max_text_bytes"}
     same = [PlanConfig(num_buckets=7), PlanConfig(chunk_bytes=10)]
     assert {fingerprint(content(c)) for c in same} == {fingerprint(content(PlanConfig()))}
     assert fingerprint(content(PlanConfig(min_clips=2))) != fingerprint(content(PlanConfig()))
