@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from lfvila_data import __version__
 from lfvila_data.executor.asr import transcribe_on_ray
 from lfvila_data.executor.base import local_fetch_cut, local_shuffle
-from lfvila_data.executor.cluster import RayStart, stop_on_signals
+from lfvila_data.executor.cluster import RayStart, processes_file, remove_on_every_node, stop_on_signals
 from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
@@ -50,8 +50,15 @@ from lfvila_data.plan.join import (
 from lfvila_data.progress import BuildProgress, CutProgress, human_bytes, human_time, print_summary
 from lfvila_data.records import FailureCode, PlannedSample
 from lfvila_data.schemas import plan_row_to_sample
-from lfvila_data.sources.activitynet import index_video_dir, plan_activitynet
+from lfvila_data.sources.activitynet import ACTIVITYNET
+from lfvila_data.sources.activitynet_qa import ACTIVITYNET_QA
+from lfvila_data.sources.benchmark import index_video_dir, plan_benchmark
+from lfvila_data.sources.condensed_movies import CONDENSED_MOVIES
+from lfvila_data.sources.didemo import DIDEMO
+from lfvila_data.sources.how2qa import HOW2QA
 from lfvila_data.sources.local import find_videos
+from lfvila_data.sources.queryd import QUERYD
+from lfvila_data.sources.violin import VIOLIN
 from lfvila_data.text.stage import (
     TextOptions,
     _asr_marker,
@@ -59,6 +66,9 @@ from lfvila_data.text.stage import (
     plan_youtube,
     retext_plan_with_asr,
 )
+
+# the benchmark sources by --source name: their parsers; everything after parsing is shared
+BENCHMARKS = {f.name: f for f in (ACTIVITYNET, DIDEMO, QUERYD, CONDENSED_MOVIES, HOW2QA, VIOLIN, ACTIVITYNET_QA)}
 
 
 @dataclass(frozen=True)
@@ -124,7 +134,7 @@ IN_PROCESS_PLAN_BYTES = 16 << 20
 
 def plans_in_process(cfg: BuildConfig) -> bool:
     """Whether planning needs no Ray: annotations, or small HD-VILA inputs without ASR."""
-    if cfg.source == "activitynet":
+    if cfg.source in BENCHMARKS:
         return True
     if cfg.source != "hdvila" or cfg.text_opts.asr == "always":
         return False
@@ -133,14 +143,15 @@ def plans_in_process(cfg: BuildConfig) -> bool:
 
 
 def _plan(cfg: BuildConfig, ray: RayStart | None = None) -> PlanSummary:
-    """The plan; `ray` is waited for first unless this plan needs no Ray."""
+    """The plan; `ray` is waited for first unless this plan needs no Ray (joining a named
+    cluster is quick, and one it refuses should be the only thing said)."""
     in_process = plans_in_process(cfg)
-    if ray is not None and not in_process:
+    if ray is not None and (cfg.ray_address or not in_process):
         ray.wait()
     fetch = cfg.task_context().fetch
-    if cfg.source == "activitynet":  # annotations are small: re-planned on every run, in one process
-        return plan_activitynet(list(cfg.annotations), cfg.output, cfg.plan, video_dir=cfg.video_dir,
-                                split_files=list(cfg.split_files))
+    if cfg.source in BENCHMARKS:  # annotations are small: re-planned on every run, in one process
+        return plan_benchmark(BENCHMARKS[cfg.source], list(cfg.annotations), cfg.output, cfg.plan,
+                              video_dir=cfg.video_dir, split_files=list(cfg.split_files))
     # text-first sources journal each video's text, so re-planning redoes only what is missing
     if cfg.source == "local":
         return plan_local_text(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch,
@@ -199,7 +210,7 @@ def preflight(cfg: BuildConfig) -> OutputDir:
             expand_paths(list(cfg.groups))
     elif cfg.source == "youtube":
         expand_paths(list(cfg.inputs))
-    elif cfg.source == "activitynet":
+    elif cfg.source in BENCHMARKS:
         expand_paths(list(cfg.annotations))
         expand_paths([spec.rpartition("=")[2] for spec in cfg.split_files])
         if cfg.video_dir is not None:
@@ -384,7 +395,7 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
         print(f"build: resuming, {len(skip)} videos already finished", file=sys.stderr)
     stamps = {vid: payload.get("stamps", {}) for vid, (_status, payload) in previous.items()}
     # a benchmark sample is the whole video: trimmed to a short file, it keeps any clip left
-    min_clips = 1 if cfg.source == "activitynet" else cfg.plan.min_clips
+    min_clips = 1 if cfg.source in BENCHMARKS else cfg.plan.min_clips
     jobs = iter_jobs(cfg.output, skip, min_clips, cfg.retry_failed, stamps, on_skip)
     try:
         runner(started(jobs), cfg.task_context(), cfg.run, on_result, progress.tick,
@@ -456,8 +467,12 @@ def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
         # Ray starts while the driver plans; a plan-only run that plans here needs none,
         # unless a cluster was named (joining it is then part of what the run checks)
         local_plan_only = cfg.plan_only and not cfg.ray_address and plans_in_process(cfg)
-        ray = None if local_plan_only else RayStart(cfg.ray_address)
+        ray = None if local_plan_only else RayStart(
+            cfg.ray_address, processes=processes_file(cfg.task_context().scratch()))
         try:
+            if cfg.ray_address:  # a cluster: a killed job's scratch on the workers too
+                ray.wait()
+                remove_on_every_node(cfg.task_context().scratch())
             stop_on_signals()
             if not cfg.plan_only:
                 record_media_settings(out, cfg)  # may remove files (--rebuild): under the lease

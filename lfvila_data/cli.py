@@ -35,9 +35,16 @@ class Source(str, Enum):
     youtube = "youtube"
     local = "local"
     activitynet = "activitynet"
+    didemo = "didemo"
+    queryd = "queryd"
+    condensed_movies = "condensed-movies"
+    how2qa = "how2qa"
+    violin = "violin"
+    activitynet_qa = "activitynet-qa"
 
 
-BENCHMARK_SOURCES = (Source.activitynet,)
+BENCHMARK_SOURCES = (Source.activitynet, Source.didemo, Source.queryd, Source.condensed_movies, Source.how2qa,
+                     Source.violin, Source.activitynet_qa)
 
 
 class Asr(str, Enum):
@@ -141,8 +148,8 @@ class BenchmarkInputs:
 
 
 def benchmark_options(
-    annotations: List[str] = typer.Option([], help="--source activitynet: annotation files (ActivityNet Captions train.json, val_1.json, ...); repeatable.", rich_help_panel=_BENCH),
-    video_dir: Optional[Path] = typer.Option(None, help="Benchmarks: local videos named by video id (with or without v_), any common container; without it videos are fetched by YouTube id.", rich_help_panel=_BENCH),
+    annotations: List[str] = typer.Option([], help="Benchmarks: annotation files, repeatable: activitynet: ActivityNet Captions train.json, val_1.json; didemo: train_data.json, test_data.json; queryd: raw_captions_combined_filtered-v2.pkl and times_captions_combined_filtered-v2.pkl (or .json); condensed-movies: metadata/descriptions.csv; how2qa: how2qa_train.jsonl and the subtitles jsonl; violin: violin_annotation.json; activitynet-qa: train_q.json and train_a.json.", rich_help_panel=_BENCH),
+    video_dir: Optional[Path] = typer.Option(None, help="Benchmarks: local videos named by video id (activitynet: with or without v_; queryd: with or without video-; didemo: the Flickr name; how2qa: vid_name; violin: file), any common container; without it videos are fetched by YouTube id (didemo: by the annotation's dl_link).", rich_help_panel=_BENCH),
     split_file: List[str] = typer.Option([], help="Benchmarks: [NAME=]FILE listing the videos to build, one id a line (collaborative-experts splits: train_list.txt, val_1_list.txt); the split NAME (default from the file: val1) is recorded per sample. Repeatable.", rich_help_panel=_BENCH),
 ) -> BenchmarkInputs:
     """The benchmark sources' inputs (checked against --source in build_config)."""
@@ -157,12 +164,16 @@ def text_options(
     max_clip_seconds: float = typer.Option(20.0, help="...and at most this length.", rich_help_panel=_TEXT),
     max_join_gap: float = typer.Option(1.5, help="Subtitles/ASR: sentences further apart than this many seconds are never in one clip.", rich_help_panel=_TEXT),
     language_check: bool = typer.Option(True, help="Reject subtitles whose text is clearly in another language than asked.", rich_help_panel=_TEXT),
+    max_text_bytes: int = typer.Option(64 * 1024, help="Longest clip text in UTF-8 bytes; a longer one is a text_too_long ledger row and breaks its run. A clip's caption is a sentence or a few (HD-VILA: ~200 bytes); 64 KiB leaves room for 32 clips in a shard member verify accepts.", rich_help_panel=_TEXT),
+    max_subtitle_bytes: int = typer.Option(50 * 1024 * 1024, help="Largest subtitle file in bytes; a larger one is a subtitle_too_large ledger row, never read (hours of speech are a few MB; parsing costs several times the file in memory).", rich_help_panel=_TEXT),
 ) -> TextOptions:
     """How subtitles become clips (speech recognition and concurrency are set later)."""
     if not 0 < min_clip_seconds <= max_clip_seconds:
         _fail("--min-clip-seconds must be positive and at most --max-clip-seconds")
-    return TextOptions(langs=tuple(lang), check_language=language_check,
-                       clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds,
+    if max_text_bytes < 1 or max_subtitle_bytes < 1:
+        _fail("--max-text-bytes and --max-subtitle-bytes must be at least 1")
+    return TextOptions(langs=tuple(lang), check_language=language_check, max_text_bytes=max_text_bytes,
+                       max_subtitle_bytes=max_subtitle_bytes, clip=ClipConfig(min_duration=min_clip_seconds, max_duration=max_clip_seconds,
                                        join_gap=max_join_gap))
 
 
@@ -282,7 +293,8 @@ def build_config(build: BuildConfig, bench: BenchmarkInputs, text: TextOptions, 
     if build.source in BENCHMARK_SOURCES and not bench.annotations:
         _fail(f"--annotations is required for --source {build.source}")
     if build.source not in BENCHMARK_SOURCES and (bench.annotations or bench.video_dir or bench.split_files):
-        _fail("--annotations, --video-dir and --split-file need a benchmark --source (activitynet)")
+        _fail("--annotations, --video-dir and --split-file need a benchmark --source "
+              f"({', '.join(s.value for s in BENCHMARK_SOURCES)})")
     # local inputs are files
     allow_local_files = fetch.allow_local_files or build.source == "local" or bench.video_dir is not None
     plan_cfg, plan_only = plan
@@ -292,7 +304,7 @@ def build_config(build: BuildConfig, bench: BenchmarkInputs, text: TextOptions, 
         _fail(str(e))
     return replace(
         build, annotations=bench.annotations, video_dir=bench.video_dir, split_files=bench.split_files,
-        plan=replace(plan_cfg, allow_local_files=allow_local_files),
+        plan=replace(plan_cfg, allow_local_files=allow_local_files, max_text_bytes=text.max_text_bytes),
         text_opts=replace(text, clip=clip, asr=asr.mode, asr_config=asr.config,
                           concurrency=run.run.fetch_concurrency),
         task=TaskContext(output=build.output, source=build.source, workdir=run.workdir, cut=cut,

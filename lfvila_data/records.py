@@ -172,6 +172,9 @@ class FailureCode(str, Enum):
     SLOW = "slow"                          # the server was slower than the minimum rate, or the video passed its deadline
     OUTPUT_FULL = "output_full"            # the output could not be written (disk full, quota, I/O error); retried
     SEGMENT_OUTSIDE_VIDEO = "segment_outside_video"  # benchmarks: a segment starting at or after the video's end
+    TEXT_TOO_LONG = "text_too_long"        # a clip text above --max-text-bytes; it breaks its run
+    SUBTITLE_TOO_LARGE = "subtitle_too_large"  # a subtitle file above --max-subtitle-bytes (not parsed)
+    CLIP_TEXT_CONFLICT = "clip_text_conflict"  # a clip id given two different texts; neither is used
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ class PlannedSample:
     text_source: str = "metadata"  # metadata (HD-VILA), subtitles, auto_captions, asr
     language: str | None = None
     split: str | None = None  # benchmark sources: the dataset split (train, val1, ...); None for pretraining
+    qa: str | None = None  # QA sources: the video's questions as a JSON list (shards/README.md `qa`)
 
     @property
     def duration(self) -> float:

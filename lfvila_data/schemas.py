@@ -27,7 +27,7 @@ PLAN_SCHEMA = pa.schema([
     ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
     ("start", pa.float64()), ("end", pa.float64()), ("duration", pa.float64()),
     ("n_clips", pa.int32()), ("clips", pa.list_(PLAN_CLIP_TYPE)),
-    ("text_source", pa.string()), ("language", pa.string()), ("split", pa.string()),
+    ("text_source", pa.string()), ("language", pa.string()), ("split", pa.string()), ("qa", pa.string()),
 ])
 # Manifest clips always list their sentences (a single-sentence clip is its own sentence).
 CLIP_TYPE = pa.struct([("clip_id", pa.string()), ("start", pa.float64()),
@@ -40,7 +40,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("video", pa.string()), ("fps", pa.float64()), ("width", pa.int32()),
     ("height", pa.int32()), ("duration", pa.float64()), ("frames", pa.int32()),
     ("bytes", pa.int64()), ("text_source", pa.string()), ("language", pa.string()),
-    ("split", pa.string()),
+    ("split", pa.string()), ("qa", pa.string()),
 ])
 # The ledger: the plan's failure parts and failures.parquet (records.Failure.to_row).
 FAILURE_SCHEMA = pa.schema([
@@ -64,7 +64,8 @@ def sample_to_row(sample: PlannedSample) -> dict:
                        "text": c.text, "sentences": [{"text": t.text, "start": t.start, "end": t.end}
                                                      for t in c.sentences]}
                       for c in sample.clips],
-            "text_source": sample.text_source, "language": sample.language, "split": sample.split}
+            "text_source": sample.text_source, "language": sample.language, "split": sample.split,
+            "qa": sample.qa}
 
 
 def plan_row_to_sample(row: dict) -> PlannedSample:
@@ -75,7 +76,8 @@ def plan_row_to_sample(row: dict) -> PlannedSample:
     return PlannedSample(key=row["key"], video_id=row["video_id"], url=row["url"],
                          start=float(row["start"]), end=float(row["end"]), clips=clips,
                          text_source=row.get("text_source") or "metadata",
-                         language=row.get("language"), split=_text_or_none(row.get("split")))
+                         language=row.get("language"), split=_text_or_none(row.get("split")),
+                         qa=_text_or_none(row.get("qa")))
 
 
 def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, source: str) -> dict:
@@ -90,6 +92,7 @@ def manifest_row(sample: PlannedSample, rel: str, out: Probe, nbytes: int, sourc
         "width": out.width, "height": out.height, "duration": round(out.duration, 6),
         "frames": out.nb_frames or 0, "bytes": nbytes,
         "text_source": sample.text_source, "language": sample.language, "split": sample.split,
+        "qa": sample.qa,
     }
 
 
@@ -114,4 +117,5 @@ def manifest_row_to_sample(row: dict) -> PlannedSample:
     return PlannedSample(key=row["key"], video_id=row["video_id"], url=row["url"],
                          start=float(row["start"]), end=float(row["end"]), clips=clips,
                          text_source=row.get("text_source") or "metadata",
-                         language=row.get("language"), split=_text_or_none(row.get("split")))
+                         language=row.get("language"), split=_text_or_none(row.get("split")),
+                         qa=_text_or_none(row.get("qa")))

@@ -80,10 +80,13 @@ class OptimConfig:
     grad_accum: int = 1
     clip_grad_norm: float | None = None
     bf16: bool = True  # autocast on CUDA only
+    min_lr_ratio: float = 0.0  # the LR decays linearly to this fraction of lr (the release: 0.01)
 
     def __post_init__(self):
         if self.grad_accum < 1:
             raise ConfigError("optim.grad_accum must be >= 1")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("optim.min_lr_ratio must be in [0, 1]")
 
     def total_steps(self) -> int:
         if self.max_steps is not None:
@@ -120,13 +123,18 @@ class LogConfig:
 @dataclass
 class Stage2Config:
     """Stage 2 (``stage: 2``): the cross-modal encoder trained with MLM + video-text matching
-    on top of a frozen stage-1 model loaded from ``stage1_checkpoint``."""
+    on top of a frozen stage-1 model loaded from ``stage1_checkpoint``. ``arch``:
+    "singlestream" (the paper's: one BERT sequence of text and video tokens, the first half of
+    the batch given rolled videos) or "crossattn" (ours: text layers cross-attending to video,
+    with drawn negatives)."""
 
     stage1_checkpoint: str | None = None  # a step-* directory, or a checkpoint dir (its latest)
-    negatives: str = "random"  # "random" in-batch, or "hard" (∝ exp(stage-1 similarity / 0.05))
+    arch: str = "singlestream"
+    negatives: str = "random"  # crossattn: "random" in-batch, or "hard" (∝ exp(stage-1 similarity / 0.05))
     mlm_probability: float = 0.15
     mlm_weight: float = 1.0
-    vtm_weight: float = 1.0
+    vtm_weight: float | None = None  # default: the arch's (singlestream 10, as released; crossattn 1)
+    batch_size: int | None = None  # per rank in stage 2, replacing data.batch_size (paper: 48 vs 16)
     mask_token_id: int | None = None  # default: data.tokenizer's [MASK]
     special_token_ids: list[int] | None = None  # default: data.tokenizer's special tokens
 
@@ -135,6 +143,16 @@ class Stage2Config:
             raise ConfigError(f"stage2.negatives must be random or hard, not {self.negatives!r}")
         if not 0 < self.mlm_probability < 1:
             raise ConfigError("stage2.mlm_probability must be in (0, 1)")
+        if self.arch not in ("singlestream", "crossattn"):
+            raise ConfigError(f"stage2.arch must be singlestream or crossattn, not {self.arch!r}")
+        if self.arch == "singlestream" and self.negatives != "random":
+            raise ConfigError("stage2.negatives applies to arch crossattn only (singlestream rolls the batch's videos)")
+
+    @property
+    def resolved_vtm_weight(self) -> float:
+        if self.vtm_weight is not None:
+            return float(self.vtm_weight)
+        return 10.0 if self.arch == "singlestream" else 1.0
 
 
 @dataclass
@@ -188,6 +206,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in (1, 2):
             raise ConfigError(f"stage must be 1 or 2, not {self.stage!r}")
+        if self.stage == 2 and self.stage2.batch_size is not None:
+            self.data.batch_size = self.stage2.batch_size
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

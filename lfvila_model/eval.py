@@ -163,7 +163,7 @@ def evaluate_stage2(model: nn.Module, batches: Iterable[dict], masker, device: t
             mlm_ce += float(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum"))
             mlm_hits += float(((logits.argmax(-1) == labels) & valid).sum())
             mlm_n += float(valid.sum())
-            target = vtm_labels(len(batch["input_ids"]), device)
+            target = out["vtm_labels"] if "vtm_labels" in out else vtm_labels(len(batch["input_ids"]), device)
             vtm_logits = out["vtm_logits"].float()
             vtm_ce += float(F.cross_entropy(vtm_logits, target, reduction="sum"))
             hit = (vtm_logits.argmax(-1) == target).cpu()

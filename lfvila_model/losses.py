@@ -225,7 +225,8 @@ class MatchingLoss(nn.Module):
         self.mlm_weight, self.vtm_weight = mlm_weight, vtm_weight
 
     def forward(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """out: LFVILAStage2's "mlm_logits" K×V, "mlm_labels" K, "vtm_logits" 3B×2."""
+        """out: "mlm_logits" K×V, "mlm_labels" K, "vtm_logits" and, when the pairs are not
+        LFVILAStage2's 3B (see ``vtm_labels``), their "vtm_labels"."""
         logits, labels = out["mlm_logits"], out["mlm_labels"]
         valid = labels != IGNORE_INDEX
         count = valid.sum().float()
@@ -237,7 +238,7 @@ class MatchingLoss(nn.Module):
         ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
         mlm = ce * world / count.clamp(min=1)
         vtm_logits = out["vtm_logits"]
-        target = vtm_labels(vtm_logits.shape[0] // 3, vtm_logits.device)
+        target = out["vtm_labels"] if "vtm_labels" in out else vtm_labels(vtm_logits.shape[0] // 3, vtm_logits.device)
         vtm = F.cross_entropy(vtm_logits, target)
         with torch.no_grad():
             hits = (logits.argmax(-1) == labels) & valid

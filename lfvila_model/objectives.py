@@ -78,7 +78,8 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, masker: M
 
 
 class MatchingObjective:
-    """Stage 2 on one micro-batch: mask, draw the negatives, run the model, score."""
+    """Stage 2 on one micro-batch: mask, draw the negatives, run the model, score. The same
+    for both archs: LFVILAStage2 uses the draws, LFVILASingleStream returns its own pairs' labels."""
 
     names = ("loss", "mlm", "vtm", "mlm_acc", "vtm_acc")
 
@@ -121,5 +122,5 @@ def setup_objective(cfg: TrainConfig, rank: int = 0) -> ContrastiveObjective | M
     """The stage's objective: ContrastiveObjective (stage 1) or MatchingObjective (stage 2;
     its masks and negatives differ across ranks)."""
     if cfg.stage == 2:
-        return MatchingObjective(setup_masker(cfg), cfg.stage2.mlm_weight, cfg.stage2.vtm_weight, rank=rank)
+        return MatchingObjective(setup_masker(cfg), cfg.stage2.mlm_weight, cfg.stage2.resolved_vtm_weight, rank=rank)
     return ContrastiveObjective()

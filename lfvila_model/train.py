@@ -32,37 +32,45 @@ from lfvila_model.checkpoint import (
 from lfvila_model.config import ConfigError, OptimConfig, TrainConfig, model_config
 from lfvila_model.metrics import MetricLogger
 from lfvila_model.models.lfvila import LFVILA, LFVILAStage2
+from lfvila_model.models.singlestream import LFVILASingleStream
 from lfvila_model.objectives import ContrastiveObjective, MatchingObjective, setup_objective
 from lfvila_model.sources import Source, SourceFactory
 
 Objective = ContrastiveObjective | MatchingObjective
 
 
-def setup_model(cfg: TrainConfig, device: torch.device) -> LFVILA | LFVILAStage2:
+def setup_model(cfg: TrainConfig, device: torch.device) -> LFVILA | LFVILAStage2 | LFVILASingleStream:
     """A freshly initialised LF-VILA (seeded by the caller) on ``device``, in train mode: the
     stage-1 model, or for stage 2 the stage-1 model (frozen, to be loaded with
-    ``load_stage1``) under a new cross-modal encoder and heads."""
+    ``load_stage1``) under a new fusion encoder and heads (``stage2.arch``)."""
     mcfg = model_config(cfg.model)
+    if cfg.stage == 2 and cfg.stage2.arch == "singlestream":
+        return LFVILASingleStream(mcfg).to(device).train()
     if cfg.stage == 2:
         return LFVILAStage2(mcfg, negatives=cfg.stage2.negatives).to(device).train()
     return LFVILA(mcfg).to(device).train()
 
 
+NO_DECAY_NAMES = ("relative_position_bias_table", "pos_embed")  # position tables, as the release
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: no decay on biases, norms and other 1-D parameters."""
+    """Weight decay on matrices only: no decay on biases, norms and other 1-D parameters, nor
+    on relative-position bias tables and position embeddings (``NO_DECAY_NAMES``)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+            skip = p.ndim < 2 or name.endswith(".bias") or any(n in name for n in NO_DECAY_NAMES)
+            (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
+def lr_factor(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
     """LR multiplier of update ``step`` (0-based): linear warm-up to 1 at update ``warmup - 1``,
-    then linear decay reaching 1/(total - warmup) at the last update."""
+    then linear decay towards ``floor`` (reached after the last update; the release's 0.01)."""
     if step < warmup:
         return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
+    return floor + (1.0 - floor) * max(0.0, (total - step) / max(1, total - warmup))
 
 
 def setup_optimizer(model: nn.Module, optim: OptimConfig):
@@ -70,7 +78,7 @@ def setup_optimizer(model: nn.Module, optim: OptimConfig):
     total, warmup = optim.total_steps(), optim.warmup()
     opt = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas,
                             eps=optim.eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total, optim.min_lr_ratio))
     return opt, sched
 
 
@@ -182,6 +190,9 @@ class TrainRecipe:
             if stored != cfg.stage:
                 raise ConfigError(f"{found[-1]} is a stage-{stored} checkpoint and this is stage {cfg.stage}: "
                                   "give each stage its own checkpoint.dir")
+            arch = stored_arch(stored_config(found[-1]))
+            if cfg.stage == 2 and arch != cfg.stage2.arch:
+                raise ConfigError(f"{found[-1]} trained stage2.arch={arch}; resume it with stage2.arch={arch}")
             state = load_checkpoint(found[-1], raw, self.optimizer, self.scheduler)
             self._say(f"resumed from {found[-1]} at step {state.step}")
             return state
@@ -263,12 +274,23 @@ def train(cfg: TrainConfig, sources: SourceFactory, *, resume: bool | str = Fals
         recipe.cleanup()
 
 
+def stored_arch(stored: dict) -> str | None:
+    """The stage-2 arch of a stored config: crossattn for checkpoints saved before
+    ``stage2.arch`` existed; None for stage 1."""
+    if stored.get("stage", 1) != 2:
+        return None
+    return stored.get("stage2", {}).get("arch", "crossattn")
+
+
 def load_model(path: str | os.PathLike, device="cpu",
-               cfg: TrainConfig | None = None) -> tuple[LFVILA | LFVILAStage2, TrainConfig]:
+               cfg: TrainConfig | None = None) -> tuple[LFVILA | LFVILAStage2 | LFVILASingleStream, TrainConfig]:
     """The model of a checkpoint, built from the config stored in it (or ``cfg``), in eval mode."""
     path = checkpoint_path(path)
     if cfg is None:
-        cfg = TrainConfig.from_dict(stored_config(path))
+        stored = stored_config(path)
+        if stored_arch(stored):
+            stored = {**stored, "stage2": {**stored.get("stage2", {}), "arch": stored_arch(stored)}}
+        cfg = TrainConfig.from_dict(stored)
     model = setup_model(cfg, torch.device(device))
     load_checkpoint(path, model, restore_rng=False)
     return model.eval(), cfg

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -12,16 +13,87 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import ray
 from ray.exceptions import AuthenticationError
 
 from lfvila_data.inputs import InputError
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Local Ray without an address; otherwise join the given cluster unchanged."""
+def init_ray(address: str | None, num_cpus: int | None = None, processes: Path | None = None) -> None:
+    """Local Ray without an address; otherwise join the given cluster unchanged.
+
+    `processes` (a file beside the job's scratch): first the Ray processes a killed
+    earlier job of the same output left there are ended, then a new local Ray's processes
+    (raylet, GCS, agents) are written there, for the next start to do the same."""
     if ray.is_initialized():
         return
+    if processes is not None:
+        reap_processes(processes)
+    _start_ray(address, num_cpus)
+    if processes is not None and not address:
+        record_processes(processes, psutil.Process().children(recursive=True))
+
+
+def remove_on_every_node(path: Path, timeout: float = 60.0) -> int:
+    """Remove `path` (a job's node-local scratch) on every live node of the cluster: what a
+    killed job left on the workers, which the driver's own clean-up cannot reach. Returns
+    the nodes that answered; a node that does not answer in time keeps its folder."""
+    import shutil
+
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    remove = ray.remote(num_cpus=0, max_retries=0)(lambda p: shutil.rmtree(p, ignore_errors=True))
+    refs = [remove.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(str(path)) for n in ray.nodes() if n.get("Alive")]
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    return len(done)
+
+
+def processes_file(scratch: Path) -> Path:
+    """Where a build records its local Ray's processes: beside its scratch folder (which
+    is cleared before Ray starts), one file per output like the scratch itself."""
+    return scratch.with_name(scratch.name + ".ray-processes.json")
+
+
+def record_processes(path: Path, procs: list[psutil.Process]) -> None:
+    """Write each process's pid and start time (a pid alone may be reused by then)."""
+    rows = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            rows.append({"pid": p.pid, "started": p.create_time(), "name": p.name()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rows))
+    tmp.replace(path)
+
+
+def reap_processes(path: Path, grace: float = 3.0) -> int:
+    """End the recorded processes still running (same pid, same start time): what a
+    `kill -9` of the driver left. Returns how many were running; removes the record."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    alive = []
+    for row in rows:
+        with contextlib.suppress(psutil.Error, KeyError, TypeError):
+            p = psutil.Process(row["pid"])
+            if abs(p.create_time() - row["started"]) < 0.01 and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, left = psutil.wait_procs(alive, timeout=grace)
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(left, timeout=grace)
+    path.unlink(missing_ok=True)
+    return len(alive)
+
+
+def _start_ray(address: str | None, num_cpus: int | None) -> None:
     # "local": a new Ray on this machine, never a cluster that happens to run here
     kwargs: dict = {"address": "local", "log_to_driver": False, "include_dashboard": False,
                     "logging_level": logging.WARNING}
@@ -51,16 +123,17 @@ class RayStart:
     of a small build's fixed cost. `wait()` before the first Ray call; it re-raises the
     start's error (an InputError naming the cluster)."""
 
-    def __init__(self, address: str | None, num_cpus: int | None = None) -> None:
+    def __init__(self, address: str | None, num_cpus: int | None = None,
+                 processes: Path | None = None) -> None:
         self._error: BaseException | None = None
         self._started = threading.Event()
-        self._thread = threading.Thread(target=self._start, args=(address, num_cpus),
+        self._thread = threading.Thread(target=self._start, args=(address, num_cpus, processes),
                                         name="ray-start", daemon=True)
         self._thread.start()
 
-    def _start(self, address: str | None, num_cpus: int | None) -> None:
+    def _start(self, address: str | None, num_cpus: int | None, processes: Path | None) -> None:
         try:
-            init_ray(address, num_cpus)
+            init_ray(address, num_cpus, processes)
         except BaseException as e:  # handed to the thread that waits
             self._error = e
         finally:

@@ -9,16 +9,18 @@ keeps its source timestamps reads like the full video."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from lfvila_data.media.cut import INPUT_GUARD
+from lfvila_data.media.guard import Guard, GuardLimits, env_allows_private, no_proxy_bypass
 from lfvila_data.records import FailureCode
 
 SAMPLE_RATE = 16000
@@ -30,9 +32,19 @@ _FORMATS = INPUT_GUARD[INPUT_GUARD.index("-format_whitelist") + 1] + ",wav,mp3,f
 # Local files open only local files; URLs only the network, never a local file, so no
 # input can make ffmpeg read a playlist of local paths.
 _FILE_GUARD = ["-protocol_whitelist", "file", "-format_whitelist", _FORMATS]
-_URL_GUARD = ["-protocol_whitelist", "http,https,tcp,tls", "-format_whitelist", _FORMATS,
+# URLs go through the fetch guard (media/guard.py, an http proxy; https as a CONNECT
+# tunnel, hence httpproxy): every connection, redirect hop and reconnect is checked there.
+_URL_GUARD = ["-protocol_whitelist", "http,https,tcp,tls,crypto,httpproxy", "-format_whitelist", _FORMATS,
               "-reconnect", "1", "-reconnect_streamed", "1", "-reconnect_delay_max", "10",
               "-rw_timeout", "60000000"]
+
+
+def audio_guard_limits(limits: GuardLimits | None = None) -> GuardLimits:
+    """The guard's bounds for reading audio: a fetch's refusals and size cap, but no
+    deadline or minimum rate (the model, not the server, sets the pace of the read).
+    Without limits: the defaults, private addresses refused unless the environment allows."""
+    base = limits or GuardLimits(allow_private=env_allows_private())
+    return replace(base, deadline=math.inf, min_rate=0.0)
 
 
 class AudioError(Exception):
@@ -66,10 +78,13 @@ def _is_url(media: str) -> bool:
     return media.startswith(("http://", "https://"))
 
 
-def _input(media: str) -> tuple[list[str], str]:
-    """Guard options and the input argument; a local path is always read as a file."""
+def _input(media: str, proxy: str | None = None) -> tuple[list[str], str]:
+    """Guard options and the input argument; a local path is always read as a file, a URL
+    only through `proxy` (the guard's address)."""
     if _is_url(media):
-        return _URL_GUARD, media
+        if proxy is None:
+            raise ValueError("a URL is read only through the fetch guard (stream_audio opens one)")
+        return [*_URL_GUARD, "-http_proxy", proxy], media
     if "://" in media:
         raise AudioError(f"unsupported media location {media[:80]!r} (local path or http(s) URL only)",
                          code=FailureCode.BAD_URL)
@@ -99,9 +114,9 @@ def _reason(stderr: str, media: str) -> AudioError:
     return AudioError(f"ffmpeg could not decode the audio: {last}")
 
 
-def audio_start(media: str, *, timeout: float = 120.0) -> float:
+def audio_start(media: str, *, timeout: float = 120.0, proxy: str | None = None) -> float:
     """Source time of the first audio sample (0 for most files); AudioError without audio."""
-    guard, arg = _input(media)
+    guard, arg = _input(media, proxy)
     cmd = ["ffprobe", "-v", "error", *guard, "-select_streams", "a:0",
            "-show_entries", "stream=start_time", "-of", "json", arg]
     try:
@@ -119,10 +134,10 @@ def audio_start(media: str, *, timeout: float = 120.0) -> float:
         return 0.0
 
 
-def audio_command(media: str, start: float, end: float | None) -> list[str]:
+def audio_command(media: str, start: float, end: float | None, proxy: str | None = None) -> list[str]:
     """ffmpeg arguments (no shell) that write [start, end) of the first audio stream, source
     time, as float32 mono SAMPLE_RATE to stdout; `end=None` reads to the end."""
-    guard, arg = _input(media)
+    guard, arg = _input(media, proxy)
     trim = f"atrim=start={start:.6f}" + (f":end={end:.6f}" if end is not None else "")
     graph = (f"{trim},asetpts=PTS-{start:.6f}/TB,aresample={SAMPLE_RATE}:async=1:first_pts=0,"
              f"aformat=sample_fmts=flt:channel_layouts=mono:sample_rates={SAMPLE_RATE}")
@@ -135,23 +150,42 @@ def audio_command(media: str, start: float, end: float | None) -> list[str]:
 
 
 def stream_audio(media: str, spans: Sequence[tuple[float, float]] | None = None, *,
-                 chunk_seconds: float = 30.0, timeout: float = 300.0) -> Iterator[AudioChunk]:
+                 chunk_seconds: float = 30.0, timeout: float = 300.0,
+                 guard: GuardLimits | None = None) -> Iterator[AudioChunk]:
     """Chunks of at most `chunk_seconds` of each span in order (the whole audio without
     spans); a chunk never crosses from one span into the next.
 
     `timeout` bounds the wait for one chunk (a stalled download), not the whole read: the
     consumer may take as long as it likes between chunks. Closing the iterator early kills
-    ffmpeg. Raises AudioError when the media cannot be read or yields no audio at all."""
+    ffmpeg. Raises AudioError when the media cannot be read or yields no audio at all.
+    A URL is read through the fetch guard (`audio_guard_limits(guard)`), like a download:
+    a private address, after DNS and on every redirect, is a permanent refusal."""
     if chunk_seconds <= 0:
         raise ValueError("chunk_seconds must be positive")
     for s, e in spans or ():
         if not (0 <= s < e):
             raise ValueError(f"invalid span ({s}, {e})")
-    todo = list(spans) if spans is not None else [(audio_start(media, timeout=timeout), None)]
+    if not _is_url(media):
+        yield from _stream(media, spans, chunk_seconds, timeout, None)
+        return
+    with Guard(audio_guard_limits(guard)) as proxy, no_proxy_bypass():
+        proxy.downloading()  # the file-size cap bounds the bytes
+        try:
+            yield from _stream(media, spans, chunk_seconds, timeout, proxy.url)
+        except AudioError:
+            if proxy.verdict is None:
+                raise
+            v = proxy.verdict  # why the guard closed the connection, not what ffmpeg made of it
+            raise AudioError(v.reason, v.permanent, v.code) from None
+
+
+def _stream(media: str, spans: Sequence[tuple[float, float]] | None, chunk_seconds: float,
+            timeout: float, proxy: str | None) -> Iterator[AudioChunk]:
+    todo = list(spans) if spans is not None else [(audio_start(media, timeout=timeout, proxy=proxy), None)]
     chunk = max(1, round(chunk_seconds * SAMPLE_RATE))
     total = 0
     for start, end in todo:
-        for offset, samples in _read_pcm(audio_command(media, start, end), chunk, timeout, media):
+        for offset, samples in _read_pcm(audio_command(media, start, end, proxy), chunk, timeout, media):
             total += len(samples)
             yield AudioChunk(start + offset / SAMPLE_RATE, samples)
     if total == 0:

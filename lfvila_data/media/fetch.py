@@ -363,7 +363,7 @@ class Fetcher:
                 res = subprocess.run(
                     ["ffprobe", "-v", "error", "-protocol_whitelist", _NETWORK_PROTOCOLS,
                      "-http_proxy", guard.url, "-rw_timeout", str(int(self.cfg.socket_timeout * 1e6)),
-                     "-show_entries", "stream=codec_type", "-of", "csv=p=0", media_url],
+                     "-show_entries", "stream=codec_type,width,height", "-of", "csv=p=0:nk=0", media_url],
                     capture_output=True, timeout=self.cfg.socket_timeout * 3, stdin=subprocess.DEVNULL,
                     check=False)
             except subprocess.TimeoutExpired:
@@ -376,6 +376,13 @@ class Fetcher:
                 return f"media could not be read: {last[:300]}"
             if res.returncode == 0 and b"video" not in res.stdout:
                 return "the URL does not serve a readable video: no video stream found"
+            streams = [dict(kv.partition("=")[::2] for kv in ln.split(","))
+                       for ln in res.stdout.decode("utf-8", "replace").splitlines()]
+            if res.returncode == 0 and all(st.get("width") in ("0", "", None) for st in streams
+                                           if st.get("codec_type") == "video"):
+                # frame dimensions the decoder refuses (e.g. 20000x20000): no rerun changes that
+                said = next((ln for ln in err if "size" in ln.lower()), "no frame size")
+                return f"the URL does not serve a readable video: its frames have no usable size ({said[:200]})"
         return None
 
 

@@ -36,8 +36,11 @@ DONE, FAILED, RETRY = "done", "failed", "retry"
 # Errors of the output itself, never of one video: a full disk, a quota, a failing disk.
 # A rerun after fixing them must redo the work, so they are transient, and the build stops
 # at the first one instead of failing every remaining video the same way.
-OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
-OUTPUT_ERROR_TEXT = re.compile(r"No space left on device|Disk quota exceeded|Input/output error")
+# An object store's 5xx is the same class: s3fs raises OSError(EREMOTEIO) for InternalError,
+# OSError(EBUSY) for ServiceUnavailable and SlowDown (after its own retries), EIO otherwise.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EREMOTEIO, errno.EBUSY})
+OUTPUT_ERROR_TEXT = re.compile(r"No space left on device|Disk quota exceeded|Input/output error|"
+                               r"\b(?:InternalError|ServiceUnavailable|SlowDown)\b")
 
 
 class OutputStopped(Exception):

@@ -65,7 +65,10 @@ class PlanConfig:
     max_clips=32: about 7 minutes at the 13.4 s average clip, which bounds one sample's
     file size and fetch time while still leaving 29 start positions for a 4-clip window.
     num_buckets=None picks one bucket per 256 MiB of input (at least 1), which keeps a
-    reduce task's share of clips and texts to a few hundred MB of memory."""
+    reduce task's share of clips and texts to a few hundred MB of memory.
+    max_text_bytes=64 KiB: HD-VILA's clip texts are one ASR sentence (~30 words, ~200
+    bytes); a text hundreds of times longer is not a caption of 13 s of video but junk or
+    an attack, and max_clips such texts must still fit a shard member `verify` accepts."""
 
     min_clips: int = 4
     max_clips: int = 32
@@ -73,6 +76,7 @@ class PlanConfig:
     allow_local_files: bool = False
     num_buckets: int | None = field(default=None, metadata=LAYOUT)
     chunk_bytes: int = field(default=64 * 1024 * 1024, metadata=LAYOUT)
+    max_text_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         require(1 <= self.min_clips <= self.max_clips,
@@ -81,6 +85,7 @@ class PlanConfig:
         require(self.num_buckets is None or self.num_buckets >= 1,
                 f"num_buckets must be >= 1, got {self.num_buckets}")
         require(self.chunk_bytes >= 1, f"chunk_bytes must be >= 1, got {self.chunk_bytes}")
+        require(self.max_text_bytes >= 1, f"--max-text-bytes must be >= 1, got {self.max_text_bytes}")
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ DROP_REASONS = {
     "not_in_groups": "--groups: a clip in no group",
     "unaligned_text": "a cue without word timings (or one timed word) longer than max_clip_seconds",
     "short_clip": "a clip shorter than 3 output frames with no neighbour to join within the limits",
+    "text_too_long": "a clip text longer than max_text_bytes (it breaks its run)",
 }
 _DROP_UNITS = ("runs", "clips", "words", "seconds")
 
@@ -196,6 +202,13 @@ def group_runs(video: VideoMeta, texts: dict[str, str], cfg: PlanConfig,
             failures.append(Failure(video.video_id, clip.clip_id, Stage.TEXT.value, FailureCode.NO_TEXT,
                                     "no text for clip"))
             count_drop(stats, "no_text", clips=1, seconds=clip.end - clip.start)
+            close()
+            continue
+        if (size := len(text.encode())) > cfg.max_text_bytes:
+            failures.append(Failure(video.video_id, clip.clip_id, Stage.TEXT.value, FailureCode.TEXT_TOO_LONG,
+                                    f"clip text of {size} bytes is longer than --max-text-bytes "
+                                    f"{cfg.max_text_bytes}"))
+            count_drop(stats, "text_too_long", clips=1, words=words_of(text), seconds=clip.end - clip.start)
             close()
             continue
         if run and (clip.k != run[-1].k + 1 or clip.start - run[-1].end > cfg.max_gap):
@@ -326,6 +339,34 @@ def _first_of_each(table: pa.Table, key: str) -> tuple[pa.Table, pa.Table]:
     return table.filter(mask), table.filter(pc.invert(mask))
 
 
+def _conflicting_texts(texts: pa.Table, dup_texts: pa.Table) -> dict[str, Failure]:
+    """A ledger row per clip id whose later lines give another text than its first line:
+    which one describes the clip is unknown, so neither is used. Repeats of the same text
+    (a file listed twice, overlapping dumps) stay fine."""
+    if not dup_texts.num_rows:
+        return {}
+    both = dup_texts.select(["clip_id", "text", "file_idx", "offset"]).join(
+        texts.select(["clip_id", "text", "file_idx", "offset"]), keys="clip_id", right_suffix="_first")
+    differ = both.filter(pc.fill_null(pc.not_equal(both.column("text"), both.column("text_first")), True))
+    out: dict[str, Failure] = {}
+    for clip_id, fi, off, fi0, off0 in zip(*(differ.column(n).to_pylist() for n in (
+            "clip_id", "file_idx", "offset", "file_idx_first", "offset_first"))):
+        out.setdefault(clip_id, Failure(
+            clip_id[:clip_id.index(".")], clip_id, Stage.TEXT.value, FailureCode.CLIP_TEXT_CONFLICT,
+            f"two different texts for the clip (text file #{fi0} byte {off0}, file #{fi} byte {off}); "
+            "neither is used"))
+    return out
+
+
+def _too_long_texts(texts: pa.Table, max_bytes: int) -> dict[str, Failure]:
+    """A ledger row per clip text longer than `max_bytes` (UTF-8)."""
+    sizes = pc.binary_length(texts.column("text"))
+    long = texts.filter(pc.fill_null(pc.greater(sizes, max_bytes), False))
+    return {cid: Failure(cid[:cid.index(".")], cid, Stage.TEXT.value, FailureCode.TEXT_TOO_LONG,
+                         f"clip text of {len(text.encode())} bytes is longer than --max-text-bytes {max_bytes}")
+            for cid, text in zip(long.column("clip_id").to_pylist(), long.column("text").to_pylist())}
+
+
 def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
                   from_groups: bool = False, per_object: bool = False) -> dict:
     """Join bucket `bucket` of every map output, plan its videos (by our rule, or as the
@@ -345,6 +386,12 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
     group_parts = [p["groups"] for p in parts if "groups" in p]
     del parts
     stats["texts_unique"], stats["texts_duplicate"] = texts.num_rows, dup_texts.num_rows
+    withheld = _conflicting_texts(texts, dup_texts)
+    if from_groups:  # group_runs checks the length itself; a group needs the row here
+        withheld |= _too_long_texts(texts, cfg.max_text_bytes)
+    if withheld:
+        texts = texts.filter(pc.invert(pc.is_in(texts.column("clip_id"), pa.array(list(withheld), pa.string()))))
+        failures += withheld.values()
     clips = clips.join(texts.select(["clip_id", "text"]), keys="clip_id", join_type="left outer")
     clips = clips.sort_by([("video_id", "ascending"), ("k", "ascending")])
     stats["texts_unused"] = texts.num_rows - (clips.num_rows - clips.column("text").null_count)
@@ -354,10 +401,8 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
 
         return reduce_groups(bucket, group_parts, videos, clips, failures, stats, out_dir)
 
-    if per_object:
-        table, fails = _plan_per_object(videos, clips, cfg, stats)
-    else:
-        table, fails = _plan_columnar(videos, clips, cfg, stats)
+    plan_videos = _plan_per_object if per_object else _plan_columnar
+    table, fails = plan_videos(videos, clips, cfg, stats, set(withheld))
     failures += fails
     failures.sort(key=lambda f: (f.stage, f.video_id or "", f.clip_id or "", f.reason))
     by_stage = Counter(f.stage for f in failures)
@@ -366,10 +411,11 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
     return {"counts": dict(stats), "failures_by_stage": dict(by_stage)}
 
 
-def _plan_per_object(videos: pa.Table, clips: pa.Table, cfg: PlanConfig,
-                     stats: Counter) -> tuple[pa.Table, list[Failure]]:
+def _plan_per_object(videos: pa.Table, clips: pa.Table, cfg: PlanConfig, stats: Counter,
+                     withheld: set[str]) -> tuple[pa.Table, list[Failure]]:
     """The bucket's plan by `group_runs` on `Clip` objects, video by video: the reference
-    `_plan_columnar` must equal."""
+    `_plan_columnar` must equal. Clips in `withheld` already have a ledger row (their
+    texts conflict), so they get no `no_text` row."""
     cols = {n: clips.column(n).to_pylist() for n in ("video_id", "clip_id", "k", "start", "end", "text")}
     samples: list[PlannedSample] = []
     failures: list[Failure] = []
@@ -384,6 +430,7 @@ def _plan_per_object(videos: pa.Table, clips: pa.Table, cfg: PlanConfig,
         texts_of = {cols["clip_id"][x]: cols["text"][x] for x in range(i, j) if cols["text"][x] is not None}
         stats["words_parsed"] += sum(words_of(t) for t in texts_of.values())
         got, fails = group_runs(meta, texts_of, cfg, stats)
+        fails = [f for f in fails if not (f.code is FailureCode.NO_TEXT and f.clip_id in withheld)]
         if got:
             row_of = {cols["clip_id"][x]: x for x in range(i, j)}
             first_rows += [row_of[s.clips[0].clip_id] for s in got]
@@ -404,8 +451,8 @@ def _plan_per_object(videos: pa.Table, clips: pa.Table, cfg: PlanConfig,
     return table, failures
 
 
-def _plan_columnar(videos: pa.Table, clips: pa.Table, cfg: PlanConfig,
-                   stats: Counter) -> tuple[pa.Table, list[Failure]]:
+def _plan_columnar(videos: pa.Table, clips: pa.Table, cfg: PlanConfig, stats: Counter,
+                   withheld: set[str]) -> tuple[pa.Table, list[Failure]]:
     """The bucket's plan by `group_runs`'s rule over whole columns (plan.columnar):
     the same table, ledger rows and counts as `_plan_per_object`, without a Python
     object per clip or sample."""
@@ -413,7 +460,9 @@ def _plan_columnar(videos: pa.Table, clips: pa.Table, cfg: PlanConfig,
     k = clips.column("k").to_numpy()
     start, end = clips.column("start").to_numpy(), clips.column("end").to_numpy()
     words = word_counts(clips.column("text"))
-    has_text = words > 0
+    sizes = pc.fill_null(pc.binary_length(clips.column("text")), 0).to_numpy()
+    too_long = (words > 0) & (sizes > cfg.max_text_bytes)
+    has_text = (words > 0) & ~too_long
     new_video = np.ones(len(k), dtype=bool)
     if len(k):
         new_video[1:] = pc.not_equal(vid[1:], vid[:-1]).to_numpy(zero_copy_only=False)
@@ -422,11 +471,21 @@ def _plan_columnar(videos: pa.Table, clips: pa.Table, cfg: PlanConfig,
     stats["videos"] += videos.num_rows
     stats["clips_total"] += clips.num_rows
 
-    no_text = np.flatnonzero(~has_text)
+    no_text = np.flatnonzero(words == 0)
     if len(no_text):
         count_drop(stats, "no_text", clips=len(no_text), seconds=in_order(0, (end[no_text] - start[no_text]).tolist()))
+    clip_ids = clips.column("clip_id")
     failures = [Failure(v, c, Stage.TEXT.value, FailureCode.NO_TEXT, "no text for clip")
-                for v, c in zip(vid.take(no_text).to_pylist(), clips.column("clip_id").take(no_text).to_pylist())]
+                for v, c in zip(vid.take(no_text).to_pylist(), clip_ids.take(no_text).to_pylist())
+                if c not in withheld]
+    long_rows = np.flatnonzero(too_long)
+    if len(long_rows):
+        count_drop(stats, "text_too_long", clips=len(long_rows), words=int(words[long_rows].sum()),
+                   seconds=in_order(0, (end[long_rows] - start[long_rows]).tolist()))
+    failures += [Failure(v, c, Stage.TEXT.value, FailureCode.TEXT_TOO_LONG,
+                         f"clip text of {size} bytes is longer than --max-text-bytes {cfg.max_text_bytes}")
+                 for v, c, size in zip(vid.take(long_rows).to_pylist(), clip_ids.take(long_rows).to_pylist(),
+                                       sizes[long_rows].tolist())]
 
     keep = chunks.n >= cfg.min_clips
     word_cum = np.concatenate([[0], np.cumsum(words)])
@@ -471,6 +530,7 @@ def _plan_table(keys: pa.Array, video_ids: pa.Array, urls: pa.Array, first_rows:
         "clips": pa.ListArray.from_arrays(pa.array(offsets), struct.take(pa.array(rows)), type=item),
         "text_source": pa.array(["metadata"] * len(keys), pa.string()),
         "language": pa.nulls(len(keys), pa.string()), "split": pa.nulls(len(keys), pa.string()),
+        "qa": pa.nulls(len(keys), pa.string()),
     }, schema=PLAN_SCHEMA).sort_by("key")
 
 

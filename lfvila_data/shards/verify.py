@@ -29,7 +29,7 @@ import fsspec
 from lfvila_data.media.cut import INPUT_GUARD, MediaError, probe
 from lfvila_data.progress import human_bytes, human_time
 from lfvila_data.records import paragraph, parse_sample_key
-from lfvila_data.shards.write import MEMBER_EXTS, TASKS
+from lfvila_data.shards.write import MAX_TEXT_MEMBER, MEMBER_EXTS, TASKS
 
 # The check names a Problem can carry, and what each means.
 CHECKS = {
@@ -54,7 +54,6 @@ CHECKS = {
 }
 INDEX_NAMES = ("train.json", "val.json")
 INDEX_KIND = "wids-shard-index-v1"
-MAX_TEXT_MEMBER = 16 * 1024 * 1024  # a json or txt member larger than this is a problem
 DURATION_SLACK = 0.05  # seconds, on top of one frame
 DECODE_TIMEOUT = 1800.0
 PROGRESS_EVERY_S = 5.0
@@ -212,14 +211,42 @@ def _task_errors(meta: dict) -> list[str]:
         errors.append(f"task {str(meta['task'])[:40]!r} is not one of {', '.join(TASKS)}")
     if meta.get("split") is not None and not (isinstance(meta["split"], str) and meta["split"]):
         errors.append(f"split {str(meta['split'])[:40]!r} is not a non-empty string or null")
+    if meta.get("task") == "qa" or "qa" in meta:
+        errors += _qa_errors(meta.get("qa"))
+    return errors
+
+
+def _qa_errors(qa: object) -> list[str]:
+    """A QA sample's questions: each a `qid` and a `question`, its candidate `answers`
+    (strings, or null) with the right one's index as `label`, or a `label` alone
+    (entailment: 1 true, 0 false), or an `answer` string (open answers)."""
+    if not isinstance(qa, list) or not qa:
+        return ["a qa sample needs a non-empty qa list"]
+    errors = []
+    for i, q in enumerate(qa):
+        where = f"qa[{i}] "
+        if not isinstance(q, dict) or not isinstance(q.get("qid"), str) or not isinstance(q.get("question"), str) \
+                or not q["question"]:
+            errors.append(f"{where}needs a qid and a non-empty question")
+            continue
+        answers, label, answer = q.get("answers"), q.get("label"), q.get("answer")
+        if label is not None and (not isinstance(label, int) or isinstance(label, bool)):
+            errors.append(f"{where}label {str(label)[:20]!r} is not an integer")
+        elif answers is not None and (not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)
+                                      or not isinstance(label, int) or not 0 <= label < len(answers)):
+            errors.append(f"{where}answers must be strings with label the index of the right one")
+        elif answer is not None and not isinstance(answer, str):
+            errors.append(f"{where}answer is not a string")
+        elif label is None and answer is None:
+            errors.append(f"{where}has neither a label nor an answer")
     return errors
 
 
 def _sentence_errors(i: int, clip: dict) -> list[str]:
     """Sentences lie inside their clip in time order and their texts make the clip text."""
     sents = clip["sentences"]
-    if not sents:
-        return [f"clips[{i}] has no sentences"]
+    if not sents:  # a clip without text (a QA video without subtitles) has none
+        return [f"clips[{i}] has no sentences"] if clip["text"] else []
     errors, prev = [], float("-inf")
     for j, t in enumerate(sents):
         if not (clip["start"] - SENTENCE_SLACK <= t["start"] <= t["end"] <= clip["end"] + SENTENCE_SLACK):

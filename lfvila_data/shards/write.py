@@ -34,12 +34,16 @@ from lfvila_data.shards.stats import shard_table_stats
 
 SPLITS = ("train", "val")
 # the json's `task`: what a sample is for, by the source that built it
-TASKS = ("pretraining", "retrieval")
-BENCHMARK_TASKS = {"activitynet": "retrieval"}
+TASKS = ("pretraining", "retrieval", "qa")
+BENCHMARK_TASKS = {"activitynet": "retrieval", "didemo": "retrieval", "queryd": "retrieval", "condensed-movies": "retrieval",
+                   "how2qa": "qa", "violin": "qa", "activitynet-qa": "qa"}
 MEMBER_EXTS = ("mp4", "json", "txt")  # a sample's members, in tar order
 _BLOCK = 512
 _COPY = 4 * 1024 * 1024
 _PART = 16 * 1024 * 1024  # write buffer; on S3 the multipart part size (>= 5 MiB)
+# a json or txt member larger than this is a problem: `verify` rejects it, so the writer
+# leaves out the samples that would need one (a build made with a large --max-text-bytes)
+MAX_TEXT_MEMBER = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,8 @@ def sample_json(row: dict) -> dict:
               "end": relative_time(c.end, start, duration), "source_start": c.start,
               "source_end": c.end, "text": c.text, "sentences": c.sentence_rows(start, duration)}
              for c in manifest_clips(row)]
+    # QA samples alone carry their questions: other samples' json stays byte for byte as it was
+    qa = {"qa": json.loads(row["qa"])} if _text_or(row.get("qa"), None) else {}
     return {"key": row["key"], "video_id": row["video_id"], "url": row["url"],
             "source": row.get("source") or "hdvila", "start": start, "end": row["end"],
             "duration": row["duration"], "fps": row["fps"], "width": int(row["width"]),
@@ -164,7 +170,7 @@ def sample_json(row: dict) -> dict:
             "text_source": _text_or(row.get("text_source"), "metadata"),
             "language": _text_or(row.get("language"), None),
             "task": BENCHMARK_TASKS.get(row.get("source") or "hdvila", "pretraining"),
-            "split": _text_or(row.get("split"), None)}
+            "split": _text_or(row.get("split"), None)} | qa
 
 
 def sample_members(row: dict) -> tuple[bytes, bytes]:
@@ -172,6 +178,11 @@ def sample_members(row: dict) -> tuple[bytes, bytes]:
     meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True, allow_nan=False).encode()
     text = paragraph(c["text"] for c in row["clips"]).encode()
     return meta, text
+
+
+def text_fits(row: dict) -> bool:
+    """True when the sample's json and txt members are within MAX_TEXT_MEMBER."""
+    return max(len(m) for m in sample_members(row)) <= MAX_TEXT_MEMBER
 
 
 def sample_tar_bytes(row: dict) -> int:
@@ -369,8 +380,11 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMa
     on a cluster, `executor.base.local_map` in this process), then the index files, the
     manifest and the stats. Returns the stats."""
     manifest, dups = read_manifests(inputs)
+    fits = [text_fits(r) for r in manifest.to_dict("records")]
+    manifest = manifest[fits] if fits else manifest
     if manifest.empty:
-        raise InputError("the input builds hold no samples")
+        raise InputError("the input builds hold no samples" + (
+            f" whose text fits a {MAX_TEXT_MEMBER} byte member" if fits else ""))
     out = OutputDir(output)
     out.fs.makedirs(out.root, exist_ok=True)
     plans = plan_shards(manifest, cfg)
@@ -405,6 +419,7 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMa
     stats = shard_table_stats(table)
     stats["bytes"] = int(sum(r.filesize for r in records.values()))  # shard files, not videos
     stats["duplicate_keys_dropped"] = dups
+    stats["text_too_large_dropped"] = len(fits) - sum(fits)
     out.write_json("stats.json", stats)
     out.write_json("shard.json", {"inputs": list(inputs), "config": asdict(cfg),
                                   "source": sorted(set(manifest.get("source", pd.Series(["hdvila"]))))})

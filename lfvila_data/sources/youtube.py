@@ -203,14 +203,16 @@ def available_tracks(info: dict) -> tuple[str, ...]:
     return tuple(out)
 
 
-def fetch_subtitles(ref: VideoRef, cfg: FetchConfig, langs: list[str]) -> VideoText:
+def fetch_subtitles(ref: VideoRef, cfg: FetchConfig, langs: list[str],
+                    max_bytes: int = MAX_SUBTITLE_BYTES) -> VideoText:
     """yt-dlp's metadata for the video (one request), then the chosen subtitle file;
     raises FetchError (permanent or not) like the video fetch does. Through the fetch
     guard, like every download."""
     log = _Log()
     with Guard(cfg.guard_limits()) as guard, no_proxy_bypass():
         try:
-            info, track, data = _metadata_and_subtitles(ref, Fetcher(cfg, Path(".")), log, guard, langs)
+            info, track, data = _metadata_and_subtitles(ref, Fetcher(cfg, Path(".")), log, guard, langs,
+                                                        max_bytes)
         except FetchError as e:  # a connection the guard closed: its verdict says why
             raise (guard_error(guard) or e) from None
         raise_verdict(guard)
@@ -220,7 +222,8 @@ def fetch_subtitles(ref: VideoRef, cfg: FetchConfig, langs: list[str]) -> VideoT
 
 
 def _metadata_and_subtitles(ref: VideoRef, fetcher: Fetcher, log: _Log, guard: Guard,
-                            langs: list[str]) -> tuple[dict, SubtitleTrack | None, bytes | None]:
+                            langs: list[str], max_bytes: int = MAX_SUBTITLE_BYTES
+                            ) -> tuple[dict, SubtitleTrack | None, bytes | None]:
     import yt_dlp
 
     params = fetcher.params(Path("."), None, log, guard) | {"skip_download": True}
@@ -234,10 +237,10 @@ def _metadata_and_subtitles(ref: VideoRef, fetcher: Fetcher, log: _Log, guard: G
             data = None
             if track is not None:
                 with ydl.urlopen(track.url) as resp:
-                    data = resp.read(MAX_SUBTITLE_BYTES + 1)
-                if len(data) > MAX_SUBTITLE_BYTES:
-                    raise FetchError(f"subtitle file is larger than {MAX_SUBTITLE_BYTES} bytes", True,
-                                     FailureCode.TOO_LARGE)
+                    data = resp.read(max_bytes + 1)
+                if len(data) > max_bytes:
+                    raise FetchError(f"subtitle file is larger than --max-subtitle-bytes {max_bytes}", True,
+                                     FailureCode.SUBTITLE_TOO_LARGE)
     except yt_dlp.utils.DownloadError as e:
         msg = _clean(log.errors[-1] if log.errors else str(e))
         raise FetchError(msg, is_permanent(msg)) from None

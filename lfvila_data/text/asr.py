@@ -42,6 +42,7 @@ from lfvila_data.executor.base import ActorMap, WorkerCrashed, crash_line, local
 from lfvila_data.inputs import require
 from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
 from lfvila_data.media.fetch import fetch_code
+from lfvila_data.media.guard import GuardLimits
 from lfvila_data.output.fingerprint import SPEED
 from lfvila_data.records import Failure, FailureCode, Stage, error_line
 from lfvila_data.text.subtitles import Word
@@ -429,7 +430,8 @@ class WhisperTranscriber:
         language = self.cfg.language if self.cfg.language or self.multilingual else "en"
         seconds = 0.0
         try:
-            for batch in self._batches(media, spans):
+            # the resolver's fetch settings bound the read (text.stage.AudioResolver)
+            for batch in self._batches(media, spans, getattr(resolve, "guard_limits", None)):
                 timed, language = self.transcribe_chunks(batch, language)
                 for chunk, items in zip(batch, timed):
                     words += place_words(items, chunk, words[-1].end if words else chunk.start)
@@ -438,8 +440,9 @@ class WhisperTranscriber:
             return _failed(job, str(e), e.permanent, e.code)
         return AsrResult(job.video_id, words, language, round(seconds, 3))
 
-    def _batches(self, media: str, spans: list[tuple[float, float]] | None) -> Iterator[list[AudioChunk]]:
-        chunks = _prefetch(lambda: stream_audio(media, spans, chunk_seconds=self.cfg.chunk_seconds),
+    def _batches(self, media: str, spans: list[tuple[float, float]] | None,
+                 guard: GuardLimits | None = None) -> Iterator[list[AudioChunk]]:
+        chunks = _prefetch(lambda: stream_audio(media, spans, chunk_seconds=self.cfg.chunk_seconds, guard=guard),
                            depth=2 * self.cfg.batch_size)
         batch: list[AudioChunk] = []
         for chunk in chunks:

@@ -54,12 +54,18 @@ class TextOptions:
     clip: ClipConfig = ClipConfig()
     check_language: bool = True
     concurrency: int = field(default=16, metadata=SPEED)  # subtitle look-ups at once
+    # a clip text longer than this is a ledger row (the plan's copy, PlanConfig.max_text_bytes, decides)
+    max_text_bytes: int = 64 * 1024
+    # a subtitle file larger than this is not parsed: a ledger row instead of gigabytes in memory
+    max_subtitle_bytes: int = 50 * 1024 * 1024
 
     def __post_init__(self):
         if self.asr not in ASR_MODES:
             raise ValueError(f"asr must be one of {ASR_MODES}, got {self.asr!r}")
         if self.asr != "off" and self.asr_config is None:
             raise ValueError("speech recognition needs an AsrConfig")
+        if self.max_text_bytes < 1 or self.max_subtitle_bytes < 1:
+            raise ValueError("--max-text-bytes and --max-subtitle-bytes must be >= 1")
 
 
 @dataclass
@@ -110,6 +116,8 @@ def local_text(video: Path, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
                                                        reason + "; use --asr auto to transcribe")])
     path, lang = sub
     try:
+        if (size := path.stat().st_size) > opts.max_subtitle_bytes:
+            return TextOutcome(vid, url, failures=[subtitle_too_large(vid, path.name, size, opts.max_subtitle_bytes)])
         data = path.read_bytes()
     except OSError as e:
         return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value, FailureCode.UNUSABLE_SUBTITLES,
@@ -123,7 +131,7 @@ def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: Fetc
     if opts.asr == "always":
         return TextOutcome(ref.video_id, ref.url, asr_reason="--asr always")
     try:  # transient errors are retried with backoff, like video downloads
-        got = with_retries(lambda: fetch_subtitles(ref, fetch, list(opts.langs)), fetch)
+        got = with_retries(lambda: fetch_subtitles(ref, fetch, list(opts.langs), opts.max_subtitle_bytes), fetch)
     except FetchError as e:
         return TextOutcome(ref.video_id, ref.url, status=FAILED if e.permanent else RETRY,
                            failures=[Failure(ref.video_id, None, Stage.DOWNLOAD.value, e.code, e.reason,
@@ -141,6 +149,12 @@ def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: Fetc
                            got.duration, plan, opts)
 
 
+def subtitle_too_large(video_id: str, name: str, size: int, limit: int) -> Failure:
+    """The ledger row of a subtitle file over --max-subtitle-bytes (left unread)."""
+    return Failure(video_id, None, Stage.TEXT.value, FailureCode.SUBTITLE_TOO_LARGE,
+                   f"subtitle file {name} is {size} bytes, more than --max-subtitle-bytes {limit}")
+
+
 # ------------------------------------------------------------------ speech recognition
 
 
@@ -149,6 +163,7 @@ class AudioResolver:
 
     def __init__(self, fetch: FetchConfig):
         self.fetch = fetch
+        self.guard_limits = fetch.guard_limits()  # what the audio read through the guard may do
 
     def __call__(self, url: str) -> str:
         # a FetchError keeps `permanent`, so a 404 is not retried on every rerun

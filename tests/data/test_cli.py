@@ -22,7 +22,7 @@ GROUPS = {
     "Input and output": ["--source", "--metadata", "--text", "--groups", "--input", "--output"],
     "Benchmark datasets": ["--annotations", "--video-dir", "--split-file"],
     "Subtitles and clips": ["--lang", "--min-clip-seconds", "--max-clip-seconds", "--max-join-gap",
-                            "--language-check"],
+                            "--language-check", "--max-text-bytes", "--max-subtitle-bytes"],
     "Speech recognition": ["--asr", "--asr-model", "--asr-language", "--asr-timestamps",
                            "--asr-batch-size", "--asr-actors", "--asr-gpu", "--asr-silence-db"],
     "Planning": ["--min-clips", "--max-clips", "--max-gap", "--plan-buckets", "--plan-only"],
@@ -48,7 +48,7 @@ def test_help_lists_every_option_under_its_stage():
         elif line.startswith("│") and "--" in line:
             seen[line.strip("│ *").split()[0]] = panel
     assert seen == {opt: group for group, opts in GROUPS.items() for opt in opts} | {"--help": "Options"}
-    assert sum(map(len, GROUPS.values())) == 54
+    assert sum(map(len, GROUPS.values())) == 56
 
 
 def config(*args: str):
@@ -94,6 +94,14 @@ def test_clip_settings_reach_the_text_stage_and_its_fingerprint():
         assert r.exit_code == 2 and "error:" in r.output, r.output
 
 
+def test_text_caps_reach_the_plan_and_the_text_stage():
+    cfg = config("--max-text-bytes", "1000", "--max-subtitle-bytes", "2000")
+    assert cfg.plan.max_text_bytes == cfg.text_opts.max_text_bytes == 1000
+    assert cfg.text_opts.max_subtitle_bytes == 2000
+    r = CliRunner().invoke(app, ["build", *REQUIRED, "--max-text-bytes", "0"])
+    assert r.exit_code == 2 and "error:" in r.output, r.output
+
+
 def test_local_sources_are_local_files():
     cfg = config("--source", "local", "--input", "videos/")
     assert cfg.inputs == ("videos/",) and cfg.task.source == "local"
@@ -112,6 +120,14 @@ def test_benchmark_inputs_reach_the_build(tmp_path):
                           (["--annotations", "a.json"], "need a benchmark --source")]:
         r = CliRunner().invoke(app, ["build", *REQUIRED, *args])
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("source", ["didemo", "queryd", "condensed-movies", "how2qa", "violin", "activitynet-qa"])
+def test_every_benchmark_source_takes_annotations(source):
+    cfg = config("--source", source, "--annotations", "a.json")
+    assert (cfg.source, cfg.task.source, cfg.annotations) == (source, source, ("a.json",))
+    r = CliRunner().invoke(app, ["build", *REQUIRED, "--source", source])
+    assert r.exit_code == 2 and f"--annotations is required for --source {source}" in r.output
 
 
 @pytest.mark.parametrize("args, message", [

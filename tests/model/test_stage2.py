@@ -1,4 +1,4 @@
-"""Stage 2: BERT masking, video-text matching negatives, the cross-modal forward and losses
+"""Stage 2 with stage2.arch=crossattn (ours; singlestream: test_singlestream.py): BERT masking, video-text matching negatives, the cross-modal forward and losses
 against direct computations, frozen stage-1 parts, resume, initialisation from a BERT
 checkpoint, a short run on real shards with eval (CLI), and 2 Ray Train workers (DDP with
 frozen parameters) whose saved data positions replay each rank's stream."""
@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from lfvila_model.objectives import Masker, MatchingObjective, mask_tokens
 from lfvila_model.ray_train import train_ray
 from lfvila_model.sources import SyntheticSource, setup_data
 from lfvila_model.train import load_model, setup_model, setup_optimizer, train
-from tests.model.checks import assert_retrieval_consistent
+from tests.model.checks import assert_retrieval_consistent, resumed_params, tiny_with_saved_bert
 from tests.model.recording import RecordKeys, recorded
 
 SPECIAL = {"mask_token_id": 4, "special_token_ids": [0, 1, 2, 3]}  # the test vocabulary's, and synthetic_batch's
@@ -174,13 +173,9 @@ def test_stage1_part_stays_frozen_and_in_eval_mode():
 
 
 def test_cross_layers_start_from_bert_layers_after_the_stage1_ones(tmp_path):
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
-    tiny = presets.tiny()
-    used = tiny.text.split + tiny.text.paragraph_layers
-    bert = BertForMaskedLM(BertConfig(**{**tiny.text.bert, "num_hidden_layers": used + 2}))
-    bert.save_pretrained(tmp_path)
-    cfg = dataclasses.replace(tiny, text=dataclasses.replace(tiny.text, pretrained=str(tmp_path)))
+    cfg, bert, used = tiny_with_saved_bert(tmp_path, BertForMaskedLM)
     model = LFVILAStage2(cfg)
     for i in range(2):
         ours, theirs = model.cross.layers[i], bert.bert.encoder.layer[used + i]
@@ -205,7 +200,8 @@ def test_stage2_freezes_stage1_trains_the_rest_and_resumes_exactly(tmp_path):
     stage1 = params(checkpoints(s1.checkpoint.dir)[-1])
     over = [f"stage2.stage1_checkpoint={s1.checkpoint.dir}", f"stage2.mask_token_id={SPECIAL['mask_token_id']}",
             f"stage2.special_token_ids={SPECIAL['special_token_ids']}", "optim.max_steps=4",
-            "checkpoint.every_steps=2", "checkpoint.keep=0", "optim.grad_accum=2", "stage2.negatives=hard"]
+            "checkpoint.every_steps=2", "checkpoint.keep=0", "optim.grad_accum=2", "stage2.negatives=hard",
+            "stage2.arch=crossattn"]
     a = _cfg(tmp_path, "a", "tiny_stage2", *over)
     source = SyntheticSource(a.model, batch_size=3, batches_per_epoch=5, seed=2)
     torch.manual_seed(a.seed)
@@ -225,15 +221,21 @@ def test_stage2_freezes_stage1_trains_the_rest_and_resumes_exactly(tmp_path):
     for r in rows:
         assert float(r["loss"]) == pytest.approx(float(r["mlm"]) + float(r["vtm"]), rel=1e-5)
 
-    b = _cfg(tmp_path, "b", "tiny_stage2", *over)
-    shutil.copytree(Path(a.checkpoint.dir) / "step-00000002", Path(b.checkpoint.dir) / "step-00000002")
-    train(b, source, resume=True)
-    resumed = params(Path(b.checkpoint.dir) / "step-00000004")
+    resumed = resumed_params(_cfg(tmp_path, "b", "tiny_stage2", *over), source, a.checkpoint.dir, 2)
     assert max((final[k] - resumed[k]).abs().max().item() for k in final) <= 1e-6
     model, cfg = load_model(a.checkpoint.dir)
     assert isinstance(model, LFVILAStage2) and cfg.stage == 2 and not model.training
     assert model.state_dict().keys() == final.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in final.items())  # the step-4 weights, all of them
+
+    saved = Path(a.checkpoint.dir) / "step-00000004" / "trainer.json"  # as saved before stage2.arch existed
+    meta = json.loads(saved.read_text())
+    del meta["config"]["stage2"]["arch"], meta["config"]["stage2"]["batch_size"]
+    saved.write_text(json.dumps(meta))
+    assert isinstance(load_model(a.checkpoint.dir)[0], LFVILAStage2)
+    with pytest.raises(ConfigError, match="trained stage2.arch=crossattn; resume it with stage2.arch=crossattn"):
+        train(_cfg(tmp_path, "a", "tiny_stage2", *[o for o in over if "arch" not in o and "negatives" not in o]),
+              source, resume=True)
 
     with pytest.raises(ConfigError, match="stage-2 checkpoint"):  # stage 2 starts from stage 1 only
         train(_cfg(tmp_path, "c", "tiny_stage2", *over, f"stage2.stage1_checkpoint={a.checkpoint.dir}"), source)
@@ -257,7 +259,7 @@ def test_stage2_on_shards_mlm_falls_and_eval_reports_accuracy(shards, vocab_dir,
     rc = cli.main(["--train-shards", shard_dir, "--val-shards", shard_dir, "--config", "tiny",
                    "--stage1-checkpoint", f"{tmp_path}/s1", f"checkpoint.dir={tmp_path}/s2",
                    f"log.dir={tmp_path}/s2log", "optim.max_steps=30", "optim.lr=0.1", "optim.steps_per_epoch=null",
-                   *common])
+                   "stage2.arch=crossattn", *common])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "(mlm " in out and "vtm_acc" in out
@@ -289,7 +291,8 @@ def test_stage2_on_two_ray_workers_and_their_data_positions(shards, vocab_dir, t
     s1 = _cfg(tmp_path, "s1", "tiny", "optim.max_steps=1", *common, "data.num_workers=0")
     train(s1, SyntheticSource(s1.model, batch_size=2))
     cfg = _cfg(tmp_path, "ray", "tiny_stage2", *common, "data.num_workers=1", "optim.max_steps=4",
-               "checkpoint.every_steps=2", "checkpoint.keep=0", f"stage2.stage1_checkpoint={s1.checkpoint.dir}")
+               "checkpoint.every_steps=2", "checkpoint.keep=0", f"stage2.stage1_checkpoint={s1.checkpoint.dir}",
+               "stage2.arch=crossattn")
     train_shards = [s for s in shards if "/train-" in s]
     keys = tmp_path / "keys"
     last = train_ray(cfg, RecordKeys(setup_data(cfg, train_shards), str(keys)), num_workers=2)

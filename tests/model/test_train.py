@@ -53,7 +53,8 @@ def test_param_groups_skip_decay_on_norms_and_biases():
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
     decay_names = {names[id(p)] for p in decay["params"]}
     assert len(decay_names) + len(no_decay_names) == len(list(model.parameters()))
-    assert all(n.endswith("bias") or "norm" in n.lower() for n in no_decay_names if "sentence_index" not in n)
+    assert all(n.endswith(("bias", "relative_position_bias_table")) or "norm" in n.lower()
+               for n in no_decay_names if "sentence_index" not in n)
     assert any("LayerNorm.weight" in n for n in no_decay_names) and any("clip_norm.weight" in n for n in no_decay_names)
     assert not any(n.endswith(".bias") for n in decay_names)
     assert "video_encoder.video_proj.weight" in decay_names

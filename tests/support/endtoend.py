@@ -66,7 +66,9 @@ def shard_verify_load(builds: list[Path], root: Path, *, multi_sentence: bool = 
     cfg = DataConfig(batch_size=1, num_workers=0, shuffle_buffer=1)
     loader = make_loader(tars, cfg, train=False, tokenizer=tokenizer)
     keys = [k for batch in loader for k in batch["key"]]
-    long_enough = {k for k, m in metas.items() if m["n_clips"] >= cfg.sample_clips}
+    # a pretraining sample needs a window of sample_clips; a retrieval one is read whole
+    long_enough = {k for k, m in metas.items()
+                   if m["n_clips"] >= cfg.sample_clips or (m.get("task") == "retrieval" and m["n_clips"])}
     assert sorted(keys) == sorted(long_enough)
     assert loader.dataset.counter.kept == len(long_enough)
     return {"samples": len(manifest), "loaded": len(keys), "sentences": sum(sentences.values())}

@@ -225,3 +225,25 @@ def test_the_users_proxy_is_used_after_the_check(media, tmp_path, refusing):
         cfg = FetchConfig(proxy=users_proxy.url, allowed_networks=("127.0.0.1/32",))
         got = Fetcher(cfg, tmp_path)("v", media.url("v.mp4"), [(1, 3)])
         assert got.sections and users_proxy.requests >= 2 and media.requests["v.mp4"] >= 1
+
+
+def test_the_audio_read_of_speech_recognition_goes_through_the_guard(media, refusing):
+    """`stream_audio` (what the ASR actor reads a resolved media URL with) gets the fetch
+    guard's refusals: a loopback URL is never requested, a redirect from an allowed host
+    to a refused one is refused after the allowed hop, and with private addresses allowed
+    the same audio is read through the guard."""
+    from lfvila_data.media.audio import AudioError, stream_audio
+
+    media.requests.clear()
+    with pytest.raises(AudioError) as e:
+        list(stream_audio(media.url("v.mp4"), [(1, 3)]))
+    assert e.value.code is FailureCode.PRIVATE_ADDRESS and e.value.permanent
+    assert media.requests["v.mp4"] == 0
+    with HostileServer("127.0.0.2") as inner, HostileServer("127.0.0.1") as outer:
+        with pytest.raises(AudioError) as e:
+            list(stream_audio(outer.url("to?" + inner.url("forever")), [(1, 3)],
+                              guard=GuardLimits(allowed_networks=("127.0.0.1/32",))))
+        assert outer.requests["to"] >= 1 and inner.requests["forever"] == 0
+    assert e.value.code is FailureCode.PRIVATE_ADDRESS and e.value.permanent and "127.0.0.2" in str(e.value)
+    chunks = list(stream_audio(media.url("v.mp4"), [(1, 3)], guard=GuardLimits(allow_private=True)))
+    assert sum(c.duration for c in chunks) == pytest.approx(2.0, abs=0.01) and media.requests["v.mp4"] >= 1

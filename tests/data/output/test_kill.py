@@ -3,6 +3,8 @@ agent outlives the driver) and removes its scratch and lease; a rerun after kill
 removes what the killed job left (scratch, temporary files, its lease) and completes."""
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import time
@@ -11,6 +13,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from lfvila_data.executor.cluster import processes_file, reap_processes, record_processes
 from lfvila_data.media.task import TaskContext
 from lfvila_data.output.lease import LEASE
 
@@ -59,6 +62,8 @@ def test_a_rerun_after_kill_9_cleans_up_and_completes(site, tmp_path):
     job.kill()
     job.wait(timeout=60)
     assert (out / LEASE).exists()  # a killed job cannot release it
+    recorded = json.loads(processes_file(scratch).read_text())  # its Ray: raylet, GCS, agents
+    assert {"raylet", "gcs_server"} <= {p["name"] for p in recorded}, recorded
     (out / "_write_check.0123abcd.tmp").write_bytes(b"")  # what a write killed mid-way leaves
     rerun = site.build_cmd(out, work, "--download-concurrency", "1")
     r = subprocess.run(rerun, capture_output=True, text=True, timeout=600, check=False)
@@ -66,3 +71,43 @@ def test_a_rerun_after_kill_9_cleans_up_and_completes(site, tmp_path):
     assert list(pd.read_parquet(out / "manifest.parquet").key) == site.keys
     assert not scratch.exists()
     assert not _junk(out)
+    assert not [p for p in recorded if _running(p)], "the killed job's Ray outlived the rerun's start"
+
+
+def _running(row: dict) -> bool:
+    try:
+        p = psutil.Process(row["pid"])
+        return abs(p.create_time() - row["started"]) < 0.01 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_reap_ends_recorded_processes_and_spares_a_reused_pid(tmp_path):
+    """What a kill -9 left (a recorded process still running) is ended on the next start;
+    a pid now used by another process (another start time) is left alone."""
+    left = subprocess.Popen(["sleep", "300"])
+    try:
+        record = tmp_path / "w" / "x.ray-processes.json"
+        record_processes(record, [psutil.Process(left.pid)])
+        rows = json.loads(record.read_text())
+        rows.append({"pid": os.getpid(), "started": psutil.Process().create_time() - 100, "name": "python"})
+        record.write_text(json.dumps(rows))
+        assert reap_processes(record) == 1
+        assert not _running(rows[0])  # ended (and reaped: psutil waited for it)
+        assert not record.exists() and psutil.pid_exists(os.getpid())
+        assert reap_processes(record) == 0  # nothing recorded: nothing to do
+    finally:
+        left.kill()
+        left.wait()
+
+
+def test_scratch_is_removed_on_every_node(tmp_path, ray_module):
+    """A build joining a cluster removes a killed job's scratch on each live node (here the
+    one local node, through the same pinned tasks a worker node gets)."""
+    from lfvila_data.executor.cluster import remove_on_every_node
+
+    scratch = tmp_path / "work" / "0123456789abcdef"
+    (scratch / "vid").mkdir(parents=True)
+    (scratch / "vid" / "part.mkv").write_bytes(b"left by a killed job")
+    assert remove_on_every_node(scratch) == 1
+    assert not scratch.exists()

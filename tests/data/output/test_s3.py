@@ -141,3 +141,24 @@ def test_storage_problems_are_one_line_errors(s3, denied, tmp_path):
         code, lines = _cli(args, extra, tmp_path)
         assert code == 2 and len(lines) == 1 and expected in lines[0].lower(), (args, extra, lines[-20:])
         assert lines[0].startswith("lfvila-data: error:")
+
+
+
+@pytest.mark.parametrize("code,status", [("InternalError", 500), ("ServiceUnavailable", 503),
+                                         ("SlowDown", 503), ("BadGateway", 502)])
+def test_s3_5xx_on_the_output_is_an_output_error(code, status):
+    """What s3fs raises for a 5xx its retries did not cure is the output failing, as a full
+    disk is (`is_output_error`): a transient output_full row, and the build stops at the
+    first one with exit 3 (tests/data/output/test_disk_full.py shows that path)."""
+    import botocore.exceptions
+    from s3fs.errors import translate_boto_error
+
+    from lfvila_data.output.write import is_output_error
+
+    err = botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": "We encountered an internal error. Please try again."},
+         "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    assert is_output_error(translate_boto_error(err))
+    assert not is_output_error(translate_boto_error(botocore.exceptions.ClientError(
+        {"Error": {"Code": "NoSuchKey", "Message": "The specified key does not exist."},
+         "ResponseMetadata": {"HTTPStatusCode": 404}}, "GetObject")))

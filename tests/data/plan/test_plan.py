@@ -185,8 +185,9 @@ def write_inputs(root: Path) -> tuple[list[str], list[str]]:
                       json.dumps({"video_id": "local1", "url": "file:///etc/passwd",
                                   "clip": [{"clip_id": "local1.1.mp4", "span": [0, 1]}]})]
     meta_lines[2].append(meta_lines[1][0].replace("https://", "http://"))  # duplicate video line
-    text_lines[0][5:5] = [json.dumps({"clip_id": "vid000x.1.mp4", "text": "first wins"}), "garbage", ""]
-    text_lines[1].insert(0, json.dumps({"clip_id": "vid000x.1.mp4", "text": "second file loses"}))
+    # one clip id with three different texts: a conflict, none is used
+    text_lines[0][5:5] = [json.dumps({"clip_id": "vid000x.1.mp4", "text": "first of three"}), "garbage", ""]
+    text_lines[1].insert(0, json.dumps({"clip_id": "vid000x.1.mp4", "text": "another text"}))
     text_lines[1].append(json.dumps({"clip_id": "orphan.1.mp4", "text": "nobody's clip"}))
     meta_paths, text_paths = [], []
     for i, lines in enumerate(meta_lines):
@@ -217,12 +218,15 @@ def plan_directly(meta_paths, text_paths, cfg):
                 if isinstance(parsed, Failure):
                     failures.append(parsed)
                 else:
-                    texts.setdefault(*parsed)
+                    texts.setdefault(parsed[0], set()).add(parsed[1])
+    conflicts = {c for c, t in texts.items() if len(t) > 1}
+    failures += [Failure(c.split(".")[0], c, "text", FailureCode.CLIP_TEXT_CONFLICT, "two") for c in conflicts]
+    texts = {c: t.pop() for c, t in texts.items() if c not in conflicts}
     samples = []
     for v in videos.values():
         got, fails = group_runs(v, texts, cfg)
         samples += got
-        failures += fails
+        failures += [f for f in fails if f.clip_id not in conflicts]
     return sorted(samples, key=lambda s: s.key), failures
 
 
@@ -281,7 +285,9 @@ def test_build_plan_matches_the_pure_rules(inputs, reference):
     assert {f.code for f in got_failures if (f.video_id, f.clip_id) == ("local1", None)} == {FailureCode.BAD_URL}
     assert {f.code for f in got_failures if (f.video_id, f.clip_id) == ("vid001x", None)} == {FailureCode.DUPLICATE}
     by_key = {r["key"]: r for r in table.to_pylist()}
-    assert by_key["vid000x_00001_00006"]["clips"][0]["text"] == "first wins"
+    assert not [k for k in by_key if k.startswith("vid000x_00001_")]  # its first clip has no text
+    assert "two different texts" in reasons[("vid000x", "vid000x.1.mp4")]
+    assert codes[FailureCode.CLIP_TEXT_CONFLICT] == 1
     assert by_key["vid001x_00001_00006"]["url"].startswith("https://")
 
     assert summary.samples == len(expected) == table.num_rows

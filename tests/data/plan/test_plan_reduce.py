@@ -1,6 +1,7 @@
 """The columnar reduce (plan.columnar) gives the plan of `group_runs` on Python objects,
 byte for byte: the part files, the ledger files and the summary, on a corpus with every
-edge case of the rule, and its word count is `words_of` on any text."""
+edge case of the rule (and of the text caps: conflicting texts, too long texts), and its
+word count is `words_of` on any text."""
 from __future__ import annotations
 
 import json
@@ -58,6 +59,7 @@ def corpus(root: Path, seed: int) -> tuple[list[str], list[str], list[str]]:
         _video("two_max", [0] * 63),                         # 64: two chunks
         _video("mid_missing", [0] * 9, no_text={5}),         # a clip without text mid-run
         _video("mid_blank", [0] * 9, blank={4, 6}),          # blank texts mid-run
+        _video("long_text", [0] * 9, no_text={3, 7}),        # texts below
         _video("all_missing", [0] * 4, no_text={1, 2, 3, 4, 5}),
         _video("unsorted", [0] * 7, shuffle=r),
         _video("duplicate", [0] * 6, duplicate=2),           # the same clip twice (a ledger row)
@@ -65,7 +67,10 @@ def corpus(root: Path, seed: int) -> tuple[list[str], list[str], list[str]]:
     ]
     meta = [line for line, _ in edge]
     text = [t for _, texts in edge for t in texts]
-    text.append(json.dumps({"clip_id": "exact_min.2.mp4", "text": "a second text line"}))
+    text.append(json.dumps({"clip_id": "exact_min.2.mp4", "text": "a second text line"}))  # conflicts
+    text.append(text[text.index(json.dumps({"clip_id": "gap_exact.3.mp4", "text": "words 3 of gap_exact"}))])
+    text.append(json.dumps({"clip_id": "long_text.3.mp4", "text": "x " * 40_000}))  # too long (80 KB)
+    text.append(json.dumps({"clip_id": "long_text.7.mp4", "text": " " * 70_000}))   # blank however long
     text.append(json.dumps({"clip_id": "nowhere.1.mp4", "text": "a text of no video"}))
     for v in range(80):
         vid = f"r{seed}_{v:03d}"
@@ -95,7 +100,8 @@ def _files(out: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("cfg,groups", [
     (PlanConfig(num_buckets=3), False),
-    (PlanConfig(min_clips=2, max_clips=3, max_gap=0.5, num_buckets=2, chunk_bytes=40_000), False),
+    (PlanConfig(min_clips=2, max_clips=3, max_gap=0.5, num_buckets=2, chunk_bytes=40_000,
+                max_text_bytes=22), False),
     (PlanConfig(min_clips=1, max_clips=1, max_gap=0.0, num_buckets=1), False),
     (PlanConfig(num_buckets=2), True),
 ])
@@ -114,6 +120,7 @@ def test_columnar_reduce_and_per_object_give_the_same_plan_files(tmp_path, seed,
     if not groups:
         assert {"no_text", "short_run"} <= set(summary.dropped) or cfg.min_clips == 1
         assert summary.failures_by_stage["text"] > 20 and summary.failures_by_stage["metadata"] >= 2
+        assert "text_too_long" in summary.dropped
 
 
 @settings(max_examples=60, deadline=None)

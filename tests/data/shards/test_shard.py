@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from lfvila_data.build import BuildConfig, run_build
@@ -328,3 +329,29 @@ def test_json_times_lie_within_a_sample_file_shorter_than_its_span(tmp_path, ray
     assert all(0 <= t <= duration for t in times)
     assert clips[-1]["end"] == clips[-1]["sentences"][-1]["end"] == duration
     assert clips[-1]["source_end"] == 18.4 and clips[0]["start"] == 0.0
+
+
+def test_a_text_verify_would_reject_is_left_out_not_sharded(builds, tmp_path):
+    """A build made with a huge --max-text-bytes holds a sample whose txt member would be
+    over verify's limit: the writer leaves that sample out (counted in the stats) and
+    `verify` accepts every shard it writes, on the same limit."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from lfvila_data.shards.verify import verify_shards
+    from lfvila_data.shards.write import MAX_TEXT_MEMBER
+
+    build = tmp_path / "build"
+    shutil.copytree(builds[0], build)
+    table = pq.read_table(build / "manifest.parquet")
+    rows = table.to_pylist()
+    rows[0]["clips"][0]["text"] = "word " * (MAX_TEXT_MEMBER // 5 + 1)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), build / "manifest.parquet")
+    out = tmp_path / "shards"
+    stats = run_shard([str(build)], str(out), ShardConfig(val_count=0), write=local_map)
+    assert stats["text_too_large_dropped"] == 1
+    keys = set(pd.read_parquet(out / "manifest.parquet").key)
+    assert keys == {r["key"] for r in rows[1:]}
+    report = verify_shards(str(out), decode=False)
+    assert report.ok, report.render()
