@@ -1,15 +1,19 @@
-"""Benchmark of the planning shuffle: wall time and peak memory of build_plan on a local
-Ray, parsing the inputs in Arrow blocks (the default) and line by line (`per_line`, the
-path before), in one run, with the plan files of both compared byte for byte; the map
-phase alone (CPU per clip, one process); and a naive one-process pandas join. All on
-generated HD-VILA-format metadata.
+"""Benchmark of the planning shuffle: wall time, CPU and peak memory of build_plan on a
+local Ray in up to three variants in one run, with the plan files of each compared byte
+for byte to the first: `per-line` (lines parsed in Python, videos planned by `group_runs`
+on Python objects: the path before issue 11 C), `arrow-objects` (Arrow-block parsing,
+per-object reduce) and `columnar` (Arrow-block parsing and the columnar reduce: the
+default); the map phase alone (CPU per clip, one process); and a naive one-process pandas
+join. All on generated HD-VILA-format metadata.
 
     python benchmarks/bench_plan.py --clips 1000000 --skip-baseline
-    python benchmarks/bench_plan.py --clips 10000000 --workdir /tmp/lfvila-bench-plan
+    python benchmarks/bench_plan.py --clips 10000000 --variants columnar --skip-map --skip-baseline
 
 Memory is sampled every 0.5 s over the driver and every process it started (gcs, raylet,
 workers): summed RSS (counts shared object-store pages once per process that maps them),
-summed PSS (shares them out, so it adds up to real use) and the largest single RSS."""
+summed PSS (shares them out, so it adds up to real use) and the largest single RSS. CPU is
+the user+system time of that process tree (each process's last sample: Ray's workers are
+not waited-for children, so rusage would miss them), from after Ray started to the end."""
 from __future__ import annotations
 
 import argparse
@@ -168,12 +172,19 @@ class MemorySampler:
         self.root, self.every_s = root, every_s
         self.peak_rss = self.peak_pss = self.peak_one = 0
         self.peak_one_name = ""
+        self.cpu_ticks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         rss = pss = 0
         for pid in _tree(self.root):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                self.cpu_ticks[pid] = int(fields[11]) + int(fields[12])  # utime + stime
+            except (OSError, IndexError, ValueError):
+                pass
             r = _kib(f"/proc/{pid}/status", "VmRSS:")
             rss += r
             pss += _kib(f"/proc/{pid}/smaps_rollup", "Pss:")
@@ -184,6 +195,11 @@ class MemorySampler:
                 except OSError:
                     pass
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+
+    def cpu_s(self) -> float:
+        """User+system seconds of every process of the tree so far (sampled now)."""
+        self._sample()
+        return sum(self.cpu_ticks.values()) / os.sysconf("SC_CLK_TCK")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -201,11 +217,14 @@ class MemorySampler:
 
 
 # ---------------------------------------------------------------------------------------
-# the two contenders
+# the contenders
+
+# name: (per_line, per_object) of build_plan
+VARIANTS = {"per-line": (True, True), "arrow-objects": (False, True), "columnar": (False, False)}
 
 
 def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | None,
-            chunk_mib: int, max_in_flight: int | None, per_line: bool = False) -> dict:
+            chunk_mib: int, max_in_flight: int | None, per_line: bool = False, per_object: bool = False) -> dict:
     import ray
 
     from lfvila_data.executor.pool import RayShuffle
@@ -214,13 +233,13 @@ def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | N
     with MemorySampler(os.getpid()) as mem:
         t0 = time.monotonic()
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        t1 = time.monotonic()
+        t1, cpu1 = time.monotonic(), mem.cpu_s()
         cfg = PlanConfig(num_buckets=num_buckets, chunk_bytes=chunk_mib * 1024 * 1024)
         summary = build_plan(meta, text, out_dir, cfg, shuffle=RayShuffle(max_in_flight=max_in_flight),
-                             per_line=per_line)
-        t2 = time.monotonic()
+                             per_line=per_line, per_object=per_object)
+        t2, cpu2 = time.monotonic(), mem.cpu_s()
         ray.shutdown()
-    return {"wall_s": t2 - t1, "ray_start_s": t1 - t0, "summary": summary.__dict__,
+    return {"wall_s": t2 - t1, "cpu_s": cpu2 - cpu1, "ray_start_s": t1 - t0, "summary": summary.__dict__,
             "peak_rss_sum_mib": mem.peak_rss / 1024, "peak_pss_sum_mib": mem.peak_pss / 1024,
             "peak_one_mib": mem.peak_one / 1024, "peak_one_name": mem.peak_one_name}
 
@@ -301,8 +320,8 @@ def main() -> None:
     ap.add_argument("--max-in-flight", type=int, default=None)
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-map", action="store_true", help="skip the in-process map-phase CPU measurement")
-    ap.add_argument("--per-line", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run build_plan with per-line parsing (the path before Arrow blocks)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"build_plan variants to run, in order, each compared to the first ({', '.join(VARIANTS)})")
     ap.add_argument("--baseline-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_child:
@@ -328,17 +347,21 @@ def main() -> None:
         ratio = results["map_cpu_per_line"]["cpu_s"] / results["map_cpu_arrow"]["cpu_s"]
         print(f"map phase: arrow is {ratio:.1f}x faster (CPU)", flush=True)
     runs = {}
-    for per_line in ((True, False) if args.per_line else (False,)):
-        name = f"ray build_plan, {'per line' if per_line else 'arrow'}, {info['clips']:,} clips"
+    variants = args.variants.split(",")
+    for variant in variants:
+        per_line, per_object = VARIANTS[variant]
+        name = f"ray build_plan, {variant}, {info['clips']:,} clips"
         runs[name] = (info["clips"], run_ray(
-            meta, text, str(work / f"out-{args.clips}-{'lines' if per_line else 'arrow'}"), args.num_buckets,
-            args.chunk_mib, args.max_in_flight, per_line))
-        print(f"{name}: {runs[name][1]['wall_s']:.1f} s", flush=True)
-    if args.per_line:
-        a, b = (runs[n][1]["wall_s"] for n in runs)
-        identical = same_files(str(work / f"out-{args.clips}-lines"), str(work / f"out-{args.clips}-arrow"))
-        print(f"build_plan: arrow is {a / b:.2f}x faster (wall); plan files byte-identical: {identical}")
-        results["identical"] = identical
+            meta, text, str(work / f"out-{args.clips}-{variant}"), args.num_buckets,
+            args.chunk_mib, args.max_in_flight, per_line, per_object))
+        print(f"{name}: {runs[name][1]['wall_s']:.1f} s wall, {runs[name][1]['cpu_s']:.1f} CPU s", flush=True)
+    first = runs[next(iter(runs))][1]
+    for variant, name in zip(variants[1:], list(runs)[1:]):
+        r = runs[name][1]
+        identical = same_files(str(work / f"out-{args.clips}-{variants[0]}"), str(work / f"out-{args.clips}-{variant}"))
+        print(f"build_plan {variant} vs {variants[0]}: {first['wall_s'] / r['wall_s']:.2f}x faster (wall), "
+              f"{first['cpu_s'] / r['cpu_s']:.2f}x less CPU; plan files byte-identical: {identical}", flush=True)
+        results[f"identical_{variant}"] = identical
     if not args.skip_baseline:
         small_meta, small_text = generate(work / f"data-{args.baseline_clips}", args.baseline_clips, 1, seed=1)
         small = json.loads((work / f"data-{args.baseline_clips}" / "generated.json").read_text())["clips"]
@@ -348,10 +371,10 @@ def main() -> None:
         runs[f"naive pandas, {small:,} clips"] = (small, run_baseline(small_meta, small_text))
     results.update({n: r for n, (_, r) in runs.items()})
 
-    print(f"\n{'run':48} {'wall s':>8} {'RSS sum MiB':>12} {'PSS sum MiB':>12} {'max 1 proc MiB':>15} "
+    print(f"\n{'run':48} {'wall s':>8} {'CPU s':>8} {'RSS sum MiB':>12} {'PSS sum MiB':>12} {'max 1 proc MiB':>15} "
           f"{'PSS KiB/clip':>13}")
     for name, (clips, r) in runs.items():
-        print(f"{name:48} {r['wall_s']:8.1f} {r['peak_rss_sum_mib']:12.0f} {r['peak_pss_sum_mib']:12.0f} "
+        print(f"{name:48} {r['wall_s']:8.1f} {r.get('cpu_s', float('nan')):8.1f} {r['peak_rss_sum_mib']:12.0f} {r['peak_pss_sum_mib']:12.0f} "
               f"{r['peak_one_mib']:15.0f} {r['peak_pss_sum_mib'] * 1024 / clips:13.3f}")
     names = list(runs)
     if not args.skip_baseline:

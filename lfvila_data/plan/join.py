@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from lfvila_data.executor.base import Shuffle
 from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range, read_range, require
 from lfvila_data.output.fingerprint import LAYOUT, content, fingerprint
+from lfvila_data.plan.columnar import chunk_runs, in_order, sample_keys, segment_sums, word_counts
 from lfvila_data.progress import ThrottledPrinter, to_stderr
 from lfvila_data.records import (
     Clip,
@@ -367,10 +368,10 @@ def _too_long_texts(texts: pa.Table, max_bytes: int) -> dict[str, Failure]:
 
 
 def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
-                  from_groups: bool = False) -> dict:
+                  from_groups: bool = False, per_object: bool = False) -> dict:
     """Join bucket `bucket` of every map output, plan its videos (by our rule, or as the
     given groups), and write its part files; returns the counts the driver sums into the
-    PlanSummary."""
+    PlanSummary. `per_object` plans with `group_runs` on Python objects (the reference)."""
     stats: Counter = Counter()
     failures = [Failure.from_row(r) for r in _concat(parts, "failures", FAILURE_SCHEMA).to_pylist()]
     videos, dup_videos = _first_of_each(_concat(parts, "videos", _VIDEO_SCHEMA), "video_id")
@@ -400,8 +401,24 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
 
         return reduce_groups(bucket, group_parts, videos, clips, failures, stats, out_dir)
 
+    plan_videos = _plan_per_object if per_object else _plan_columnar
+    table, fails = plan_videos(videos, clips, cfg, stats, set(withheld))
+    failures += fails
+    failures.sort(key=lambda f: (f.stage, f.video_id or "", f.clip_id or "", f.reason))
+    by_stage = Counter(f.stage for f in failures)
+    _write_parquet(table, out_dir, f"part-{bucket:05d}.parquet")
+    _write_parquet(_failure_table(failures), out_dir, f"failures-{bucket:05d}.parquet")
+    return {"counts": dict(stats), "failures_by_stage": dict(by_stage)}
+
+
+def _plan_per_object(videos: pa.Table, clips: pa.Table, cfg: PlanConfig, stats: Counter,
+                     withheld: set[str]) -> tuple[pa.Table, list[Failure]]:
+    """The bucket's plan by `group_runs` on `Clip` objects, video by video: the reference
+    `_plan_columnar` must equal. Clips in `withheld` already have a ledger row (their
+    texts conflict), so they get no `no_text` row."""
     cols = {n: clips.column(n).to_pylist() for n in ("video_id", "clip_id", "k", "start", "end", "text")}
     samples: list[PlannedSample] = []
+    failures: list[Failure] = []
     first_rows: list[int] = []  # row in `clips` of each sample's first clip
     i, n = 0, clips.num_rows
     for video_id, url in zip(videos.column("video_id").to_pylist(), videos.column("url").to_pylist()):
@@ -423,21 +440,80 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
         stats["clips_total"] += j - i
         stats["videos_with_samples"] += bool(got)
         i = j
-    failures.sort(key=lambda f: (f.stage, f.video_id or "", f.clip_id or "", f.reason))
     stats["samples"] = len(samples)
     stats["clips_in_samples"] = sum(len(s.clips) for s in samples)
     stats["seconds"] = sum(s.duration for s in samples)
-    by_stage = Counter(f.stage for f in failures)
-    _write_parquet(_plan_table(samples, first_rows, clips), out_dir, f"part-{bucket:05d}.parquet")
-    _write_parquet(_failure_table(failures), out_dir, f"failures-{bucket:05d}.parquet")
-    return {"counts": dict(stats), "failures_by_stage": dict(by_stage)}
+    n_clips = np.fromiter((len(s.clips) for s in samples), dtype=np.int64, count=len(samples))
+    table = _plan_table(pa.array([s.key for s in samples], pa.string()),
+                        pa.array([s.video_id for s in samples], pa.string()),
+                        pa.array([s.url for s in samples], pa.string()),
+                        np.asarray(first_rows, dtype=np.int64), n_clips, clips)
+    return table, failures
 
 
-def _plan_table(samples: list[PlannedSample], first_rows: list[int], clips: pa.Table) -> pa.Table:
+def _plan_columnar(videos: pa.Table, clips: pa.Table, cfg: PlanConfig, stats: Counter,
+                   withheld: set[str]) -> tuple[pa.Table, list[Failure]]:
+    """The bucket's plan by `group_runs`'s rule over whole columns (plan.columnar):
+    the same table, ledger rows and counts as `_plan_per_object`, without a Python
+    object per clip or sample."""
+    vid = clips.column("video_id").combine_chunks()
+    k = clips.column("k").to_numpy()
+    start, end = clips.column("start").to_numpy(), clips.column("end").to_numpy()
+    words = word_counts(clips.column("text"))
+    sizes = pc.fill_null(pc.binary_length(clips.column("text")), 0).to_numpy()
+    too_long = (words > 0) & (sizes > cfg.max_text_bytes)
+    has_text = (words > 0) & ~too_long
+    new_video = np.ones(len(k), dtype=bool)
+    if len(k):
+        new_video[1:] = pc.not_equal(vid[1:], vid[:-1]).to_numpy(zero_copy_only=False)
+    chunks = chunk_runs(new_video, k, start, end, has_text, cfg.max_gap, cfg.max_clips)
+    stats["words_parsed"] += int(words.sum())
+    stats["videos"] += videos.num_rows
+    stats["clips_total"] += clips.num_rows
+
+    no_text = np.flatnonzero(words == 0)
+    if len(no_text):
+        count_drop(stats, "no_text", clips=len(no_text), seconds=in_order(0, (end[no_text] - start[no_text]).tolist()))
+    clip_ids = clips.column("clip_id")
+    failures = [Failure(v, c, Stage.TEXT.value, FailureCode.NO_TEXT, "no text for clip")
+                for v, c in zip(vid.take(no_text).to_pylist(), clip_ids.take(no_text).to_pylist())
+                if c not in withheld]
+    long_rows = np.flatnonzero(too_long)
+    if len(long_rows):
+        count_drop(stats, "text_too_long", clips=len(long_rows), words=int(words[long_rows].sum()),
+                   seconds=in_order(0, (end[long_rows] - start[long_rows]).tolist()))
+    failures += [Failure(v, c, Stage.TEXT.value, FailureCode.TEXT_TOO_LONG,
+                         f"clip text of {size} bytes is longer than --max-text-bytes {cfg.max_text_bytes}")
+                 for v, c, size in zip(vid.take(long_rows).to_pylist(), clip_ids.take(long_rows).to_pylist(),
+                                       sizes[long_rows].tolist())]
+
+    keep = chunks.n >= cfg.min_clips
+    word_cum = np.concatenate([[0], np.cumsum(words)])
+    chunk_words = word_cum[chunks.first + chunks.n] - word_cum[chunks.first]
+    for reason, which in (("short_run", ~keep & chunks.head), ("short_tail_chunk", ~keep & ~chunks.head)):
+        if which.any():
+            stats["dropped_short_runs"] += int(which.sum())
+            seconds = segment_sums(end - start, chunks.first[which], chunks.n[which])
+            count_drop(stats, reason, runs=int(which.sum()), clips=int(chunks.n[which].sum()),
+                       words=int(chunk_words[which].sum()), seconds=in_order(0, seconds))
+    first, n_clips = chunks.first[keep], chunks.n[keep]
+    last = first + n_clips - 1
+    stats["words_in_samples"] += int(chunk_words[keep].sum())
+    sample_vid = vid.take(pa.array(first))
+    stats["samples"] = len(first)
+    stats["clips_in_samples"] = int(n_clips.sum())
+    stats["seconds"] = sum((end[last] - start[first]).tolist())
+    stats["videos_with_samples"] += len(pc.unique(sample_vid))
+    urls = videos.column("url").combine_chunks().take(pc.index_in(sample_vid, videos.column("video_id").combine_chunks()))
+    keys = sample_keys(sample_vid, k[first], k[last])
+    return _plan_table(keys, sample_vid, urls, first, n_clips, clips), failures
+
+
+def _plan_table(keys: pa.Array, video_ids: pa.Array, urls: pa.Array, first_rows: np.ndarray,
+                n_clips: np.ndarray, clips: pa.Table) -> pa.Table:
     """PLAN_SCHEMA table sorted by key; each sample's clips are a contiguous run of rows
     of the joined `clips` table (sorted by video, k), so they are gathered in Arrow
     rather than rebuilt from Python objects."""
-    n_clips = np.fromiter((len(s.clips) for s in samples), dtype=np.int32, count=len(samples))
     offsets = np.concatenate([[0], np.cumsum(n_clips, dtype=np.int64)]).astype(np.int32)
     rows = np.repeat(np.asarray(first_rows, dtype=np.int64) - offsets[:-1], n_clips) + np.arange(offsets[-1])
     item = PLAN_SCHEMA.field("clips").type
@@ -446,15 +522,15 @@ def _plan_table(samples: list[PlannedSample], first_rows: list[int], clips: pa.T
          else pa.nulls(len(clips), f.type)  # HD-VILA clips: one sentence, the clip itself
          for f in item.value_type],
         fields=list(item.value_type))
-    starts = [s.start for s in samples]
-    ends = [s.end for s in samples]
+    starts = clips.column("start").take(pa.array(first_rows, pa.int64())).combine_chunks()
+    ends = clips.column("end").take(pa.array(first_rows + n_clips - 1, pa.int64())).combine_chunks()
     return pa.table({
-        "key": [s.key for s in samples], "video_id": [s.video_id for s in samples],
-        "url": [s.url for s in samples], "start": starts, "end": ends,
-        "duration": [e - b for b, e in zip(starts, ends)], "n_clips": n_clips,
+        "key": keys, "video_id": video_ids, "url": urls, "start": starts, "end": ends,
+        "duration": pc.subtract(ends, starts), "n_clips": n_clips.astype(np.int32),
         "clips": pa.ListArray.from_arrays(pa.array(offsets), struct.take(pa.array(rows)), type=item),
-        "text_source": ["metadata"] * len(samples), "language": pa.nulls(len(samples), pa.string()),
-        "split": pa.nulls(len(samples), pa.string()), "qa": pa.nulls(len(samples), pa.string()),
+        "text_source": pa.array(["metadata"] * len(keys), pa.string()),
+        "language": pa.nulls(len(keys), pa.string()), "split": pa.nulls(len(keys), pa.string()),
+        "qa": pa.nulls(len(keys), pa.string()),
     }, schema=PLAN_SCHEMA).sort_by("key")
 
 
@@ -564,12 +640,14 @@ def _clear_plan_dir(out_dir: str) -> None:
 
 def build_plan(metadata: list[str], text: list[str], out_dir: str, cfg: PlanConfig = PlanConfig(),
                *, shuffle: Shuffle, progress: Callable[[str], None] | None = None,
-               groups: list[str] | None = None, per_line: bool = False) -> PlanSummary:
+               groups: list[str] | None = None, per_line: bool = False, per_object: bool = False) -> PlanSummary:
     """Plan every sample of the inputs through `shuffle` (`executor.pool.RayShuffle` on a
     cluster, `executor.base.local_shuffle` in this process) and write the plan under
     out_dir/plan, marking it done with _SUCCESS.json last. With `groups` (clip-id group
     files, see plan.groups) the samples are exactly those groups. `per_line` parses every
-    input line in Python (the reference the Arrow path must equal; for tests and benchmarks)."""
+    input line in Python and `per_object` plans each video with `group_runs` on Python
+    objects (the references the Arrow parse and the columnar reduce must equal; for tests
+    and benchmarks)."""
     meta_paths, text_paths = expand_paths(metadata), expand_paths(text)
     inputs = {"metadata": _input_listing(meta_paths), "text": _input_listing(text_paths)}
     group_paths = expand_paths(groups) if groups else []
@@ -594,7 +672,7 @@ def build_plan(metadata: list[str], text: list[str], out_dir: str, cfg: PlanConf
     by_stage: Counter = Counter()
     map_fn = partial(_map_chunk, num_buckets=num_buckets, allow_local_files=cfg.allow_local_files,
                      per_line=per_line)
-    reduce_fn = partial(reduce_bucket, cfg=cfg, out_dir=out_dir, from_groups=bool(groups))
+    reduce_fn = partial(reduce_bucket, cfg=cfg, out_dir=out_dir, from_groups=bool(groups), per_object=per_object)
     for finished, result in enumerate(shuffle(map_fn, list(enumerate(jobs)), reduce_fn, num_buckets, on_map), 1):
         counts.update(result["counts"])
         by_stage.update(result["failures_by_stage"])
