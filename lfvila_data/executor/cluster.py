@@ -124,6 +124,7 @@ class RayStart:
 
     def __init__(self, address: str | None, num_cpus: int | None = None,
                  processes: Path | None = None) -> None:
+        python_stderr_on_screen()
         self._error: BaseException | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._start, args=(address, num_cpus, processes),
@@ -190,25 +191,28 @@ def _init_error(address: str | None, e: BaseException, stderr: str) -> str:
 def _stderr_captured() -> Iterator:
     """Keep what Ray prints while it starts (C++ network warnings, the token notice, ~20
     lines of retries against a cluster that refuses us) off the user's screen; the text
-    is kept to explain a failure in one line. Ray may start on another thread while this
-    one prints progress: Python's own stderr keeps writing to the screen meanwhile."""
+    is kept to explain a failure in one line. (Python's own `sys.stderr` may write past
+    it: see `python_stderr_on_screen`.)"""
     with tempfile.TemporaryFile(mode="w+b") as sink:
         sys.stderr.flush()
         saved = os.dup(2)
-        ours = _on_fd2(sys.stderr)
-        if ours:
-            screen = os.fdopen(os.dup(saved), "w", buffering=1, encoding=sys.stderr.encoding,
-                               errors="backslashreplace")
-            previous, sys.stderr = sys.stderr, screen
         os.dup2(sink.fileno(), 2)
         try:
             yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            if ours:
-                sys.stderr = previous
-                screen.close()
+
+
+def python_stderr_on_screen() -> None:
+    """Point `sys.stderr` at a copy of file descriptor 2, so that what this process
+    prints (progress lines) reaches the screen while Ray starts on another thread with
+    descriptor 2 sent elsewhere. Called once, on the main thread, before that start:
+    swapping streams while another thread prints would split its lines."""
+    if _on_fd2(sys.stderr):
+        sys.stderr.flush()
+        sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding,
+                               errors="backslashreplace")
 
 
 def _on_fd2(stream: object) -> bool:

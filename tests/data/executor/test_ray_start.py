@@ -4,6 +4,7 @@ noise does not, Ray outlives the thread that started it, and a plan-only run of 
 inputs starts no Ray at all."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -32,8 +33,9 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_ray_starts_on_a_thread_quietly_and_outlives_it():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # a user's plain shell
     p = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=240,
-                       check=False)
+                       check=False, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     # Ray is usable after the thread that started it is idle (its processes would die with
     # that thread if it ended: PR_SET_PDEATHSIG is per thread)
