@@ -10,20 +10,25 @@ is served on loopback; every method runs as the user runs it, a fresh `lfvila-da
 process, and rounds interleave the methods so drift on a shared machine hits all alike.
 
 - `ray`: start and stop a local Ray, nothing else (the floor Ray alone sets);
-- `plan-only`: `lfvila-data build --plan-only` on a fresh output: the fixed cost
-  (start-up, Ray, reading and planning the inputs);
+- `plan-only`: `lfvila-data build --plan-only` on a fresh output (start-up, reading and
+  planning the inputs);
 - `build`: the whole build on a fresh output;
+- `rerun`: the same command again on the finished output, which has nothing left to cut:
+  the build's fixed cost (start-up, Ray, planning or reusing the plan, finalize);
 - `decode`: ffmpeg decoding exactly the spans the build cut, from the same files, to
   `-f null` (no scaling, no encode), one process per sample as the build runs them:
   what cutting cannot go below.
 
-The proportional cost is build minus plan-only. CPU is the whole process tree (a cgroup
+The proportional cost is build minus rerun. `--baseline DIR` runs plan-only, build and
+rerun also with the code checked out in DIR (e.g. `git worktree add /tmp/base <commit>`),
+in the same rounds, and prints ours/baseline ratios. CPU is the whole process tree (a cgroup
 as root, else psutil polling: benchmarks/proctree.py), since Ray's workers are not the
 driver's waited-for children. Medians are printed, with ratios; nothing asserts on time.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -45,10 +50,18 @@ RAY_ONLY = ("import logging, ray; ray.init(address='local', include_dashboard=Fa
             "ray.shutdown()")
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def build_cmd(meta: Path, text: Path, out: Path, *extra: str) -> list[str]:
-    exe = shutil.which("lfvila-data") or sys.exit("lfvila-data is not on PATH (pip install -e .)")
-    return [exe, "build", "--metadata", str(meta), "--text", str(text), "--output", str(out),
-            "--allow-private-addresses", *extra]
+    return [sys.executable, "-m", "lfvila_data.cli", "build", "--metadata", str(meta), "--text", str(text),
+            "--output", str(out), "--allow-private-addresses", *extra]
+
+
+def tree_env(tree: Path) -> dict:
+    """Run the code of `tree` (its subprocesses and Ray workers too; the command also runs
+    in `tree`, since `python -m` puts the working directory first on the path)."""
+    return {**os.environ, "PYTHONPATH": str(tree)}
 
 
 def decode_cmd(spans: list[tuple[str, float, float]]) -> list[str]:
@@ -72,6 +85,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workdir", default=None)
     p.add_argument("--no-cgroup", action="store_true", help="measure CPU by polling (as without root)")
+    p.add_argument("--baseline", default=None, help="a checkout of other code to run beside ours")
     a = p.parse_args()
     if a.quick:
         a.videos, a.repeat = 2, 1
@@ -83,41 +97,54 @@ def main() -> None:
     with MediaServer(work / "corpus" / "www") as srv:
         meta, text = make_corpus(work / "corpus", srv.url("").rstrip("/"), videos=a.videos, clips=a.clips)
         www = work / "corpus" / "www"
+        trees = {"": REPO, **({"base ": Path(a.baseline)} if a.baseline else {})}
+        cg = not a.no_cgroup
         for r in range(a.repeat):
-            results["ray"].append(check(run_measured([sys.executable, "-c", RAY_ONLY],
-                                                     use_cgroup=not a.no_cgroup), "ray"))
-            out = work / f"plan{r}"
-            shutil.rmtree(out, ignore_errors=True)
-            results["plan-only"].append(check(run_measured(build_cmd(meta, text, out, "--plan-only"),
-                                                           use_cgroup=not a.no_cgroup), "plan-only"))
-            out = work / f"build{r}"
-            shutil.rmtree(out, ignore_errors=True)
-            results["build"].append(check(run_measured(build_cmd(meta, text, out),
-                                                       use_cgroup=not a.no_cgroup), "build"))
+            results["ray"].append(check(run_measured([sys.executable, "-c", RAY_ONLY], use_cgroup=cg), "ray"))
+            for tag, tree in trees.items():
+                env = tree_env(tree)
+                out = work / f"plan{r}"
+                shutil.rmtree(out, ignore_errors=True)
+                results[f"{tag}plan-only"].append(check(run_measured(
+                    build_cmd(meta, text, out, "--plan-only"), env=env, cwd=str(tree), use_cgroup=cg), f"{tag}plan-only"))
+                out = work / f"build{r}"
+                shutil.rmtree(out, ignore_errors=True)
+                results[f"{tag}build"].append(check(run_measured(build_cmd(meta, text, out), env=env, cwd=str(tree),
+                                                                 use_cgroup=cg), f"{tag}build"))
+                results[f"{tag}rerun"].append(check(run_measured(build_cmd(meta, text, out), env=env, cwd=str(tree),
+                                                                 use_cgroup=cg), f"{tag}rerun"))
             manifest = pd.read_parquet(out / "manifest.parquet") if (out / "manifest.parquet").exists() \
                 else pd.read_parquet(out / "manifest")
             spans = [(str(www / f"{row.video_id}.mp4"), float(row.start), float(row.end))
                      for row in manifest.itertuples()]
             source_s = sum(e - s for _, s, e in spans)
-            results["decode"].append(check(run_measured(decode_cmd(spans), use_cgroup=not a.no_cgroup),
-                                           "decode"))
+            results["decode"].append(check(run_measured(decode_cmd(spans), use_cgroup=cg), "decode"))
             print(f"round {r + 1}/{a.repeat}: " + ", ".join(
                 f"{k} {v[-1].wall_s:.2f} s / {v[-1].cpu_s:.2f} CPU-s" for k, v in results.items()), flush=True)
 
     med = {k: (statistics.median(m.wall_s for m in v), statistics.median(m.cpu_s for m in v))
            for k, v in results.items()}
-    fixed_w, fixed_c = med["plan-only"]
     build_w, build_c = med["build"]
+    fixed_w, fixed_c = med["rerun"]
     prop_w, prop_c = build_w - fixed_w, build_c - fixed_c
     dec_w, dec_c = med["decode"]
     method = results["build"][0].method
     print(f"\n{a.videos} videos x {a.clips} clips, {len(spans)} samples, {source_s:.0f} source-s cut; "
           f"median of {a.repeat}; CPU by {method}")
     print(f"{'':24s} {'wall s':>8s} {'CPU s':>8s}")
-    for label, (w, c) in [("ray start+stop", med["ray"]), ("fixed (plan-only)", med["plan-only"]),
-                          ("whole build", med["build"]), ("proportional", (prop_w, prop_c)),
-                          ("bare decode", med["decode"])]:
-        print(f"{label:24s} {w:8.2f} {c:8.2f}")
+    labels = [("ray", "ray start+stop"), ("plan-only", "plan-only"), ("rerun", "fixed (rerun, nothing to do)"),
+              ("build", "whole build")]
+    for key, label in labels:
+        for tag in ("", "base ") if a.baseline else ("",):
+            if f"{tag}{key}" in med:
+                w, c = med[f"{tag}{key}"]
+                print(f"{(tag + label):24s} {w:8.2f} {c:8.2f}")
+    print(f"{'proportional':24s} {prop_w:8.2f} {prop_c:8.2f}")
+    print(f"{'bare decode':24s} {dec_w:8.2f} {dec_c:8.2f}")
+    if a.baseline:
+        print("\nours / baseline (wall, CPU): " + ", ".join(
+            f"{k} {med[k][0] / med['base ' + k][0]:.2f}, {med[k][1] / med['base ' + k][1]:.2f}"
+            for k in ("plan-only", "rerun", "build")))
     print(f"\nfixed share of the build's wall time: {fixed_w / build_w:.2f}")
     print(f"source-s per wall-s: build {source_s / build_w:.1f}, proportional {source_s / max(prop_w, 1e-9):.1f}, "
           f"decode {source_s / dec_w:.1f}")
