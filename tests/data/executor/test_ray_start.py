@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
         print(f"plan: line {i}", file=sys.stderr, flush=True)
         time.sleep(0.2)
     start.wait()
-    time.sleep(2)               # the start thread's work is done by now
+    time.sleep(0.5)             # the start thread's work is done by now
     print("task gave", ray.get(ray.remote(lambda: 41 + 1).remote(), timeout=60), flush=True)
     start.stop()
     print("initialized after stop:", ray.is_initialized(), flush=True)

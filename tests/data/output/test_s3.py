@@ -48,11 +48,8 @@ def test_build_from_and_to_s3(s3, tmp_path):
         times = decode_times(local)
         assert m.start[0] - 0.25 <= times[0] <= m.start[0] + 1 / 3
         assert pd.read_parquet("s3://lfvila-test/out/failures", storage_options=opts).empty
-        # a plain rerun finds every journaled sample unchanged in the bucket: nothing fetched
-        srv.requests.clear()
-        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=run_env)
-        assert r.returncode == 0 and sum(srv.requests.values()) == 0, r.stderr[-3000:]
         # a rerun after losing the journal finds the samples in the bucket: nothing fetched
+        # (a plain rerun trusts the journal: tests/data/test_build.py, the same code on local disk)
         fs.rm("lfvila-test/out/_journal", recursive=True)
         srv.requests.clear()
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=run_env)
