@@ -192,14 +192,10 @@ def sample_members(row: dict) -> tuple[bytes, bytes]:
     return meta, text
 
 
-def text_fits(row: dict) -> bool:
-    """True when the sample's json and txt members are within MAX_TEXT_MEMBER."""
-    return max(len(m) for m in sample_members(row)) <= MAX_TEXT_MEMBER
-
-
-def sample_tar_bytes(row: dict) -> int:
-    """Bytes the sample's three members take in a tar, for packing shards by size."""
-    meta, text = sample_members(row)
+def sample_tar_bytes(row: dict, members: tuple[bytes, bytes] | None = None) -> int:
+    """Bytes the sample's three members take in a tar, for packing shards by size
+    (`members`: its json and txt bytes when the caller has them already)."""
+    meta, text = members or sample_members(row)
     sizes = {"mp4": int(row["bytes"]), "json": len(meta), "txt": len(text)}
     return sum(member_bytes(len(member_name(row["key"], ext)), size) for ext, size in sizes.items())
 
@@ -387,23 +383,29 @@ def plan_shards(inputs: list[str], output: str, cfg: ShardConfig,
                 rows = rows.set_column(rows.schema.get_field_index("_build"), "_build",
                                        pa.array([builds[i][0] for i in rows["_build"].to_pylist()]))
                 rows = rows.drop_columns(["_rank"])
-                # `verify` rejects a member over MAX_TEXT_MEMBER: such a sample stays out
-                fits = [text_fits(r) for c in range(0, rows.num_rows, _SIZE_CHUNK)
-                        for r in rows.slice(c, _SIZE_CHUNK).to_pylist()]
-                too_large += len(fits) - sum(fits)
+                # each sample serialised once: its tar size for packing, and whether `verify`
+                # would accept its members (one over MAX_TEXT_MEMBER keeps the sample out)
+                fits, kept = [], []  # kept: (tar bytes, layout entry) of the samples that fit
+                for c in range(0, rows.num_rows, _SIZE_CHUNK):
+                    for row in rows.slice(c, _SIZE_CHUNK).to_pylist():
+                        members = sample_members(row)
+                        fits.append(max(map(len, members)) <= MAX_TEXT_MEMBER)
+                        if fits[-1]:
+                            kept.append((sample_tar_bytes(row, members),
+                                         f"{row['key']}:{row['bytes']}:{row['_build']};"))
+                too_large += len(fits) - len(kept)
                 rows = rows.filter(pa.array(fits, pa.bool_()))
                 if not rows.num_rows:
                     continue
                 rel = f"{PLAN_DIR}/{split}-{b:05d}.parquet"
                 url = f"{out.url}/{rel}"
-                for c in range(0, rows.num_rows, _SIZE_CHUNK):
-                    for i, row in enumerate(rows.slice(c, _SIZE_CHUNK).to_pylist(), start=c):
-                        if packers[split].full(sample_tar_bytes(row)):
-                            close(split)
-                        if not current[split] or current[split][-1][0] != url:
-                            current[split].append([url, i, i])
-                        current[split][-1][2] = i + 1
-                        layout.update(f"{row['key']}:{row['bytes']}:{row['_build']};".encode())
+                for i, (size, entry) in enumerate(kept):
+                    if packers[split].full(size):
+                        close(split)
+                    if not current[split] or current[split][-1][0] != url:
+                        current[split].append([url, i, i])
+                    current[split][-1][2] = i + 1
+                    layout.update(entry.encode())
                 local = Path(tmp) / f"plan-{split}-{b:05d}.parquet"
                 pq.write_table(rows, str(local), row_group_size=PLAN_GROUP_ROWS, compression="zstd")
                 tables.put_local(out, local, rel)
