@@ -15,6 +15,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from lfvila_data import __version__
 from lfvila_data.executor.asr import transcribe_on_ray
 from lfvila_data.executor.base import local_fetch_cut, local_shuffle
@@ -22,12 +25,12 @@ from lfvila_data.executor.cluster import RayStart, processes_file, remove_on_eve
 from lfvila_data.executor.pool import RayShuffle, RayTasks
 from lfvila_data.executor.runner import RunConfig, run_videos
 from lfvila_data.inputs import InputError, expand_paths
-from lfvila_data.media.task import TaskContext, VideoJob, cut_video, fetch_video, file_stamp
+from lfvila_data.media.task import TaskContext, VideoJob, cut_video, fetch_video
 from lfvila_data.output.fingerprint import content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.lease import OutputLease
+from lfvila_data.output.resume import Resume, read_resume
 from lfvila_data.output.write import (
     DONE,
-    FAILED,
     Journal,
     OutputDir,
     OutputStopped,
@@ -35,7 +38,6 @@ from lfvila_data.output.write import (
     finalize,
     is_output_error,
     iter_journal,
-    read_journal,
 )
 from lfvila_data.plan.join import (
     PlanConfig,
@@ -108,20 +110,20 @@ def check_output(out: OutputDir) -> None:
         raise InputError(f"output {out.url!r} is not writable: {e}") from e
 
 
-def iter_jobs(output: str, skip: set[str], min_clips: int, retry_failed: bool = False,
+def iter_jobs(output: str, skip: pa.Array, min_clips: int, retry_failed: bool = False,
               stamps: dict[str, dict[str, str]] | None = None,
               on_skip: Callable[[int], None] | None = None) -> Iterator[VideoJob]:
     """Stream the plan, one job per video, part by part (never the whole plan at once);
-    `stamps` are each video's journaled sample files, which the task trusts if unchanged;
-    `on_skip` gets the number of planned samples of each part's skipped videos."""
+    `skip` are the ids of videos not to run (`Resume.skip`); `stamps` are each video's
+    journaled sample files, which the task trusts if unchanged; `on_skip` gets the number
+    of planned samples of each part's skipped videos."""
     for table in iter_plan_parts(output):
         by_video: dict[str, list[PlannedSample]] = defaultdict(list)
-        rows = table.to_pylist()
+        rows = table.filter(pc.invert(pc.is_in(table.column("video_id"), value_set=skip))).to_pylist()
         for row in rows:
-            if row["video_id"] not in skip:
-                by_video[row["video_id"]].append(plan_row_to_sample(row))
+            by_video[row["video_id"]].append(plan_row_to_sample(row))
         if on_skip is not None:
-            on_skip(len(rows) - sum(map(len, by_video.values())))
+            on_skip(table.num_rows - len(rows))
         for vid in sorted(by_video):
             samples = sorted(by_video[vid], key=lambda s: s.start)
             yield VideoJob(vid, samples[0].url, tuple(samples), min_clips, retry_failed,
@@ -303,45 +305,15 @@ def record_media_settings(out: OutputDir, cfg: BuildConfig) -> None:
     out.write_json(MEDIA_SETTINGS, media_settings(cfg.task_context()))
 
 
-def reset_stale_journal(out: OutputDir, plan: PlanSummary, cfg: PlanConfig) -> dict[str, tuple[str, dict]]:
-    """The journal of earlier runs of this plan. A new plan means journaled results may
-    name samples that no longer exist: start a new journal; files of unchanged samples are
+def reset_stale_journal(out: OutputDir, plan: PlanSummary, cfg: PlanConfig,
+                        retry_failed: bool = False) -> Resume:
+    """What earlier runs of this plan left for this one (`output/resume.py`: streamed,
+    never the whole journal in memory). A new plan means journaled results may name
+    samples that no longer exist: start a new journal; files of unchanged samples are
     still found on disk and reused."""
     reuse_or_clear(out, f"{Journal.DIR}/PLAN", fingerprint(asdict(plan) | {"plan": content(cfg)}),
                    remove_dir(out, Journal.DIR))
-    return read_journal(out)
-
-
-def changed_files(out: OutputDir, previous: dict[str, tuple[str, dict]]) -> set[str]:
-    """Videos with a journaled sample file that is gone or changed since (truncated,
-    overwritten): a rerun redoes those files and reuses the others. One listing per
-    folder of sample files, nothing read."""
-    listed: dict[str, dict[str, dict]] = {}
-    changed = set()
-    for vid, (_status, payload) in previous.items():
-        stamps = payload.get("stamps", {})
-        for row in payload["rows"]:
-            folder = row["video"].rsplit("/", 1)[0]
-            if folder not in listed:
-                try:
-                    infos = out.fs.ls(out.path(folder), detail=True, refresh=True)
-                except FileNotFoundError:
-                    infos = []
-                listed[folder] = {i["name"].rstrip("/"): i for i in infos}
-            info = listed[folder].get(out.path(row["video"]))
-            if info is None or info["size"] != row["bytes"] or \
-                    stamps.get(row["video"], file_stamp(info)) != file_stamp(info):
-                changed.add(vid)
-                break
-    return changed
-
-
-def finished_videos(previous: dict[str, tuple[str, dict]], retry_failed: bool) -> set[str]:
-    """Videos a rerun skips: done ones, and failed ones unless --retry-failed (which also
-    retries done videos that lost samples or clips)."""
-    return {vid for vid, (status, payload) in previous.items()
-            if status == DONE and not (retry_failed and payload["failures"])
-            or status == FAILED and not retry_failed}
+    return read_resume(out, retry_failed)
 
 
 # jobs, task context, run config, on_result, tick, on_progress, seconds between a cut's reports
@@ -359,14 +331,16 @@ def run_videos_here(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
 
 
 def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
-                  previous: dict[str, tuple[str, dict]], lease: OutputLease | None = None,
+                  previous: Resume | None, lease: OutputLease | None = None,
                   runner: VideoRunner = run_videos, progress_every_s: float = 2.0) -> BuildProgress:
     """Fetch and cut every unfinished video, journaling each result as it arrives; stop at
     the first result that says the output itself failed (every later video would too).
-    Progress lines at most every `progress_every_s`, moving while a video is cut."""
-    skip = finished_videos(previous, cfg.retry_failed)
-    skip -= changed_files(out, {vid: previous[vid] for vid in skip})
-    progress = BuildProgress(videos_total=max(plan.videos_with_samples - len(skip & set(previous)), 0),
+    Progress lines at most every `progress_every_s`, moving while a video is cut.
+    `previous` is `reset_stale_journal`'s, read with the same --retry-failed (None: a
+    fresh output)."""
+    previous = previous or Resume()
+    skip = previous.skip
+    progress = BuildProgress(videos_total=max(plan.videos_with_samples - len(skip), 0),
                              every_s=progress_every_s, samples_total=plan.samples)
     journal = Journal(out, guard=lease.check if lease else None)
 
@@ -380,7 +354,7 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
 
     def on_result(r: VideoResult) -> None:
         fetched_now = r.fetched_bytes
-        r.fetched_bytes += previous.get(r.video_id, ("", {}))[1].get("fetched_bytes", 0)  # all runs
+        r.fetched_bytes += previous.fetched.get(r.video_id, 0)  # all runs
         journal.add(r)
         progress.video_finished(r.video_id)
         full = next((f for f in r.failures if f["code"] == FailureCode.OUTPUT_FULL.value), None)
@@ -394,12 +368,11 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
         progress.samples_failed += len({f.get("key") or f.get("clip_id") for f in r.failures})
         progress.bytes_downloaded += fetched_now
 
-    if previous:
+    if previous.journaled:
         print(f"build: resuming, {len(skip)} videos already finished", file=sys.stderr)
-    stamps = {vid: payload.get("stamps", {}) for vid, (_status, payload) in previous.items()}
     # a benchmark sample is the whole video: trimmed to a short file, it keeps any clip left
     min_clips = 1 if cfg.source in BENCHMARKS else cfg.plan.min_clips
-    jobs = iter_jobs(cfg.output, skip, min_clips, cfg.retry_failed, stamps, on_skip)
+    jobs = iter_jobs(cfg.output, skip, min_clips, cfg.retry_failed, previous.stamps, on_skip)
     try:
         runner(started(jobs), cfg.task_context(), cfg.run, on_result, progress.tick,
                progress.cut_progress, progress_every_s)
@@ -501,7 +474,7 @@ def _run_leased(cfg: BuildConfig, out: OutputDir, lease: OutputLease, started: f
     if cfg.plan_only:
         print_summary(f"plan of {cfg.output}", _plan_rows(plan))
         return asdict(plan)
-    previous = reset_stale_journal(out, plan, cfg.plan)
+    previous = reset_stale_journal(out, plan, cfg.plan, cfg.retry_failed)
     progress = run_journaled(cfg, out, plan, previous, lease, progress_every_s=progress_every_s)
     lease.check()
     counts = finalize(out, iter_journal(out), read_plan_failures(cfg.output))

@@ -74,7 +74,7 @@ def test_in_process_runner_reports_the_same_way(long_video, tmp_path, capsys):
     cfg = config(long_video, out)
     plan = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan, shuffle=local_shuffle)
     assert plan.samples == SAMPLES
-    progress = run_journaled(cfg, OutputDir(cfg.output), plan, {}, runner=run_videos_here, progress_every_s=0)
+    progress = run_journaled(cfg, OutputDir(cfg.output), plan, None, runner=run_videos_here, progress_every_s=0)
     assert (progress.videos_done, progress.samples_written) == (1, SAMPLES)
     assert len(list((out / "videos").rglob("*.mp4"))) == SAMPLES
     planned = read_plan(cfg.output).to_pandas()
