@@ -44,3 +44,12 @@ def ray_module():
 
 def pytest_report_header(config):
     return NETWORK
+
+
+@pytest.fixture(scope="session")
+def finished_builds(tmp_path_factory):
+    """Simulated finished builds of 500 and 2,000 samples (tests/support/finished.py),
+    made once for the memory tests of finalize, shard planning, resume and stats."""
+    from tests.support.finished import finished_pair
+
+    return finished_pair(tmp_path_factory.mktemp("finished"))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import fsspec
@@ -83,25 +85,51 @@ def word_counts(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(n, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def failure_stats(failures: pd.DataFrame) -> dict:
+def failure_stats(failures: pd.DataFrame | Iterable[pd.DataFrame]) -> dict:
     """Failure rows by stage and by code (records.FailureCode), the most common
-    (stage, code) pairs first, each with one reason as an example. A ledger older than
-    the code column counts its rows as `unknown`."""
-    if failures.empty:
-        return {"total": 0, "permanent": 0, "by_stage": {}, "by_code": {}, "top_codes": []}
-    codes = failures["code"] if "code" in failures else pd.Series(None, index=failures.index, dtype=object)
-    df = failures.assign(stage=failures["stage"].fillna("unknown"), code=codes.fillna("unknown"),
-                         reason=failures["reason"].fillna(""))
-    grouped = (df.groupby(["stage", "code"], sort=False)
-               .agg(count=("reason", "size"), example=("reason", "first")).reset_index()
-               .sort_values(["count", "stage", "code"], ascending=[False, True, True]))
-    by_code = df["code"].value_counts()
-    permanent = int(df["permanent"].fillna(False).astype(bool).sum()) if "permanent" in df else 0
-    return {"total": int(len(df)), "permanent": permanent,
-            "by_stage": {str(k): int(v) for k, v in sorted(df["stage"].value_counts().items())},
-            "by_code": {str(k): int(v) for k, v in sorted(by_code.items(), key=lambda kv: (-kv[1], kv[0]))},
-            "top_codes": [{"stage": r.stage, "code": r.code, "count": int(r.count), "example": r.example}
-                          for r in grouped.head(TOP_CODES).itertuples()]}
+    (stage, code) pairs first, each with one reason as an example (the first). A ledger
+    older than the code column counts its rows as `unknown`. Takes the ledger whole or in
+    frames (a batch at a time: a build's ledger is never held whole)."""
+    counts = _FailureCounts()
+    for frame in ([failures] if isinstance(failures, pd.DataFrame) else failures):
+        counts.add(frame)
+    return counts.result()
+
+
+class _FailureCounts:
+    """The ledger's counts, summed frame by frame."""
+
+    def __init__(self) -> None:
+        self.total = self.permanent = 0
+        self.stages: Counter[str] = Counter()
+        self.codes: Counter[str] = Counter()
+        self.pairs: dict[tuple[str, str], list] = {}  # (stage, code) -> [count, first reason]
+
+    def add(self, failures: pd.DataFrame) -> None:
+        if failures.empty:
+            return
+        codes = failures["code"] if "code" in failures else pd.Series(None, index=failures.index, dtype=object)
+        df = failures.assign(stage=failures["stage"].fillna("unknown"), code=codes.fillna("unknown"),
+                             reason=failures["reason"].fillna(""))
+        grouped = df.groupby(["stage", "code"], sort=False).agg(count=("reason", "size"),
+                                                                example=("reason", "first"))
+        for (stage, code), count, example in zip(grouped.index, grouped["count"], grouped["example"]):
+            pair = self.pairs.setdefault((stage, code), [0, example])
+            pair[0] += int(count)
+        self.total += len(df)
+        self.permanent += int(df["permanent"].fillna(False).astype(bool).sum()) if "permanent" in df else 0
+        self.stages.update({k: int(v) for k, v in df["stage"].value_counts().items()})
+        self.codes.update({k: int(v) for k, v in df["code"].value_counts().items()})
+
+    def result(self) -> dict:
+        if not self.total:
+            return {"total": 0, "permanent": 0, "by_stage": {}, "by_code": {}, "top_codes": []}
+        top = sorted(self.pairs.items(), key=lambda kv: (-kv[1][0], kv[0][0], kv[0][1]))[:TOP_CODES]
+        return {"total": self.total, "permanent": self.permanent,
+                "by_stage": {str(k): v for k, v in sorted(self.stages.items())},
+                "by_code": {str(k): v for k, v in sorted(self.codes.items(), key=lambda kv: (-kv[1], kv[0]))},
+                "top_codes": [{"stage": stage, "code": code, "count": count, "example": example}
+                              for (stage, code), (count, example) in top]}
 
 
 def _kind(fs, root: str) -> str:
@@ -118,14 +146,17 @@ def _kind(fs, root: str) -> str:
                           f"{', '.join(SHARD_COLUMNS)} with stats.json (shards)")
 
 
-def _common(t: pa.Table) -> dict:
+def _common(t: pa.Table, build: bool | None = None) -> dict:
+    """Samples, videos, hours, bytes and dataset splits; `build`: a build's manifest
+    (default: whether it has a clips column)."""
     duration = np.asarray(t["duration"].to_numpy(zero_copy_only=False), dtype=float)
     out = {"samples": t.num_rows, "videos": len(pc.unique(t["video_id"])),
            "hours": float(np.nansum(duration)) / 3600}
     if "bytes" in t.column_names:
         out["bytes"] = int(pc.sum(t["bytes"]).as_py() or 0)
     # benchmark builds: samples per dataset split (the build's `split`, the shards' `dataset_split`)
-    column = "dataset_split" if "dataset_split" in t.column_names else "split" if "clips" in t.column_names else None
+    build = "clips" in t.column_names if build is None else build
+    column = "dataset_split" if "dataset_split" in t.column_names else "split" if build else None
     if column in t.column_names and t[column].null_count < t.num_rows:
         counts = pc.value_counts(t[column].drop_null()).to_pylist()
         out["dataset_splits"] = {c["values"]: int(c["counts"]) for c in sorted(counts, key=lambda c: c["values"])}
@@ -151,20 +182,45 @@ def text_origin(t: pa.Table) -> dict:
     return out
 
 
+# what build stats keep per sample; the texts (clips, paragraph) are read a batch at a time
+# and only their word counts kept: ~60 bytes per sample and 4 per clip, never the manifest
+BUILD_STATS_COLUMNS = ["video_id", "n_clips", "duration", "bytes", "text_source", "language", "split"]
+FAILURE_STATS_COLUMNS = ["stage", "code", "reason", "permanent"]
+
+
+def _build_columns(fs, root: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The manifest's per-sample numbers, words per paragraph and words per clip, streamed."""
+    files = tables.parquet_files(fs, root, "manifest")
+    names = tables.read_schema(fs, files).names
+    keep = [c for c in BUILD_STATS_COLUMNS if c in names]
+    texts = ["clips"] + (["paragraph"] if "paragraph" in names else [])
+    light, paragraph_words, clip_words = [], [], []
+    for batch in tables.iter_batches(fs, files, keep + texts):
+        t = pa.Table.from_batches([batch])
+        clips = pc.list_flatten(t["clips"])
+        clip_texts = pc.struct_field(clips, "text") if len(clips) else pa.array([], pa.string())
+        paragraphs = (t["paragraph"] if "paragraph" in names
+                      else pa.array([paragraph(c["text"] for c in row) for row in t["clips"].to_pylist()]))
+        part = t.select(keep)
+        if "n_clips" not in names:
+            part = part.append_column("n_clips", pc.list_value_length(t["clips"]))
+        light.append(part)
+        paragraph_words.append(word_counts(paragraphs))
+        clip_words.append(word_counts(clip_texts).astype(np.int32))
+    if not light:  # no rows: the columns' types from the schema
+        t = tables.read_table(fs, root, "manifest", keep + ["clips"])
+        return (t.select(keep).append_column("n_clips", pc.list_value_length(t["clips"]))
+                if "n_clips" not in names else t.select(keep)), np.zeros(0, np.int64), np.zeros(0, np.int32)
+    return pa.concat_tables(light), np.concatenate(paragraph_words), np.concatenate(clip_words)
+
+
 def _build_stats(fs, root: str) -> dict:
-    cols = ["video_id", "n_clips", "duration", "bytes", "paragraph", "clips", "text_source", "language", "split"]
-    t = tables.read_table(fs, root, "manifest")
-    t = t.select([c for c in cols if c in t.column_names])
-    clips = pc.list_flatten(t["clips"])
-    texts = pc.struct_field(clips, "text") if len(clips) else pa.array([], pa.string())
-    paragraphs = (t["paragraph"] if "paragraph" in t.column_names
-                  else pa.array([paragraph(c["text"] for c in row) for row in t["clips"].to_pylist()]))
-    n_clips = (t["n_clips"] if "n_clips" in t.column_names else pc.list_value_length(t["clips"]))
-    stats = {"kind": "build", **_common(t), "distributions": _distributions(
-        n_clips.to_numpy(zero_copy_only=False), t["duration"].to_numpy(zero_copy_only=False),
-        word_counts(paragraphs), word_counts(texts))}
+    t, paragraph_words, clip_words = _build_columns(fs, root)
+    stats = {"kind": "build", **_common(t, build=True), "distributions": _distributions(
+        t["n_clips"].to_numpy(zero_copy_only=False), t["duration"].to_numpy(zero_copy_only=False),
+        paragraph_words, clip_words)}
     stats.update(text_origin(t))
-    stats["words"] = int(word_counts(texts).sum())
+    stats["words"] = int(clip_words.sum(dtype=np.int64))
     if fs.exists(f"{root}/build.json"):  # what planning dropped: not in the ledger, no sample holds it
         with fs.open(f"{root}/build.json", "rb") as f:
             record = json.loads(f.read())
@@ -173,14 +229,21 @@ def _build_stats(fs, root: str) -> dict:
         if "fetched_bytes" in counts:  # the network's bill against what the written samples needed
             stats["downloads"] = {"fetched_bytes": counts["fetched_bytes"],
                                   "needed_bytes": counts.get("download_bytes", 0)}
-    failures = (tables.read_table(fs, root, "failures").to_pandas() if tables.has_table(fs, root, "failures")
-                else pd.DataFrame(columns=["stage", "code", "reason", "permanent"]))
-    stats["failures"] = failure_stats(failures)
+    files = tables.parquet_files(fs, root, "failures")
+    names = tables.read_schema(fs, files).names if files else []
+    stats["failures"] = failure_stats(batch.to_pandas() for batch in tables.iter_batches(
+        fs, files, [c for c in FAILURE_STATS_COLUMNS if c in names]))
     return stats
 
 
+# what shard stats read of a shard manifest (its other columns are per-sample paths)
+SHARD_STATS_COLUMNS = ["split", "shard", "video_id", "n_clips", "duration", "paragraph_words",
+                       "clip_words", "text_source", "language", "bytes", "dataset_split"]
+
+
 def _shard_stats(fs, root: str) -> dict:
-    return shard_table_stats(tables.read_table(fs, root, "manifest"))
+    names = tables.read_schema(fs, tables.parquet_files(fs, root, "manifest")).names
+    return shard_table_stats(tables.read_table(fs, root, "manifest", [c for c in SHARD_STATS_COLUMNS if c in names]))
 
 
 def shard_table_stats(t: pa.Table) -> dict:

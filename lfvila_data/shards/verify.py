@@ -22,9 +22,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from lfvila_data.media.cut import INPUT_GUARD, MediaError, probe
 from lfvila_data.output import manifest as tables
@@ -550,21 +552,85 @@ def _split_indexes(fs, root: str) -> list[tuple[str, str]]:
     return out
 
 
-def _load_manifest(fs, root: str) -> tuple[dict[str, tuple] | None, str | None]:
-    """key -> (split, shard, offset) from the manifest (`manifest/` parts or an older
-    `manifest.parquet`); None when there is none."""
+MANIFEST_COLUMNS = ["key", "split", "shard", "offset"]
+
+
+def _manifest_rows(fs, root: str) -> tuple[Callable[[], Iterator[tuple]] | None, str | None]:
+    """The manifest's (key, split, shard, offset) rows in key order, streamed (`manifest/`
+    parts or an older `manifest.parquet`; one not sorted by key goes through the external
+    sort): None when there is none or it is unreadable, then with the reason. A first pass
+    reads the four columns a batch at a time, so a bad file is found before any check."""
+    files = tables.parquet_files(fs, root, "manifest")
     if not tables.has_table(fs, root, "manifest"):
         return None, None
+    ordered, last = True, None
     try:
-        df = tables.read_table(fs, root, "manifest", ["key", "split", "shard", "offset"]).to_pandas()
-        rows: dict[str, tuple] = {}
-        dup = 0
-        for key, split, shard, offset in zip(df.key, df.split, df.shard, df.offset):
-            dup += key in rows
-            rows[key] = (split, shard, int(offset))
+        for batch in tables.iter_batches(fs, files, MANIFEST_COLUMNS):
+            keys = batch.column("key")
+            if keys.null_count or pc.cast(batch.column("offset"), pa.int64()).null_count:
+                raise ValueError("a key or offset is null")
+            if len(keys):
+                ordered = ordered and (last is None or keys[0].as_py() >= last) and \
+                    not pc.any(pc.less(keys[1:], keys[:-1])).as_py()
+                last = keys[-1].as_py()
     except Exception as e:  # any unreadable or ill-typed parquet is a finding, not a crash
         return None, f"the manifest is not readable: {e}"
-    return rows, (f"the manifest has {dup} duplicate key row(s)" if dup else None)
+
+    def batches() -> Iterator[pa.Table]:
+        for batch in tables.iter_batches(fs, files, MANIFEST_COLUMNS):
+            yield pa.Table.from_batches([batch]).set_column(3, "offset", pc.cast(batch.column("offset"), pa.int64()))
+
+    def rows() -> Iterator[tuple]:
+        chunks: Iterable[pa.Table] = batches()
+        if not ordered:
+            sorter = None
+            for t in chunks:
+                sorter = sorter or tables.ExternalSort(t.schema, ["key"])
+                sorter.add(t)
+            chunks = sorter.sorted_chunks() if sorter else []
+        for t in chunks:
+            yield from zip(*(t.column(c).to_pylist() for c in MANIFEST_COLUMNS))
+    return rows, None
+
+
+class _Read:
+    """Every sample read, in order: (key, shard, split, offset), compact (Arrow columns,
+    one table per shard): duplicates and the manifest are checked at the end against it,
+    sorted by key, instead of holding the keys and the manifest in dicts."""
+
+    def __init__(self) -> None:
+        self.tables: list[pa.Table] = []
+        self.rows: list[tuple] = []
+
+    def add(self, sample: Sample) -> None:
+        self.rows.append((sample.key, sample.shard, sample.split, sample.offset))
+
+    def end_shard(self) -> None:
+        if self.rows:
+            cols = list(zip(*self.rows))
+            self.tables.append(pa.table({"key": pa.array(cols[0], pa.string()),
+                                         "shard": pa.array(cols[1], pa.string()).dictionary_encode(),
+                                         "split": pa.array(cols[2], pa.string()).dictionary_encode(),
+                                         "offset": pa.array(cols[3], pa.int64())}))
+            self.rows = []
+
+    def by_key(self) -> Iterator[tuple[str, list[tuple]]]:
+        """(key, its samples in reading order), keys in order (a stable sort)."""
+        self.end_shard()
+        if not self.tables:
+            return
+        t = pa.concat_tables(self.tables, promote_options="permissive")
+        self.tables = []
+        t = t.take(pc.sort_indices(t, sort_keys=[("key", "ascending")]))
+        group: list[tuple] = []
+        for b in t.to_batches(max_chunksize=65_536):
+            for row in zip(*(b.column(c).to_pylist() for c in ("key", "shard", "split", "offset"))):
+                if group and row[0] != group[0][0]:
+                    yield group[0][0], group
+                    group = []
+                group.append(row)
+        if group:
+            yield group[0][0], group
 
 
 class Verifier:
@@ -576,8 +642,7 @@ class Verifier:
         self.fs, self.root = fsspec.core.url_to_fs(self.shard_dir)
         self.decode, self.progress, self.workers = decode, progress, workers
         self.report = VerifyReport(shard_dir)
-        self.seen: dict[str, str] = {}
-        self.manifest: dict[str, tuple] | None = None
+        self.read = _Read()
         self.shard: str | None = None
         self._last_tick = time.monotonic()
 
@@ -586,7 +651,7 @@ class Verifier:
 
     def run(self) -> VerifyReport:
         entries = self._entries()
-        self.manifest, err = _load_manifest(self.fs, self.root)
+        manifest, err = _manifest_rows(self.fs, self.root)
         if err:
             self.problem(None, None, "manifest", err)
         started = time.monotonic()
@@ -602,7 +667,7 @@ class Verifier:
             finally:
                 if pool is not None:
                     pool.close()
-        self._manifest_leftovers()
+        self._check_keys(manifest)
         self.report.problems.sort(key=lambda p: (p.shard or "", p.key or "", p.check))
         return self.report
 
@@ -640,6 +705,7 @@ class Verifier:
                              lambda key, check, msg: self.problem(entry.url, key, check, msg),
                              lambda s: self._sample(s, pool), self._tick)
         self.report.bytes += reader.read(self.fs, path)
+        self.read.end_shard()
         if pool is not None:
             pool.drain()
 
@@ -655,12 +721,8 @@ class Verifier:
         add = lambda check, msg: self.problem(sample.shard, sample.key, check, msg)  # noqa: E731
         for check, msg in check_members(sample):
             add(check, msg)
-        if sample.key in self.seen:
-            add("duplicate", f"key also in {self.seen[sample.key]}")
-        else:
-            self.seen[sample.key] = sample.shard
+        self.read.add(sample)
         meta = self._meta(sample, add)
-        self._check_manifest(sample, add)
         if pool is not None and sample.mp4 is not None:
             pool.submit(sample, meta)
 
@@ -683,27 +745,57 @@ class Verifier:
                 add("txt", msg)
         return meta
 
-    def _check_manifest(self, sample: Sample, add: Callable[[str, str], None]) -> None:
-        if self.manifest is None:
-            return
-        row = self.manifest.get(sample.key)
-        if row is None:
-            add("manifest", "key is not in manifest.parquet")
-            return
-        if self.seen.get(sample.key) != sample.shard:  # a duplicate: reported once already
-            return
-        split, shard, offset = row
-        if shard != sample.shard:
-            add("manifest", f"manifest puts it in shard {shard}")
-        if sample.split is not None and split != sample.split:
-            add("manifest", f"manifest puts it in split {split}, the index in {sample.split}")
-        if sample.offset is not None and offset != sample.offset:
-            add("manifest", f"manifest offset {offset}, the .mp4 header is at {sample.offset}")
+    def _check_keys(self, manifest: Callable[[], Iterator[tuple]] | None) -> None:
+        """Duplicate keys, and the samples read against the manifest (both in key order,
+        merged): a key in no manifest row, in another shard, split or offset, and manifest
+        keys in no shard. Of duplicate manifest rows the last counts."""
+        rows = manifest() if manifest is not None else iter(())
+        dup = 0
 
-    def _manifest_leftovers(self) -> None:
-        for key, (_, shard, _) in sorted((self.manifest or {}).items()):
-            if key not in self.seen:
-                self.problem(shard, key, "manifest", "key is in manifest.parquet but in no shard")
+        def last_per_key() -> Iterator[tuple]:
+            nonlocal dup
+            prev = None
+            for row in rows:
+                if prev is not None and row[0] == prev[0]:
+                    dup += 1
+                elif prev is not None:
+                    yield prev
+                prev = row
+            if prev is not None:
+                yield prev
+
+        listed = last_per_key()
+        m = next(listed, None)
+        for key, samples in self.read.by_key():
+            while m is not None and m[0] < key:
+                self.problem(m[2], m[0], "manifest", "key is in manifest.parquet but in no shard")
+                m = next(listed, None)
+            first = samples[0][1]
+            for _, shard, _, _ in samples[1:]:
+                self.problem(shard, key, "duplicate", f"key also in {first}")
+            if manifest is None:
+                continue
+            if m is None or m[0] != key:
+                for _, shard, _, _ in samples:
+                    self.problem(shard, key, "manifest", "key is not in manifest.parquet")
+                continue
+            _, split, shard, offset = m
+            for _, s_shard, s_split, s_offset in samples:
+                if s_shard != first:  # a duplicate in another shard: reported once already
+                    continue
+                if shard != s_shard:
+                    self.problem(s_shard, key, "manifest", f"manifest puts it in shard {shard}")
+                if s_split is not None and split != s_split:
+                    self.problem(s_shard, key, "manifest", f"manifest puts it in split {split}, the index in {s_split}")
+                if s_offset is not None and offset != s_offset:
+                    self.problem(s_shard, key, "manifest",
+                                 f"manifest offset {offset}, the .mp4 header is at {s_offset}")
+            m = next(listed, None)
+        while m is not None:
+            self.problem(m[2], m[0], "manifest", "key is in manifest.parquet but in no shard")
+            m = next(listed, None)
+        if dup:
+            self.problem(None, None, "manifest", f"the manifest has {dup} duplicate key row(s)")
 
     def _decoded(self, sample: Sample, problems: list[tuple[str, str]]) -> None:
         for check, msg in problems:

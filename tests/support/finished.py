@@ -82,3 +82,19 @@ def simulate(build: Path, samples: int, seed: int = 0, per_video: int = 3, per_f
             files += 1
             batch = {c: [] for c in batch}
     return videos
+
+
+def finished_pair(root: Path) -> dict[int, Path]:
+    """Two simulated finished builds of 500 and 2,000 samples of long texts (~20 and
+    ~85 MB of manifest as Arrow), finalized: the memory tests of the end of a build
+    (finalize, shard planning, resume, stats) compare one with the other."""
+    from lfvila_data.output.manifest import SortConfig
+    from lfvila_data.output.write import finalize, iter_journal
+
+    builds = {}
+    for samples in (500, 2000):
+        builds[samples] = build = root / f"build-{samples}"
+        simulate(build, samples, seed=7, words=(120, 200), per_file=8)
+        out = OutputDir(str(build))
+        finalize(out, iter_journal(out), None, SortConfig(run_bytes=8 * 2**20, part_rows=1024, chunk_rows=128))
+    return builds

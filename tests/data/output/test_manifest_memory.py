@@ -12,8 +12,6 @@ import sys
 
 import pyarrow.parquet as pq
 
-from tests.support.finished import simulate
-
 CHILD = """
 import json, resource, sys
 from pathlib import Path
@@ -37,9 +35,7 @@ print(json.dumps({"growth": peak - base, "samples": counts["samples_written"], "
 """
 
 
-def _measure(tmp_path, samples: int) -> tuple[dict, int]:
-    build = tmp_path / f"build-{samples}"
-    simulate(build, samples, seed=7, words=(120, 200), per_file=8)
+def _measure(build, tmp_path, samples: int) -> tuple[dict, int]:
     r = subprocess.run([sys.executable, "-c", CHILD, str(build), str(tmp_path / f"shards-{samples}")],
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -48,8 +44,8 @@ def _measure(tmp_path, samples: int) -> tuple[dict, int]:
     return got, pq.read_table(build / "manifest").nbytes
 
 
-def test_finalize_and_shard_planning_memory_does_not_grow_with_the_build(tmp_path):
-    small, small_bytes = _measure(tmp_path, 500)
-    big, big_bytes = _measure(tmp_path, 2000)
+def test_finalize_and_shard_planning_memory_does_not_grow_with_the_build(finished_builds, tmp_path):
+    small, small_bytes = _measure(finished_builds[500], tmp_path, 500)
+    big, big_bytes = _measure(finished_builds[2000], tmp_path, 2000)
     assert big_bytes - small_bytes > 60 * 2**20
     assert big["growth"] - small["growth"] < big_bytes - small_bytes, (small, big, small_bytes, big_bytes)

@@ -305,6 +305,34 @@ def test_manifest_disagrees(good):
     assert len(report.problems) == 3
 
 
+def test_manifest_checked_in_key_order_sorted_or_not(good):
+    """The manifest is merged with the samples read in key order: a partitioned manifest
+    (sorted) is streamed, an older unsorted manifest.parquet goes through the external
+    sort first; both give the same findings, and of duplicate rows the last counts."""
+    schema = pq.read_schema(good / "manifest.parquet")
+    rows = sorted(pq.read_table(good / "manifest.parquet").to_pylist(), key=lambda r: r["key"])
+    rows[0]["offset"] += 512                                      # wrong offset
+    rows.insert(1, dict(rows[1], shard="val-000000.tar"))         # a stale duplicate row, then the right one
+    gone = rows.pop(-1)["key"]                                    # a sample not in the manifest
+    rows.append(dict(rows[0], key="zzzzzzzzzzz_00001_00004"))     # a row of no sample
+    (good / "manifest.parquet").unlink()
+    (good / "manifest").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), good / "manifest" / "part-00000.parquet")
+    found = [(p.shard, p.key, p.message) for p in verify(good).problems]
+    assert found == [
+        (None, None, "the manifest has 1 duplicate key row(s)"),
+        (rows[0]["shard"], rows[0]["key"], f"manifest offset {rows[0]['offset']}, "
+                                           f"the .mp4 header is at {rows[0]['offset'] - 512}"),
+        (rows[0]["shard"], "zzzzzzzzzzz_00001_00004", "key is in manifest.parquet but in no shard"),
+        ("val-000000.tar", gone, "key is not in manifest.parquet"),
+    ]
+    (good / "manifest" / "part-00000.parquet").unlink()
+    (good / "manifest").rmdir()
+    unsorted = rows[-2:] + rows[:-2]  # the duplicate rows keep their order
+    pq.write_table(pa.Table.from_pylist(unsorted, schema=schema), good / "manifest.parquet")
+    assert [(p.shard, p.key, p.message) for p in verify(good).problems] == found
+
+
 def test_missing_and_garbage_shards_never_raise(good):
     (good / "train-000001.tar").unlink()
     (good / "val-000000.tar").write_bytes(b"not a tar at all" * 100)
