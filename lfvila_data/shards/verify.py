@@ -623,7 +623,7 @@ class _Read:
         self.tables = []
         t = t.take(pc.sort_indices(t, sort_keys=[("key", "ascending")]))
         group: list[tuple] = []
-        for b in t.to_batches(max_chunksize=65_536):
+        for b in t.to_batches(max_chunksize=8192):
             for row in zip(*(b.column(c).to_pylist() for c in ("key", "shard", "split", "offset"))):
                 if group and row[0] != group[0][0]:
                     yield group[0][0], group
