@@ -186,6 +186,9 @@ def text_origin(t: pa.Table) -> dict:
 # and only their word counts kept: ~60 bytes per sample and 4 per clip, never the manifest
 BUILD_STATS_COLUMNS = ["video_id", "n_clips", "duration", "bytes", "text_source", "language", "split"]
 FAILURE_STATS_COLUMNS = ["stage", "code", "reason", "permanent"]
+# rows per batch: a batch's texts and their split words are what stats holds at once
+# (~50 MB of LF-VILA-like texts, a few times that while words are counted)
+BATCH_ROWS = 8192
 
 
 def _build_columns(fs, root: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
@@ -195,7 +198,7 @@ def _build_columns(fs, root: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     keep = [c for c in BUILD_STATS_COLUMNS if c in names]
     texts = ["clips"] + (["paragraph"] if "paragraph" in names else [])
     light, paragraph_words, clip_words = [], [], []
-    for batch in tables.iter_batches(fs, files, keep + texts):
+    for batch in tables.iter_batches(fs, files, keep + texts, BATCH_ROWS):
         t = pa.Table.from_batches([batch])
         clips = pc.list_flatten(t["clips"])
         clip_texts = pc.struct_field(clips, "text") if len(clips) else pa.array([], pa.string())
@@ -232,7 +235,7 @@ def _build_stats(fs, root: str) -> dict:
     files = tables.parquet_files(fs, root, "failures")
     names = tables.read_schema(fs, files).names if files else []
     stats["failures"] = failure_stats(batch.to_pandas() for batch in tables.iter_batches(
-        fs, files, [c for c in FAILURE_STATS_COLUMNS if c in names]))
+        fs, files, [c for c in FAILURE_STATS_COLUMNS if c in names], BATCH_ROWS))
     return stats
 
 
