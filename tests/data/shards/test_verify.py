@@ -321,8 +321,8 @@ def test_manifest_checked_in_key_order_sorted_or_not(good):
     found = [(p.shard, p.key, p.message) for p in verify(good).problems]
     assert found == [
         (None, None, "the manifest has 1 duplicate key row(s)"),
-        (rows[0]["shard"], rows[0]["key"], f"manifest offset {rows[0]['offset']}, "
-                                           f"the .mp4 header is at {rows[0]['offset'] - 512}"),
+        (rows[0]["shard"], rows[0]["key"], (f"manifest offset {rows[0]['offset']}, "
+                                            f"the .mp4 header is at {rows[0]['offset'] - 512}")),
         (rows[0]["shard"], "zzzzzzzzzzz_00001_00004", "key is in manifest.parquet but in no shard"),
         ("val-000000.tar", gone, "key is not in manifest.parquet"),
     ]
