@@ -98,12 +98,15 @@ class _Run:
 
     def __init__(self, path: str, sort_by: list[str], batch_rows: int):
         self.path, self.sort_by, self.batch_rows = path, sort_by, batch_rows
-        self._rows = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        # pre_buffer=False: Arrow's default pre-buffering caches every range it has read
+        # until the reader closes, which kept ~30 % of each run (its compressed bytes) for
+        # the whole merge: 2.5 GiB at 1M samples
+        self._rows = pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows)
         self._buffer: pa.Table | None = None
 
     def sort_keys(self) -> Iterator[tuple]:
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_rows,
-                                                            columns=self.sort_by):
+        for batch in pq.ParquetFile(self.path, pre_buffer=False).iter_batches(
+                batch_size=self.batch_rows, columns=self.sort_by):
             yield from _sort_key([batch.column(c).to_pylist() for c in self.sort_by])
 
     def take(self, n: int) -> pa.Table:
