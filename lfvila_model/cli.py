@@ -59,6 +59,7 @@ def shard_list(pattern: str, split: str) -> list[str]:
 
 def _eval(checkpoint: str, val: str, output: str | None, cfg, device: str | None,
           split: str | None = None, benchmark: str | None = None) -> int:
+    from lfvila_model.checkpoint import checkpoint_path, stored_config
     from lfvila_model.eval import BENCHMARKS, paper_table, run_eval
     from lfvila_model.qa import QA_BENCHMARKS, qa_table, run_qa_eval
 
@@ -66,7 +67,9 @@ def _eval(checkpoint: str, val: str, output: str | None, cfg, device: str | None
         raise UsageError(f"checkpoint not found: {checkpoint}")
     if benchmark is not None and benchmark not in {**BENCHMARKS, **QA_BENCHMARKS}:
         raise UsageError(f"unknown benchmark {benchmark!r} (choose {', '.join([*BENCHMARKS, *QA_BENCHMARKS])})")
-    if benchmark in QA_BENCHMARKS:  # multiple-choice accuracy of a QA checkpoint
+    stored = stored_config(checkpoint_path(checkpoint)) if cfg is None and benchmark is None else {}
+    if benchmark in QA_BENCHMARKS or stored.get("finetune", {}).get("task") == "multiple_choice":
+        # multiple-choice accuracy of a QA checkpoint
         metrics = run_qa_eval(checkpoint, shard_list(val, "*"), output, device, split, benchmark)
         print(json.dumps(metrics, indent=1))
         print(qa_table(metrics, benchmark), file=sys.stderr)

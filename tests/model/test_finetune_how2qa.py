@@ -174,6 +174,11 @@ def test_how2qa_finetunes_from_stage2_and_scores_accuracy(how2qa, vocab_dir, tmp
     assert metrics["num_questions"] == 2 and 0 <= metrics["accuracy"] <= 1 and metrics["benchmark"] == "how2qa"
     assert metrics["accuracy"] == max(acc)
     assert "paper (how2qa)" in capsys.readouterr().err
+    # without --benchmark a QA checkpoint is still scored as QA (its stored finetune.task)
+    assert cli.main(["eval", "--checkpoint", str(run / "ck" / "best"), "--val-shards", str(shards),
+                     "--output", str(tmp_path / "plain.json"), "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "plain.json").read_text())["accuracy"] == max(acc)
+    capsys.readouterr()
     # a stage-1 checkpoint is no start for QA: one line, exit 2
     assert cli.main(["--config", "finetune_how2qa", "--init", str(root / "s1"), "--train-shards", str(shards),
                      f"data.tokenizer={vocab_dir}", "data.batch_size=2", "data.num_workers=0",
