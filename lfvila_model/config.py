@@ -189,6 +189,7 @@ class FinetuneSection:
     # "retrieval", or "multiple_choice": QA on the stage-2 model from a stage-2 ``init``
     # (lfvila_model.qa: a score per candidate, cross-entropy over them, warm-up + linear decay)
     task: str = "retrieval"
+    span_weight: float = 1.0  # multiple_choice: the temporal-span loss's weight (the release's How2QA: 1)
 
     def __post_init__(self):
         if self.lr_decay_epochs <= 0 or not 0 < self.lr_decay_rate <= 1:

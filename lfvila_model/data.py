@@ -418,8 +418,10 @@ def collate(samples: list[dict]) -> dict:
              "input_ids": torch.stack([s["input_ids"] for s in samples]),
              "attention_mask": torch.stack([s["attention_mask"] for s in samples]),
              "key": [s["key"] for s in samples]}
-    if "label" in samples[0]:  # QA examples: the right candidate's index
+    if "label" in samples[0]:  # QA examples: the right candidate's index, the frames in the question's span
         batch["label"] = torch.tensor([s["label"] for s in samples])
+        batch["span_labels"] = torch.stack([s["span_labels"] for s in samples])
+        batch["span_weights"] = torch.stack([s["span_weights"] for s in samples])
     return batch
 
 

@@ -12,14 +12,17 @@ the `qa` items of `--source how2qa`).
   tokens beside the video's tokens; the pooled first token, through dropout and a linear
   layer (``ChoiceHead``, the release's ``classifier``), is the candidate's score. Every
   weight is trained, the stage-1 video and text encoders too (the release freezes nothing).
-- **Loss**: cross-entropy over the candidates' scores; **prediction** the highest score,
-  the first candidate on a tie; **accuracy** the fraction of questions predicted right.
+- **Loss**: cross-entropy over the candidates' scores, plus (weight ``finetune.span_weight``,
+  the release's 1) the release's temporal-span loss: a 2-way linear layer on each frame's
+  fused video tokens (averaged over its P positions, the maximum over the candidates) says
+  whether the frame lies in the question's `span`, a cross-entropy per frame weighted so
+  that inside and outside count half each (``span_targets``). **Prediction** is the highest
+  score, the first candidate on a tie; **accuracy** the fraction of questions predicted right.
 - **Schedule**: AdamW 5e-5, weight decay 0.05, warm-up then linear decay (the release: 10
   warm-up epochs of 30), batch 4 per GPU; validation every ``eval.every_steps`` updates, the
   model with the best accuracy kept in ``checkpoint.dir/best``.
 - Starts from a stage-2 single-stream checkpoint (``--init``): every weight but the new head.
-- Not done: the release's auxiliary temporal-span loss (which frames the question's `ts`
-  covers); VIOLIN and ActivityNet-QA (their data is built, their heads are not).
+- Not done: VIOLIN and ActivityNet-QA (their data is built, their heads are not).
 """
 from __future__ import annotations
 
@@ -66,6 +69,31 @@ def choice_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(scores.float(), labels)
 
 
+def span_targets(span: list[float] | None, duration: float, frames: int) -> tuple[list[int], list[float]]:
+    """Per frame of ``frames`` spread over the clip: 1 inside the question's span (seconds),
+    else 0, and the weights that make inside and outside count half each (the release's
+    get_temporal_loss_label: the span in 1/frames units, rounded, at least one frame; no
+    span or no duration: every frame)."""
+    lo, hi = 0.0, 1.0
+    if span is not None and duration > 0:
+        lo, hi = (min(max(t / duration, 0.0), 1.0) for t in span)
+    start = min(max(round(lo * frames), 0), frames - 1)
+    end = min(max(round(hi * frames), start + 1), frames)
+    inside = end - start
+    outside = max(1, frames - inside)
+    labels = [1 if start <= i < end else 0 for i in range(frames)]
+    return labels, [frames * 0.5 / (inside if y else outside) for y in labels]
+
+
+def span_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The weighted per-frame cross-entropy of B×T×2 span logits (B×T labels and weights)."""
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"span labels of {tuple(labels.shape)} for span logits of {tuple(logits.shape[:2])}: "
+                         "the video's token frames must be its input frames (patch_size 1 in time)")
+    per_frame = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
+    return (per_frame * weights.flatten()).mean()
+
+
 def predictions(scores: torch.Tensor) -> torch.Tensor:
     """The chosen candidate: the highest score, the first such on a tie."""
     return scores.argmax(dim=-1)  # torch returns the first maximal index
@@ -75,27 +103,36 @@ def predictions(scores: torch.Tensor) -> torch.Tensor:
 
 class LFVILAMultipleChoice(LFVILASingleStream):
     """The stage-2 single-stream model (same parameter names, so a stage-2 checkpoint loads
-    into it) with ``head``, a ChoiceHead, and nothing frozen."""
+    into it) with ``head``, a ChoiceHead, ``span_head`` (frame in the question's span or
+    not), and nothing frozen."""
 
     def __init__(self, cfg: LFVILAConfig):
         super().__init__(cfg)
         self.stage1.requires_grad_(True)
         bert = self.stage1.text_encoder.bert.config
         self.head = ChoiceHead(bert.hidden_size, bert.hidden_dropout_prob, bert.initializer_range)
+        self.span_head = nn.Linear(bert.hidden_size, 2)
+        nn.init.normal_(self.span_head.weight, std=bert.initializer_range)
+        nn.init.zeros_(self.span_head.bias)
 
     def train(self, mode: bool = True) -> LFVILAMultipleChoice:
         """All of it follows ``mode`` (stage 2 proper keeps its stage-1 part in eval mode)."""
         return nn.Module.train(self, mode)
 
-    def forward(self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """video B×T×3×H×W, input_ids and attention_mask B×C×m×L (C candidates) -> B×C scores."""
+    def forward(self, video: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """video B×T×3×H×W, input_ids and attention_mask B×C×m×L (C candidates) ->
+        "scores" B×C and "span_logits" B×T'×2 (T' frames of video tokens)."""
         b, c, m, length = input_ids.shape
         _, vtokens = self.stage1.video_encoder.features_and_tokens(video)
         _, tokens, mask = self.stage1.text_encoder.paragraph_tokens(input_ids.reshape(b * c, m, length),
                                                                      attention_mask.reshape(b * c, m, length))
         video_seq = self.fusion.video_tokens(vtokens).repeat_interleave(c, dim=0)
-        _, pooled = self.fusion(tokens, mask, video_seq)
-        return self.head(pooled, c)
+        seq, pooled = self.fusion(tokens, mask, video_seq)
+        frames = vtokens.shape[1]
+        per_frame = seq[:, -video_seq.shape[1]:].reshape(b * c, frames, -1, seq.shape[-1]).mean(2)
+        span = self.span_head(per_frame).view(b, c, frames, 2).max(dim=1).values
+        return {"scores": self.head(pooled, c), "span_logits": span}
 
 
 # ----------------------------------------------------------------------------- data
@@ -129,8 +166,11 @@ def question_examples(decoder: Any, sample: dict, meta: dict, rng) -> list[dict]
     video = decoder.augment(decoder.read_frames(sample["mp4"], meta["clips"], None, float(meta["fps"]), rng), rng)
     subtitles = [str(c["text"]) for c in meta["clips"]]
     slots = 2 + cfg.qa_subtitles
+    frames = cfg.sample_clips * cfg.frames_per_clip
     out = []
     for q in items:
+        span = q.get("span") if isinstance(q.get("span"), list) and len(q["span"]) == 2 else None
+        span_labels, span_weights = span_targets(span, float(meta.get("duration") or 0.0), frames)
         ids, masks = [], []
         for sentences in candidate_sentences(q["question"], q["answers"], subtitles, cfg.qa_subtitles):
             tok = decoder.tokenizer(sentences, padding="max_length", truncation=True, max_length=cfg.max_tokens,
@@ -139,24 +179,31 @@ def question_examples(decoder: Any, sample: dict, meta: dict, rng) -> list[dict]
             ids.append(F.pad(tok["input_ids"].long(), pad))
             masks.append(F.pad(tok["attention_mask"].long(), pad))
         out.append({"video": video, "input_ids": torch.stack(ids), "attention_mask": torch.stack(masks),
-                    "label": q["label"], "key": f"{sample.get('__key__', '')}/{q.get('qid')}"})
+                    "label": q["label"], "span_labels": torch.tensor(span_labels),
+                    "span_weights": torch.tensor(span_weights), "key": f"{sample.get('__key__', '')}/{q.get('qid')}"})
     return out
 
 
 # ----------------------------------------------------------------------------- training
 
 class ChoiceObjective:
-    """Cross-entropy over the candidates; logs the batch's accuracy beside the loss."""
+    """Cross-entropy over the candidates + ``span_weight`` × the temporal-span loss; logs
+    both and the batch's accuracy."""
 
-    names = ("loss", "accuracy")
+    names = ("loss", "choice", "span", "accuracy")
+
+    def __init__(self, span_weight: float = 1.0):
+        self.span_weight = span_weight
 
     def __call__(self, model: nn.Module, batch: dict, device: torch.device, seed: int,
                  bf16: bool = False) -> dict[str, torch.Tensor]:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            scores = model(*(batch[k].to(device, non_blocking=True) for k in ("video", "input_ids", "attention_mask")))
+            out = model(*(batch[k].to(device, non_blocking=True) for k in ("video", "input_ids", "attention_mask")))
         labels = batch["label"].to(device)
-        loss = choice_loss(scores, labels)
-        return {"loss": loss, "accuracy": (predictions(scores.detach()) == labels).float().mean()}
+        choice = choice_loss(out["scores"], labels)
+        span = span_loss(out["span_logits"], batch["span_labels"].to(device), batch["span_weights"].to(device))
+        return {"loss": choice + self.span_weight * span, "choice": choice.detach(), "span": span.detach(),
+                "accuracy": (predictions(out["scores"].detach()) == labels).float().mean()}
 
 
 @torch.no_grad()
@@ -169,7 +216,7 @@ def evaluate_choices(model: nn.Module, batches, device: torch.device | str = "cp
     try:
         for batch in batches:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-                scores = model(*(batch[k].to(device) for k in ("video", "input_ids", "attention_mask")))
+                scores = model(*(batch[k].to(device) for k in ("video", "input_ids", "attention_mask")))["scores"]
             right += int((predictions(scores.float()).cpu() == batch["label"]).sum())
             total += len(batch["label"])
     finally:
@@ -204,7 +251,7 @@ class ChoiceEval(PeriodicEval):
 
 
 def load_init(model: LFVILAMultipleChoice, path: str) -> Path:
-    """Every weight but the head from a stage-2 single-stream checkpoint; another is one ConfigError."""
+    """Every weight but the new heads from a stage-2 single-stream checkpoint; another is one ConfigError."""
     step = checkpoint_path(path)
     stored = stored_config(step)
     if stored.get("stage", 1) != 2 or stored.get("stage2", {}).get("arch", "crossattn") != "singlestream":
@@ -214,7 +261,7 @@ def load_init(model: LFVILAMultipleChoice, path: str) -> Path:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise ConfigError(f"{step} does not fit this model config: {str(e).splitlines()[0]}") from None
-    missing = [k for k in missing if not k.startswith("head.")]
+    missing = [k for k in missing if not k.startswith(("head.", "span_head."))]
     if missing or unexpected:
         raise ConfigError(f"{step} does not fit the QA model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return step
@@ -227,7 +274,7 @@ class QARecipe(TrainRecipe):
     def make_objective(self) -> ChoiceObjective:
         if self.cfg.stage != 2 or not self.cfg.data.qa:
             raise ConfigError("multiple-choice fine-tuning needs stage: 2 and data.qa: true")
-        return ChoiceObjective()
+        return ChoiceObjective(self.cfg.finetune.span_weight)
 
     def make_evaluator(self) -> ChoiceEval:
         return ChoiceEval(self.cfg, self.device, self.rank)

@@ -22,7 +22,15 @@ from lfvila_model import cli
 from lfvila_model.checkpoint import checkpoints
 from lfvila_model.config import load_config
 from lfvila_model.data import DataConfig, make_loader
-from lfvila_model.qa import ChoiceHead, LFVILAMultipleChoice, candidate_sentences, choice_loss, predictions
+from lfvila_model.qa import (
+    ChoiceHead,
+    LFVILAMultipleChoice,
+    candidate_sentences,
+    choice_loss,
+    predictions,
+    span_loss,
+    span_targets,
+)
 from lfvila_model.sources import SyntheticSource
 from lfvila_model.train import load_model, train
 from tests.support.media import make_timecoded_video
@@ -53,6 +61,19 @@ def test_one_sgd_step_raises_the_right_candidates_score():
     wrong = torch.ones_like(before, dtype=torch.bool)
     wrong[rows, labels] = False
     assert (after[wrong] < before[wrong]).all()  # every other candidate falls
+
+
+def test_span_targets_weigh_inside_and_outside_half_each():
+    labels, weights = span_targets([15.0, 30.0], 60.0, 8)  # a quarter of the clip: frames 2 and 3
+    assert labels == [0, 0, 1, 1, 0, 0, 0, 0]
+    assert weights == [8 * 0.5 / 6] * 2 + [8 * 0.5 / 2] * 2 + [8 * 0.5 / 6] * 4
+    assert sum(w for w, y in zip(weights, labels) if y) == pytest.approx(sum(w for w, y in zip(weights, labels) if not y))
+    assert span_targets([59.0, 59.5], 60.0, 8)[0] == [0] * 7 + [1]  # at least one frame, within the clip
+    assert span_targets([-5.0, 200.0], 60.0, 4)[0] == [1, 1, 1, 1]  # clamped to the clip
+    assert span_targets(None, 60.0, 4) == ([1, 1, 1, 1], [0.5, 0.5, 0.5, 0.5])  # no span: every frame
+    logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])  # undecided: log 2 per frame
+    got = span_loss(logits, torch.tensor([labels[:4]]), torch.tensor([weights[:4]]))
+    assert got.item() == pytest.approx(torch.log(torch.tensor(2.0)).item() * sum(weights[:4]) / 4)
 
 
 def test_candidates_are_question_answer_and_merged_subtitles():
@@ -138,6 +159,7 @@ def test_qa_examples_are_one_per_question(how2qa, tokenizer):
     assert batch["input_ids"].shape == (6, 4, 4, 12) and batch["video"].shape == (6, 8, 3, 32, 64)
     at = {k.split("/")[1]: i for i, k in enumerate(batch["key"])}
     assert batch["label"][at["q4"]].item() == 3
+    assert batch["span_labels"][at["q1"]].tolist() == [0, 1, 1, 1, 1, 1, 0, 0]  # ts 0.5-3.0 of the 4-s clip
     # q1's candidate 2: the question, "green", the three subtitle lines merged to 2 (the shorter pair joined)
     want = tokenizer(["what colour is the screen", "green", "the screen turns red", "now it is blue and then green"],
                      padding="max_length", truncation=True, max_length=12, return_tensors="pt")["input_ids"]
@@ -157,6 +179,8 @@ def test_how2qa_finetunes_from_stage2_and_scores_accuracy(how2qa, vocab_dir, tmp
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "fine-tuning for multiple-choice QA from" in out.out and "paper (how2qa)" in out.out
+    logged = (run / "log" / "metrics.csv").read_text().splitlines()
+    assert logged[0].split(",")[3:7] == ["loss", "choice", "span", "accuracy"] and len(logged) == 3
     # 4 train questions / batch 2: 2 updates, each scored on the 2 val questions
     evals = [json.loads(line) for line in (run / "log" / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [1, 2] and {e["num_questions"] for e in evals} == {2}
