@@ -11,7 +11,8 @@ the `qa` items of `--source how2qa`).
   sentences as a paragraph; the single-stream cross-modal layers read that paragraph's
   tokens beside the video's tokens; the pooled first token, through dropout and a linear
   layer (``ChoiceHead``, the release's ``classifier``), is the candidate's score. Every
-  weight is trained, the stage-1 video and text encoders too (the release freezes nothing).
+  weight on that path is trained, the stage-1 video and text encoders too (the release freezes
+  nothing); the pretraining heads QA does not use stay frozen (DDP needs every trained weight used).
 - **Loss**: cross-entropy over the candidates' scores, plus (weight ``finetune.span_weight``,
   the release's 1) the release's temporal-span loss: a 2-way linear layer on each frame's
   fused video tokens (averaged over its P positions, the maximum over the candidates) says
@@ -104,11 +105,19 @@ def predictions(scores: torch.Tensor) -> torch.Tensor:
 class LFVILAMultipleChoice(LFVILASingleStream):
     """The stage-2 single-stream model (same parameter names, so a stage-2 checkpoint loads
     into it) with ``head``, a ChoiceHead, ``span_head`` (frame in the question's span or
-    not), and nothing frozen."""
+    not); every weight QA uses is trained."""
+
+    # pretraining heads QA does not use: frozen (kept, so checkpoints load), as DDP rejects
+    # trainable parameters that get no gradient
+    UNUSED = ("fusion.cls", "fusion.seq_relationship", "stage1.text_encoder.sentence_proj",
+              "stage1.text_encoder.paragraph_proj", "stage1.video_encoder.video_proj",
+              "stage1.video_encoder.clip_proj", "stage1.video_encoder.clip_norm")
 
     def __init__(self, cfg: LFVILAConfig):
         super().__init__(cfg)
         self.stage1.requires_grad_(True)
+        for name in self.UNUSED:
+            self.get_submodule(name).requires_grad_(False)
         bert = self.stage1.text_encoder.bert.config
         self.head = ChoiceHead(bert.hidden_size, bert.hidden_dropout_prob, bert.initializer_range)
         self.span_head = nn.Linear(bert.hidden_size, 2)

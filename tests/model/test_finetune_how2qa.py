@@ -20,7 +20,7 @@ from lfvila_data.sources.benchmark import plan_video
 from lfvila_data.sources.how2qa import read_how2qa
 from lfvila_model import cli
 from lfvila_model.checkpoint import checkpoints
-from lfvila_model.config import load_config
+from lfvila_model.config import load_config, model_config
 from lfvila_model.data import DataConfig, make_loader
 from lfvila_model.qa import (
     ChoiceHead,
@@ -74,6 +74,24 @@ def test_span_targets_weigh_inside_and_outside_half_each():
     logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])  # undecided: log 2 per frame
     got = span_loss(logits, torch.tensor([labels[:4]]), torch.tensor([weights[:4]]))
     assert got.item() == pytest.approx(torch.log(torch.tensor(2.0)).item() * sum(weights[:4]) / 4)
+
+
+def test_every_trained_weight_gets_a_gradient():
+    """What DDP needs: no trainable parameter left without a gradient (the pretraining heads
+    QA does not use are frozen), and the stage-1 encoders are trained too."""
+    cfg = model_config(load_config("tiny_stage2").model)
+    torch.manual_seed(0)
+    model = LFVILAMultipleChoice(cfg)
+    ids = torch.randint(5, 100, (2, 4, 3, cfg.max_tokens))
+    out = model(torch.randn(2, cfg.num_frames, 3, *cfg.frame_size), ids, torch.ones_like(ids))
+    frames = out["span_logits"].shape[1]
+    assert out["scores"].shape == (2, 4) and out["span_logits"].shape == (2, cfg.num_frames, 2)
+    (choice_loss(out["scores"], torch.tensor([0, 3]))
+     + span_loss(out["span_logits"], torch.zeros(2, frames, dtype=torch.long), torch.ones(2, frames))).backward()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(p.grad is not None for n, p in model.named_parameters() if n in trained)
+    assert any(n.startswith("stage1.video_encoder.") for n in trained)
+    assert not any(n.startswith(LFVILAMultipleChoice.UNUSED) for n in trained)
 
 
 def test_candidates_are_question_answer_and_merged_subtitles():
