@@ -19,7 +19,7 @@ from lfvila_data.shards.write import ShardPlan, write_shard
 from lfvila_data.sources.benchmark import plan_video
 from lfvila_data.sources.how2qa import read_how2qa
 from lfvila_model import cli
-from lfvila_model.checkpoint import checkpoints
+from lfvila_model.checkpoint import TrainState, checkpoints, save_checkpoint
 from lfvila_model.config import load_config, model_config
 from lfvila_model.data import DataConfig, make_loader
 from lfvila_model.qa import (
@@ -31,8 +31,7 @@ from lfvila_model.qa import (
     span_loss,
     span_targets,
 )
-from lfvila_model.sources import SyntheticSource
-from lfvila_model.train import load_model, train
+from lfvila_model.train import load_model, setup_model, setup_optimizer
 from tests.support.media import make_timecoded_video
 
 # ----------------------------------------------------------------------------- head and loss
@@ -149,7 +148,8 @@ def _manifest_rows(root: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def how2qa(tmp_path_factory, vocab_dir):
-    """QA shards of 4 clips (2 train with 4 questions, 2 val with 2) and a tiny stage-2 checkpoint."""
+    """QA shards of 4 clips (2 train with 4 questions, 2 val with 2), a tiny stage-2 checkpoint
+    to start from and a stage-1 one (refused)."""
     root = tmp_path_factory.mktemp("how2qa_ft")
     rows = _manifest_rows(root)
     pq.write_table(pa.Table.from_pylist(rows), root / "plan.parquet")
@@ -158,13 +158,10 @@ def how2qa(tmp_path_factory, vocab_dir):
                 str(shards))
     report = verify_shards(str(shards), progress=lambda line: None)  # every sample's checks (the qa items too)
     assert report.samples == 4 and {p.check for p in report.problems} == {"index", "unindexed"}  # no wids index
-    common = ["log.tensorboard=false", "log.progress=false", "optim.max_steps=1", f"data.tokenizer={vocab_dir}"]
-    s1 = load_config("tiny", [f"checkpoint.dir={root}/s1", f"log.dir={root}/s1log", *common])
-    train(s1, SyntheticSource(s1.model, batch_size=2))
-    s2 = load_config("tiny_stage2", [f"checkpoint.dir={root}/s2", f"log.dir={root}/s2log", *common,
-                                     f"stage2.stage1_checkpoint={root}/s1", "stage2.mask_token_id=4",
-                                     "stage2.special_token_ids=[0, 1, 2, 3]"])
-    train(s2, SyntheticSource(s2.model, batch_size=2))
+    for name, preset in (("s1", "tiny"), ("s2", "tiny_stage2")):  # freshly initialised checkpoints of each stage
+        cfg = load_config(preset, [f"data.tokenizer={vocab_dir}"])
+        model = setup_model(cfg, torch.device("cpu"))
+        save_checkpoint(root / name, model, *setup_optimizer(model, cfg.optim), TrainState(), cfg)
     return root, shards
 
 
