@@ -15,16 +15,14 @@ from lfvila_data.text.subtitles import (
     _MAX_WORD_SECONDS,
     _MIN_WORD_SECONDS,
     _SECONDS_PER_CHAR,
-    _TIMING_TAG,
     SubtitleError,
     Word,
     _Cue,
-    _repeated_prefix,
+    _normalise_fmt,
+    _rolling_new_words,
     _spread,
-    _timed_line_words,
     clean_line,
     detect_kind,
-    sniff_format,
 )
 
 
@@ -60,17 +58,6 @@ def _decode(data: bytes) -> str:
         if best is not None:
             return str(best).lstrip("\ufeff")
     return data.decode("cp1252", errors="replace")
-
-
-def _normalise_fmt(fmt: str | None, text: str) -> str:
-    if fmt is None:
-        return sniff_format(text)
-    name = fmt.lower().rsplit(".", 1)[-1]
-    if name in ("vtt", "webvtt"):
-        return "vtt"
-    if name == "srt":
-        return "srt"
-    raise SubtitleError("unknown_format", f"format {fmt!r} is not vtt or srt")
 
 
 def _repair_vtt(text: str) -> str:
@@ -120,21 +107,9 @@ def _read_srt(text: str) -> list[_Cue]:
 
 
 def _auto_caption_words(cues: list[_Cue]) -> list[Word]:
-    """The new words of each rolling cue, timed by their onset tags."""
-    words: list[Word] = []
-    previous: list[str] = []
-    for cue in cues:
-        lines = [ln for ln in cue.lines if " ".join(clean_line(ln)) or _TIMING_TAG.search(ln)]
-        keys = [" ".join(clean_line(ln)) for ln in lines]
-        skip = _repeated_prefix(lines, keys, previous)
-        for line in lines[skip:]:
-            if _TIMING_TAG.search(line):
-                words.extend(_timed_line_words(line, cue))
-            else:
-                words.extend(_spread(clean_line(line), cue.start, cue.end))
-        if keys:
-            previous = keys
-    return _estimate_onset_ends(words)
+    """The new words of each rolling cue (the per-cue de-rolling streaming did not change),
+    then their ends as the whole word list gave them."""
+    return _estimate_onset_ends(list(_rolling_new_words(cues)))
 
 
 def _estimate_onset_ends(words: list[Word]) -> list[Word]:
@@ -195,7 +170,7 @@ def parse_subtitles(data: bytes, fmt: str | None = None) -> list[Word]:
 
     `fmt` is a format name or file extension ("vtt", ".srt"); None sniffs the content."""
     text = decode_subtitle_bytes(data)
-    kind = _normalise_fmt(fmt, text)
+    kind = _normalise_fmt(fmt, lambda: [text])  # the name check is unchanged
     cues = _read_vtt(text) if kind == "vtt" else _read_srt(text)
     cues = [c for c in cues if c.end >= c.start >= 0]
     if not cues:
