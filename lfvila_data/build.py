@@ -446,8 +446,9 @@ def print_build_summary(cfg: BuildConfig, plan: PlanSummary, counts: dict, progr
 
 
 def output_failed(url: str, reason: str) -> str:
-    return (f"the output {url} cannot be written ({reason}); the build stopped: free space "
-            "(or fix the disk) and rerun the same command to resume")
+    fix = ("rerun the same command to resume once the storage answers again" if "://" in url
+           else "free space (or fix the disk) and rerun the same command to resume")
+    return f"the output {url} cannot be written ({reason}); the build stopped: {fix}"
 
 
 def remove_junk(out: OutputDir, ctx: TaskContext) -> None:
