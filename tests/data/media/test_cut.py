@@ -65,6 +65,21 @@ def test_copy_mode_keeps_source_stream(media, tmp_path):
     assert out.duration == pytest.approx(8.0, abs=0.1)
 
 
+def test_one_ffprobe_run_reads_what_two_did(media, tmp_path):
+    """`probe` reads streams and packets in one ffprobe run; the two-run way it replaced
+    stays for files that run cannot read. Both give the same record (audio or not, kept
+    timestamps of a section)."""
+    import subprocess
+
+    from lfvila_data.media.cut import _probe_once, _probe_twice
+    section = tmp_path / "section.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-ss", "9.3", "-t", "12", "-i", str(media["h264"]),
+                    "-copyts", "-c", "copy", str(section)], check=True)
+    for path in (media["h264"], media["vp9"], section):
+        assert _probe_once(path, 60) == _probe_twice(path, 60)
+    assert _probe_once(media["h264"], 60).has_audio and not _probe_once(media["vp9"], 60).has_audio
+
+
 def test_section_file_with_kept_timestamps_cuts_like_the_whole_file(media, tmp_path):
     import subprocess
     section = tmp_path / "section.mkv"  # what a section download leaves: copy, -copyts
