@@ -74,6 +74,20 @@ def test_sections_keep_source_time_and_save_bytes(served, tmp_path, name):
         assert served.bytes_sent[name] < size + guard_window
 
 
+def test_direct_media_url_skips_the_extractor(served, tmp_path):
+    """A URL that is a media file is fetched by ffmpeg alone: one HEAD, then only ranged
+    reads; yt-dlp's extractor would first GET the whole file (and pay its import and its
+    metadata round in CPU). The section is the same file yt-dlp gives (test above)."""
+    fresh(served)
+    served.log.clear()
+    got = Fetcher(FetchConfig(), tmp_path)("vid", served.url("long.mp4"), [(30.2, 40.0)])
+    assert [(s.start, s.end) for s in got.sections] == [(29.2, 41.0)]
+    requests = [(method, rng) for method, name, rng in served.log if name == "long.mp4"]
+    assert requests[0] == ("HEAD", None)
+    assert requests[1:] and all(m == "GET" and rng for m, rng in requests[1:]), requests
+    assert got.wire_bytes < (served.root / "long.mp4").stat().st_size
+
+
 def test_full_download_when_sections_off(served, tmp_path):
     got = Fetcher(FetchConfig(sections=False), tmp_path)("vid", served.url("long.mp4"), [(3, 9)])
     assert len(got.sections) == 1 and got.sections[0].start == 0
