@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lfvila_data.media.mp4 import read_mp4
 from lfvila_data.output.fingerprint import SPEED
 
 # Inputs are local files we downloaded: never let a file make ffmpeg open anything else
@@ -165,6 +166,14 @@ def _make_probe(video: dict, scan: _Scan, has_audio: bool) -> Probe:
                  nb_frames=scan.count)
 
 
+def probe_written(path: Path, *, timeout: float = 300.0) -> Probe:
+    """`probe` of a file our cut wrote: read from its MP4 boxes when it is the MP4 we
+    write (no ffprobe process, whose start-up costs more than the rest of a short
+    sample's probe), else by ffprobe."""
+    facts = read_mp4(path)
+    return Probe(**facts) if facts is not None else probe(path, timeout=timeout)
+
+
 def media_duration(path: Path, *, timeout: float = 60.0) -> float | None:
     """The container's duration in seconds, or None when it has none or cannot be read.
 
@@ -303,7 +312,7 @@ def _finish(tmp: Span, dst: Path, res: subprocess.CompletedProcess) -> Probe | M
         tmp.dst.unlink(missing_ok=True)
         return MediaError(f"ffmpeg could not cut {where}: {_last_line(res.stderr)}")
     try:
-        out = probe(tmp.dst)
+        out = probe_written(tmp.dst)
     except MediaError as e:
         tmp.dst.unlink(missing_ok=True)
         return MediaError(f"cut {where} produced no usable video: {e}")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lfvila_data.media.cut import CutConfig, MediaError, Probe, Span, cut_spans, probe
+from lfvila_data.media.cut import CutConfig, MediaError, Probe, Span, cut_spans, probe, probe_written
 from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, FetchError, Section
 from lfvila_data.output.write import (
     DONE,
@@ -126,11 +126,11 @@ def reuse_problem(found: Probe, sample: PlannedSample, cut: CutConfig) -> str | 
 
 def _probe_output(out: OutputDir, rel: str) -> Probe:
     if out.is_local:
-        return probe(out.local_path(rel))
+        return probe_written(out.local_path(rel))
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "v.mp4"
         out.fs.get_file(out.path(rel), str(local))
-        return probe(local)
+        return probe_written(local)
 
 
 def reusable(out: OutputDir, sample: PlannedSample, ctx: TaskContext,

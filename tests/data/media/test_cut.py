@@ -80,6 +80,27 @@ def test_one_ffprobe_run_reads_what_two_did(media, tmp_path):
     assert _probe_once(media["h264"], 60).has_audio and not _probe_once(media["vp9"], 60).has_audio
 
 
+def test_written_files_are_probed_from_their_boxes_as_ffprobe_does(media, tmp_path):
+    """The files our cut writes are probed from their MP4 boxes (no ffprobe start-up),
+    with exactly ffprobe's numbers; a file the reader does not vouch for (truncated, not
+    MP4) goes to ffprobe, which says what is wrong."""
+    from lfvila_data.media.cut import Probe, probe_written
+    from lfvila_data.media.mp4 import read_mp4
+    cases = [(media["h264"], 7.3, 19.9, CutConfig(audio=True)),
+             (media["vp9"], 2.2, 14.0, CutConfig(fps=5, height=120)),
+             (media["h264"], 8.0, 16.0, CutConfig(copy=True))]
+    for i, (src, start, end, cfg) in enumerate(cases):
+        dst = tmp_path / f"{i}.mp4"
+        cut_sample(src, dst, start, end, cfg)
+        facts = read_mp4(dst)
+        assert facts is not None and Probe(**facts) == probe(dst), i
+    assert read_mp4(tmp_path / "0.mp4")["has_audio"]
+    truncated = tmp_path / "t.mp4"
+    truncated.write_bytes((tmp_path / "1.mp4").read_bytes()[:-1000])
+    assert read_mp4(truncated) is None and read_mp4(media["vp9"]) is None
+    assert probe_written(truncated).nb_frames < probe(tmp_path / "1.mp4").nb_frames
+
+
 def test_section_file_with_kept_timestamps_cuts_like_the_whole_file(media, tmp_path):
     import subprocess
     section = tmp_path / "section.mkv"  # what a section download leaves: copy, -copyts
