@@ -167,9 +167,9 @@ def _make_probe(video: dict, scan: _Scan, has_audio: bool) -> Probe:
 
 
 def probe_written(path: Path, *, timeout: float = 300.0) -> Probe:
-    """`probe` of a file our cut wrote: read from its MP4 boxes when it is the MP4 we
-    write (no ffprobe process, whose start-up costs more than the rest of a short
-    sample's probe), else by ffprobe."""
+    """`probe` of a file we wrote (a sample we cut, a section we downloaded): read from
+    its MP4 boxes when it is an MP4 as ffmpeg writes it (no ffprobe process, whose
+    start-up costs more than the rest of a short sample's probe), else by ffprobe."""
     facts = read_mp4(path)
     return Probe(**facts) if facts is not None else probe(path, timeout=timeout)
 

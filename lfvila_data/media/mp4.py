@@ -6,8 +6,9 @@ every sample file it writes, and a rerun every file it reuses; those are MP4 fil
 cut wrote (H.264, `moov` first), whose sample tables hold all `probe` reports. This
 reader computes the same numbers as ffprobe's packet scan (times as ffprobe prints them,
 to the microsecond) for that layout only, and returns None for anything else (fragments,
-several video tracks, edit lists other than the one shift ffmpeg writes, a file shorter
-than its boxes say): the caller then runs ffprobe."""
+several video tracks, edit lists other than the ones ffmpeg writes, a file shorter than
+its boxes say): the caller then runs ffprobe. The sections our downloads write with
+`-copyts` are such files too: their source start is an empty edit before the one shift."""
 from __future__ import annotations
 
 import struct
@@ -64,7 +65,7 @@ def _track(data: bytes, start: int, end: int, track: _Track | None = None) -> _T
         elif kind == b"hdlr":
             track.kind = data[a + 8:a + 12]
         elif kind == b"mdhd":
-            track.timescale = struct.unpack_from(">I", data, a + (20 if data[a] == 1 else 12))[0]
+            track.timescale = _timescale(data, a)
         elif kind == b"stsd":
             entry = a + 8  # version, flags, count; then the first sample entry
             track.codec = data[entry + 4:entry + 8]
@@ -79,6 +80,11 @@ def _track(data: bytes, start: int, end: int, track: _Track | None = None) -> _T
         elif kind == b"stsz":
             track.samples = struct.unpack_from(">I", data, a + 8)[0]
     return track
+
+
+def _timescale(data: bytes, a: int) -> int:
+    """The time scale of a movie or media header (version 1 has 64-bit dates before it)."""
+    return struct.unpack_from(">I", data, a + (20 if data[a] == 1 else 12))[0]
 
 
 def _time(ts: int, timescale: int) -> float:
@@ -113,19 +119,21 @@ def read_mp4(path: Path, moov_limit: int = 64 << 20) -> dict | None:
                 pos += box
         if moov is None:
             return None
-        traks = [_track(moov, a, b) for kind, a, b in _boxes(moov, 8, len(moov)) if kind == b"trak"]
-        if any(kind == b"mvex" for kind, _, _ in _boxes(moov, 8, len(moov))):
+        top = list(_boxes(moov, 8, len(moov)))
+        if any(kind == b"mvex" for kind, _, _ in top):
             return None
+        movie_timescale = next((_timescale(moov, a) for kind, a, _ in top if kind == b"mvhd"), 0)
+        traks = [_track(moov, a, b) for kind, a, b in top if kind == b"trak"]
     except (OSError, ValueError, struct.error):
         return None
     videos = [t for t in traks if t.kind == b"vide"]
     if len(videos) != 1:
         return None
     v = videos[0]
-    return _probe(v, any(t.kind == b"soun" for t in traks))
+    return _probe(v, any(t.kind == b"soun" for t in traks), movie_timescale)
 
 
-def _probe(v: _Track, has_audio: bool) -> dict | None:
+def _probe(v: _Track, has_audio: bool, movie_timescale: int) -> dict | None:
     codec = _CODECS.get(v.codec)
     durations = [d for n, d in v.stts for _ in range(n)]
     offsets = [o for n, o in v.ctts for _ in range(n)] or [0] * len(durations)
@@ -137,10 +145,13 @@ def _probe(v: _Track, has_audio: bool) -> dict | None:
             v.stts[-1][1] // 10 > (total - v.stts[-1][1]) // (v.samples - 1):
         return None  # a last frame ffmpeg's demuxer shortens
     shift = 0
-    if v.edits:  # ffmpeg's one edit: start the presentation at the first frame's offset
-        if len(v.edits) != 1 or v.edits[0][1] < 0 or v.edits[0][2] != 1:
+    if v.edits:  # ffmpeg's edits: empty ones (a later start), then one that skips the first
+        # frame's composition offset; the empty time moves to the media's time base, rounded
+        *empty, (_, media_time, rate) = v.edits
+        if media_time < 0 or rate != 1 or any(t != -1 for _, t, _ in empty) or (empty and not movie_timescale):
             return None
-        shift = v.edits[0][1]
+        gap = sum(d for d, _, _ in empty)
+        shift = media_time - ((2 * gap * v.timescale + movie_timescale) // (2 * movie_timescale) if gap else 0)
     dts, pts = 0, []
     for d, o in zip(durations, offsets):
         pts.append(dts + o - shift)

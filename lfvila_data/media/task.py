@@ -278,8 +278,8 @@ def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: Ou
             raise AssertionError(f"no downloaded section covers {sample.key}")
         by_section.setdefault(section, []).append(sample)
     for section, samples in by_section.items():
-        try:
-            media = probe(Path(section.path))
+        try:  # a section we downloaded is an MP4 we wrote, most often: read from its boxes
+            media = (probe if fetched.local else probe_written)(Path(section.path))
         except MediaError as e:
             where = "" if fetched.local else f"downloaded section {section.start:.3f}-{section.end:.3f} s: "
             failures.extend(Failure(job.video_id, None, Stage.PROBE.value, FailureCode.PROBE_FAILED,

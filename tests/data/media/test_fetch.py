@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from lfvila_data.localserver import MediaServer
-from lfvila_data.media.cut import probe
+from lfvila_data.media.cut import Probe, probe
 from lfvila_data.media.fetch import (
     FetchConfig,
     Fetcher,
@@ -16,6 +16,7 @@ from lfvila_data.media.fetch import (
     local_path,
     section_spans,
 )
+from lfvila_data.media.mp4 import read_mp4
 from lfvila_data.records import FailureCode
 from tests.support.media import decode_times, make_timecoded_video
 
@@ -60,6 +61,8 @@ def test_sections_keep_source_time_and_save_bytes(served, tmp_path, name):
     assert [(s.start, s.end) for s in got.sections] == [(29.2, 41.0)]
     section = Path(got.sections[0].path)
     p = probe(section)
+    if name.endswith(".mp4"):  # what ffmpeg wrote is read from its boxes, as ffprobe reads it
+        assert Probe(**read_mp4(section)) == p
     assert p.start <= 29.2 and p.end >= 40.9  # from a keyframe before, to the end asked
     times = decode_times(section)
     assert times[0] == pytest.approx(p.start, abs=0.25)  # timestamps are source time
