@@ -184,6 +184,8 @@ def worker(plan_out: str, output: str, workdir: str, variants: bool) -> None:
     meter.wrap(task, "probe", "probe: the section (rerun: the file)")
     meter.wrap(task, "cut_spans", "cut: ffmpeg")
     meter.wrap(cut, "probe", "probe: the output")
+    meter.wrap(cut, "probe_written", "probe: the output")  # from its MP4 boxes, else ffprobe
+    meter.wrap(task, "probe_written", "rerun: probe of the file")
     meter.wrap(task, "reusable", "rerun: reused-file checks")
 
     ctx = task.TaskContext(output=output, fetch=fetch.FetchConfig(allow_private_addresses=True), workdir=workdir)
@@ -304,6 +306,10 @@ def report(runs: dict[str, list[dict]], load: tuple[float, float, float]) -> Non
                                                   for t in tags))
     print(f"{'cost / source-s vs bare decode':44s}" + "".join(
         f" {'':20s} {totals[t] / max(_bare(runs['ours']), 1e-9):11.2f}x" for t in tags))
+    guard = {t: statistics.median(sum(r.get("threads", 0.0) for r in g["build"].values()) for g in runs[t])
+             for t in tags}
+    print(f"{'  of which other threads (fetch guard)':44s}" + "".join(
+        f" {guard[t] / videos:20.3f} {1000 * guard[t] / source_s:12.1f}" for t in tags))
     tree = {t: statistics.median(g["tree_cpu"] for g in runs[t]) for t in tags}
     print("worker process tree (" + runs["ours"][0]["method"] + "): " + ", ".join(
         f"{t} {tree[t]:.2f} CPU-s" for t in tags) + " (build, rerun, and ours' ffmpeg variants)")

@@ -414,6 +414,9 @@ _NETWORK_PROTOCOLS = "http,https,tcp,tls,crypto,httpproxy"
 # as it is: yt-dlp's generic extractor would find this one format and hand it to ffmpeg
 _DIRECT = {"video/mp4": ("mp4", "mp4"), "video/webm": ("webm", "webm"),
            "video/x-matroska": ("mkv", "matroska"), "video/quicktime": ("mov", "mov")}
+# the HEAD request and ffmpeg name themselves alike, so a server that answers the one by
+# its user agent answers the other the same way (one that refuses it goes to yt-dlp)
+_AGENT = "Mozilla/5.0 (X11; Linux x86_64) lfvila-data"
 
 
 def direct_media(url: str, guard: Guard, timeout: float) -> str | None:
@@ -427,7 +430,8 @@ def direct_media(url: str, guard: Guard, timeout: float) -> str | None:
         return None
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": guard.url, "https": guard.url}))
     try:
-        with opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout) as r:
+        with opener.open(urllib.request.Request(url, method="HEAD", headers={"User-Agent": _AGENT}),
+                         timeout=timeout) as r:
             ctype = r.headers.get_content_type()
     except urllib.error.HTTPError as e:
         raise_verdict(guard)
@@ -453,7 +457,7 @@ def download_sections(url: str, ctype: str, target: Path, wanted: list[tuple[flo
         cmd = ["ffmpeg", "-y", "-nostdin", "-loglevel", "error", "-hide_banner",
                *(["-ss", str(start)] if start else []), "-t", str(end - start),
                "-protocol_whitelist", _NETWORK_PROTOCOLS, "-rw_timeout", str(int(cfg.socket_timeout * 1e6)),
-               "-i", url, "-c", "copy", "-f", muxer, "-copyts", "-fs", str(cfg.max_filesize), str(part)]
+               "-user_agent", _AGENT, "-i", url, "-c", "copy", "-f", muxer, "-copyts", "-fs", str(cfg.max_filesize), str(part)]
         try:
             res = subprocess.run(cmd, env=env, capture_output=True, timeout=cfg.deadline,
                                  stdin=subprocess.DEVNULL, check=False)
