@@ -313,6 +313,11 @@ def report(runs: dict[str, list[dict]], load: tuple[float, float, float]) -> Non
     tree = {t: statistics.median(g["tree_cpu"] for g in runs[t]) for t in tags}
     print("worker process tree (" + runs["ours"][0]["method"] + "): " + ", ".join(
         f"{t} {tree[t]:.2f} CPU-s" for t in tags) + " (build, rerun, and ours' ffmpeg variants)")
+    outside = {t: statistics.median(g["tree_cpu"] - sum(cpu(r) for part in ("build", "rerun", "variants")
+                                                        for r in g[part].values()) for g in runs[t])
+               for t in tags}
+    print("  of which outside every phase (interpreter, imports of the worker, reading the plan): " +
+          ", ".join(f"{t} {outside[t]:.2f} CPU-s" for t in tags))
     rerun = {t: _median_steps(runs[t], "rerun") for t in tags}
     print("rerun, nothing to cut (fixed cost): " + ", ".join(
         f"{t} {sum(rerun[t].values()) / videos:.3f} CPU-s/video" for t in tags))
