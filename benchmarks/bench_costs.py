@@ -45,7 +45,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_build import REPO, build_cmd, check, tree_env
+from bench_build import REPO, build_cmd, check, corpus_args, tree_env
 from proctree import run_measured
 
 # -- the worker: runs in the checkout under test ------------------------------------------
@@ -233,13 +233,7 @@ def cpu(row: dict) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", type=int, default=4)
-    p.add_argument("--clips", type=int, default=16)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--workdir", default=None)
-    p.add_argument("--baseline", default=None, help="a checkout of other code to run beside ours")
+    p = corpus_args(__doc__)
     p.add_argument("--worker", nargs=3, metavar=("PLAN", "OUTPUT", "WORKDIR"), help=argparse.SUPPRESS)
     p.add_argument("--variants", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()

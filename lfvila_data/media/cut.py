@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,22 +113,17 @@ def _probe_once(path: Path, timeout: float) -> Probe | None:
     cmd = ["ffprobe", "-v", "error", *INPUT_GUARD, "-show_entries", _ENTRIES, "-of", "compact", str(path)]
     scans: dict[str, _Scan] = {}
     streams: list[dict[str, str]] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          stdin=subprocess.DEVNULL) as proc:
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if line.startswith("packet|"):
-                    fields = dict(kv.partition("=")[::2] for kv in line.split("|")[1:])
-                    scans.setdefault(fields.get("stream_index", ""), _Scan()).add(
-                        fields.get("pts_time"), fields.get("dts_time"), fields.get("duration_time"))
-                elif line.startswith("stream|"):
-                    streams.append(dict(kv.partition("=")[::2] for kv in line.split("|")[1:]))
-        finally:
-            timer.cancel()
-    if proc.returncode != 0 or not streams:
+
+    def read(raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if line.startswith("packet|"):
+            fields = dict(kv.partition("=")[::2] for kv in line.split("|")[1:])
+            scans.setdefault(fields.get("stream_index", ""), _Scan()).add(
+                fields.get("pts_time"), fields.get("dts_time"), fields.get("duration_time"))
+        elif line.startswith("stream|"):
+            streams.append(dict(kv.partition("=")[::2] for kv in line.split("|")[1:]))
+
+    if _each_line(cmd, timeout, read) != 0 or not streams:
         return None
     video = next((s for s in streams if s.get("codec_type") == "video"
                   and s.get("disposition:attached_pic") != "1"), None)
@@ -217,16 +213,24 @@ def _scan_packets(path: Path, index: int, timeout: float) -> _Scan:
     cmd = ["ffprobe", "-v", "error", *INPUT_GUARD, "-select_streams", str(index),
            "-show_entries", "packet=pts_time,dts_time,duration_time", "-of", "csv=p=0", str(path)]
     scan = _Scan()
+    _each_line(cmd, timeout, lambda line: scan.add(*(line.decode("ascii", "replace").strip().split(",")
+                                                      + ["", ""])[:3]))
+    return scan
+
+
+def _each_line(cmd: list[str], timeout: float, on_line: Callable[[bytes], None]) -> int:
+    """Run `cmd`, handing each line of its output to `on_line` as it comes (memory stays
+    flat however long the video); killed after `timeout` s. Its exit status."""
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                           stdin=subprocess.DEVNULL) as proc:
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
             for line in proc.stdout:
-                scan.add(*(line.decode("ascii", "replace").strip().split(",") + ["", ""])[:3])
+                on_line(line)
         finally:
             timer.cancel()
-    return scan
+    return proc.returncode
 
 
 @dataclass(frozen=True)
