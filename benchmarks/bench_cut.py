@@ -391,9 +391,10 @@ def breakdown(src: Path, start: float, end: float, cfg: CutConfig, out: Path,
     cut = one_cut_command(src, out / "x.mp4", start, end, cfg, False)
     presets = {p: out / f"{p}.mp4" for p in ("veryfast", "superfast", "ultrafast")}
     steps = {
-        "ffmpeg start-up + open input (-t 0)": lambda: _run(
-            ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", *INPUT_GUARD, "-t", "0",
-             "-i", str(src), "-f", "null", "-"]),
+        # (an input -t 0 is read as "no limit": it decoded the whole file)
+        "ffmpeg start-up, open input, decode 1 frame": lambda: _run(
+            ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", *INPUT_GUARD, "-i", str(src),
+             "-map", "0:v:0", "-frames:v", "1", "-f", "null", "-"]),
         "bare decode (limit, 1 thread)": lambda: _run(limit_cmds(span, cfg.threads)[0]),
         "our seek + decode + trim, to null": lambda: _run(_to_null(
             cut, f"[0:v:0]trim=start={start:.6f}:end={end:.6f}[v0]")),
