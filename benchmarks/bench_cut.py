@@ -6,6 +6,9 @@ the original HD-VILA method (stream-copy cut per clip, then a re-encode per clip
     python benchmarks/bench_cut.py --quick          # tiny smoke run (< 30 s)
     python benchmarks/bench_cut.py --methods ours,limit --workers 1 \
         --variants base,dthreads1,ultrafast --repeat 3   # cut_command experiments
+    python benchmarks/bench_cut.py --breakdown --repeat 3  # one span: decode, filters, presets, probe
+    python benchmarks/bench_cut.py --one-pass --repeat 3   # 3 adjacent samples: one pass vs 3 cuts
+    python benchmarks/bench_cut.py --bytes-per-hour        # output MB per hour, the real videos
 
 Sources are generated once with ffmpeg lavfi into --workdir and reused: 1280x720, 30 fps,
 H.264 High (x264 superfast, CABAC, B-frames, ~2.5 Mb/s, keyframe every 3 s) with moving,
@@ -354,6 +357,139 @@ def run_method(name: str, jobs: list, task, workers: int) -> tuple[float, float,
     return time.perf_counter() - t0, cpu() - c0, outs
 
 
+# ---------------------------------------------------------------- breakdowns
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(fn) -> tuple[float, float]:
+    """(wall s, CPU s of the child processes fn waited for)."""
+    c0, t0 = _children_cpu(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, _children_cpu() - c0
+
+
+def _to_null(cmd: list[str], graph: str | None = None) -> list[str]:
+    """A one-span cut_command with its output(s) replaced by -f null (and, with `graph`,
+    its filter graph replaced): the same input side, seek and decode, nothing encoded."""
+    cmd = list(cmd[:cmd.index("-map")])
+    if graph is not None:
+        cmd[cmd.index("-filter_complex") + 1] = graph
+    return cmd + ["-map", "[v0]", "-f", "null", "-"]
+
+
+def breakdown(src: Path, start: float, end: float, cfg: CutConfig, out: Path,
+              repeat: int) -> dict[str, tuple[float, float, int]]:
+    """Where one span's cut spends its CPU: start-up, bare decode, our decode + trim, the
+    whole filter chain, the full cut with each x264 preset, the output probe. Medians of
+    `repeat` interleaved runs: name -> (wall s, CPU s, output bytes)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    span = Sample(0, src, [(start, end)], key="span")
+    cut = one_cut_command(src, out / "x.mp4", start, end, cfg, False)
+    presets = {p: out / f"{p}.mp4" for p in ("veryfast", "superfast", "ultrafast")}
+    steps = {
+        # (an input -t 0 is read as "no limit": it decoded the whole file)
+        "ffmpeg start-up, open input, decode 1 frame": lambda: _run(
+            ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", *INPUT_GUARD, "-i", str(src),
+             "-map", "0:v:0", "-frames:v", "1", "-f", "null", "-"]),
+        "bare decode (limit, 1 thread)": lambda: _run(limit_cmds(span, cfg.threads)[0]),
+        "our seek + decode + trim, to null": lambda: _run(_to_null(
+            cut, f"[0:v:0]trim=start={start:.6f}:end={end:.6f}[v0]")),
+        "our seek + decode + whole filter chain, to null": lambda: _run(_to_null(cut)),
+        **{f"full cut, x264 {p}": (lambda p=p, dst=dst: _run(_set_opt(
+            one_cut_command(src, dst, start, end, cfg, False), "-preset", p)))
+           for p, dst in presets.items()},
+        f"output probe (probe() of the {cfg.preset} file)": lambda: probe(presets[cfg.preset]),
+    }
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in steps}
+    for _ in range(repeat):
+        for name, fn in steps.items():  # the probe step reads the file the cut before wrote
+            runs[name].append(_timed(fn))
+    size = {f"full cut, x264 {p}": dst.stat().st_size for p, dst in presets.items()}
+    return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v), size.get(k, 0))
+            for k, v in runs.items()}
+
+
+def one_pass(src: Path, starts: list[float], length: float, cfg: CutConfig, source: object,
+             out: Path, repeat: int) -> dict[str, tuple[float, float]]:
+    """Adjacent samples [s, s + length) cut in one ffmpeg pass (`cut_spans`) against one
+    `cut_sample` each; both probe their outputs. Medians of `repeat` interleaved runs."""
+    spans = [_cut.Span(s, s + length, out / f"s{i}.mp4") for i, s in enumerate(starts)]
+
+    def together() -> None:
+        bad = [r for r in _cut.cut_spans(src, spans, cfg, source) if isinstance(r, Exception)]
+        if bad:
+            raise RuntimeError(bad[0])
+
+    def apart() -> None:
+        for sp in spans:
+            cut_sample(src, sp.dst, sp.start, sp.end, cfg, source)
+
+    runs: dict[str, list[tuple[float, float]]] = {"one pass (cut_spans)": [],
+                                                  f"{len(spans)} separate cuts (cut_sample)": []}
+    for _ in range(repeat):
+        for (name, v), fn in zip(runs.items(), (together, apart)):
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            v.append(_timed(fn))
+    return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+            for k, v in runs.items()}
+
+
+def bytes_per_hour(folder: Path, out: Path, cfg: CutConfig) -> None:
+    """Output bytes per hour of sample video: each real video of `folder` cut whole with
+    `cut_sample` and `cfg` (for the README's sizing table)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    total_b = total_s = 0.0
+    print(f"\n{'video':<44}{'source':>16}{'seconds':>9}{'bytes':>11}{'MB/h':>8}")
+    for src in sorted(p for p in folder.iterdir() if p.suffix in (".mp4", ".mkv", ".webm", ".avi")):
+        pr = probe(src)
+        res = cut_sample(src, out / f"{src.stem}.mp4", pr.start, pr.end, cfg, pr)
+        size = (out / f"{src.stem}.mp4").stat().st_size
+        total_b, total_s = total_b + size, total_s + res.duration
+        print(f"{src.name[:43]:<44}{f'{pr.codec} {pr.width}x{pr.height}':>16}{res.duration:>9.1f}"
+              f"{size:>11}{size / res.duration * 3600 / 1e6:>8.1f}")
+    print(f"{'all':<44}{'':>16}{total_s:>9.1f}{int(total_b):>11}{total_b / total_s * 3600 / 1e6:>8.1f}")
+
+
+def print_breakdowns(args, sources: list[Path], low: dict[Path, Path], probes: dict,
+                     cfg: CutConfig) -> None:
+    """--breakdown and --one-pass: the per-span figures of docs/performance.md."""
+    if args.breakdown:
+        src = low.get(sources[0], sources[0])
+        start = min(100.0, probes[src].end / 3)
+        end = min(start + 95.0, probes[src].end - 1.0)
+        res = breakdown(src, start, end, cfg, args.workdir / "out" / "breakdown", args.repeat)
+        limit = res["bare decode (limit, 1 thread)"][1]
+        print(f"\nbreakdown: one {end - start:.1f} s span of {src.name} "
+              f"({probes[src].width}x{probes[src].height}), medians of {args.repeat} interleaved runs")
+        print(f"{'step':<52}{'wall s':>8}{'CPU s':>8}{'÷ decode CPU':>14}{'bytes':>11}")
+        for name, (w, c, b) in res.items():
+            print(f"{name:<52}{w:>8.2f}{c:>8.2f}{c / limit:>14.2f}{b or '':>11}")
+        probe_cpu = res[f"output probe (probe() of the {cfg.preset} file)"][1]
+        for p in ("veryfast", "superfast", "ultrafast"):
+            c = res[f"full cut, x264 {p}"][1]
+            print(f"x264 {p}: ours/limit throughput by CPU {limit / c:.2f}, "
+                  f"with the output probe {limit / (c + probe_cpu):.2f}")
+    if args.one_pass:
+        for src in (sources[0], low.get(sources[0])):
+            if src is None:
+                continue
+            length = min(60.0, probes[src].end / 4)
+            res = one_pass(src, [length * (i + 1) for i in range(3)], length, cfg, probes[src],
+                           args.workdir / "out" / "one-pass", args.repeat)
+            print(f"\none pass vs separate cuts: 3 adjacent {length:g} s samples of {src.name} "
+                  f"({probes[src].width}x{probes[src].height}), medians of {args.repeat} interleaved runs")
+            for name, (w, c) in res.items():
+                print(f"  {name:<32} wall {w:7.2f} s   CPU {c:7.2f} s")
+            (wa, ca), (wb, cb) = res.values()
+            print(f"  separate / one pass: wall {wb / wa:.2f}, CPU {cb / ca:.2f}")
+
+
 # ---------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,7 +519,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count-decoded", action="store_true",
                     help="also rerun each method once with -v verbose to count decoded frames "
                          "(deterministic work measure, immune to machine load)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="only the CPU of one 95 s span of the 240p rendition, step by step, "
+                         "and the three x264 presets")
+    ap.add_argument("--one-pass", action="store_true",
+                    help="only: three adjacent 60 s samples in one pass vs three cuts "
+                         "(720p source and its 240p rendition)")
+    ap.add_argument("--bytes-per-hour", type=Path, nargs="?", metavar="DIR",
+                    const=ROOT.parent / "shared" / "data" / "real" / "videos",
+                    help="only: output MB per hour, every video of DIR cut whole "
+                         "(default: ../shared/data/real/videos)")
     args = ap.parse_args(argv)
+    if args.bytes_per_hour:
+        bytes_per_hour(args.bytes_per_hour, args.workdir / "out" / "bytes", CutConfig())
+        return 0
     clip_len, nclips = (11.0, 16.0), (4, 8)
     if args.quick:
         args.videos, args.duration, args.segment = 1, 30.0, 15.0
@@ -401,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     sources = [make_source(args.workdir, i, args.duration, args.segment, args.width, args.height,
                            args.fps, args.gop) for i in range(args.videos)]
     low = {}
-    if any(m.endswith("@240p") for m in methods):
+    if args.breakdown or args.one_pass:
+        sources = sources[:1]
+    if any(m.endswith("@240p") for m in methods) or args.breakdown or args.one_pass:
         low = {s: make_rendition(args.workdir, s, args.low_height, args.low_kbps, args.fps,
                                  args.gop) for s in sources}
     gen_s = time.perf_counter() - t
@@ -413,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
                            clip_len, nclips, args.seed)
     low_samples = [replace(s, src=low[s.src]) for s in samples] if low else []
     cfg = CutConfig()
+    if args.breakdown or args.one_pass:
+        print_breakdowns(args, sources, low, probes, cfg)
+        return 0
     src_seconds = sum(s.duration for s in samples)
     clip_seconds = sum(b - a for s in samples for a, b in s.clips)
     p0 = probes[sources[0]]

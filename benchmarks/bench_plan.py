@@ -8,6 +8,12 @@ join. All on generated HD-VILA-format metadata.
 
     python benchmarks/bench_plan.py --clips 1000000 --skip-baseline
     python benchmarks/bench_plan.py --clips 10000000 --variants columnar --skip-map --skip-baseline
+    python benchmarks/bench_plan.py --clips 1000000 --variants columnar --skip-map   # vs naive pandas
+    python benchmarks/bench_plan.py --clips 1000000 --reduce-task --profile --skip-map \
+        --variants '' --skip-baseline                 # one reduce task: per object vs columnar
+
+The naive baseline runs on the same data as the Ray variants (`--baseline-clips` defaults
+to `--clips`), so memory per clip is compared at one size.
 
 Memory is sampled every 0.5 s over the driver and every process it started (gcs, raylet,
 workers): summed RSS (counts shared object-store pages once per process that maps them),
@@ -19,10 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -244,21 +254,96 @@ def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | N
             "peak_one_mib": mem.peak_one / 1024, "peak_one_name": mem.peak_one_name}
 
 
-def map_phase_cpu(meta: list[str], text: list[str], chunk_mib: int, per_line: bool) -> dict:
-    """CPU seconds of every map task of build_plan run in this process (11 buckets)."""
+def _map_ranges(meta: list[str], text: list[str], chunk_mib: int, num_buckets: int,
+                per_line: bool = False) -> Iterator[tuple[list[dict], dict]]:
+    """Every map task of build_plan, run in this process: (per-bucket parts, stats) each."""
     from lfvila_data.inputs import iter_line_ranges
     from lfvila_data.plan.join import map_metadata_range, map_text_range
 
-    t0, lines = time.process_time(), 0
+    task_no = 0
     for kind, paths in (("metadata", meta), ("text", text)):
         for i, p in enumerate(paths):
             for _, start, end in iter_line_ranges(p, chunk_mib * 1024 * 1024):
                 if kind == "metadata":
-                    _, stats = map_metadata_range(i, p, start, end, 11, False, 0, per_line)
+                    yield map_metadata_range(i, p, start, end, num_buckets, False, task_no, per_line)
                 else:
-                    _, stats = map_text_range(i, p, start, end, 11, 0, per_line)
-                lines += stats["lines"]
+                    yield map_text_range(i, p, start, end, num_buckets, task_no, per_line)
+                task_no += 1
+
+
+def map_phase_cpu(meta: list[str], text: list[str], chunk_mib: int, per_line: bool) -> dict:
+    """CPU seconds of every map task of build_plan run in this process (11 buckets)."""
+    t0, lines = time.process_time(), 0
+    for _, stats in _map_ranges(meta, text, chunk_mib, 11, per_line):
+        lines += stats["lines"]
     return {"cpu_s": time.process_time() - t0, "lines": lines}
+
+
+def bucket_parts(meta: list[str], text: list[str], chunk_mib: int, num_buckets: int,
+                 bucket: int) -> list[dict]:
+    """Bucket `bucket` of every map task's output (Arrow parse), computed in this process."""
+    return [parts[bucket] for parts, _ in _map_ranges(meta, text, chunk_mib, num_buckets)]
+
+
+def _profile_shares(fn, top: int) -> list[tuple[str, float]]:
+    """cProfile of fn(): the `top` functions by own time, as shares of the total."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(fn)
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
+    total = sum(v[2] for v in stats.values()) or 1.0
+    rows = sorted(((f"{Path(k[0]).name}:{k[2]}", v[2] / total) for k, v in stats.items()),
+                  key=lambda r: -r[1])
+    return rows[:top]
+
+
+def reduce_task(meta: list[str], text: list[str], chunk_mib: int, num_buckets: int, repeat: int,
+                profile: bool, workdir: Path) -> dict:
+    """One reduce task (bucket 0 of `num_buckets`) in this process: per object against
+    columnar, interleaved `repeat` times, CPU by time.process_time; with `profile`, where
+    the Arrow map and the columnar reduce spend their CPU (cProfile, own time)."""
+    from lfvila_data.plan.join import PlanConfig, reduce_bucket
+
+    parts = bucket_parts(meta, text, chunk_mib, num_buckets, 0)
+    clips = sum(p["clips"].num_rows for p in parts if "clips" in p)
+    cfg, cpu = PlanConfig(), {"per-object": [], "columnar": []}
+    out = {}
+    for _ in range(repeat):
+        for name, runs in cpu.items():
+            d = workdir / f"reduce-{name}"
+            (d / "plan").mkdir(parents=True, exist_ok=True)
+            t0 = time.process_time()
+            r = reduce_bucket(0, parts, cfg, str(d), per_object=name == "per-object")
+            runs.append(time.process_time() - t0)
+            out[name] = r["counts"]
+    same = same_files(str(workdir / "reduce-per-object"), str(workdir / "reduce-columnar"))
+    med = {k: sorted(v)[len(v) // 2] for k, v in cpu.items()}
+    print(f"reduce task, bucket 0 of {num_buckets}: {clips:,} clips, {out['columnar']['samples']:,} "
+          f"samples; part files byte-identical: {same}")
+    for name, runs in cpu.items():
+        print(f"  {name:<11} CPU s per run {', '.join(f'{c:.2f}' for c in runs)}; median {med[name]:.2f} "
+              f"({med[name] / clips * 1e6:.1f} µs/clip)")
+    print(f"  columnar: {med['per-object'] / med['columnar']:.2f}x less CPU (medians of {repeat})")
+    result = {"clips": clips, "cpu_s": cpu, "identical": same}
+    if profile:
+        def map_all() -> None:
+            for _ in _map_ranges(meta, text, chunk_mib, num_buckets):
+                pass
+
+        d = workdir / "reduce-profile"
+        (d / "plan").mkdir(parents=True, exist_ok=True)
+        for label, fn in (("Arrow map phase, all ranges", map_all),
+                          ("columnar reduce task", lambda: reduce_bucket(0, parts, cfg, str(d))),
+                          ("per-object reduce task",
+                           lambda: reduce_bucket(0, parts, cfg, str(d), per_object=True))):
+            rows = _profile_shares(fn, 12)
+            print(f"profile, {label} (own time, share of the profiled total):")
+            for name, share in rows:
+                print(f"  {share:6.1%}  {name}")
+            result[f"profile {label}"] = rows
+    return result
 
 
 def same_files(a: str, b: str) -> bool:
@@ -297,12 +382,15 @@ def naive_pandas(meta: list[str], text: list[str]) -> dict:
 def run_baseline(meta: list[str], text: list[str]) -> dict:
     """The naive approach in a child process, so its memory is measured alone."""
     cmd = [sys.executable, __file__, "--baseline-child", json.dumps({"meta": meta, "text": text})]
-    t0 = time.monotonic()
+    t0, r0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     with MemorySampler(proc.pid) as mem:
         out, _ = proc.communicate()
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # one waited-for child: rusage is whole
     result = json.loads(out.decode().strip().splitlines()[-1])
-    return {"wall_s": time.monotonic() - t0, "peak_rss_sum_mib": mem.peak_rss / 1024,
+    return {"wall_s": time.monotonic() - t0,
+            "cpu_s": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
+            "peak_rss_sum_mib": mem.peak_rss / 1024,
             "peak_pss_sum_mib": mem.peak_pss / 1024, "peak_one_mib": mem.peak_one / 1024, **result}
 
 
@@ -312,7 +400,8 @@ def run_baseline(meta: list[str], text: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=10_000_000)
-    ap.add_argument("--baseline-clips", type=int, default=1_000_000)
+    ap.add_argument("--baseline-clips", type=int, default=None,
+                    help="clips for the naive pandas baseline (default: --clips, on the same data)")
     ap.add_argument("--parts", type=int, default=4)
     ap.add_argument("--workdir", default="/tmp/lfvila-bench-plan")
     ap.add_argument("--num-buckets", type=int, default=None)
@@ -322,6 +411,12 @@ def main() -> None:
     ap.add_argument("--skip-map", action="store_true", help="skip the in-process map-phase CPU measurement")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"build_plan variants to run, in order, each compared to the first ({', '.join(VARIANTS)})")
+    ap.add_argument("--reduce-task", action="store_true",
+                    help="time one reduce task (bucket 0) in this process, per object vs columnar")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="interleaved rounds of every measurement (medians reported)")
+    ap.add_argument("--profile", action="store_true",
+                    help="with --reduce-task: cProfile of the Arrow map phase and both reduces")
     ap.add_argument("--baseline-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_child:
@@ -338,49 +433,73 @@ def main() -> None:
           f"(generated or reused in {time.monotonic() - t0:.0f} s)", flush=True)
 
     results = {}
-    if not args.skip_map:
-        for per_line in (True, False):
-            r = map_phase_cpu(meta, text, args.chunk_mib, per_line)
-            print(f"map phase, {'per line' if per_line else 'arrow'}: {r['cpu_s']:.1f} CPU s, "
-                  f"{r['cpu_s'] / info['clips'] * 1e6:.2f} µs per clip", flush=True)
-            results[f"map_cpu_{'per_line' if per_line else 'arrow'}"] = r
-        ratio = results["map_cpu_per_line"]["cpu_s"] / results["map_cpu_arrow"]["cpu_s"]
-        print(f"map phase: arrow is {ratio:.1f}x faster (CPU)", flush=True)
-    runs = {}
-    variants = args.variants.split(",")
+    if not args.skip_map:  # interleaved rounds, medians
+        cpu = {"per line": [], "arrow": []}
+        for _ in range(args.repeat):
+            for label, runs_ in cpu.items():
+                runs_.append(map_phase_cpu(meta, text, args.chunk_mib, label == "per line")["cpu_s"])
+        for label, runs_ in cpu.items():
+            m = statistics.median(runs_)
+            print(f"map phase, {label}: CPU s per run {', '.join(f'{c:.1f}' for c in runs_)}; median "
+                  f"{m:.1f} ({m / info['clips'] * 1e6:.2f} µs per clip)", flush=True)
+            results[f"map_cpu_{label.replace(' ', '_')}"] = runs_
+        ratio = statistics.median(cpu["per line"]) / statistics.median(cpu["arrow"])
+        print(f"map phase: arrow is {ratio:.2f}x less CPU (medians of {args.repeat})", flush=True)
+    if args.reduce_task:
+        results["reduce_task"] = reduce_task(meta, text, args.chunk_mib, args.num_buckets or 11,
+                                             args.repeat, args.profile, work / f"out-{args.clips}")
+    variants = [v for v in args.variants.split(",") if v]
+    baseline_clips = args.baseline_clips or args.clips
+    small_meta, small_text, small = meta, text, info["clips"]
+    if not args.skip_baseline and (baseline_clips != args.clips or not variants):
+        small_meta, small_text = generate(work / f"data-{baseline_clips}", baseline_clips, 1, seed=1)
+        small = json.loads((work / f"data-{baseline_clips}" / "generated.json").read_text())["clips"]
+    contenders = {}  # name -> (clips, run function)
     for variant in variants:
         per_line, per_object = VARIANTS[variant]
-        name = f"ray build_plan, {variant}, {info['clips']:,} clips"
-        runs[name] = (info["clips"], run_ray(
-            meta, text, str(work / f"out-{args.clips}-{variant}"), args.num_buckets,
+        contenders[f"ray build_plan, {variant}, {info['clips']:,} clips"] = (info["clips"], partial(
+            run_ray, meta, text, str(work / f"out-{args.clips}-{variant}"), args.num_buckets,
             args.chunk_mib, args.max_in_flight, per_line, per_object))
-        print(f"{name}: {runs[name][1]['wall_s']:.1f} s wall, {runs[name][1]['cpu_s']:.1f} CPU s", flush=True)
-    first = runs[next(iter(runs))][1]
-    for variant, name in zip(variants[1:], list(runs)[1:]):
-        r = runs[name][1]
+    if not args.skip_baseline:
+        if small_meta is not meta:  # a Ray plan of the baseline's own data
+            contenders[f"ray build_plan, columnar, {small:,} clips"] = (small, partial(
+                run_ray, small_meta, small_text, str(work / f"out-{baseline_clips}"), args.num_buckets,
+                args.chunk_mib, args.max_in_flight))
+        contenders[f"naive pandas, {small:,} clips"] = (small, partial(run_baseline, small_meta, small_text))
+    runs: dict[str, tuple[int, list[dict]]] = {n: (c, []) for n, (c, _) in contenders.items()}
+    for rep in range(args.repeat if contenders else 0):  # interleaved: load hits every method alike
+        for name, (_, fn) in contenders.items():
+            r = fn()
+            runs[name][1].append(r)
+            print(f"[{rep + 1}/{args.repeat}] {name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU s, "
+                  f"peak PSS sum {r['peak_pss_sum_mib']:.0f} MiB, load {os.getloadavg()[0]:.1f}", flush=True)
+    for variant in variants[1:]:
         identical = same_files(str(work / f"out-{args.clips}-{variants[0]}"), str(work / f"out-{args.clips}-{variant}"))
-        print(f"build_plan {variant} vs {variants[0]}: {first['wall_s'] / r['wall_s']:.2f}x faster (wall), "
-              f"{first['cpu_s'] / r['cpu_s']:.2f}x less CPU; plan files byte-identical: {identical}", flush=True)
+        print(f"plan files of {variant} and {variants[0]} byte-identical: {identical}")
         results[f"identical_{variant}"] = identical
-    if not args.skip_baseline:
-        small_meta, small_text = generate(work / f"data-{args.baseline_clips}", args.baseline_clips, 1, seed=1)
-        small = json.loads((work / f"data-{args.baseline_clips}" / "generated.json").read_text())["clips"]
-        runs[f"ray build_plan, {small:,} clips"] = (small, run_ray(
-            small_meta, small_text, str(work / f"out-{args.baseline_clips}"), args.num_buckets,
-            args.chunk_mib, args.max_in_flight))
-        runs[f"naive pandas, {small:,} clips"] = (small, run_baseline(small_meta, small_text))
-    results.update({n: r for n, (_, r) in runs.items()})
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}
+           for n, (_, rs) in runs.items() if rs}
+    results.update({n: rs for n, (_, rs) in runs.items()})
 
-    print(f"\n{'run':48} {'wall s':>8} {'CPU s':>8} {'RSS sum MiB':>12} {'PSS sum MiB':>12} {'max 1 proc MiB':>15} "
+    print(f"\nmedians of {args.repeat} interleaved runs")
+    print(f"{'run':48} {'wall s':>8} {'CPU s':>8} {'RSS sum MiB':>12} {'PSS sum MiB':>12} {'max 1 proc MiB':>15} "
           f"{'PSS KiB/clip':>13}")
-    for name, (clips, r) in runs.items():
-        print(f"{name:48} {r['wall_s']:8.1f} {r.get('cpu_s', float('nan')):8.1f} {r['peak_rss_sum_mib']:12.0f} {r['peak_pss_sum_mib']:12.0f} "
+    for name, r in med.items():
+        clips = runs[name][0]
+        print(f"{name:48} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} {r['peak_rss_sum_mib']:12.0f} {r['peak_pss_sum_mib']:12.0f} "
               f"{r['peak_one_mib']:15.0f} {r['peak_pss_sum_mib'] * 1024 / clips:13.3f}")
-    names = list(runs)
-    if not args.skip_baseline:
-        per = {n: runs[n][1]["peak_pss_sum_mib"] / runs[n][0] for n in names}
-        print(f"\nnaive pandas / ray peak memory per clip: {per[names[-1]] / per[names[0]]:.1f}x "
-              f"(vs ray at --clips), {per[names[-1]] / per[names[-2]]:.1f}x (vs ray at --baseline-clips)")
+    names = list(med)
+    for name in names[1:len(variants)]:
+        print(f"{names[0].split(',')[1].strip()} vs {name.split(',')[1].strip()}: "
+              f"{med[name]['wall_s'] / med[names[0]]['wall_s']:.2f}x faster (wall), "
+              f"{med[name]['cpu_s'] / med[names[0]]['cpu_s']:.2f}x less CPU, "
+              f"peak PSS sum {med[names[0]]['peak_pss_sum_mib'] / med[name]['peak_pss_sum_mib']:.2f}x")
+    if not args.skip_baseline:  # the naive run against the Ray run of the same data
+        naive, ray_run = med[names[-1]], med[names[-2] if small_meta is not meta else names[0]]
+        print(f"naive pandas / ray build_plan, same {small:,} clips: peak PSS sum "
+              f"{naive['peak_pss_sum_mib'] / ray_run['peak_pss_sum_mib']:.2f}x, largest process "
+              f"{naive['peak_one_mib'] / ray_run['peak_one_mib']:.2f}x, wall "
+              f"{naive['wall_s'] / ray_run['wall_s']:.2f}x, CPU {naive['cpu_s'] / ray_run['cpu_s']:.2f}x")
     print("\n" + json.dumps(results, indent=1, default=str))
 
 

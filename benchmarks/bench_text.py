@@ -94,17 +94,19 @@ def load_files(folder: Path) -> list[SubtitleFile]:
 
 
 class Timer:
-    """Wall and CPU seconds summed per (step, kind)."""
+    """Wall and CPU seconds summed per (step, kind), and CPU per (step, file name)."""
 
     def __init__(self) -> None:
         self.wall: dict[tuple[str, str], float] = defaultdict(float)
         self.cpu: dict[tuple[str, str], float] = defaultdict(float)
+        self.by_file: dict[tuple[str, str], float] = defaultdict(float)
 
-    def run(self, step: str, kind: str, fn, *args, **kwargs):
+    def run(self, step: str, f: SubtitleFile, fn, *args, **kwargs):
         w, c = time.perf_counter(), time.process_time()
         out = fn(*args, **kwargs)
-        self.wall[step, kind] += time.perf_counter() - w
-        self.cpu[step, kind] += time.process_time() - c
+        self.wall[step, f.kind] += time.perf_counter() - w
+        self.cpu[step, f.kind] += (cpu := time.process_time() - c)
+        self.by_file[step, f.name] += cpu
         return out
 
 
@@ -123,16 +125,31 @@ def _language_of_words(words: tuple[Word, ...], language: str) -> str | None:
 def one_round(files: list[SubtitleFile], plan: PlanConfig) -> Timer:
     t = Timer()
     for f in files:
-        k = f.kind
-        t.run("baseline: library parse", k, bare_parse, f.data, f.fmt)
-        t.run("plan_subtitled_video", k, plan_subtitled_video, "bench", "https://x/bench",
+        t.run("baseline: library parse", f, bare_parse, f.data, f.fmt)
+        t.run("plan_subtitled_video", f, plan_subtitled_video, "bench", "https://x/bench",
               f.data, f.fmt, f.language, plan)
-        t.run("language (asked own)", k, _language_of_words, f.words, f.language)
-        words = t.run("split: parse", k, parse_subtitles, f.data, f.fmt)
-        sentences = t.run("split: sentences", k, split_sentences, words, SentenceConfig())
-        t.run("split: clips + samples", k, _clips_and_samples, sentences, f, plan)
-        t.run("language (asked 'de')", k, language_mismatch, f.text, "de")
+        t.run("language (asked own)", f, _language_of_words, f.words, f.language)
+        words = t.run("split: parse", f, parse_subtitles, f.data, f.fmt)
+        sentences = t.run("split: sentences", f, split_sentences, words, SentenceConfig())
+        t.run("split: clips + samples", f, _clips_and_samples, sentences, f, plan)
+        t.run("language (asked 'de')", f, language_mismatch, f.text, "de")
     return t
+
+
+def print_per_file(files: list[SubtitleFile], rounds: list[Timer]) -> None:
+    """Each file's parse (library vs ours) and sentence split, medians over rounds: where
+    the per-word costs of pysbd and of pause splitting come from."""
+    def med(step: str, name: str) -> float:
+        return statistics.median(r.by_file[step, name] for r in rounds)
+
+    print(f"\n{'per file (CPU, medians)':<52}{'kind':<23}{'words':>7}{'lib parse ms':>13}"
+          f"{'our parse ms':>13}{'sentences ms':>13}{'µs/word':>9}")
+    for f in files:
+        sent = med("split: sentences", f.name)
+        print(f"{f.name[:51]:<52}{f.kind:<23}{len(f.words):>7}"
+              f"{med('baseline: library parse', f.name) * 1e3:>13.1f}"
+              f"{med('split: parse', f.name) * 1e3:>13.1f}{sent * 1e3:>13.1f}"
+              f"{sent / max(1, len(f.words)) * 1e6:>9.1f}")
 
 
 def _median(rounds: list[Timer], attr: str, step: str, kinds=KINDS) -> float:
@@ -200,6 +217,7 @@ def main() -> None:
     print(f"{'sum of the 4 steps':<32}{split_total * 1e3:>10.1f}{'100%':>8}{total_h / split_total:>10.2f}"
           f"{split_total / total_h * 1000:>18.1f}")
     print(f"(plan_subtitled_video alone: {plan_c * 1e3:.1f} CPU ms; the split re-times its parts one by one)")
+    print_per_file(files, rounds)
 
     per_1000h = (plan_c + lang_c) / total_h * 1000
     build_cpu_h = per_1000h * args.build_hours / 1000 / 3600
