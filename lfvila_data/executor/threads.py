@@ -176,21 +176,32 @@ class ChildReaper:
 
 
 def run_videos_local(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
-                    on_result: Callable[[VideoResult], None], tick: Callable[[], None],
-                    on_progress: Callable[[CutProgress], None], report_every_s: float = 2.0) -> None:
+                     on_result: Callable[[VideoResult], None], tick: Callable[[], None],
+                     on_progress: Callable[[CutProgress], None], report_every_s: float = 2.0) -> None:
     """`runner.run_videos` on threads of the driver: `rc.fetch_concurrency` downloads and
     `rc.cut_concurrency` cuts (default: this machine's CPUs over the cut threads) at once."""
-    cut_slots = rc.cut_concurrency or max(1, int(local_cpus() // rc.cut_cpus))
+    fetch_then_cut_on_threads(jobs, lambda job: fetch_video(job, ctx),
+                              lambda got, post: cut_reporting(got, ctx, post, report_every_s),
+                              rc.fetch_concurrency, rc.cut_concurrency or max(1, int(local_cpus() // rc.cut_cpus)),
+                              on_result, tick, on_progress)
+
+
+def fetch_then_cut_on_threads(jobs: Iterable[VideoJob], fetch: Callable[[VideoJob], FetchOutcome],
+                              cut: Callable[[FetchOutcome, Callable[[CutProgress], None]], VideoResult],
+                              fetch_slots: int, cut_slots: int, on_result: Callable[[VideoResult], None],
+                              tick: Callable[[], None], on_progress: Callable[[CutProgress], None]) -> None:
+    """`fetch(job)` then `cut(outcome, post)` per job on two thread pools, within a
+    `ChildReaper`; `post` hands a cut's reports to the driver, which drains them while it
+    waits. A step that raises is a `task_crashed` result; when `on_result` (or an
+    interrupt) raises, what the threads still run is killed and nothing more starts."""
     done: queue.SimpleQueue = queue.SimpleQueue()
     reports: queue.SimpleQueue = queue.SimpleQueue()
     with ChildReaper() as reaper:
-        fetchers = ThreadPool(rc.fetch_concurrency, done, "fetch")
+        fetchers = ThreadPool(fetch_slots, done, "fetch")
         cutters = ThreadPool(cut_slots, done, "cut")
         try:
-            fetch_then_cut(jobs, cut_slots, rc.fetch_concurrency,
-                           lambda job: fetchers.submit(lambda j: fetch_video(j, ctx), job, (False, job)),
-                           lambda got: cutters.submit(lambda o: cut_reporting(o, ctx, reports.put, report_every_s),
-                                                      got, (True, got.job)),
+            fetch_then_cut(jobs, cut_slots, fetch_slots, lambda job: fetchers.submit(fetch, job, (False, job)),
+                           lambda got: cutters.submit(lambda o: cut(o, reports.put), got, (True, got.job)),
                            lambda: finished(done, 0.5), lambda: drained(reports), crash_result,
                            on_result, tick, on_progress)
         finally:
