@@ -14,13 +14,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from lfvila_data import __version__
-from lfvila_data.executor.asr import transcribe_on_ray
-from lfvila_data.executor.base import local_shuffle
-from lfvila_data.executor.cluster import RayStart, processes_file, remove_on_every_node, stop_on_signals
-from lfvila_data.executor.pool import RayShuffle, RayTasks
-from lfvila_data.executor.runner import RunConfig, run_videos
+from lfvila_data.executor.base import RunConfig, Shuffle, TaskMap, local_shuffle, stop_on_signals
 from lfvila_data.executor.threads import ThreadTasks, run_videos_local
 from lfvila_data.inputs import InputError, expand_paths
 from lfvila_data.media.task import TaskContext, VideoJob, file_stamp
@@ -61,7 +58,6 @@ from lfvila_data.sources.how2qa import HOW2QA
 from lfvila_data.sources.local import find_videos
 from lfvila_data.sources.queryd import QUERYD
 from lfvila_data.sources.violin import VIOLIN
-from lfvila_data.text.asr import transcribe_all
 from lfvila_data.text.stage import (
     TextOptions,
     _asr_marker,
@@ -69,6 +65,9 @@ from lfvila_data.text.stage import (
     plan_youtube,
     retext_plan_with_asr,
 )
+
+if TYPE_CHECKING:  # Ray is imported only by builds that run on it
+    from lfvila_data.executor.cluster import RayStart
 
 # the benchmark sources by --source name: their parsers; everything after parsing is shared
 BENCHMARKS = {f.name: f for f in (ACTIVITYNET, DIDEMO, QUERYD, CONDENSED_MOVIES, HOW2QA, VIOLIN, ACTIVITYNET_QA)}
@@ -176,7 +175,16 @@ def _plan(cfg: BuildConfig, ray: RayStart | None = None) -> PlanSummary:
     if ray is not None and (cfg.ray_address or not in_process):
         ray.wait()
     fetch = cfg.task_context().fetch
-    transcriber = transcribe_on_ray if ray is not None else transcribe_all
+    if ray is not None:  # Ray's modules take seconds to import: only when Ray runs
+        from lfvila_data.executor.asr import transcribe_on_ray as transcriber
+        from lfvila_data.executor.pool import RayShuffle, RayTasks
+
+        look_ups: TaskMap = RayTasks(max_in_flight=cfg.text_opts.concurrency, num_cpus=0, max_retries=1)
+        shuffle: Shuffle = local_shuffle if in_process else RayShuffle()
+    else:
+        from lfvila_data.text.asr import transcribe_all as transcriber
+
+        look_ups, shuffle = ThreadTasks(cfg.text_opts.concurrency), local_shuffle
     if cfg.source in BENCHMARKS:  # annotations are small: re-planned on every run, in one process
         return plan_benchmark(BENCHMARKS[cfg.source], list(cfg.annotations), cfg.output, cfg.plan,
                               video_dir=cfg.video_dir, split_files=list(cfg.split_files))
@@ -185,8 +193,6 @@ def _plan(cfg: BuildConfig, ray: RayStart | None = None) -> PlanSummary:
         return plan_local_text(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch,
                                transcriber=transcriber)
     if cfg.source == "youtube":
-        look_ups = (RayTasks(max_in_flight=cfg.text_opts.concurrency, num_cpus=0, max_retries=1)
-                    if ray is not None else ThreadTasks(cfg.text_opts.concurrency))
         return plan_youtube(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch,
                             look_ups=look_ups, transcriber=transcriber)
     # hdvila: metadata has text; only "--asr always" re-transcribes the planned spans
@@ -200,7 +206,7 @@ def _plan(cfg: BuildConfig, ray: RayStart | None = None) -> PlanSummary:
         return summary
     if summary is None or made_with is not None:
         summary = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan,
-                             shuffle=local_shuffle if in_process else RayShuffle(), groups=list(cfg.groups))
+                             shuffle=shuffle, groups=list(cfg.groups))
     return (retext_plan_with_asr(cfg.output, cfg.plan, cfg.text_opts, fetch, transcriber=transcriber)
             if asr else summary)
 
@@ -379,7 +385,7 @@ VideoRunner = Callable[[Iterable[VideoJob], TaskContext, RunConfig, Callable[[Vi
 
 def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
                   previous: dict[str, tuple[str, dict]], lease: OutputLease | None = None,
-                  runner: VideoRunner = run_videos, progress_every_s: float = 2.0) -> BuildProgress:
+                  runner: VideoRunner = run_videos_local, progress_every_s: float = 2.0) -> BuildProgress:
     """Fetch and cut every unfinished video, journaling each result as it arrives; stop at
     the first result that says the output itself failed (every later video would too).
     Progress lines at most every `progress_every_s`, moving while a video is cut."""
@@ -492,10 +498,15 @@ def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
         # Ray starts while the driver plans; a plan-only run that plans here needs none,
         # unless a cluster was named (joining it is then part of what the run checks)
         local_plan_only = cfg.plan_only and not cfg.ray_address and plans_in_process(cfg)
-        ray = None if local or local_plan_only else RayStart(
-            cfg.ray_address, processes=processes_file(cfg.task_context().scratch()))
+        ray = None
+        if not (local or local_plan_only):
+            from lfvila_data.executor.cluster import RayStart, processes_file
+
+            ray = RayStart(cfg.ray_address, processes=processes_file(cfg.task_context().scratch()))
         try:
             if cfg.ray_address:  # a cluster: a killed job's scratch on the workers too
+                from lfvila_data.executor.cluster import remove_on_every_node
+
                 ray.wait()
                 remove_on_every_node(cfg.task_context().scratch())
             stop_on_signals()
@@ -523,7 +534,9 @@ def _run_leased(cfg: BuildConfig, out: OutputDir, lease: OutputLease, started: f
         print_summary(f"plan of {cfg.output}", _plan_rows(plan))
         return asdict(plan)
     previous = reset_stale_journal(out, plan, cfg.plan)
-    runner = run_videos if ray is not None else run_videos_local
+    runner = run_videos_local
+    if ray is not None:
+        from lfvila_data.executor.runner import run_videos as runner
     progress = run_journaled(cfg, out, plan, previous, lease, runner, progress_every_s)
     lease.check()
     counts = finalize(out, iter_journal(out), read_plan_failures(cfg.output))

@@ -5,6 +5,8 @@ never import Ray; the build and shard commands pass the Ray ones (`executor.pool
 tests pass these, which run everything in this process in input order."""
 from __future__ import annotations
 
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -141,3 +143,17 @@ def fetch_then_cut(jobs: Iterable[J], cut_slots: int, fetch_slots: int, start_fe
             else:
                 ready_to_cut.append(done.value)  # type: ignore[arg-type]
         tick()
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP stop the driver the way Ctrl-C does (Ray's own SIGTERM handler
+    just exits), so the build unwinds: Ray or the driver's threads are stopped and the
+    job's scratch and lease are removed instead of outliving it. (Here, not beside the
+    Ray start, so a build without Ray never imports Ray.)"""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _interrupt)

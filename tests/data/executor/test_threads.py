@@ -163,3 +163,11 @@ def test_kill_9_of_the_driver_kills_what_its_threads_started():
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
     assert _gone(pid)
+
+
+def test_a_build_without_ray_does_not_import_it():
+    """Importing Ray takes seconds on a busy machine: the build imports it only to run on it."""
+    code = ("import sys, lfvila_data.cli, lfvila_data.build, lfvila_data.executor.threads; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert r.stdout.strip() == "[]"
