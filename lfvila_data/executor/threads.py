@@ -37,8 +37,11 @@ STOP_GRACE_S = 5.0  # how long an interrupted run waits for its threads to notic
 
 
 def local_cpus() -> int:
-    """CPUs this process may use (its affinity, as Ray counts a local node's)."""
-    return max(1, len(os.sched_getaffinity(0)))
+    """CPUs this process may use (its affinity where the OS has one, as Ray counts a local
+    node's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def crash_result(job: VideoJob, is_cut: bool, err: Exception) -> VideoResult:

@@ -16,8 +16,10 @@ MARK = "LFVILA_DRIVER"  # environment variable every child of a thread-run build
 def kill_marked(mark: bytes, spare: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
     """SIGKILL every process of this user whose environment has `mark` (NAME=VALUE), but
     this one and `spare`; returns their pids (a process exiting meanwhile is skipped)."""
-    killed = []
+    killed: list[int] = []
     me = os.getpid()
+    if not os.path.isdir("/proc"):
+        return killed  # no /proc (macOS): children are left to end on their closed pipes
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == me or int(name) in spare:
             continue

@@ -76,29 +76,29 @@ def test_a_rerun_after_kill_9_cleans_up_and_completes(site, tmp_path):
     assert not [p for p in recorded if _running(p)], "the killed job's Ray outlived the rerun's start"
 
 
-def _media_children(job: subprocess.Popen) -> list[psutil.Process]:
-    """The driver's ffmpeg/ffprobe children (the watchdog is a python child)."""
-    kids = []
-    for p in psutil.Process(job.pid).children(recursive=True):
-        try:
-            if p.name().startswith("ff"):
-                kids.append(p)
-        except psutil.Error:
-            pass
-    return kids
+def _local_build_running_ffmpeg(site, out, work) -> tuple[subprocess.Popen, list[psutil.Process]]:
+    """A `--executor local` build, once it runs ffmpeg or ffprobe: it and those children."""
+    job = _start(site, out, work, "local")
+    kids: list[psutil.Process] = []
+
+    def running_ffmpeg() -> bool:
+        kids[:] = []
+        for p in psutil.Process(job.pid).children(recursive=True):
+            try:
+                if p.name().startswith("ff"):  # not the watchdog, a python child
+                    kids.append(p)
+            except psutil.Error:
+                pass
+        return bool(kids)
+
+    _wait_until(job, running_ffmpeg)
+    return job, kids
 
 
 def test_local_executor_sigterm_ends_its_subprocesses_scratch_and_lease(site, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     scratch = TaskContext(output=str(out), workdir=str(work)).scratch()
-    job = _start(site, out, work, "local")
-    kids: list[psutil.Process] = []
-
-    def running_ffmpeg() -> bool:
-        kids[:] = _media_children(job)
-        return bool(kids)
-
-    _wait_until(job, running_ffmpeg)
+    job, kids = _local_build_running_ffmpeg(site, out, work)
     job.send_signal(signal.SIGTERM)
     rc = job.wait(timeout=120)
     err = job.communicate()[1]
@@ -111,17 +111,10 @@ def test_local_executor_sigterm_ends_its_subprocesses_scratch_and_lease(site, tm
 
 def test_local_executor_kill_9_of_the_driver_ends_its_subprocesses(site, tmp_path):
     """Only the driver is killed (not its process group, as a terminal would): its ffmpeg
-    children are killed by the watchdog, not left running as orphans (the rerun after a
-kill -9 is tested in test_build.py)."""
-    out, work = tmp_path / "out", tmp_path / "work"
-    job = _start(site, out, work, "local")
-    kids: list[psutil.Process] = []
-
-    def running_ffmpeg() -> bool:
-        kids[:] = _media_children(job)
-        return bool(kids)
-
-    _wait_until(job, running_ffmpeg)
+    children end, not left running as orphans (those that would not stop on their own,
+    e.g. on a closed pipe, the watchdog kills: test_threads.py; the rerun after a kill -9
+    is tested in test_build.py)."""
+    job, kids = _local_build_running_ffmpeg(site, tmp_path / "out", tmp_path / "work")
     job.kill()
     job.wait(timeout=60)
     job.communicate()
