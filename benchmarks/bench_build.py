@@ -78,15 +78,21 @@ def check(m: Measured, what: str) -> Measured:
     return m
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def corpus_args(doc: str) -> argparse.ArgumentParser:
+    """The options of a benchmark on this corpus, beside another checkout (bench_costs too)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=int, default=4)
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workdir", default=None)
-    p.add_argument("--no-cgroup", action="store_true", help="measure CPU by polling (as without root)")
     p.add_argument("--baseline", default=None, help="a checkout of other code to run beside ours")
+    return p
+
+
+def main() -> None:
+    p = corpus_args(__doc__)
+    p.add_argument("--no-cgroup", action="store_true", help="measure CPU by polling (as without root)")
     p.add_argument("--also-ray", action="store_true", help="also our build with --executor ray")
     a = p.parse_args()
     if a.quick:

@@ -1,9 +1,12 @@
 """Peak memory of the text stage on one big subtitle file: a generated SRT or WebVTT of
-`--mb` megabytes (ordinary 3-second cues of ~12 words) parsed by `parse_subtitles`, or
-planned end to end by `plan_subtitled_video` (`--stage plan`), in a fresh process; the
-peak RSS (psutil, sampled every 10 ms by a thread) less the RSS before the file was read.
+`--mb` megabytes (ordinary 3-second cues of ~12 words) parsed by `parse_subtitles` into a
+list of words, streamed from the file by `iter_subtitle_words` (`--stage stream`: the words
+counted, none kept), or planned end to end by `plan_subtitled_video` (`--stage plan`), in a
+fresh process; the peak RSS (psutil, sampled every 10 ms by a thread) less the RSS before
+the file was read.
 
     python benchmarks/bench_subtitle_memory.py --mb 200 --format srt --stage parse
+    python benchmarks/bench_subtitle_memory.py --mb 50 --format srt --stage stream
     python benchmarks/bench_subtitle_memory.py --mb 200 --format vtt --stage plan
 
 Issue 14 item 7 measured 3.6 GB for a 200 MB subtitle file in the driver.
@@ -42,7 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=200)
     ap.add_argument("--format", choices=("srt", "vtt"), default="srt")
-    ap.add_argument("--stage", choices=("parse", "plan"), default="parse")
+    ap.add_argument("--stage", choices=("parse", "stream", "plan"), default="parse")
     ap.add_argument("--file", type=Path, default=None, help="reuse this generated file")
     args = ap.parse_args()
     path = args.file or Path(f"/tmp/bench_subs_{args.mb:g}mb.{args.format}")
@@ -64,12 +67,16 @@ def main() -> None:
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     started = time.monotonic()
-    data = path.read_bytes()
-    if args.stage == "parse":
-        n = len(parse_subtitles(data, args.format))
+    if args.stage == "stream":
+        from lfvila_data.text.subtitles import iter_subtitle_words
+
+        n = sum(1 for _ in iter_subtitle_words(path, args.format))
+        what = "words"
+    elif args.stage == "parse":
+        n = len(parse_subtitles(path.read_bytes(), args.format))
         what = "words"
     else:
-        samples, _ = plan_subtitled_video("v", "http://127.0.0.1/v", data, args.format, "en", PlanConfig(),
+        samples, _ = plan_subtitled_video("v", "http://127.0.0.1/v", path.read_bytes(), args.format, "en", PlanConfig(),
                                           check_language=False)
         n, what = len(samples), "samples"
     done.set()

@@ -94,6 +94,7 @@ class BuildConfig:
     annotations: tuple[str, ...] = ()  # benchmark sources: annotation files
     video_dir: str | None = None       # benchmark sources: local videos named by id (else fetched)
     split_files: tuple[str, ...] = ()  # benchmark sources: [NAME=]FILE lists of the videos to build
+    video_base_url: str | None = None  # benchmark sources: fetch BASE/<YouTube id>.mp4, not from YouTube
 
     def task_context(self) -> TaskContext:
         """What every fetch and cut task gets (defaults unless `task` is given)."""
@@ -187,7 +188,8 @@ def _plan(cfg: BuildConfig, ray: RayStart | None = None) -> PlanSummary:
         look_ups, shuffle = ThreadTasks(cfg.text_opts.concurrency), local_shuffle
     if cfg.source in BENCHMARKS:  # annotations are small: re-planned on every run, in one process
         return plan_benchmark(BENCHMARKS[cfg.source], list(cfg.annotations), cfg.output, cfg.plan,
-                              video_dir=cfg.video_dir, split_files=list(cfg.split_files))
+                              video_dir=cfg.video_dir, split_files=list(cfg.split_files),
+                              video_base_url=cfg.video_base_url)
     # text-first sources journal each video's text, so re-planning redoes only what is missing
     if cfg.source == "local":
         return plan_local_text(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch,
@@ -441,7 +443,7 @@ def build_record(cfg: BuildConfig, plan: PlanSummary, counts: dict, progress: Bu
     return {
         "source": task.source, "metadata": list(cfg.metadata), "text": list(cfg.text),
         "groups": list(cfg.groups), "annotations": list(cfg.annotations), "video_dir": cfg.video_dir,
-        "split_files": list(cfg.split_files),
+        "split_files": list(cfg.split_files), "video_base_url": cfg.video_base_url,
         "inputs": list(cfg.inputs), "text_options": asdict(cfg.text_opts),
         "output": cfg.output, "plan_config": asdict(cfg.plan), "fetch": asdict(task.fetch),
         "cut": asdict(task.cut), "run": asdict(cfg.run), "plan": asdict(plan),
@@ -469,8 +471,9 @@ def print_build_summary(cfg: BuildConfig, plan: PlanSummary, counts: dict, progr
 
 
 def output_failed(url: str, reason: str) -> str:
-    return (f"the output {url} cannot be written ({reason}); the build stopped: free space "
-            "(or fix the disk) and rerun the same command to resume")
+    fix = ("rerun the same command to resume once the storage answers again" if "://" in url
+           else "free space (or fix the disk) and rerun the same command to resume")
+    return f"the output {url} cannot be written ({reason}); the build stopped: {fix}"
 
 
 def remove_junk(out: OutputDir, ctx: TaskContext) -> None:

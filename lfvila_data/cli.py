@@ -156,17 +156,22 @@ class BenchmarkInputs:
     annotations: tuple[str, ...]
     video_dir: str | None
     split_files: tuple[str, ...]
+    video_base_url: str | None = None
 
 
 def benchmark_options(
-    annotations: List[str] = typer.Option([], help="Benchmarks: annotation files, repeatable: activitynet: ActivityNet Captions train.json, val_1.json; didemo: train_data.json, test_data.json; queryd: raw_captions_combined_filtered-v2.pkl and times_captions_combined_filtered-v2.pkl (or .json); condensed-movies: metadata/descriptions.csv; how2qa: how2qa_train.jsonl and the subtitles jsonl; violin: violin_annotation.json; activitynet-qa: train_q.json and train_a.json.", rich_help_panel=_BENCH),
-    video_dir: Optional[Path] = typer.Option(None, help="Benchmarks: local videos named by video id (activitynet: with or without v_; queryd: with or without video-; didemo: the Flickr name; how2qa: vid_name; violin: file), any common container; without it videos are fetched by YouTube id (didemo: by the annotation's dl_link).", rich_help_panel=_BENCH),
+    annotations: List[str] = typer.Option([], help="Benchmarks: annotation files, repeatable: activitynet: ActivityNet Captions train.json, val_1.json; didemo: train_data.json, test_data.json; queryd: raw_captions_combined_filtered-v2.pkl and times_captions_combined_filtered-v2.pkl (or .json); condensed-movies: metadata/descriptions.csv; how2qa: how2qa_train_release.jsonl, the subtitles jsonl and how2_vid_mapping.json (vid_name -> YouTube id and segment); violin: violin_annotation.json; activitynet-qa: train_q.json and train_a.json.", rich_help_panel=_BENCH),
+    video_dir: Optional[Path] = typer.Option(None, help="Benchmarks: local videos named by video id (activitynet: with or without v_; queryd: with or without video-; didemo: the Flickr name; how2qa: vid_name, or the YouTube id of a mapped segment; violin: file), any common container; without it videos are fetched by YouTube id (didemo: by the annotation's dl_link).", rich_help_panel=_BENCH),
     split_file: List[str] = typer.Option([], help="Benchmarks: [NAME=]FILE listing the videos to build, one id a line (collaborative-experts splits: train_list.txt, val_1_list.txt); the split NAME (default from the file: val1) is recorded per sample. Repeatable.", rich_help_panel=_BENCH),
+    video_base_url: Optional[str] = typer.Option(None, help="Benchmarks: fetch the videos that would come from YouTube from URL/<YouTube id>.mp4 instead (a mirror you host); segments (How2QA) are still cut from the whole video.", rich_help_panel=_BENCH),
 ) -> BenchmarkInputs:
     """The benchmark sources' inputs (checked against --source in build_config)."""
     if video_dir is not None and not video_dir.is_dir():
         _fail(f"--video-dir {str(video_dir)!r} is not a directory")
-    return BenchmarkInputs(tuple(annotations), str(video_dir) if video_dir else None, tuple(split_file))
+    if video_base_url is not None and not video_base_url.startswith(("http://", "https://")):
+        _fail(f"--video-base-url {video_base_url!r} is not an http(s) URL")
+    return BenchmarkInputs(tuple(annotations), str(video_dir) if video_dir else None, tuple(split_file),
+                           video_base_url)
 
 
 def text_options(
@@ -304,8 +309,9 @@ def build_config(build: BuildConfig, bench: BenchmarkInputs, text: TextOptions, 
     reads (height, audio, local files, concurrency, cut threads, fps) are wired here."""
     if build.source in BENCHMARK_SOURCES and not bench.annotations:
         _fail(f"--annotations is required for --source {build.source}")
-    if build.source not in BENCHMARK_SOURCES and (bench.annotations or bench.video_dir or bench.split_files):
-        _fail("--annotations, --video-dir and --split-file need a benchmark --source "
+    if build.source not in BENCHMARK_SOURCES and (bench.annotations or bench.video_dir or bench.split_files
+                                                  or bench.video_base_url):
+        _fail("--annotations, --video-dir, --video-base-url and --split-file need a benchmark --source "
               f"({', '.join(s.value for s in BENCHMARK_SOURCES)})")
     # local inputs are files
     allow_local_files = fetch.allow_local_files or build.source == "local" or bench.video_dir is not None
@@ -316,6 +322,7 @@ def build_config(build: BuildConfig, bench: BenchmarkInputs, text: TextOptions, 
         _fail(str(e))
     return replace(
         build, annotations=bench.annotations, video_dir=bench.video_dir, split_files=bench.split_files,
+        video_base_url=bench.video_base_url,
         plan=replace(plan_cfg, allow_local_files=allow_local_files, max_text_bytes=text.max_text_bytes),
         text_opts=replace(text, clip=clip, asr=asr.mode, asr_config=asr.config,
                           concurrency=run.run.fetch_concurrency),

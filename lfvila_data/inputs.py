@@ -31,7 +31,8 @@ def storage_problem(e: BaseException) -> str | None:
                     "AWS_PROFILE, or run on a machine with an instance role")
         if name in ("EndpointConnectionError", "ConnectTimeoutError"):
             return f"cannot reach the storage endpoint: {cur}"
-        code = str(getattr(cur, "response", {}).get("Error", {}).get("Code", ""))
+        response = getattr(cur, "response", None)  # botocore's reply; None where none came
+        code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
         if code in _NO_BUCKET or "specified bucket does not exist" in str(cur):
             return f"the bucket does not exist: {_first_line(cur)}"
         if code in _DENIED:

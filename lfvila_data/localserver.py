@@ -22,6 +22,7 @@ class MediaServer:
         self.ranges = ranges
         self.bytes_sent: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header) in order
         self.fail_transient: dict[str, int] = {}   # path -> remaining 500 answers
         self.status: dict[str, int] = {}            # path -> fixed status (e.g. 404)
         self._lock = threading.Lock()
@@ -60,6 +61,7 @@ class MediaServer:
                 name = self.path.split("?", 1)[0].lstrip("/")
                 with server._lock:
                     server.requests[name] += 1
+                    server.log.append((self.command, name, self.headers.get("Range")))
                     if server.fail_transient.get(name, 0) > 0:
                         server.fail_transient[name] -= 1
                         return self._fail(503)

@@ -10,6 +10,8 @@ or on Ray Train, and evaluate (retrieval; stage 2 adds MLM and video-text matchi
         --train-shards 'anet-shards/*.tar' --val-shards 'anet-shards/*.tar' data.tokenizer=bert-base-uncased
     lfvila-train eval --checkpoint runs/finetune_activitynet/checkpoints/best --val-shards 'anet-shards/*.tar' \
         --split val1 --benchmark activitynet
+    lfvila-train --config finetune_how2qa --init runs/paper_stage2/checkpoints \
+        --train-shards how2qa-shards/ --val-shards how2qa-shards/ data.tokenizer=bert-base-uncased
 
 Training is the command itself (no subcommand name) and `eval` and `convert` the
 subcommands, so ``main`` picks the typer app by the first argument. Errors that stop a run are one line on
@@ -57,12 +59,21 @@ def shard_list(pattern: str, split: str) -> list[str]:
 
 def _eval(checkpoint: str, val: str, output: str | None, cfg, device: str | None,
           split: str | None = None, benchmark: str | None = None) -> int:
+    from lfvila_model.checkpoint import checkpoint_path, stored_config
     from lfvila_model.eval import BENCHMARKS, paper_table, run_eval
+    from lfvila_model.qa import QA_BENCHMARKS, qa_table, run_qa_eval
 
     if not os.path.exists(checkpoint):
         raise UsageError(f"checkpoint not found: {checkpoint}")
-    if benchmark is not None and benchmark not in BENCHMARKS:
-        raise UsageError(f"unknown benchmark {benchmark!r} (choose {', '.join(BENCHMARKS)})")
+    if benchmark is not None and benchmark not in {**BENCHMARKS, **QA_BENCHMARKS}:
+        raise UsageError(f"unknown benchmark {benchmark!r} (choose {', '.join([*BENCHMARKS, *QA_BENCHMARKS])})")
+    stored = stored_config(checkpoint_path(checkpoint)) if cfg is None and benchmark is None else {}
+    if benchmark in QA_BENCHMARKS or stored.get("finetune", {}).get("task") == "multiple_choice":
+        # multiple-choice accuracy of a QA checkpoint
+        metrics = run_qa_eval(checkpoint, shard_list(val, "*"), output, device, split, benchmark)
+        print(json.dumps(metrics, indent=1))
+        print(qa_table(metrics, benchmark), file=sys.stderr)
+        return 0
     # a benchmark's shards hold every split in train-*.tar: a directory means all its shards then
     metrics = run_eval(checkpoint, shard_list(val, "*" if split or benchmark else "val"), output, cfg, device,
                        split, benchmark)
@@ -87,7 +98,7 @@ def _finetune_setup(cfg, init: str | None, train_shards: list[str], val_shards: 
     if not cfg.finetune.enabled:
         return
     if not cfg.finetune.init:
-        raise UsageError("fine-tuning needs --init PATH (a pretrained stage-1 checkpoint)")
+        raise UsageError("fine-tuning needs --init PATH (a pretrained stage-1 checkpoint; QA: stage-2)")
     try:
         cfg.model = TrainConfig.from_dict({"model": stored_config(checkpoint_path(cfg.finetune.init))
                                           .get("model", {})}).model
@@ -99,9 +110,11 @@ def _finetune_setup(cfg, init: str | None, train_shards: list[str], val_shards: 
         cfg.eval.downstream_shards = ",".join(shard_list(val_shards, "*"))
     if cfg.optim.steps_per_epoch is None:
         per_step = cfg.data.batch_size * world * cfg.optim.grad_accum
-        cfg.optim.steps_per_epoch = count_samples(train_shards, cfg.data.split) // per_step
+        qa = cfg.finetune.task == "multiple_choice"  # an example per question
+        cfg.optim.steps_per_epoch = count_samples(train_shards, cfg.data.split, questions=qa) // per_step
         if cfg.optim.steps_per_epoch < 1:
-            raise UsageError(f"fewer than {per_step} training samples (split {cfg.data.split!r}) in --train-shards")
+            raise UsageError(f"fewer than {per_step} training {'questions' if qa else 'samples'} "
+                             f"(split {cfg.data.split!r}) in --train-shards")
 
 
 @train_app.command()
@@ -122,7 +135,8 @@ def train(
     eval_only: bool = typer.Option(False, "--eval-only", help="Only evaluate the latest checkpoint on --val-shards."),
     init: Optional[str] = typer.Option(
         None, metavar="PATH", help="Fine-tune for retrieval from this stage-1 checkpoint (step-* or checkpoint "
-                                   "dir; = finetune.enabled=true finetune.init=PATH; its model section is used)."),
+                                   "dir; = finetune.enabled=true finetune.init=PATH; its model section is used); "
+                                   "with a QA config (finetune.task=multiple_choice) from a stage-2 one."),
 ) -> int:
     """Train LF-VILA on shards (stage 1, or stage 2 with --stage1-checkpoint), in this process or
     on Ray Train; `lfvila-train eval --help` for evaluating a checkpoint.
@@ -186,7 +200,7 @@ def evaluate(
     split: Optional[str] = typer.Option(None, help="Only samples of this split (benchmark shards, e.g. val1)."),
     benchmark: Optional[str] = typer.Option(
         None, help="activitynet, didemo, queryd or condensed-movies: its paragraph cut, and the paper's numbers "
-                   "printed beside ours."),
+                   "printed beside ours; how2qa: multiple-choice accuracy of a QA checkpoint."),
 ) -> int:
     """Paragraph-to-video retrieval of a checkpoint (its stored config unless --config), zero-shot
     or fine-tuned, on any shards; retrieval samples are read whole (the paper's protocol)."""

@@ -64,6 +64,8 @@ class DataSection:
     max_tokens: int | None = None
     retrieval_sentences: int = DataConfig.retrieval_sentences
     split: str | None = None  # keep only samples of this split (benchmark shards carry one)
+    qa: bool = DataConfig.qa  # QA shards: one multiple-choice example per question
+    qa_subtitles: int = DataConfig.qa_subtitles
 
 
 @dataclass
@@ -184,10 +186,16 @@ class FinetuneSection:
     init: str | None = None
     lr_decay_epochs: float = 5.0
     lr_decay_rate: float = 0.25
+    # "retrieval", or "multiple_choice": QA on the stage-2 model from a stage-2 ``init``
+    # (lfvila_model.qa: a score per candidate, cross-entropy over them, warm-up + linear decay)
+    task: str = "retrieval"
+    span_weight: float = 1.0  # multiple_choice: the temporal-span loss's weight (the release's How2QA: 1)
 
     def __post_init__(self):
         if self.lr_decay_epochs <= 0 or not 0 < self.lr_decay_rate <= 1:
             raise ConfigError("finetune.lr_decay_epochs must be > 0 and finetune.lr_decay_rate in (0, 1]")
+        if self.task not in ("retrieval", "multiple_choice"):
+            raise ConfigError(f"finetune.task must be retrieval or multiple_choice, not {self.task!r}")
 
 
 @dataclass

@@ -92,6 +92,8 @@ class DataConfig:
     log_every: int = 1000     # samples between skip-counter log lines, per worker
     retrieval_sentences: int = 4  # a retrieval sample's sentences merged to this many (Condensed Movies: 1)
     split: str | None = None  # keep only samples whose json `split` is this (benchmark shards)
+    qa: bool = False  # QA shards: one multiple-choice example per question (lfvila_model.qa)
+    qa_subtitles: int = 6  # ... with the subtitle lines merged to this many sentences (How2QA: 6)
 
     def __post_init__(self) -> None:
         if self.sample_clips < 1 or self.frames_per_clip < 1:
@@ -289,7 +291,7 @@ class SkipCounter:
 class SkipSample(Exception):
     """An expected, per-sample failure; `reason` is from a closed set."""
 
-    REASONS = ("missing_member", "bad_json", "too_few_clips", "decode_error", "other_split")
+    REASONS = ("missing_member", "bad_json", "too_few_clips", "decode_error", "other_split", "no_question")
 
     def __init__(self, reason: str, message: str = ""):
         assert reason in self.REASONS, reason
@@ -338,13 +340,14 @@ class SampleDecoder:
                     self.counter.skip(s.reason, sample.get("__key__", "?"), s.message)
                     continue
                 self.counter.kept += 1
-                out["position"] = sample.get("__position__")
-                yield out
+                for item in out if isinstance(out, list) else [out]:  # QA: an example per question
+                    item["position"] = sample.get("__position__")
+                    yield item
         finally:
             self.counter.report()
 
-    def decode(self, sample: Mapping[str, Any], rng: random.Random) -> dict:
-        """One sample, or SkipSample."""
+    def decode(self, sample: Mapping[str, Any], rng: random.Random) -> dict | list[dict]:
+        """One sample (a list of examples with ``qa``), or SkipSample."""
         cfg, k = self.cfg, self.cfg.sample_clips
         if "mp4" not in sample or "json" not in sample:
             raise SkipSample("missing_member", f"has {sorted(x for x in sample if not x.startswith('__'))}")
@@ -356,6 +359,9 @@ class SampleDecoder:
             raise SkipSample("bad_json", repr(exn)) from None
         if cfg.split is not None and meta.get("split") != cfg.split:
             raise SkipSample("other_split", f"{meta.get('split')!r} is not {cfg.split!r}")
+        if cfg.qa:
+            from lfvila_model.qa import question_examples
+            return question_examples(self, sample, meta, rng)
         if meta.get("task") == "retrieval":  # the whole video, all its sentences merged to a few
             if not texts:
                 raise SkipSample("too_few_clips", "no sentence")
@@ -366,19 +372,24 @@ class SampleDecoder:
             if start is None:
                 raise SkipSample("too_few_clips", f"{len(clips)} < {k}")
             frames = self.read_frames(sample["mp4"], clips, start, fps)
-        _, h, w, _ = frames.shape
+        tok = self.tokenizer(texts[start:start + k], padding="max_length", truncation=True,
+                             max_length=cfg.max_tokens, return_tensors="pt")
+        pad = k - len(tok["input_ids"])  # a retrieval paragraph shorter than its slots: empty sentences
+        return {"video": self.augment(frames, rng),
+                "input_ids": F.pad(tok["input_ids"].long(), (0, 0, 0, pad)),
+                "attention_mask": F.pad(tok["attention_mask"].long(), (0, 0, 0, pad)),
+                "key": sample.get("__key__", "")}
+
+    def augment(self, frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        """T×H×W×3 uint8 -> the model's input: one random crop and flip for all frames in
+        training, the centre crop in evaluation."""
+        cfg, (_, h, w, _) = self.cfg, frames.shape
         if self.train:
             box = random_resized_crop_box(h, w, cfg.scale, cfg.crop_ratio, rng)
             flip = cfg.flip and rng.random() < 0.5
         else:
             box, flip = center_crop_box(h, w, cfg.size[1] / cfg.size[0]), False
-        tok = self.tokenizer(texts[start:start + k], padding="max_length", truncation=True,
-                             max_length=cfg.max_tokens, return_tensors="pt")
-        pad = k - len(tok["input_ids"])  # a retrieval paragraph shorter than its slots: empty sentences
-        return {"video": crop_resize_normalize(frames, box, cfg.size, flip),
-                "input_ids": F.pad(tok["input_ids"].long(), (0, 0, 0, pad)),
-                "attention_mask": F.pad(tok["attention_mask"].long(), (0, 0, 0, pad)),
-                "key": sample.get("__key__", "")}
+        return crop_resize_normalize(frames, box, cfg.size, flip)
 
     def read_frames(self, mp4: bytes, clips: Sequence[Mapping[str, Any]], start: int | None,
                     fps: float, rng: random.Random | None = None) -> torch.Tensor:
@@ -403,10 +414,15 @@ class SampleDecoder:
 
 def collate(samples: list[dict]) -> dict:
     """Stack a list of decoded samples into one batch."""
-    return {"video": torch.stack([s["video"] for s in samples]),
-            "input_ids": torch.stack([s["input_ids"] for s in samples]),
-            "attention_mask": torch.stack([s["attention_mask"] for s in samples]),
-            "key": [s["key"] for s in samples]}
+    batch = {"video": torch.stack([s["video"] for s in samples]),
+             "input_ids": torch.stack([s["input_ids"] for s in samples]),
+             "attention_mask": torch.stack([s["attention_mask"] for s in samples]),
+             "key": [s["key"] for s in samples]}
+    if "label" in samples[0]:  # QA examples: the right candidate's index, the frames in the question's span
+        batch["label"] = torch.tensor([s["label"] for s in samples])
+        batch["span_labels"] = torch.stack([s["span_labels"] for s in samples])
+        batch["span_weights"] = torch.stack([s["span_weights"] for s in samples])
+    return batch
 
 
 # ---------------------------------------------------------------- assembly

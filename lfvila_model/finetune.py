@@ -107,15 +107,18 @@ class PeriodicEval:
     ``log.dir/eval.jsonl``; with ``eval.keep_best`` the model whose paragraph-to-video R@1 beats
     every earlier one (strictly, as the release) is saved to ``checkpoint.dir/best`` (one
     step-* directory, its metrics in ``eval.json``). The best so far is read back from there
-    on resume."""
+    on resume. Subclasses change what is measured (``measure``, ``score``, ``table``)."""
+
+    benchmarks = BENCHMARKS  # the names eval.benchmark may take
+    what = "paragraph-to-video R@1"
 
     def __init__(self, cfg: TrainConfig, device: torch.device, rank: int):
         from lfvila_model.data import expand_shards
         from lfvila_model.sources import setup_data
 
         self.cfg, self.device, self.rank = cfg, device, rank
-        if cfg.eval.benchmark is not None and cfg.eval.benchmark not in BENCHMARKS:
-            raise ConfigError(f"unknown eval.benchmark {cfg.eval.benchmark!r} (choose {', '.join(BENCHMARKS)})")
+        if cfg.eval.benchmark is not None and cfg.eval.benchmark not in self.benchmarks:
+            raise ConfigError(f"unknown eval.benchmark {cfg.eval.benchmark!r} (choose {', '.join(self.benchmarks)})")
         self.best_dir = Path(cfg.checkpoint.dir) / BEST
         data = dataclasses.replace(cfg.data, split=cfg.eval.split)
         self.source = setup_data(dataclasses.replace(cfg, data=data),
@@ -123,22 +126,31 @@ class PeriodicEval:
         found = checkpoints(self.best_dir)
         self.best = -1.0
         if found and (found[-1] / "eval.json").is_file():
-            self.best = json.loads((found[-1] / "eval.json").read_text())["paragraph_to_video"]["R@1"]
+            self.best = self.score(json.loads((found[-1] / "eval.json").read_text()))
+
+    def measure(self, model: nn.Module, batches) -> dict:
+        """Retrieval metrics (stage 2: of its frozen stage-1 model)."""
+        model = getattr(model, "stage1", model)
+        return evaluate(model, batches, self.device, bf16=self.cfg.optim.bf16)
+
+    def score(self, metrics: dict) -> float:
+        """The number the best model is kept by."""
+        return metrics["paragraph_to_video"]["R@1"]
+
+    def table(self, metrics: dict) -> str:
+        return paper_table(metrics, self.cfg.eval.benchmark)
 
     def __call__(self, recipe: TrainRecipe) -> dict | None:
         state, metrics = recipe.state, None
         if self.rank == 0:
-            batches = self.source(0, 1)(0, 0)
-            model = unwrap(recipe.model)
-            model = getattr(model, "stage1", model)  # stage 2: retrieval is the frozen stage-1 model's
-            metrics = evaluate(model, batches, self.device, bf16=self.cfg.optim.bf16)
+            metrics = self.measure(unwrap(recipe.model), self.source(0, 1)(0, 0))
             metrics.update(step=state.step, epoch=state.epoch)
             log = Path(self.cfg.log.dir)
             log.mkdir(parents=True, exist_ok=True)
             with open(log / "eval.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            print(f"eval at step {state.step}:\n{paper_table(metrics, self.cfg.eval.benchmark)}", flush=True)
-        improved = [metrics is not None and metrics["paragraph_to_video"]["R@1"] > self.best]
+            print(f"eval at step {state.step}:\n{self.table(metrics)}", flush=True)
+        improved = [metrics is not None and self.score(metrics) > self.best]
         if recipe.world > 1:
             dist.broadcast_object_list(improved, src=0)
         if self.cfg.eval.keep_best and improved[0]:
@@ -146,19 +158,24 @@ class PeriodicEval:
                                    self.cfg, keep=1)
             if path is not None:
                 (path / "eval.json").write_text(json.dumps(metrics, indent=1))
-                self.best = metrics["paragraph_to_video"]["R@1"]
-                print(f"best paragraph-to-video R@1 {self.best:.2f}: saved {path}", flush=True)
+                self.best = self.score(metrics)
+                print(f"best {self.what} {self.best:.2f}: saved {path}", flush=True)
         return metrics
 
 
-def count_samples(urls: list[str], split: str | None = None) -> int:
+def count_samples(urls: list[str], split: str | None = None, questions: bool = False) -> int:
     """Samples in local shards (of ``split`` when given), from their json members read with
-    tarfile: what an epoch holds, for ``optim.steps_per_epoch``."""
+    tarfile: what an epoch holds, for ``optim.steps_per_epoch``; ``questions``: their
+    multiple-choice questions instead (QA fine-tuning's examples)."""
+    from lfvila_model.qa import multiple_choice_items
+
     n = 0
     for url in urls:
         with tarfile.open(url) as tar:
             for m in tar:
-                if m.name.endswith(".json") and (
-                        split is None or json.loads(tar.extractfile(m).read()).get("split") == split):
-                    n += 1
+                if not m.name.endswith(".json"):
+                    continue
+                meta = json.loads(tar.extractfile(m).read()) if split is not None or questions else {}
+                if split is None or meta.get("split") == split:
+                    n += len(multiple_choice_items(meta.get("qa"))) if questions else 1
     return n

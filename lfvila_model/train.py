@@ -42,8 +42,12 @@ Objective = ContrastiveObjective | MatchingObjective
 def setup_model(cfg: TrainConfig, device: torch.device) -> LFVILA | LFVILAStage2 | LFVILASingleStream:
     """A freshly initialised LF-VILA (seeded by the caller) on ``device``, in train mode: the
     stage-1 model, or for stage 2 the stage-1 model (frozen, to be loaded with
-    ``load_stage1``) under a new fusion encoder and heads (``stage2.arch``)."""
+    ``load_stage1``) under a new fusion encoder and heads (``stage2.arch``); QA fine-tuning's
+    multiple-choice model (``finetune.task``) is the single-stream one, all of it trained."""
     mcfg = model_config(cfg.model)
+    if cfg.stage == 2 and cfg.finetune.enabled and cfg.finetune.task == "multiple_choice":
+        from lfvila_model.qa import LFVILAMultipleChoice
+        return LFVILAMultipleChoice(mcfg).to(device).train()
     if cfg.stage == 2 and cfg.stage2.arch == "singlestream":
         return LFVILASingleStream(mcfg).to(device).train()
     if cfg.stage == 2:
@@ -166,10 +170,12 @@ class TrainRecipe:
                                    enabled=self.rank == 0)
         self.batches = _micro_batches(sources(self.rank, self.world), self.state, cfg.optim.grad_accum,
                                       cfg.optim.steps_per_epoch)
-        self.evaluator = None
-        if cfg.eval.downstream_shards:
-            from lfvila_model.finetune import PeriodicEval
-            self.evaluator = PeriodicEval(cfg, self.device, self.rank)
+        self.evaluator = self.make_evaluator() if cfg.eval.downstream_shards else None
+
+    def make_evaluator(self):
+        """The periodic evaluation on ``eval.downstream_shards`` (a hook: QA scores accuracy)."""
+        from lfvila_model.finetune import PeriodicEval
+        return PeriodicEval(self.cfg, self.device, self.rank)
 
     def make_optimizer(self, raw: nn.Module):
         """The optimizer and LR schedule (a hook: fine-tuning decays the LR in steps)."""
@@ -264,7 +270,9 @@ def train(cfg: TrainConfig, sources: SourceFactory, *, resume: bool | str = Fals
           report: Callable[[dict], None] | None = None) -> dict:
     """Train to ``optim.total_steps()`` updates (see TrainRecipe); returns the last logged metrics."""
     recipe_class = TrainRecipe
-    if cfg.finetune.enabled:
+    if cfg.finetune.enabled and cfg.finetune.task == "multiple_choice":
+        from lfvila_model.qa import QARecipe as recipe_class
+    elif cfg.finetune.enabled:
         from lfvila_model.finetune import FinetuneRecipe as recipe_class
     recipe = recipe_class(cfg, device=device, wrap_model=wrap_model, report=report)
     try:

@@ -2,7 +2,7 @@
 
 Fetching and cutting are subprocesses (ffmpeg, yt-dlp's downloads) and I/O, so threads
 in one process give the same parallelism as Ray's worker processes on one machine,
-without Ray's start and stop (7 of the 9 s a small build's rerun took). `run_videos_here`
+without Ray's start and stop (7 of the 9 s a small build's rerun took). `run_videos_local`
 keeps `runner.run_videos`' contract: results as they finish, a cut's progress while it
 runs, a crashing video a ledger row, and an exception from `on_result` (the output is
 full) or an interrupt stops it.

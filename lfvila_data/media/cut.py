@@ -12,9 +12,11 @@ import json
 import math
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lfvila_data.media.mp4 import read_mp4
 from lfvila_data.output.fingerprint import SPEED
 
 # Inputs are local files we downloaded: never let a file make ffmpeg open anything else
@@ -95,7 +97,44 @@ def probe(path: Path, *, timeout: float = 300.0) -> Probe:
 
     The range comes from the packets themselves: container durations lie (Matroska
     written with kept timestamps reports its end time as its duration) and truncated
-    files still announce their full length."""
+    files still announce their full length. One ffprobe run reads both (a run costs ~0.1
+    CPU-s of start-up, a build probes every section and every output); a file that run
+    cannot read is asked again the slower way, which says why."""
+    return _probe_once(path, timeout) or _probe_twice(path, timeout)
+
+
+# what one ffprobe run prints: the packets of every stream as it reads them, then the streams
+_ENTRIES = ("stream=index,codec_type,codec_name,width,height,avg_frame_rate,r_frame_rate:"
+            "stream_disposition=attached_pic:packet=stream_index,pts_time,dts_time,duration_time")
+
+
+def _probe_once(path: Path, timeout: float) -> Probe | None:
+    """`probe` in one ffprobe run, or None when that run fails (`_probe_twice` says why)."""
+    cmd = ["ffprobe", "-v", "error", *INPUT_GUARD, "-show_entries", _ENTRIES, "-of", "compact", str(path)]
+    scans: dict[str, _Scan] = {}
+    streams: list[dict[str, str]] = []
+
+    def read(raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if line.startswith("packet|"):
+            fields = dict(kv.partition("=")[::2] for kv in line.split("|")[1:])
+            scans.setdefault(fields.get("stream_index", ""), _Scan()).add(
+                fields.get("pts_time"), fields.get("dts_time"), fields.get("duration_time"))
+        elif line.startswith("stream|"):
+            streams.append(dict(kv.partition("=")[::2] for kv in line.split("|")[1:]))
+
+    if _each_line(cmd, timeout, read) != 0 or not streams:
+        return None
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and s.get("disposition:attached_pic") != "1"), None)
+    if video is None:
+        raise MediaError("file has no video stream")
+    scan = scans.get(video.get("index", ""), _Scan())
+    return _make_probe(video, scan, any(s.get("codec_type") == "audio" for s in streams))
+
+
+def _probe_twice(path: Path, timeout: float) -> Probe:
+    """`probe` as a stream query and a packet scan: the reasons a file is refused."""
     res = _run(["ffprobe", "-v", "error", *INPUT_GUARD, "-print_format", "json",
                 "-show_format", "-show_streams", str(path)], timeout)
     if res.returncode != 0:
@@ -106,18 +145,29 @@ def probe(path: Path, *, timeout: float = 300.0) -> Probe:
                   and not (s.get("disposition") or {}).get("attached_pic")), None)
     if video is None:
         raise MediaError("file has no video stream")
+    return _make_probe(video, _scan_packets(path, int(video["index"]), timeout),
+                       any(s.get("codec_type") == "audio" for s in streams))
+
+
+def _make_probe(video: dict, scan: _Scan, has_audio: bool) -> Probe:
     width, height = int(video.get("width") or 0), int(video.get("height") or 0)
     if width <= 0 or height <= 0:
         raise MediaError("video stream has no size (corrupt file)")
-    start, last, count = _scan_packets(path, int(video["index"]), timeout)
-    if not count:
+    if not scan.count:
         raise MediaError("video stream has no packets (truncated or corrupt file)")
     fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
-    end = last[0] + (last[1] or (1.0 / fps if fps else 0.0))
-    return Probe(start=start, end=end, width=width, height=height,
-                 codec=str(video.get("codec_name")), fps=fps,
-                 has_audio=any(s.get("codec_type") == "audio" for s in streams),
-                 nb_frames=count)
+    end = scan.last[0] + (scan.last[1] or (1.0 / fps if fps else 0.0))
+    return Probe(start=scan.start, end=end, width=width, height=height,
+                 codec=str(video.get("codec_name")), fps=fps, has_audio=has_audio,
+                 nb_frames=scan.count)
+
+
+def probe_written(path: Path, *, timeout: float = 300.0) -> Probe:
+    """`probe` of a file we wrote (a sample we cut, a section we downloaded): read from
+    its MP4 boxes when it is an MP4 as ffmpeg writes it (no ffprobe process, whose
+    start-up costs more than the rest of a short sample's probe), else by ffprobe."""
+    facts = read_mp4(path)
+    return Probe(**facts) if facts is not None else probe(path, timeout=timeout)
 
 
 def media_duration(path: Path, *, timeout: float = 60.0) -> float | None:
@@ -138,30 +188,49 @@ def media_duration(path: Path, *, timeout: float = 60.0) -> float | None:
     return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
-def _scan_packets(path: Path, index: int, timeout: float) -> tuple[float, tuple[float, float], int]:
-    """(first pts, (last pts, its duration), count) of a stream, reading ffprobe's output
-    as it comes: memory stays flat however long the video."""
+@dataclass
+class _Scan:
+    """First pts, (last pts, its duration) and count of one stream's packets."""
+
+    start: float = float("inf")
+    last: tuple[float, float] = (float("-inf"), 0.0)
+    count: int = 0
+
+    def add(self, pts: str | None, dts: str | None, dur: str | None) -> None:
+        try:  # AVI and raw streams carry only dts on most packets
+            t = float(pts if pts not in (None, "", "N/A") else dts)
+            d = float(dur) if dur not in (None, "", "N/A") else 0.0
+        except (TypeError, ValueError):
+            return
+        self.count += 1
+        self.start = min(self.start, t)
+        self.last = max(self.last, (t, d))
+
+
+def _scan_packets(path: Path, index: int, timeout: float) -> _Scan:
+    """The packets of one stream, reading ffprobe's output as it comes: memory stays
+    flat however long the video."""
     cmd = ["ffprobe", "-v", "error", *INPUT_GUARD, "-select_streams", str(index),
            "-show_entries", "packet=pts_time,dts_time,duration_time", "-of", "csv=p=0", str(path)]
-    start, last, count = float("inf"), (float("-inf"), 0.0), 0
+    scan = _Scan()
+    _each_line(cmd, timeout, lambda line: scan.add(*(line.decode("ascii", "replace").strip().split(",")
+                                                      + ["", ""])[:3]))
+    return scan
+
+
+def _each_line(cmd: list[str], timeout: float, on_line: Callable[[bytes], None]) -> int:
+    """Run `cmd`, handing each line of its output to `on_line` as it comes (memory stays
+    flat however long the video); killed after `timeout` s. Its exit status."""
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                           stdin=subprocess.DEVNULL) as proc:
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
             for line in proc.stdout:
-                pts, dts, dur = (line.decode("ascii", "replace").strip().split(",") + ["", ""])[:3]
-                try:  # AVI and raw streams carry only dts on most packets
-                    t = float(pts if pts not in ("", "N/A") else dts)
-                    d = float(dur) if dur not in ("", "N/A") else 0.0
-                except ValueError:
-                    continue
-                count += 1
-                start = min(start, t)
-                last = max(last, (t, d))
+                on_line(line)
         finally:
             timer.cancel()
-    return start, last, count
+    return proc.returncode
 
 
 @dataclass(frozen=True)
@@ -247,7 +316,7 @@ def _finish(tmp: Span, dst: Path, res: subprocess.CompletedProcess) -> Probe | M
         tmp.dst.unlink(missing_ok=True)
         return MediaError(f"ffmpeg could not cut {where}: {_last_line(res.stderr)}")
     try:
-        out = probe(tmp.dst)
+        out = probe_written(tmp.dst)
     except MediaError as e:
         tmp.dst.unlink(missing_ok=True)
         return MediaError(f"cut {where} produced no usable video: {e}")

@@ -11,10 +11,15 @@ yt-dlp, ffmpeg and ffprobe reach the network only through a `guard.Guard` (their
 it refuses private addresses on every hop and bounds the bytes, time and rate of a video."""
 from __future__ import annotations
 
+import http.client
 import math
+import os
 import re
 import shutil
+import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -320,6 +325,16 @@ class Fetcher:
 
     def _download(self, url: str, target: Path, wanted: list[tuple[float, float]] | None,
                   guard: Guard) -> Fetched:
+        ext = None if wanted is None or self.cfg.cookies else direct_media(url, guard, self.cfg.socket_timeout)
+        if ext is not None:  # sections of a media file: no extractor to run
+            guard.downloading()
+            try:
+                downloads = download_sections(url, ext, target, wanted, guard, self.cfg)
+            except FetchError as e:
+                msg = self._diagnose({"url": url}, guard) or e.reason
+                raise guard_error(guard) or FetchError(msg, is_permanent(msg)) from None
+            raise_verdict(guard)
+            return self._sections(downloads)
         import yt_dlp
 
         log = _Log()
@@ -340,7 +355,10 @@ class Fetcher:
         raise_verdict(guard)  # a connection the guard closed can look like a finished download
         if info is None:
             raise FetchError("yt-dlp returned no information", False)
-        downloads = info.get("requested_downloads") or []
+        return self._sections(info.get("requested_downloads") or [])
+
+    def _sections(self, downloads: list[dict]) -> Fetched:
+        """The downloaded files (yt-dlp's `requested_downloads`), checked."""
         sections, total = [], 0
         for d in downloads:
             path = Path(d.get("filepath") or "")
@@ -361,8 +379,6 @@ class Fetcher:
     def _diagnose(self, info: dict, guard: Guard) -> str | None:
         """Why ffmpeg could not read the media: ask ffprobe, so the ledger says
         "not a video" rather than "ffmpeg exited with code 1"."""
-        import subprocess
-
         for media_url in _media_urls(info):
             try:
                 res = subprocess.run(
@@ -393,6 +409,68 @@ class Fetcher:
 
 # ffmpeg's network protocols; httpproxy is how https reaches the guard (a CONNECT tunnel)
 _NETWORK_PROTOCOLS = "http,https,tcp,tls,crypto,httpproxy"
+
+# content type -> (file extension, ffmpeg muxer) of a media file ffmpeg downloads sections of
+# as it is: yt-dlp's generic extractor would find this one format and hand it to ffmpeg
+_DIRECT = {"video/mp4": ("mp4", "mp4"), "video/webm": ("webm", "webm"),
+           "video/x-matroska": ("mkv", "matroska"), "video/quicktime": ("mov", "mov")}
+# the HEAD request and ffmpeg name themselves alike, so a server that answers the one by
+# its user agent answers the other the same way (one that refuses it goes to yt-dlp)
+_AGENT = "Mozilla/5.0 (X11; Linux x86_64) lfvila-data"
+
+
+def direct_media(url: str, guard: Guard, timeout: float) -> str | None:
+    """The content type of `url` when it is a media file ffmpeg can read directly (a path
+    ending in a video extension, answering a HEAD request through the guard with a video
+    content type), else None: anything else (a page, an error, a redirect we cannot
+    follow) goes to yt-dlp, whose extractor and messages decide. A 404 or 410 is final
+    here already, with yt-dlp's words for it (one request, as before)."""
+    suffix = Path(urlparse(url).path).suffix.lower().lstrip(".")
+    if suffix not in {ext for ext, _ in _DIRECT.values()}:
+        return None
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": guard.url, "https": guard.url}))
+    try:
+        with opener.open(urllib.request.Request(url, method="HEAD", headers={"User-Agent": _AGENT}),
+                         timeout=timeout) as r:
+            ctype = r.headers.get_content_type()
+    except urllib.error.HTTPError as e:
+        raise_verdict(guard)
+        if e.code in (404, 410):
+            raise FetchError(f"HTTP Error {e.code}: {e.reason}", True) from None
+        return None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    return ctype if ctype in _DIRECT else None
+
+
+def download_sections(url: str, ctype: str, target: Path, wanted: list[tuple[float, float]],
+                      guard: Guard, cfg: FetchConfig) -> list[dict]:
+    """Download each section of a media file with ffmpeg through the guard, as yt-dlp's
+    ffmpeg downloader does (same arguments, same file names); `requested_downloads`-like
+    records. Raises FetchError with ffmpeg's message when it fails."""
+    ext, muxer = _DIRECT[ctype]
+    env = {**os.environ, "http_proxy": guard.url, "HTTP_PROXY": guard.url}
+    downloads = []
+    for start, end in wanted:
+        path = target / f"{start}.{ext}"
+        part = path.with_name(path.name + ".part")
+        cmd = ["ffmpeg", "-y", "-nostdin", "-loglevel", "error", "-hide_banner",
+               *(["-ss", str(start)] if start else []), "-t", str(end - start),
+               "-protocol_whitelist", _NETWORK_PROTOCOLS, "-rw_timeout", str(int(cfg.socket_timeout * 1e6)),
+               "-user_agent", _AGENT, "-i", url, "-c", "copy", "-f", muxer, "-copyts", "-fs", str(cfg.max_filesize), str(part)]
+        try:
+            res = subprocess.run(cmd, env=env, capture_output=True, timeout=cfg.deadline,
+                                 stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            raise FetchError(f"the download took longer than the deadline of {cfg.deadline:g} s", False,
+                             FailureCode.SLOW) from None
+        if res.returncode != 0:
+            said = res.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise FetchError(f"ffmpeg exited with code {res.returncode}: "
+                             f"{said[-1][:300] if said else 'no message'}".replace(url, "<media>"), False)
+        part.replace(path)
+        downloads.append({"filepath": str(path), "section_start": start, "section_end": end})
+    return downloads
 
 
 def guard_error(guard: Guard) -> FetchError | None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lfvila_data.media.cut import CutConfig, MediaError, Probe, Span, cut_spans, probe
+from lfvila_data.media.cut import CutConfig, MediaError, Probe, Span, cut_spans, probe, probe_written
 from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, FetchError, Section
 from lfvila_data.output.write import (
     DONE,
@@ -126,11 +126,11 @@ def reuse_problem(found: Probe, sample: PlannedSample, cut: CutConfig) -> str | 
 
 def _probe_output(out: OutputDir, rel: str) -> Probe:
     if out.is_local:
-        return probe(out.local_path(rel))
+        return probe_written(out.local_path(rel))
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "v.mp4"
         out.fs.get_file(out.path(rel), str(local))
-        return probe(local)
+        return probe_written(local)
 
 
 def reusable(out: OutputDir, sample: PlannedSample, ctx: TaskContext,
@@ -278,8 +278,8 @@ def _cut_all(job: VideoJob, todo: list[PlannedSample], fetched: Fetched, out: Ou
             raise AssertionError(f"no downloaded section covers {sample.key}")
         by_section.setdefault(section, []).append(sample)
     for section, samples in by_section.items():
-        try:
-            media = probe(Path(section.path))
+        try:  # a section we downloaded is an MP4 we wrote, most often: read from its boxes
+            media = (probe if fetched.local else probe_written)(Path(section.path))
         except MediaError as e:
             where = "" if fetched.local else f"downloaded section {section.start:.3f}-{section.end:.3f} s: "
             failures.extend(Failure(job.video_id, None, Stage.PROBE.value, FailureCode.PROBE_FAILED,

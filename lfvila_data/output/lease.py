@@ -204,6 +204,8 @@ class OutputLease:
                     self.check()
                 except LeaseLost:
                     return
+                except OSError:
+                    continue  # the output cannot be read now (a 5xx, a failing disk): the build says so
                 assert self.info is not None
                 self.info = LeaseInfo(**(asdict(self.info) | {"heartbeat": time.time()}))
                 try:
@@ -219,10 +221,10 @@ class OutputLease:
         if self.info is None:
             return
         with self._lock:
-            held = self.read()
-            if held is not None and held.token == self.token:
-                try:
+            try:
+                held = self.read()
+                if held is not None and held.token == self.token:
                     self.out.fs.rm(self.out.path(LEASE))
-                except OSError:
-                    pass
+            except OSError:
+                pass  # an output failing now keeps the lease: stale once this job is gone (dead pid, no beat)
             self.info = None

@@ -56,6 +56,11 @@ class AnnotatedVideo:
     split: str
     url: str | None = None  # where the download stage fetches it; None: only a --video-dir copy
     qa: tuple[dict, ...] = ()  # QA sources: its questions, as the shard json's `qa` lists them
+    # a segment of a longer video (How2QA's 60-s clips): the whole video's id (a YouTube id,
+    # what --video-dir files and --video-base-url name it by) and where the segment starts in it;
+    # `duration` and the segments' times are then the segment's own
+    source_id: str | None = None
+    offset: float = 0.0
 
 
 def _same(video_id: str) -> str:
@@ -201,10 +206,13 @@ def index_video_dir(video_dir: str, file_id: Callable[[str], str] = _same) -> di
     return found
 
 
-def plan_video(video: AnnotatedVideo, url: str, end: float) -> tuple[PlannedSample | None, list[Failure]]:
-    """The video's one sample: 0 to `end`, its segments in time order as clips."""
+def plan_video(video: AnnotatedVideo, url: str, end: float,
+               offset: float = 0.0) -> tuple[PlannedSample | None, list[Failure]]:
+    """The video's one sample: `offset` to `end` in the source video, its segments (times
+    relative to `offset`) in time order as clips in source time."""
     failures, clips = [], []
     for s in sorted(video.segments, key=lambda s: (s.start, s.end)):
+        s = TimedText(s.text, s.start + offset, s.end + offset) if offset else s
         if s.start >= end:
             failures.append(metadata_failure(video.video_id, FailureCode.SEGMENT_OUTSIDE_VIDEO,
                                              f"segment {s.start:.3f}-{s.end:.3f} s starts at or after the "
@@ -215,7 +223,7 @@ def plan_video(video: AnnotatedVideo, url: str, end: float) -> tuple[PlannedSamp
     if not clips:
         return None, failures + [metadata_failure(video.video_id, FailureCode.NO_TEXT,
                                                   "no usable annotated segment; no sample")]
-    return PlannedSample(sample_key(video.video_id, 1, len(clips)), video.video_id, url, 0.0, end,
+    return PlannedSample(sample_key(video.video_id, 1, len(clips)), video.video_id, url, offset, end,
                          tuple(clips), text_source=TEXT_SOURCE, split=video.split,
                          qa=json.dumps(list(video.qa), ensure_ascii=False) if video.qa else None), failures
 
@@ -229,9 +237,19 @@ def _select(videos: list[AnnotatedVideo], wanted: dict[str, str],
     return [replace(v, split=wanted[file_id(v.video_id)]) for v in videos if file_id(v.video_id) in wanted], missing
 
 
+def mirror_url(base: str, video_id: str) -> str:
+    """Where `--video-base-url` serves a video: `BASE/<id>.mp4` (a mirror of the YouTube videos)."""
+    return f"{base.rstrip('/')}/{video_id}.mp4"
+
+
 def plan_benchmark(fmt: BenchmarkFormat, annotations: list[str], out_dir: str, plan: PlanConfig, *,
-                   video_dir: str | None = None, split_files: list[str] = ()) -> PlanSummary:
-    """Read, select and plan every annotated video; written as the plan fetch and cut read."""
+                   video_dir: str | None = None, split_files: list[str] = (),
+                   video_base_url: str | None = None) -> PlanSummary:
+    """Read, select and plan every annotated video; written as the plan fetch and cut read.
+    A segment of a longer video (`source_id`, `offset`) is cut from the whole video - a
+    `--video-dir` file named by `source_id`, or fetched - and a `--video-dir` file named by
+    the segment's own id is the segment itself. With both `--video-dir` and
+    `--video-base-url`, a video missing from the folder is fetched from the mirror."""
     paths = expand_paths(annotations)
     videos, failures = fmt.read(paths)
     wanted = read_split_files(list(split_files), fmt.file_id) if split_files else None
@@ -243,28 +261,35 @@ def plan_benchmark(fmt: BenchmarkFormat, annotations: list[str], out_dir: str, p
     for v in videos:
         counts["clips_total"] += len(v.segments)
         end, url = v.duration or max((s.end for s in v.segments), default=0.0), v.url
-        path = local.get(fmt.file_id(v.video_id)) if local is not None else None
+        if url is not None and video_base_url:
+            url = mirror_url(video_base_url, v.source_id or fmt.file_id(v.video_id))
+        whole = local.get(v.source_id) if local is not None and v.source_id else None
+        path = whole or (local.get(fmt.file_id(v.video_id)) if local is not None else None)
+        offset = v.offset if whole is not None or path is None else 0.0
         if path is not None:
             url = str(path.resolve())
             found = media_duration(path)
-            end = min(end, found) if v.duration and found else (found or end)
-        elif url is None or local is not None:
+            left = found - offset if found else None  # what the file holds from the segment's start
+            end = 0.0 if left is not None and left <= 0 else \
+                min(end, left) if v.duration and left else (left or end)
+        elif url is None or (local is not None and not video_base_url):  # --video-dir, then the mirror
+            names = " or ".join(dict.fromkeys(n for n in (v.source_id, v.video_id, fmt.file_id(v.video_id)) if n))
             failures.append(Failure(v.video_id, None, Stage.DOWNLOAD.value, FailureCode.NOT_FOUND,
-                                    f"no video file named {v.video_id} or {fmt.file_id(v.video_id)} in "
-                                    f"--video-dir {video_dir}" if local is not None else
-                                    "the annotation gives no download link: pass --video-dir", True))
+                                    f"no video file named {names} in --video-dir {video_dir}" if local is not None
+                                    else "the annotation gives no download link: pass --video-dir", True))
             continue
         if not math.isfinite(end):  # no duration anywhere: a local file ffprobe cannot time
             failures.append(Failure(v.video_id, None, Stage.PROBE.value, FailureCode.PROBE_FAILED,
                                     f"the duration of {url} cannot be read", True))
             continue
-        sample, fails = plan_video(v, url, end)
+        sample, fails = plan_video(v, url, offset + end, offset)
         failures += fails
         if sample is not None:
             samples.append(sample)
             words = sum(words_of(c.text) for c in sample.clips)
             counts.update(words_parsed=words, words_in_samples=words)
     inputs = {fmt.name: _input_listing(paths), "splits": sorted(set(wanted.values())) if wanted else None,
+              **({"video_base_url": video_base_url} if video_base_url else {}),
               "split_files": list(split_files),
               "video_dir": sorted([k, str(p), p.stat().st_size] for k, p in local.items()) if local else None}
     return write_plan(out_dir, samples, failures, plan, inputs, counts)

@@ -13,7 +13,9 @@ Video ids: Flickr names (`12090392@N02_13482799053_87ef417396.mov`) lose their e
 and have characters outside [A-Za-z0-9_-] replaced by `_`; a `--video-dir` file or a
 split-file line is matched the same way (`12090392@N02_13482799053_87ef417396.mp4`).
 The annotation has no duration: a sample ends at the local file's end, else at its last
-moment's. Without `--video-dir` a video is fetched from its `dl_link` when it has one."""
+moment's. Without `--video-dir` a video is fetched from its `dl_link` when it has one (the
+released files' key, as the authors' download script reads it; their data README calls it
+`download_link`, which is read too)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -59,7 +61,7 @@ def parse_moment(moment: object, where: str) -> tuple[str | None, TimedText | No
     vid = didemo_id(moment["video"])
     if not is_safe_video_id(vid):
         return None, None, None, [unsafe_id(moment["video"])]
-    link = moment.get("dl_link")
+    link = moment.get("dl_link") or moment.get("download_link")  # the files' key; the data README's name
     link = link if isinstance(link, str) and link.startswith(("http://", "https://")) else None
     text = moment.get("description")
     if not isinstance(text, str) or not text.strip():

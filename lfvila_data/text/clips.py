@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from pysbd.languages import LANGUAGE_CODES
 
@@ -176,13 +177,14 @@ def _merge_short(groups: list[list[Sentence]],
     return out, dropped
 
 
-def plan_subtitled_video(video_id: str, url: str, subtitles: bytes, fmt: str | None,
+def plan_subtitled_video(video_id: str, url: str, subtitles: bytes | Path, fmt: str | None,
                          language: str | None, plan: PlanConfig, clip_cfg: ClipConfig = ClipConfig(),
                          sentence_cfg: SentenceConfig = SentenceConfig(),
                          stats: Counter | None = None, *, kind: str | None = None,
                          duration: float | None = None,
                          check_language: bool = True) -> tuple[list[PlannedSample], list[Failure]]:
-    """Samples of one video from its subtitle file; a bad file is a ledger row.
+    """Samples of one video from its subtitle file (bytes, or a path read a window at a
+    time); a bad file is a ledger row.
 
     `kind` ("subtitles" or "auto_captions") is what the source says the track is; without
     it the file's own markup decides. `duration` (seconds, when known) drops cues past the

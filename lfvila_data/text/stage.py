@@ -90,7 +90,7 @@ class TextOutcome:
 # ------------------------------------------------------------------ per-video text look-up
 
 
-def _from_subtitles(vid: str, url: str, data: bytes, fmt: str | None, lang: str | None, kind: str | None,
+def _from_subtitles(vid: str, url: str, data: bytes | Path, fmt: str | None, lang: str | None, kind: str | None,
                     duration: float | None, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
     counts: Counter = Counter()
     samples, failures = plan_subtitled_video(vid, url, data, fmt, lang, plan, opts.clip, stats=counts,
@@ -118,11 +118,12 @@ def local_text(video: Path, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
     try:
         if (size := path.stat().st_size) > opts.max_subtitle_bytes:
             return TextOutcome(vid, url, failures=[subtitle_too_large(vid, path.name, size, opts.max_subtitle_bytes)])
-        data = path.read_bytes()
+        with path.open("rb"):  # the parser reads it a window at a time; unreadable is a row here
+            pass
     except OSError as e:
         return TextOutcome(vid, url, failures=[Failure(vid, None, Stage.TEXT.value, FailureCode.UNUSABLE_SUBTITLES,
                                                        f"cannot read {path.name}: {e}")])
-    return _from_subtitles(vid, url, data, path.suffix, lang or (opts.langs[0] if opts.langs else None),
+    return _from_subtitles(vid, url, path, path.suffix, lang or (opts.langs[0] if opts.langs else None),
                            None, media_duration(video), plan, opts)
 
 

@@ -20,7 +20,7 @@ from lfvila_data.text.stage import TextOptions
 
 GROUPS = {
     "Input and output": ["--source", "--metadata", "--text", "--groups", "--input", "--output"],
-    "Benchmark datasets": ["--annotations", "--video-dir", "--split-file"],
+    "Benchmark datasets": ["--annotations", "--video-dir", "--split-file", "--video-base-url"],
     "Subtitles and clips": ["--lang", "--min-clip-seconds", "--max-clip-seconds", "--max-join-gap",
                             "--language-check", "--max-text-bytes", "--max-subtitle-bytes"],
     "Speech recognition": ["--asr", "--asr-model", "--asr-language", "--asr-timestamps",
@@ -117,8 +117,13 @@ def test_benchmark_inputs_reach_the_build(tmp_path):
         ("activitynet", "activitynet", ("val_1.json",), str(tmp_path), ("val_1_list.txt",))
     assert cfg.task.fetch.allow_local_files  # --video-dir files are local
     assert not config("--source", "activitynet", "--annotations", "a.json").task.fetch.allow_local_files
+    mirrored = config("--source", "how2qa", "--annotations", "a.jsonl", "--video-base-url", "http://127.0.0.1:9/v")
+    assert mirrored.video_base_url == "http://127.0.0.1:9/v"
     for args, message in [(["--source", "activitynet"], "--annotations is required for --source activitynet"),
-                          (["--annotations", "a.json"], "need a benchmark --source")]:
+                          (["--annotations", "a.json"], "need a benchmark --source"),
+                          (["--video-base-url", "http://h/v"], "need a benchmark --source"),
+                          (["--source", "how2qa", "--annotations", "a.jsonl", "--video-base-url", "/v"],
+                           "is not an http(s) URL")]:
         r = CliRunner().invoke(app, ["build", *REQUIRED, *args])
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
 

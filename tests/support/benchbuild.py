@@ -12,7 +12,8 @@ from tests.support.media import make_timecoded_video
 
 
 def benchmark_build(root: Path, source: str, annotations: dict[str, bytes | str], videos: dict[str, float], *,
-                    split_files: dict[str, str] | None = None) -> tuple[Path, BuildConfig]:
+                    split_files: dict[str, str] | None = None,
+                    video_base_url: str | None = None) -> tuple[Path, BuildConfig]:
     """Write the annotation files and split files under `root`, make `videos` (file name ->
     seconds, 160x120) in `root/videos`, build into `root/out`; returns (out, config)."""
     vdir = root / "videos"
@@ -25,7 +26,7 @@ def benchmark_build(root: Path, source: str, annotations: dict[str, bytes | str]
     out = root / "out"
     cfg = BuildConfig(metadata=(), text=(), output=str(out), source=source,
                       annotations=tuple(str(root / n) for n in annotations), video_dir=str(vdir),
-                      split_files=tuple(str(root / n) for n in split_files or {}),
+                      split_files=tuple(str(root / n) for n in split_files or {}), video_base_url=video_base_url,
                       plan=PlanConfig(allow_local_files=True),
                       task=TaskContext(output=str(out), source=source, fetch=FetchConfig(allow_local_files=True)))
     run_build(cfg)

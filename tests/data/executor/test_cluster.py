@@ -25,20 +25,6 @@ from tests.support.corpus import VideoSpec, even_spans, write_metadata
 from tests.support.media import decode_times, make_timecoded_video
 
 
-@pytest.fixture
-def cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()  # leave any local Ray of other tests
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    yield c
-    ray.shutdown()
-    c.shutdown()
-
-
 def test_build_on_two_nodes(cluster, tmp_path):
     www = tmp_path / "www"
     www.mkdir()

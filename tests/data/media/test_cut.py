@@ -65,6 +65,42 @@ def test_copy_mode_keeps_source_stream(media, tmp_path):
     assert out.duration == pytest.approx(8.0, abs=0.1)
 
 
+def test_one_ffprobe_run_reads_what_two_did(media, tmp_path):
+    """`probe` reads streams and packets in one ffprobe run; the two-run way it replaced
+    stays for files that run cannot read. Both give the same record (audio or not, kept
+    timestamps of a section)."""
+    import subprocess
+
+    from lfvila_data.media.cut import _probe_once, _probe_twice
+    section = tmp_path / "section.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-ss", "9.3", "-t", "12", "-i", str(media["h264"]),
+                    "-copyts", "-c", "copy", str(section)], check=True)
+    for path in (media["h264"], media["vp9"], section):
+        assert _probe_once(path, 60) == _probe_twice(path, 60)
+    assert _probe_once(media["h264"], 60).has_audio and not _probe_once(media["vp9"], 60).has_audio
+
+
+def test_written_files_are_probed_from_their_boxes_as_ffprobe_does(media, tmp_path):
+    """The files our cut writes are probed from their MP4 boxes (no ffprobe start-up),
+    with exactly ffprobe's numbers; a file the reader does not vouch for (truncated, not
+    MP4) goes to ffprobe, which says what is wrong."""
+    from lfvila_data.media.cut import Probe, probe_written
+    from lfvila_data.media.mp4 import read_mp4
+    cases = [(media["h264"], 7.3, 19.9, CutConfig(audio=True)),
+             (media["vp9"], 2.2, 14.0, CutConfig(fps=5, height=120)),
+             (media["h264"], 8.0, 16.0, CutConfig(copy=True))]
+    for i, (src, start, end, cfg) in enumerate(cases):
+        dst = tmp_path / f"{i}.mp4"
+        cut_sample(src, dst, start, end, cfg)
+        facts = read_mp4(dst)
+        assert facts is not None and Probe(**facts) == probe(dst), i
+    assert read_mp4(tmp_path / "0.mp4")["has_audio"]
+    truncated = tmp_path / "t.mp4"
+    truncated.write_bytes((tmp_path / "1.mp4").read_bytes()[:-1000])
+    assert read_mp4(truncated) is None and read_mp4(media["vp9"]) is None
+    assert probe_written(truncated).nb_frames < probe(tmp_path / "1.mp4").nb_frames
+
+
 def test_section_file_with_kept_timestamps_cuts_like_the_whole_file(media, tmp_path):
     import subprocess
     section = tmp_path / "section.mkv"  # what a section download leaves: copy, -copyts

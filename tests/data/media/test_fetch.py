@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from lfvila_data.localserver import MediaServer
-from lfvila_data.media.cut import probe
+from lfvila_data.media.cut import Probe, probe
 from lfvila_data.media.fetch import (
     FetchConfig,
     Fetcher,
@@ -16,6 +16,7 @@ from lfvila_data.media.fetch import (
     local_path,
     section_spans,
 )
+from lfvila_data.media.mp4 import read_mp4
 from lfvila_data.records import FailureCode
 from tests.support.media import decode_times, make_timecoded_video
 
@@ -60,6 +61,8 @@ def test_sections_keep_source_time_and_save_bytes(served, tmp_path, name):
     assert [(s.start, s.end) for s in got.sections] == [(29.2, 41.0)]
     section = Path(got.sections[0].path)
     p = probe(section)
+    if name.endswith(".mp4"):  # what ffmpeg wrote is read from its boxes, as ffprobe reads it
+        assert Probe(**read_mp4(section)) == p
     assert p.start <= 29.2 and p.end >= 40.9  # from a keyframe before, to the end asked
     times = decode_times(section)
     assert times[0] == pytest.approx(p.start, abs=0.25)  # timestamps are source time
@@ -72,6 +75,20 @@ def test_sections_keep_source_time_and_save_bytes(served, tmp_path, name):
         # a seek also wastes what the fetch guard's receive window held: one window of slack
         # (a CI run measured 1.03 x size for this 1 MB file)
         assert served.bytes_sent[name] < size + guard_window
+
+
+def test_direct_media_url_skips_the_extractor(served, tmp_path):
+    """A URL that is a media file is fetched by ffmpeg alone: one HEAD, then only ranged
+    reads; yt-dlp's extractor would first GET the whole file (and pay its import and its
+    metadata round in CPU). The section is the same file yt-dlp gives (test above)."""
+    fresh(served)
+    served.log.clear()
+    got = Fetcher(FetchConfig(), tmp_path)("vid", served.url("long.mp4"), [(30.2, 40.0)])
+    assert [(s.start, s.end) for s in got.sections] == [(29.2, 41.0)]
+    requests = [(method, rng) for method, name, rng in served.log if name == "long.mp4"]
+    assert requests[0] == ("HEAD", None)
+    assert requests[1:] and all(m == "GET" and rng for m, rng in requests[1:]), requests
+    assert got.wire_bytes < (served.root / "long.mp4").stat().st_size
 
 
 def test_full_download_when_sections_off(served, tmp_path):

@@ -3,6 +3,8 @@ here in the published layout) becomes one sample per clip with its one descripti
 to end through the shards, with the videos in --video-dir."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
@@ -32,6 +34,22 @@ def test_rows_and_their_failures():
                       ({"videoid": "x", "description": "a", "duration": "-1"}, FailureCode.BAD_LINE),
                       ({"videoid": "", "description": "a", "duration": "3"}, FailureCode.UNSAFE_ID)]:
         assert [f.code for f in parse_row(row, "row 1")[1]] == [code]
+
+
+def test_durations_come_from_durations_csv_in_the_release_layout(tmp_path):
+    # the release's own loader reads descriptions.csv by videoid and description; the
+    # durations ship apart, as durations.csv ("videoid,duration", whole seconds)
+    (tmp_path / "descriptions.csv").write_text("videoid,imdbid,description\ncmAAAAAAAAA,tt0034583,Rick meets Ilsa.\n"
+                                               "cmFFFFFFFFF,tt0000007,No duration anywhere.\n"
+                                               "cmGGGGGGGGG,tt0000008,A bad duration.\n")
+    (tmp_path / "durations.csv").write_text("videoid,duration\ncmAAAAAAAAA,83\ncmGGGGGGGGG,0\n")
+    videos, fails = read_condensed_movies([str(tmp_path / "descriptions.csv"), str(tmp_path / "durations.csv")])
+    by_id = {v.video_id: v for v in videos}
+    assert by_id["cmAAAAAAAAA"].duration == 83.0
+    assert [(t.text, t.start, t.end) for t in by_id["cmAAAAAAAAA"].segments] == [("Rick meets Ilsa.", 0.0, 83.0)]
+    # no duration: the clip runs to the local file's end (plan_benchmark clamps it)
+    assert by_id["cmFFFFFFFFF"].duration is None and by_id["cmFFFFFFFFF"].segments[0].end == math.inf
+    assert [(f.video_id, f.code) for f in fails] == [("cmGGGGGGGGG", FailureCode.BAD_LINE)]
 
 
 def test_a_file_without_the_columns_is_one_line_error(tmp_path):

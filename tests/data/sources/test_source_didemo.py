@@ -53,6 +53,8 @@ def test_ids_and_bad_moments():
     assert split_name("train_data.json") == "train" and split_name("test_data.json") == "test"
     vid, m, link, fails = parse_moment(TRAIN_DATA[0], "moment 1")
     assert (vid, m.start, m.end, link, fails) == (A_ID, 5.0, 10.0, TRAIN_DATA[0]["dl_link"], [])
+    renamed = {k: v for k, v in TRAIN_DATA[0].items() if k != "dl_link"} | {"download_link": "https://x/v.mp4"}
+    assert parse_moment(renamed, "moment 1")[2] == "https://x/v.mp4"  # the data README's name for it
     for entry, code in [(TRAIN_DATA[3], FailureCode.NO_TEXT), (TRAIN_DATA[4], FailureCode.BAD_SPAN),
                         (TRAIN_DATA[7], FailureCode.BAD_LINE), ("[1]", FailureCode.BAD_LINE)]:
         assert [f.code for f in parse_moment(entry, "m")[3]] == [code]
