@@ -21,7 +21,8 @@ process, and rounds interleave the methods so drift on a shared machine hits all
 
 The proportional cost is build minus rerun. `--baseline DIR` runs plan-only, build and
 rerun also with the code checked out in DIR (e.g. `git worktree add /tmp/base <commit>`),
-in the same rounds, and prints ours/baseline ratios. CPU is the whole process tree (a cgroup
+in the same rounds, and prints ours/baseline ratios. `--also-ray` runs our build and rerun
+also with `--executor ray` (ours by default runs on the driver's threads, no Ray). CPU is the whole process tree (a cgroup
 as root, else psutil polling: benchmarks/proctree.py), since Ray's workers are not the
 driver's waited-for children. Medians are printed, with ratios; nothing asserts on time.
 """
@@ -92,6 +93,7 @@ def corpus_args(doc: str) -> argparse.ArgumentParser:
 def main() -> None:
     p = corpus_args(__doc__)
     p.add_argument("--no-cgroup", action="store_true", help="measure CPU by polling (as without root)")
+    p.add_argument("--also-ray", action="store_true", help="also our build with --executor ray")
     a = p.parse_args()
     if a.quick:
         a.videos, a.repeat = 2, 1
@@ -103,22 +105,26 @@ def main() -> None:
     with MediaServer(work / "corpus" / "www") as srv:
         meta, text = make_corpus(work / "corpus", srv.url("").rstrip("/"), videos=a.videos, clips=a.clips)
         www = work / "corpus" / "www"
-        trees = {"": REPO, **({"base ": Path(a.baseline)} if a.baseline else {})}
+        # tag -> (code, extra build options); the baseline predates --executor
+        trees = {"": (REPO, ()), **({"ray-exec ": (REPO, ("--executor", "ray"))} if a.also_ray else {}),
+                 **({"base ": (Path(a.baseline), ())} if a.baseline else {})}
         cg = not a.no_cgroup
         for r in range(a.repeat):
             results["ray"].append(check(run_measured([sys.executable, "-c", RAY_ONLY], use_cgroup=cg), "ray"))
-            for tag, tree in trees.items():
+            for tag, (tree, extra) in trees.items():
                 env = tree_env(tree)
-                out = work / f"plan{r}"
-                shutil.rmtree(out, ignore_errors=True)
-                results[f"{tag}plan-only"].append(check(run_measured(
-                    build_cmd(meta, text, out, "--plan-only"), env=env, cwd=str(tree), use_cgroup=cg), f"{tag}plan-only"))
+                if not extra:  # planning does not depend on the executor
+                    out = work / f"plan{r}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    results[f"{tag}plan-only"].append(check(run_measured(
+                        build_cmd(meta, text, out, "--plan-only"), env=env, cwd=str(tree), use_cgroup=cg),
+                        f"{tag}plan-only"))
                 out = work / f"build{r}"
                 shutil.rmtree(out, ignore_errors=True)
-                results[f"{tag}build"].append(check(run_measured(build_cmd(meta, text, out), env=env, cwd=str(tree),
-                                                                 use_cgroup=cg), f"{tag}build"))
-                results[f"{tag}rerun"].append(check(run_measured(build_cmd(meta, text, out), env=env, cwd=str(tree),
-                                                                 use_cgroup=cg), f"{tag}rerun"))
+                results[f"{tag}build"].append(check(run_measured(build_cmd(meta, text, out, *extra), env=env,
+                                                                 cwd=str(tree), use_cgroup=cg), f"{tag}build"))
+                results[f"{tag}rerun"].append(check(run_measured(build_cmd(meta, text, out, *extra), env=env,
+                                                                 cwd=str(tree), use_cgroup=cg), f"{tag}rerun"))
             manifest = pd.read_parquet(out / "manifest.parquet") if (out / "manifest.parquet").exists() \
                 else pd.read_parquet(out / "manifest")
             spans = [(str(www / f"{row.video_id}.mp4"), float(row.start), float(row.end))
@@ -141,17 +147,19 @@ def main() -> None:
     labels = [("ray", "ray start+stop"), ("plan-only", "plan-only"), ("rerun", "fixed (rerun, nothing to do)"),
               ("build", "whole build")]
     for key, label in labels:
-        for tag in ("", "base ") if a.baseline else ("",):
+        for tag in ("", "ray-exec ", "base "):
             if f"{tag}{key}" in med:
                 w, c = med[f"{tag}{key}"]
                 print(f"{(tag + label):24s} {w:8.2f} {c:8.2f}")
     print(f"{'proportional':24s} {prop_w:8.2f} {prop_c:8.2f}")
     print(f"{'bare decode':24s} {dec_w:8.2f} {dec_c:8.2f}")
-    if a.baseline:
-        print("\nours / baseline (wall, CPU): " + ", ".join(
-            f"{k} {med[k][0] / med['base ' + k][0]:.2f}, {med[k][1] / med['base ' + k][1]:.2f}"
-            for k in ("plan-only", "rerun", "build")))
-    print(f"\nfixed share of the build's wall time: {fixed_w / build_w:.2f}")
+    for tag, name in (("base ", "baseline"), ("ray-exec ", "--executor ray")):
+        if f"{tag}build" in med:
+            print(f"\nours / {name} (wall, CPU): " + ", ".join(
+                f"{k} {med[k][0] / med[tag + k][0]:.2f}, {med[k][1] / med[tag + k][1]:.2f}"
+                for k in ("plan-only", "rerun", "build") if tag + k in med))
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (1 min), {os.getloadavg()[2]:.1f} (15 min)")
+    print(f"fixed share of the build's wall time: {fixed_w / build_w:.2f}")
     print(f"source-s per wall-s: build {source_s / build_w:.1f}, proportional {source_s / max(prop_w, 1e-9):.1f}, "
           f"decode {source_s / dec_w:.1f}")
     print(f"source-s per CPU-s:  build {source_s / build_c:.1f}, proportional {source_s / max(prop_c, 1e-9):.1f}, "

@@ -14,18 +14,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lfvila_data import __version__
-from lfvila_data.executor.asr import transcribe_on_ray
-from lfvila_data.executor.base import local_fetch_cut, local_shuffle
-from lfvila_data.executor.cluster import RayStart, processes_file, remove_on_every_node, stop_on_signals
-from lfvila_data.executor.pool import RayShuffle, RayTasks
-from lfvila_data.executor.runner import RunConfig, run_videos
+from lfvila_data.executor.base import RunConfig, Shuffle, TaskMap, local_shuffle, stop_on_signals
+from lfvila_data.executor.threads import ThreadTasks, run_videos_local
 from lfvila_data.inputs import InputError, expand_paths
-from lfvila_data.media.task import TaskContext, VideoJob, cut_video, fetch_video
+from lfvila_data.media.task import TaskContext, VideoJob
 from lfvila_data.output.fingerprint import content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.lease import OutputLease
 from lfvila_data.output.resume import Resume, read_resume
@@ -69,6 +67,9 @@ from lfvila_data.text.stage import (
     plan_youtube,
     retext_plan_with_asr,
 )
+
+if TYPE_CHECKING:  # Ray is imported only by builds that run on it
+    from lfvila_data.executor.cluster import RayStart
 
 # the benchmark sources by --source name: their parsers; everything after parsing is shared
 BENCHMARKS = {f.name: f for f in (ACTIVITYNET, DIDEMO, QUERYD, CONDENSED_MOVIES, HOW2QA, VIOLIN, ACTIVITYNET_QA)}
@@ -146,13 +147,47 @@ def plans_in_process(cfg: BuildConfig) -> bool:
     return sum(size for _, size in _input_listing(paths)) <= IN_PROCESS_PLAN_BYTES
 
 
+EXECUTORS = ("auto", "ray", "local")
+
+
+def choose_executor(cfg: BuildConfig) -> str:
+    """"ray" or "local" (threads in the driver, no Ray started). `auto` is local on one
+    machine (no --ray-address) when the driver plans anyway: fetching and cutting are
+    subprocesses, as parallel on threads as in Ray's workers, and Ray's start and stop
+    would be most of a small build's time. Ray stays for speech recognition (a Whisper
+    model per worker process) and for HD-VILA inputs large enough to plan on Ray."""
+    choice = cfg.run.executor
+    if choice not in EXECUTORS:
+        raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {choice!r}")
+    if cfg.ray_address:
+        if choice == "local":
+            raise InputError("--executor local runs without Ray; it cannot be combined with --ray-address")
+        return "ray"
+    if choice != "auto":
+        return choice
+    if cfg.text_opts.asr != "off":
+        return "ray"
+    return "local" if cfg.source in ("local", "youtube") or plans_in_process(cfg) else "ray"
+
+
 def _plan(cfg: BuildConfig, ray: RayStart | None = None) -> PlanSummary:
     """The plan; `ray` is waited for first unless this plan needs no Ray (joining a named
-    cluster is quick, and one it refuses should be the only thing said)."""
-    in_process = plans_in_process(cfg)
+    cluster is quick, and one it refuses should be the only thing said). Without `ray`
+    (the local executor) everything runs in this process."""
+    in_process = plans_in_process(cfg) or ray is None
     if ray is not None and (cfg.ray_address or not in_process):
         ray.wait()
     fetch = cfg.task_context().fetch
+    if ray is not None:  # Ray's modules take seconds to import: only when Ray runs
+        from lfvila_data.executor.asr import transcribe_on_ray as transcriber
+        from lfvila_data.executor.pool import RayShuffle, RayTasks
+
+        look_ups: TaskMap = RayTasks(max_in_flight=cfg.text_opts.concurrency, num_cpus=0, max_retries=1)
+        shuffle: Shuffle = local_shuffle if in_process else RayShuffle()
+    else:
+        from lfvila_data.text.asr import transcribe_all as transcriber
+
+        look_ups, shuffle = ThreadTasks(cfg.text_opts.concurrency), local_shuffle
     if cfg.source in BENCHMARKS:  # annotations are small: re-planned on every run, in one process
         return plan_benchmark(BENCHMARKS[cfg.source], list(cfg.annotations), cfg.output, cfg.plan,
                               video_dir=cfg.video_dir, split_files=list(cfg.split_files),
@@ -160,11 +195,10 @@ def _plan(cfg: BuildConfig, ray: RayStart | None = None) -> PlanSummary:
     # text-first sources journal each video's text, so re-planning redoes only what is missing
     if cfg.source == "local":
         return plan_local_text(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch,
-                               transcriber=transcribe_on_ray)
+                               transcriber=transcriber)
     if cfg.source == "youtube":
-        look_ups = RayTasks(max_in_flight=cfg.text_opts.concurrency, num_cpus=0, max_retries=1)
         return plan_youtube(list(cfg.inputs), cfg.output, cfg.plan, cfg.text_opts, fetch,
-                            look_ups=look_ups, transcriber=transcribe_on_ray)
+                            look_ups=look_ups, transcriber=transcriber)
     # hdvila: metadata has text; only "--asr always" re-transcribes the planned spans
     asr = cfg.text_opts.asr == "always"
     want = _asr_marker(cfg.text_opts) if asr else None
@@ -176,8 +210,8 @@ def _plan(cfg: BuildConfig, ray: RayStart | None = None) -> PlanSummary:
         return summary
     if summary is None or made_with is not None:
         summary = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan,
-                             shuffle=local_shuffle if in_process else RayShuffle(), groups=list(cfg.groups))
-    return (retext_plan_with_asr(cfg.output, cfg.plan, cfg.text_opts, fetch, transcriber=transcribe_on_ray)
+                             shuffle=shuffle, groups=list(cfg.groups))
+    return (retext_plan_with_asr(cfg.output, cfg.plan, cfg.text_opts, fetch, transcriber=transcriber)
             if asr else summary)
 
 
@@ -323,18 +357,9 @@ VideoRunner = Callable[[Iterable[VideoJob], TaskContext, RunConfig, Callable[[Vi
                         Callable[[], None], Callable[[CutProgress], None], float], None]
 
 
-def run_videos_here(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
-                    on_result: Callable[[VideoResult], None], tick: Callable[[], None],
-                    on_progress: Callable[[CutProgress], None], report_every_s: float = 2.0) -> None:
-    """`run_videos` in this process, one video after the other, reporting the same way
-    (without Ray: for tests and debugging; `rc` and `report_every_s` do not apply)."""
-    local_fetch_cut(lambda job: fetch_video(job, ctx), lambda got, report: cut_video(got, ctx, report),
-                    jobs, on_result, tick, on_progress)
-
-
 def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
                   previous: Resume | None, lease: OutputLease | None = None,
-                  runner: VideoRunner = run_videos, progress_every_s: float = 2.0) -> BuildProgress:
+                  runner: VideoRunner = run_videos_local, progress_every_s: float = 2.0) -> BuildProgress:
     """Fetch and cut every unfinished video, journaling each result as it arrives; stop at
     the first result that says the output itself failed (every later video would too).
     Progress lines at most every `progress_every_s`, moving while a video is cut.
@@ -438,19 +463,26 @@ def remove_junk(out: OutputDir, ctx: TaskContext) -> None:
 
 def run_build(cfg: BuildConfig, progress_every_s: float = 2.0) -> dict:
     """The whole build under the output's lease; returns the counts written to build.json.
-    SIGINT and SIGTERM stop Ray and remove this job's scratch and lease before exiting.
-    Progress lines go to stderr at most every `progress_every_s`."""
+    SIGINT and SIGTERM stop Ray (or the local executor's subprocesses) and remove this
+    job's scratch and lease before exiting. Progress lines go to stderr at most every
+    `progress_every_s`."""
     started = time.time()
+    local = choose_executor(cfg) == "local"
     out = preflight(cfg)
     with OutputLease(out, "lfvila-data build") as lease:
         remove_junk(out, cfg.task_context())
         # Ray starts while the driver plans; a plan-only run that plans here needs none,
         # unless a cluster was named (joining it is then part of what the run checks)
         local_plan_only = cfg.plan_only and not cfg.ray_address and plans_in_process(cfg)
-        ray = None if local_plan_only else RayStart(
-            cfg.ray_address, processes=processes_file(cfg.task_context().scratch()))
+        ray = None
+        if not (local or local_plan_only):
+            from lfvila_data.executor.cluster import RayStart, processes_file
+
+            ray = RayStart(cfg.ray_address, processes=processes_file(cfg.task_context().scratch()))
         try:
             if cfg.ray_address:  # a cluster: a killed job's scratch on the workers too
+                from lfvila_data.executor.cluster import remove_on_every_node
+
                 ray.wait()
                 remove_on_every_node(cfg.task_context().scratch())
             stop_on_signals()
@@ -478,7 +510,10 @@ def _run_leased(cfg: BuildConfig, out: OutputDir, lease: OutputLease, started: f
         print_summary(f"plan of {cfg.output}", _plan_rows(plan))
         return asdict(plan)
     previous = reset_stale_journal(out, plan, cfg.plan, cfg.retry_failed)
-    progress = run_journaled(cfg, out, plan, previous, lease, progress_every_s=progress_every_s)
+    runner = run_videos_local
+    if ray is not None:
+        from lfvila_data.executor.runner import run_videos as runner
+    progress = run_journaled(cfg, out, plan, previous, lease, runner, progress_every_s)
     lease.check()
     counts = finalize(out, iter_journal(out), read_plan_failures(cfg.output))
     elapsed = time.time() - started

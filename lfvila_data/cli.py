@@ -53,6 +53,17 @@ class Asr(str, Enum):
     always = "always"
 
 
+class Executor(str, Enum):
+    auto = "auto"
+    ray = "ray"
+    local = "local"
+
+
+# `shard --executor auto` writes this many shards or fewer on threads: seconds of work,
+# against 4-7 s for Ray's own start; more, and Ray's worker processes scale past one GIL
+LOCAL_SHARDS = 16
+
+
 @app.callback()
 def _group() -> None:
     """Build long-form video-paragraph datasets (LF-VILA) on Ray."""
@@ -277,13 +288,14 @@ def cut_options(
 def run_options(
     download_concurrency: int = typer.Option(8, help="Videos downloading at once (and subtitle look-ups at once).", rich_help_panel=_RUN),
     cut_concurrency: Optional[int] = typer.Option(None, help="Cutting tasks at once (default: cluster CPUs / cut threads).", rich_help_panel=_RUN),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster ('auto' or host:port); default a local Ray.", rich_help_panel=_RUN),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster ('auto' or host:port); default a local Ray, or none (see --executor).", rich_help_panel=_RUN),
+    executor: Executor = typer.Option(Executor.auto, help="Where fetching and cutting run: 'ray', or 'local' (threads of this process: no Ray to start). 'auto': local on one machine (no Ray address) unless speech recognition is on or HD-VILA inputs are over 16 MiB. The output is the same.", rich_help_panel=_RUN),
     retry_failed: bool = typer.Option(False, help="Also retry videos whose failure was permanent.", rich_help_panel=_RUN),
     workdir: Optional[str] = typer.Option(None, help="Node-local scratch directory for downloads.", rich_help_panel=_RUN),
     rebuild: bool = typer.Option(False, help="Redo every sample when cutting settings (--fps, --height, ...) differ from those the output was built with (else the rerun is refused); the plan and text are kept.", rich_help_panel=_RUN),
 ) -> RunOptions:
-    return RunOptions(RunConfig(fetch_concurrency=download_concurrency, cut_concurrency=cut_concurrency),
-                      ray_address, retry_failed, workdir, rebuild)
+    return RunOptions(RunConfig(fetch_concurrency=download_concurrency, cut_concurrency=cut_concurrency,
+                                executor=executor.value), ray_address, retry_failed, workdir, rebuild)
 
 
 BUILD_OPTIONS = (input_options, benchmark_options, text_options, asr_options, plan_options, fetch_options,
@@ -355,12 +367,14 @@ def shard(
     max_shard_bytes: int = typer.Option(1_000_000_000, help="Most bytes in a shard."),
     concurrency: Optional[int] = typer.Option(None, help="Shards written at once (default: cluster CPUs)."),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster ('auto' or host:port); default a local Ray."),
+    executor: Executor = typer.Option(Executor.auto, help=f"Where shards are written: 'ray', or 'local' (threads of this process, no Ray started). 'auto': local without --ray-address when at most {LOCAL_SHARDS} shards are to be written (Ray's start would be most of the time)."),
 ) -> None:
     """Pack built samples into WebDataset shards (format: shards/README.md)."""
     import time
 
     from lfvila_data.executor.cluster import init_ray
     from lfvila_data.executor.pool import RayTasks
+    from lfvila_data.executor.threads import ThreadTasks
     from lfvila_data.output.lease import OutputLease
     from lfvila_data.output.write import OutputDir, OutputStopped
     from lfvila_data.progress import ThrottledPrinter, human_bytes, human_time, print_summary
@@ -372,8 +386,11 @@ def shard(
                           samples_per_shard=samples_per_shard, max_shard_bytes=max_shard_bytes)
         from lfvila_data.shards.write import read_manifests
         read_manifests(list(input))  # bad inputs fail before Ray starts
+        if ray_address and executor == Executor.local:
+            raise InputError("--executor local runs without Ray; it cannot be combined with --ray-address")
         with OutputLease(OutputDir(output), "lfvila-data shard") as lease:  # so does a busy output
-            init_ray(ray_address)
+            if ray_address or executor == Executor.ray:
+                init_ray(ray_address)
             show = ThrottledPrinter(2.0)
 
             def progress(done: int, total: int, nbytes: int) -> None:
@@ -381,7 +398,13 @@ def shard(
                 show(f"shard: {done}/{total} shards, {human_bytes(nbytes)} ({human_bytes(rate)}/s)",
                      force=done == total)
 
-            write = RayTasks(max_in_flight=concurrency, num_cpus=1, max_retries=1)
+            def write(fn, todo):  # the shards still to write, known once they are planned
+                if executor == Executor.local or (executor == Executor.auto and not ray_address
+                                                  and len(todo) <= LOCAL_SHARDS):
+                    return ThreadTasks(concurrency)(fn, todo)
+                init_ray(ray_address)
+                return RayTasks(max_in_flight=concurrency, num_cpus=1, max_retries=1)(fn, todo)
+
             stats = run_shard(list(input), output, cfg, write=write, on_progress=progress)
             lease.check()
     except (InputError, ValueError) as e:
@@ -459,7 +482,7 @@ def demo(
     the tiny demo model a few steps on the shards and evaluate retrieval."""
     from lfvila_data.build import BuildConfig, run_build
     from lfvila_data.demo import make_corpus, train_demo
-    from lfvila_data.executor.pool import RayTasks
+    from lfvila_data.executor.threads import ThreadTasks
     from lfvila_data.localserver import MediaServer
     from lfvila_data.progress import print_summary
     from lfvila_data.shards.write import ShardConfig, run_shard
@@ -479,7 +502,7 @@ def demo(
                 plan=PlanConfig(max_clips=max_clips),
                 task=TaskContext(output=output, fetch=FetchConfig(retries=1, allow_private_addresses=True))))
         shards = f"{output.rstrip('/')}/shards"
-        stats = run_shard([output], shards, ShardConfig(val_count=2, samples_per_shard=4), write=RayTasks())
+        stats = run_shard([output], shards, ShardConfig(val_count=2, samples_per_shard=4), write=ThreadTasks())
         print_summary(f"shards in {shards}", [
             (f"{k} split", f"{v['samples']} samples in {v['shards']} shards")
             for k, v in stats["splits"].items()])

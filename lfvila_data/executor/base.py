@@ -5,6 +5,9 @@ never import Ray; the build and shard commands pass the Ray ones (`executor.pool
 tests pass these, which run everything in this process in input order."""
 from __future__ import annotations
 
+import signal
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -16,6 +19,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 P = TypeVar("P")
 S = TypeVar("S")
+J = TypeVar("J")  # a video job
+F = TypeVar("F")  # what its fetch hands to its cut
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,8 @@ class RunConfig:
     fetch_concurrency: int = field(default=8, metadata=SPEED)
     cut_concurrency: int | None = field(default=None, metadata=SPEED)  # default: the cluster's CPUs
     cut_cpus: float = field(default=1.0, metadata=SPEED)
+    # "ray", "local" (threads in the driver) or "auto" (build.choose_executor decides)
+    executor: str = field(default="auto", metadata=SPEED)
 
 
 class WorkerCrashed(Exception):
@@ -71,22 +78,6 @@ def local_actors(make: Callable[[], Callable[[T], R]], items: Iterable[T]) -> It
     yield from local_map(make(), items)
 
 
-def local_fetch_cut(fetch: Callable[[T], S], cut: Callable[[S, Callable[[P], None]], R],
-                    items: Iterable[T], on_result: Callable[[R], None], tick: Callable[[], None],
-                    on_progress: Callable[[P], None]) -> None:
-    """The fetch → cut runner (`executor.runner.run_videos`) in this process, in input
-    order: `cut` gets a `report` callable that hands its reports to `on_progress` (then
-    ticks) at once, as the Ray runner does with the reports it drains while a cut runs.
-    A failing step raises."""
-    def report(value: P) -> None:
-        on_progress(value)
-        tick()
-
-    for item in items:
-        on_result(cut(fetch(item), report))
-        tick()
-
-
 def local_shuffle(map_fn: Callable[[T], tuple[list[P], S]], items: Sequence[T],
                   reduce_fn: Callable[[int, list[P]], R], num_buckets: int,
                   on_map: Callable[[S], None]) -> Iterator[R]:
@@ -101,3 +92,68 @@ def local_shuffle(map_fn: Callable[[T], tuple[list[P], S]], items: Sequence[T],
         on_map(stats)
     for b in range(num_buckets):
         yield reduce_fn(b, buckets[b])
+
+
+def fetch_then_cut(jobs: Iterable[J], cut_slots: int, fetch_slots: int, start_fetch: Callable[[J], None],
+                   start_cut: Callable[[F], None], wait: Callable[[], list[Done[tuple[bool, J], object]]],
+                   drain: Callable[[], list[P]], crashed: Callable[[J, bool, Exception], R],
+                   on_result: Callable[[R], None], tick: Callable[[], None],
+                   on_progress: Callable[[P], None]) -> None:
+    """The scheduling both fetch → cut runners share (Ray's and the driver's threads):
+    at most `fetch_slots` downloads, and only while fewer than `2 * cut_slots` videos wait
+    for or run a cut, so downloads never run far ahead of cutting. `start_fetch(job)` and
+    `start_cut(outcome)` start a task whose `Done` (item: (is_cut, job)) `wait()` returns
+    once finished (waiting at most a short while); `drain()` gives the cut reports posted
+    since (each has a `video_id`). A failed task becomes `crashed(job, is_cut, error)`."""
+    pending = iter(jobs)
+    exhausted = False
+    fetching = 0
+    cutting: set[str] = set()  # videos being cut: only their reports count
+    ready_to_cut: deque[F] = deque()
+    while True:
+        while not exhausted and fetching < fetch_slots and len(ready_to_cut) + len(cutting) < 2 * cut_slots:
+            job = next(pending, None)
+            if job is None:
+                exhausted = True
+                break
+            start_fetch(job)
+            fetching += 1
+        while ready_to_cut and len(cutting) < cut_slots:
+            outcome = ready_to_cut.popleft()
+            start_cut(outcome)
+            cutting.add(outcome.job.video_id)  # type: ignore[attr-defined]
+        if not fetching and not cutting and not ready_to_cut and exhausted:
+            return
+        finished = wait()
+        # drained after the wait: a finished cut's reports are all there, and come first
+        for report in drain() if cutting else ():
+            if report.video_id in cutting:  # type: ignore[attr-defined]  # not a late one of a crashed task
+                on_progress(report)
+                tick()
+        for done in finished:
+            is_cut, job = done.item
+            if is_cut:
+                cutting.discard(job.video_id)  # type: ignore[attr-defined]
+            else:
+                fetching -= 1
+            if done.error is not None:  # a crashed task is a ledger row
+                on_result(crashed(job, is_cut, done.error))
+            elif is_cut:
+                on_result(done.value)  # type: ignore[arg-type]
+            else:
+                ready_to_cut.append(done.value)  # type: ignore[arg-type]
+        tick()
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP stop the driver the way Ctrl-C does (Ray's own SIGTERM handler
+    just exits), so the build unwinds: Ray or the driver's threads are stopped and the
+    job's scratch and lease are removed instead of outliving it. (Here, not beside the
+    Ray start, so a build without Ray never imports Ray.)"""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _interrupt)

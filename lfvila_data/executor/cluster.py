@@ -5,7 +5,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -236,19 +235,6 @@ def cluster_cpus() -> int:
 def node_id() -> str:
     """The node this task runs on, so a later task can be pinned next to its files."""
     return ray.get_runtime_context().get_node_id()
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def stop_on_signals() -> None:
-    """SIGTERM and SIGHUP stop the driver the way Ctrl-C does (Ray's own SIGTERM handler
-    just exits), so the build unwinds: Ray is shut down and the job's scratch and lease
-    are removed instead of outliving it."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, _interrupt)
 
 
 def shutdown_ray() -> None:

@@ -31,7 +31,7 @@ GROUPS = {
                  "--allow-private-addresses", "--allow-network", "--max-page-bytes", "--fetch-deadline",
                  "--min-rate", "--slow-window"],
     "Cutting": ["--fps", "--height", "--copy", "--audio", "--cut-threads", "--x264-preset"],
-    "Running": ["--download-concurrency", "--cut-concurrency", "--ray-address", "--retry-failed",
+    "Running": ["--download-concurrency", "--cut-concurrency", "--ray-address", "--executor", "--retry-failed",
                 "--workdir", "--rebuild"],
 }
 REQUIRED = ["--metadata", "m.jsonl", "--text", "t.jsonl", "--output", "out"]
@@ -48,7 +48,7 @@ def test_help_lists_every_option_under_its_stage():
         elif line.startswith("│") and "--" in line:
             seen[line.strip("│ *").split()[0]] = panel
     assert seen == {opt: group for group, opts in GROUPS.items() for opt in opts} | {"--help": "Options"}
-    assert sum(map(len, GROUPS.values())) == 57
+    assert sum(map(len, GROUPS.values())) == 58
 
 
 def config(*args: str):
@@ -69,7 +69,7 @@ def test_options_reach_their_stage():
     cfg = config("--plan-buckets", "3", "--min-clips", "2", "--height", "360", "--audio",
                  "--download-concurrency", "5", "--cut-threads", "2", "--asr", "always",
                  "--asr-batch-size", "4", "--no-asr-gpu", "--lang", "fr", "--lang", "en",
-                 "--workdir", "/scratch", "--plan-only", "--retries", "0", "--rebuild")
+                 "--workdir", "/scratch", "--plan-only", "--retries", "0", "--rebuild", "--executor", "local")
     assert (cfg.plan.num_buckets, cfg.plan.min_clips) == (3, 2)
     assert (cfg.task.fetch.height, cfg.task.cut.height, cfg.task.fetch.audio, cfg.task.cut.audio) == \
         (360, 360, True, True)
@@ -78,6 +78,7 @@ def test_options_reach_their_stage():
     assert cfg.text_opts.asr == "always" and cfg.text_opts.langs == ("fr", "en")
     assert (cfg.text_opts.asr_config.batch_size, cfg.text_opts.asr_config.use_gpu) == (4, False)
     assert cfg.task.workdir == "/scratch" and cfg.plan_only and cfg.task.fetch.retries == 0
+    assert cfg.run.executor == "local"
     assert cfg.rebuild
 
 
@@ -159,3 +160,31 @@ def test_fetch_guard_options_reach_the_fetch_config(monkeypatch):
     monkeypatch.delenv("LFVILA_ALLOW_PRIVATE_ADDRESSES")
     assert not config().task.fetch.allow_private_addresses and not FetchConfig().allow_private_addresses
     assert config("--allow-private-addresses").task.fetch.allow_private_addresses
+
+
+def test_auto_executor_runs_small_local_builds_without_ray(tmp_path):
+    """`auto`: threads in the driver on one machine when the driver plans anyway; Ray for a
+    named cluster, speech recognition and HD-VILA inputs too large to plan in the driver;
+    an explicit choice wins, but `local` cannot join a cluster."""
+    from lfvila_data.build import IN_PROCESS_PLAN_BYTES, choose_executor
+    from lfvila_data.inputs import InputError
+
+    meta, text = tmp_path / "m.jsonl", tmp_path / "t.jsonl"
+    meta.write_text("{}\n")
+    text.write_text("{}\n")
+
+    def chosen(*args: str) -> str:
+        ctx = get_command(app).commands["build"].make_context(
+            "build", ["--metadata", str(meta), "--text", str(text), "--output", "out", *args])
+        return choose_executor(build_config(*_grouped_values(BUILD_OPTIONS, ctx.params)))
+
+    assert chosen() == "local"
+    assert chosen("--source", "youtube", "--input", str(meta)) == "local"
+    assert chosen("--executor", "ray") == "ray"
+    assert chosen("--ray-address", "auto") == chosen("--asr", "always") == "ray"
+    with pytest.raises(InputError, match="--ray-address"):
+        chosen("--ray-address", "auto", "--executor", "local")
+    with meta.open("r+b") as f:  # sparse: past the size planned in the driver
+        f.truncate(IN_PROCESS_PLAN_BYTES + 1)
+    assert chosen() == "ray"
+    assert chosen("--executor", "local") == "local"

@@ -1,22 +1,23 @@
 """Progress while one long video is cut: the cut task reports samples done and seconds
 cut as it goes, so the build's progress line moves before the video is finished — on Ray
-(reports posted to a board the driver drains) and in this process (reports handed over
-at once)."""
+(reports posted to a board the driver drains) and on the driver's threads (a queue the
+driver drains), which write the same files."""
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from lfvila_data.build import BuildConfig, run_build, run_journaled, run_videos_here
-from lfvila_data.executor.base import local_shuffle
+from lfvila_data.build import BuildConfig, run_build
+from lfvila_data.executor.base import RunConfig
 from lfvila_data.localserver import MediaServer
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
-from lfvila_data.output.write import OutputDir
-from lfvila_data.plan.join import PlanConfig, build_plan, read_plan
+from lfvila_data.plan.join import PlanConfig
 from lfvila_data.progress import BuildProgress, CutProgress, Throttled
 from tests.support.corpus import VideoSpec, even_spans, write_metadata
 from tests.support.media import make_timecoded_video
@@ -38,11 +39,11 @@ def long_video(tmp_path_factory):
         yield root, meta, text
 
 
-def config(long_video, out: Path) -> BuildConfig:
+def config(long_video, out: Path, executor: str = "auto") -> BuildConfig:
     root, meta, text = long_video
     task = TaskContext(output=str(out), fetch=FetchConfig(retries=0), workdir=str(root / "scratch"))
     return BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(out),
-                       plan=PlanConfig(max_clips=4), task=task)
+                       plan=PlanConfig(max_clips=4), task=task, run=RunConfig(executor=executor))
 
 
 def progress_lines(stderr: str) -> list[tuple[int, int, int, int, int, int]]:
@@ -60,26 +61,35 @@ def check_moves_during_the_video(lines: list[tuple[int, ...]], seconds_in_sample
     assert abs(lines[-1][5] - seconds_in_samples) <= 1  # "s of video cut": the samples' source time
 
 
-def test_ray_build_reports_samples_while_a_long_video_is_cut(long_video, tmp_path, ray_local, capsys):
-    out = tmp_path / "out"
-    record = run_build(config(long_video, out), progress_every_s=0)
-    assert record["counts"]["samples_written"] == SAMPLES
+@pytest.fixture(scope="module")
+def builds(long_video, tmp_path_factory, ray_module):
+    """The same build on Ray and on the driver's threads: (output, stderr) of each."""
+    made = {}
+    for executor in ("ray", "local"):
+        out = tmp_path_factory.mktemp(executor) / "out"
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            record = run_build(config(long_video, out, executor), progress_every_s=0)
+        assert record["counts"]["samples_written"] == SAMPLES
+        made[executor] = out, err.getvalue()
+    return made
+
+
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_build_reports_samples_while_a_long_video_is_cut(builds, executor):
+    out, err = builds[executor]
     manifest = pd.read_parquet(out / "manifest")
-    check_moves_during_the_video(progress_lines(capsys.readouterr().err),
-                                 float((manifest.end - manifest.start).sum()))
+    check_moves_during_the_video(progress_lines(err), float((manifest.end - manifest.start).sum()))
 
 
-def test_in_process_runner_reports_the_same_way(long_video, tmp_path, capsys):
-    out = tmp_path / "out"
-    cfg = config(long_video, out)
-    plan = build_plan(list(cfg.metadata), list(cfg.text), cfg.output, cfg.plan, shuffle=local_shuffle)
-    assert plan.samples == SAMPLES
-    progress = run_journaled(cfg, OutputDir(cfg.output), plan, None, runner=run_videos_here, progress_every_s=0)
-    assert (progress.videos_done, progress.samples_written) == (1, SAMPLES)
-    assert len(list((out / "videos").rglob("*.mp4"))) == SAMPLES
-    planned = read_plan(cfg.output).to_pandas()
-    seconds = float((planned.end - planned.start).sum())
-    check_moves_during_the_video(progress_lines(capsys.readouterr().err), seconds)
+def test_ray_and_the_driver_threads_write_the_same_files(builds):
+    """`--executor` is speed only: manifest and sample files are the same, byte for byte."""
+    (ray_out, _), (local_out, _) = builds["ray"], builds["local"]
+    pd.testing.assert_frame_equal(pd.read_parquet(local_out / "manifest"), pd.read_parquet(ray_out / "manifest"))
+    files = sorted(p.relative_to(local_out) for p in (local_out / "videos").rglob("*.mp4"))
+    assert len(files) == SAMPLES
+    assert files == sorted(p.relative_to(ray_out) for p in (ray_out / "videos").rglob("*.mp4"))
+    assert all((local_out / f).read_bytes() == (ray_out / f).read_bytes() for f in files)
 
 
 def test_throttled_sends_the_first_holds_the_rest_and_flushes_the_last():

@@ -239,7 +239,7 @@ def test_kill_9_then_rerun_completes_identically(shards, builds, tmp_path):
     target = tmp_path / "killed"
     cmd = [sys.executable, "-m", "lfvila_data.cli", "shard", "--input", str(builds[0]),
            "--input", str(builds[1]), "--output", str(target), "--val-count", "2",
-           "--samples-per-shard", "3"]
+           "--samples-per-shard", "3", "--executor", "ray"]  # on threads it ends before any kill
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 120
