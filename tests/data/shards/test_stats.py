@@ -261,8 +261,9 @@ def test_build_stats_stream_the_manifest(finished_builds, tmp_path):
 
 def write_shard_manifest(root: Path, samples: int, seed: int = 0) -> int:
     """A shard directory's manifest (write.SHARD_MANIFEST_SCHEMA) of `samples` samples of
-    4..32 clips, 3 samples a video, 64 a shard, every 50th video in val, in parts of 4,096
-    rows; no tars (stats read only the manifest). Returns its Arrow bytes."""
+    4..32 clips, 3 samples a video, 64 a shard, every 50th video in val, a benchmark split
+    on every third sample and a NaN duration on every 97th, in parts of 4,096 rows; no tars
+    (stats read only the manifest). Returns its Arrow bytes."""
     from lfvila_data.shards.write import SHARD_MANIFEST_SCHEMA
 
     rng = np.random.default_rng(seed)
@@ -276,12 +277,13 @@ def write_shard_manifest(root: Path, samples: int, seed: int = 0) -> int:
         "split": split, "shard": [f"{s}-{i // 64:06d}.tar" for s, i in zip(split, index)],
         "offset": index * 4096, "index": (index % 64).astype(np.int32),
         "video_id": [f"v{v:010d}" for v in videos], "n_clips": n_clips,
-        "duration": n_clips * 5.0 + rng.random(samples), "bytes": rng.integers(10**6, 10**7, samples),
+        "duration": np.where(index % 97 == 5, np.nan, n_clips * 5.0 + rng.random(samples)), "bytes": rng.integers(10**6, 10**7, samples),
         "paragraph_words": rng.integers(50, 500, samples).astype(np.int32),
         "clip_words": pa.ListArray.from_arrays(offsets, rng.integers(1, 40, offsets[-1]).astype(np.int32)),
         "text_source": np.where(index % 7 == 0, "subtitles", "metadata"),
         "language": pa.array(np.where(index % 5 == 0, "en", None), pa.string()),
-        "dataset_split": pa.nulls(samples, pa.string())}, schema=SHARD_MANIFEST_SCHEMA)
+        "dataset_split": pa.array(np.where(index % 3 == 0, "val1", None), pa.string())},
+        schema=SHARD_MANIFEST_SCHEMA)
     (root / "manifest").mkdir(parents=True)
     for i, start in enumerate(range(0, samples, 4096)):
         pq.write_table(table.slice(start, 4096), root / "manifest" / f"part-{i:05d}.parquet")
@@ -320,7 +322,7 @@ def test_shard_stats_json_streams_the_manifest(tmp_path):
     import fsspec
 
     from lfvila_data.output import manifest as tables
-    from lfvila_data.shards.stats import shard_table_stats
+    from lfvila_data.shards.stats import SHARD_STATS_COLUMNS, shard_stats, shard_table_stats
     from lfvila_data.shards.write import STATS_COLUMNS
 
     small, big = tmp_path / "small", tmp_path / "big"
@@ -334,3 +336,9 @@ def test_shard_stats_json_streams_the_manifest(tmp_path):
     whole = shard_table_stats(tables.read_table(fsspec.filesystem("file"), str(big), "manifest", STATS_COLUMNS))
     assert got["stats"]["samples"] == 40_000 and set(got["stats"]["splits"]) == {"train", "val"}
     assert json.dumps(got["stats"], sort_keys=True) == json.dumps(whole, sort_keys=True)
+    # `lfvila-data stats` of a shard directory reads more columns (bytes, dataset_split)
+    fs = fsspec.filesystem("file")
+    streamed = shard_stats(fs, str(small))
+    assert streamed["dataset_splits"] == {"val1": 2667} and streamed["bytes"] > 0
+    assert json.dumps(streamed, sort_keys=True) == json.dumps(
+        shard_table_stats(tables.read_table(fs, str(small), "manifest", SHARD_STATS_COLUMNS)), sort_keys=True)
