@@ -311,7 +311,7 @@ def test_shard_stats_json_streams_the_manifest(tmp_path):
     """The shard command's stats.json reads the shard manifest a batch at a time, keeping
     per sample a few numbers and codes: after the stats of a small manifest, those of one
     five times bigger add nothing to Arrow's peak (before: the whole table of STATS_COLUMNS,
-    its clip_words lists included, +9.9 MiB for 6.2 MiB more manifest; now +1.3 KiB).
+    its clip_words lists included, +9.9 MiB for 6.2 MiB more manifest; now +0 to 1.3 KiB).
     The process's peak RSS is not asserted: `distribution`'s float copies of every clip's
     word count dominate it, as before, and it varies run to run (measured +24..43 MiB; the
     old code +28 MiB). The numbers, serialised, are byte for byte those of the whole table
