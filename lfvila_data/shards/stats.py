@@ -244,13 +244,109 @@ SHARD_STATS_COLUMNS = ["split", "shard", "video_id", "n_clips", "duration", "par
                        "clip_words", "text_source", "language", "bytes", "dataset_split"]
 
 
-def _shard_stats(fs, root: str) -> dict:
-    names = tables.read_schema(fs, tables.parquet_files(fs, root, "manifest")).names
-    return shard_table_stats(tables.read_table(fs, root, "manifest", [c for c in SHARD_STATS_COLUMNS if c in names]))
+class _ShardCounts:
+    """What shard stats need of a shard manifest, gathered a batch at a time. Kept per
+    sample only numbers (for exact medians and the same float sums as the whole table) and
+    the few-valued string columns as codes into a small list of values; distinct videos and
+    shards as sets per split; every other count summed as it goes."""
+
+    CODED = ("split", "text_source", "language")
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.samples = self.bytes = 0
+        self.numbers: dict[str, list[np.ndarray]] = {c: [] for c in ("n_clips", "duration", "paragraph_words", "clip_words")}
+        self.values: dict[str, list] = {c: [] for c in self.CODED}  # code -> value (None: null)
+        self.index: dict[str, dict] = {c: {} for c in self.CODED}   # value -> code
+        self.codes: dict[str, list[np.ndarray]] = {c: [] for c in self.CODED}
+        self.videos: dict[object, set] = {}   # split -> distinct video ids
+        self.shards: dict[object, set] = {}   # split -> distinct shard names
+        self.dataset_splits: Counter[str] = Counter()
+
+    def _coded(self, column: str, values: pa.ChunkedArray) -> np.ndarray:
+        """A batch's values of a few-valued column as codes shared by all batches."""
+        encoded = pc.dictionary_encode(values.combine_chunks(), null_encoding="encode")
+        known, index = self.values[column], self.index[column]
+        for v in encoded.dictionary.to_pylist():
+            if v not in index:
+                index[v] = len(known)
+                known.append(v)
+        to_global = np.array([index[v] for v in encoded.dictionary.to_pylist()], dtype=np.int32)
+        return to_global[encoded.indices.to_numpy(zero_copy_only=False)] if len(to_global) else np.zeros(0, np.int32)
+
+    def add(self, t: pa.Table) -> None:
+        self.samples += t.num_rows
+        for c in ("n_clips", "duration", "paragraph_words"):
+            self.numbers[c].append(np.array(t[c].to_numpy(zero_copy_only=False)))
+        self.numbers["clip_words"].append(np.array(pc.list_flatten(t["clip_words"]).to_numpy(zero_copy_only=False)))
+        for c in self.CODED:
+            if c in self.names:
+                self.codes[c].append(self._coded(c, t[c]))
+        if "bytes" in self.names:
+            self.bytes += int(pc.sum(t["bytes"]).as_py() or 0)
+        if "dataset_split" in self.names:
+            self.dataset_splits.update({c["values"]: int(c["counts"]) for c in
+                                        pc.value_counts(t["dataset_split"].drop_null()).to_pylist()})
+        splits = self.codes["split"][-1] if "split" in self.names else np.zeros(t.num_rows, np.int32)
+        for code in np.unique(splits):
+            rows = pa.array(splits == code)
+            split = self.values["split"][code] if "split" in self.names else None
+            self.videos.setdefault(split, set()).update(pc.unique(t["video_id"].filter(rows)).to_pylist())
+            if "shard" in self.names:
+                self.shards.setdefault(split, set()).update(pc.unique(t["shard"].filter(rows)).to_pylist())
+
+    def _groups(self, c: str, null: str) -> dict[str, np.ndarray]:
+        """Per value of a coded column (nulls as `null`), the mask of its samples."""
+        codes = np.concatenate(self.codes[c])
+        names = [null if v is None else v for v in self.values[c]]
+        return {name: np.isin(codes, [i for i, v in enumerate(names) if v == name]) for name in set(names)}
+
+    def result(self) -> dict:
+        """The dict `shard_table_stats` gives of the whole table (its float sums are over
+        the same values in the same order)."""
+        n = {c: np.concatenate(a) if a else np.zeros(0) for c, a in self.numbers.items()}
+        duration = n["duration"]
+        stats = {"kind": "shards", "samples": self.samples,
+                 "videos": len(set().union(*self.videos.values())),
+                 "hours": float(np.nansum(duration)) / 3600}
+        if "bytes" in self.names:
+            stats["bytes"] = self.bytes
+        if self.dataset_splits:
+            stats["dataset_splits"] = {k: self.dataset_splits[k] for k in sorted(self.dataset_splits)}
+        if "shard" in self.names:
+            stats["shards"] = len(set().union(*self.shards.values()))
+        if "split" in self.names:
+            groups = self._groups("split", null=None) if self.samples else {}
+            stats["splits"] = {str(value): {
+                "samples": int(mask.sum()), "videos": len(self.videos[value] - {None}),
+                "hours": float(pd.Series(duration[mask]).sum()) / 3600,
+                **({"shards": len(self.shards[value] - {None})} if "shard" in self.names else {})}
+                for value, mask in sorted((v, m) for v, m in groups.items() if v is not None)}
+        stats["distributions"] = _distributions(n["n_clips"], duration, n["paragraph_words"], n["clip_words"])
+        if "text_source" in self.names and self.samples:  # as text_origin of the whole table
+            stats["text_sources"] = {str(k): {"samples": int(m.sum()), "hours": float(pd.Series(duration[m]).sum()) / 3600}
+                                     for k, m in sorted(self._groups("text_source", "metadata").items())}
+            if "language" in self.names:
+                counts = {k: int(m.sum()) for k, m in self._groups("language", "unknown").items()}
+                stats["languages"] = {str(k): v for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
+        return stats
+
+
+def shard_stats(fs, root: str, columns: list[str] = SHARD_STATS_COLUMNS) -> dict:
+    """Stats of a shard directory's manifest, streamed: a batch at a time, keeping per
+    sample a few numbers and per clip its word count, never the manifest (`shard` writes
+    these, of `columns`, as stats.json). The same numbers as `shard_table_stats` of the
+    whole table."""
+    files = tables.parquet_files(fs, root, "manifest")
+    names = [c for c in columns if c in tables.read_schema(fs, files).names]
+    counts = _ShardCounts(names)
+    for batch in tables.iter_batches(fs, files, names, BATCH_ROWS):
+        counts.add(pa.Table.from_batches([batch]))
+    return counts.result()
 
 
 def shard_table_stats(t: pa.Table) -> dict:
-    """Stats of a shard manifest table; `shard` writes these as stats.json."""
+    """Stats of a shard manifest table read whole (`shard_stats` streams the same)."""
     stats = {"kind": "shards", **_common(t)}
     if "shard" in t.column_names:
         stats["shards"] = len(pc.unique(t["shard"]))
@@ -275,7 +371,7 @@ def collect_stats(dir: str) -> dict:
     """The numbers of a build or shard directory, JSON-ready, for the summary and report."""
     fs, root = fsspec.core.url_to_fs(dir.rstrip("/"))
     kind = _kind(fs, root)
-    stats = _build_stats(fs, root) if kind == "build" else _shard_stats(fs, root)
+    stats = _build_stats(fs, root) if kind == "build" else shard_stats(fs, root)
     return {"dir": dir, **stats}
 
 

@@ -36,7 +36,7 @@ from lfvila_data.output.fingerprint import content, reuse_or_clear
 from lfvila_data.output.write import OutputDir
 from lfvila_data.records import paragraph, relative_time, words_of
 from lfvila_data.schemas import MANIFEST_SCHEMA, manifest_clips
-from lfvila_data.shards.stats import shard_table_stats
+from lfvila_data.shards.stats import shard_stats
 
 SPLITS = ("train", "val")
 # the json's `task`: what a sample is for, by the source that built it
@@ -636,7 +636,7 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMa
         elif out.exists(f"{split}.json"):
             out.fs.rm(out.path(f"{split}.json"))
     tables.write_sorted(out, "manifest", shard_manifest(plans, records), SHARD_MANIFEST_SCHEMA, ["key"])
-    stats = shard_table_stats(tables.read_table(out.fs, out.root, "manifest", STATS_COLUMNS))
+    stats = shard_stats(out.fs, out.root, STATS_COLUMNS)  # streamed, never the whole manifest
     stats["bytes"] = int(sum(r.filesize for r in records.values()))  # shard files, not videos
     stats["duplicate_keys_dropped"] = layout.duplicates
     stats["text_too_large_dropped"] = layout.text_too_large

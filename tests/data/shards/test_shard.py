@@ -357,3 +357,18 @@ def test_a_text_verify_would_reject_is_left_out_not_sharded(builds, tmp_path):
     assert keys == {r["key"] for r in rows[1:]}
     report = verify_shards(str(out), decode=False)
     assert report.ok, report.render()
+
+
+def test_stats_json_is_that_of_the_whole_manifest_read_at_once(shards):
+    """`shard` streams its manifest for stats.json (a batch at a time); the file is byte
+    for byte what the whole table read at once gives (the code before the streaming)."""
+    from lfvila_data.output import manifest as tables
+    from lfvila_data.output.write import OutputDir
+    from lfvila_data.shards.stats import shard_table_stats
+    from lfvila_data.shards.write import STATS_COLUMNS
+
+    out, _ = shards
+    whole = shard_table_stats(tables.read_table(OutputDir(str(out)).fs, str(out), "manifest", STATS_COLUMNS))
+    written = json.loads((out / "stats.json").read_text())
+    whole.update({k: written[k] for k in ("bytes", "duplicate_keys_dropped", "text_too_large_dropped")})
+    assert (out / "stats.json").read_text() == json.dumps(whole, indent=2, sort_keys=True) + "\n"
