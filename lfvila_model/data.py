@@ -206,11 +206,10 @@ def center_crop_box(h: int, w: int, aspect: float) -> Box:
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def crop_resize_normalize(frames: torch.Tensor, box: Box, size: tuple[int, int],
-                          flip: bool) -> torch.Tensor:
-    """uint8 T×H×W×3 -> float T×3×size, ImageNet-normalised. Crops and resizes in uint8
+def crop_resize(frames: torch.Tensor, box: Box, size: tuple[int, int], flip: bool) -> torch.Tensor:
+    """uint8 T×H×W×3 -> uint8 T×3×size, contiguous. Crops and resizes in uint8
     channels-last, where torch's antialiased bilinear path is ~10x faster than on float
-    NCHW, and converts to float only the output pixels."""
+    NCHW; the float conversion is left to `normalize`, once per batch in `collate`."""
     top, left, ch, cw = box
     x = frames[:, top:top + ch, left:left + cw].permute(0, 3, 1, 2)  # a channels-last view
     if (ch, cw) != tuple(size):
@@ -218,8 +217,20 @@ def crop_resize_normalize(frames: torch.Tensor, box: Box, size: tuple[int, int],
                           mode="bilinear", align_corners=False, antialias=True)
     if flip:
         x = x.flip(-1)
-    x = x.contiguous().float()  # uint8 NCHW first: a strided float copy is ~2x slower
-    return x.sub_(_MEAN_255).div_(_STD_255)
+    return x.contiguous()  # uint8 NCHW first: a strided float copy is ~2x slower
+
+
+def normalize(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (...)×3×H×W -> float, ImageNet-normalised, written into ``out`` if given (a
+    batch's slot, so a batch is converted in one pass with no extra copy to stack it)."""
+    out = x.float() if out is None else out.copy_(x)
+    return out.sub_(_MEAN_255).div_(_STD_255)
+
+
+def crop_resize_normalize(frames: torch.Tensor, box: Box, size: tuple[int, int],
+                          flip: bool) -> torch.Tensor:
+    """uint8 T×H×W×3 -> float T×3×size, ImageNet-normalised (`crop_resize` + `normalize`)."""
+    return normalize(crop_resize(frames, box, size, flip))
 
 
 _MEAN_255 = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
@@ -381,15 +392,16 @@ class SampleDecoder:
                 "key": sample.get("__key__", "")}
 
     def augment(self, frames: torch.Tensor, rng: random.Random) -> torch.Tensor:
-        """T×H×W×3 uint8 -> the model's input: one random crop and flip for all frames in
-        training, the centre crop in evaluation."""
+        """T×H×W×3 uint8 -> uint8 T×3×size: one random crop and flip for all frames in
+        training, the centre crop in evaluation. Still uint8: `collate` normalises the
+        whole batch into its float tensor, which saves a float copy of every sample."""
         cfg, (_, h, w, _) = self.cfg, frames.shape
         if self.train:
             box = random_resized_crop_box(h, w, cfg.scale, cfg.crop_ratio, rng)
             flip = cfg.flip and rng.random() < 0.5
         else:
             box, flip = center_crop_box(h, w, cfg.size[1] / cfg.size[0]), False
-        return crop_resize_normalize(frames, box, cfg.size, flip)
+        return crop_resize(frames, box, cfg.size, flip)
 
     def read_frames(self, mp4: bytes, clips: Sequence[Mapping[str, Any]], start: int | None,
                     fps: float, rng: random.Random | None = None) -> torch.Tensor:
@@ -413,8 +425,12 @@ class SampleDecoder:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack a list of decoded samples into one batch."""
-    batch = {"video": torch.stack([s["video"] for s in samples]),
+    """Stack a list of decoded samples into one batch; their uint8 videos are converted
+    and normalised straight into the batch's float tensor (`normalize`)."""
+    video = torch.empty((len(samples), *samples[0]["video"].shape), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        normalize(s["video"], out=video[i])
+    batch = {"video": video,
              "input_ids": torch.stack([s["input_ids"] for s in samples]),
              "attention_mask": torch.stack([s["attention_mask"] for s in samples]),
              "key": [s["key"] for s in samples]}

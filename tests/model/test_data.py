@@ -3,6 +3,7 @@ own pipeline (demo corpus -> build -> shard) read back through `make_loader`."""
 from __future__ import annotations
 
 import io
+import json
 import random
 import re
 import tarfile
@@ -18,8 +19,12 @@ from lfvila_model.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DataConfig,
+    SampleDecoder,
+    SkipCounter,
     center_crop_box,
     choose_window,
+    collate,
+    crop_resize_normalize,
     expand_shards,
     frame_indices,
     frame_times,
@@ -168,6 +173,37 @@ def test_frames_come_from_the_right_clips(shards, tokenizer):
                 assert clip_colour(video[8 * j:8 * j + 8]) == word, (key, j, clip["text"])
                 checked += 1
     assert checked == 24
+
+
+def test_train_batches_hold_exactly_the_sampled_frames(shards, tokenizer):
+    """For fixed decode seeds, the batch holds, bit for bit, what the straightforward way
+    gives: decord's get_batch of the window's frame numbers, the box and flip drawn from
+    the same rng in the same order, crop + resize + normalise per sample, then stacked -
+    so the faster path (uint8 until collate, normalised into the batch) changes no value."""
+    import decord
+
+    cfg = cfg_for(batch_size=3)
+    samples = []
+    for url in expand_shards(shards):
+        with tarfile.open(url) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        for name, data in members.items():
+            if name.endswith(".json"):
+                key = name[:-5]
+                samples.append({"__key__": key, "__seed__": f"seed/{key}", "json": data,
+                                "mp4": members[key + ".mp4"]})
+    counter = SkipCounter(log_every=0)
+    batch = collate(list(SampleDecoder(cfg, True, tokenizer, counter)(samples[:3])))
+    assert counter.kept == 3
+    for sample, video in zip(samples[:3], batch["video"], strict=True):
+        meta, rng = json.loads(sample["json"]), random.Random(sample["__seed__"])
+        start = choose_window(len(meta["clips"]), 4, rng, train=True)
+        vr = decord.VideoReader(io.BytesIO(sample["mp4"]), ctx=decord.cpu(0))
+        frames = torch.from_numpy(vr.get_batch(frame_indices(meta["clips"], start, 4, 8, float(meta["fps"]),
+                                                             len(vr))).asnumpy())
+        box = random_resized_crop_box(*frames.shape[1:3], cfg.scale, cfg.crop_ratio, rng)
+        want = crop_resize_normalize(frames, box, cfg.size, rng.random() < 0.5)
+        assert video.dtype == torch.float32 and torch.equal(video, want)
 
 
 def test_training_windows_follow_the_clips(shards, tokenizer):
