@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import types
 from pathlib import Path
@@ -48,17 +51,43 @@ def _legacy(module: str) -> types.ModuleType:
     return mod
 
 
+class Sampler:
+    """Every 2 s in a thread: the bytes under the step's temporary directory (the sort's
+    spilled runs) and the load average, kept at their extremes."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.spill, self.load = tmp, 0, [os.getloadavg()[0]] * 2
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(2.0):
+            size = sum(f.stat().st_size for f in self.tmp.rglob("*") if f.is_file())
+            self.spill = max(self.spill, size)
+            load = os.getloadavg()[0]
+            self.load = [min(self.load[0], load), max(self.load[1], load)]
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"peak_spill_gib": round(self.spill / 2**30, 2), "load": [round(x, 1) for x in self.load]}
+
+
 def child(step: str, build: Path, shards: Path) -> dict:
-    """One measured step in this process; returns seconds and peak RSS."""
+    """One measured step in this process; returns seconds (wall and CPU, all threads),
+    peak RSS, peak spill disk and the load average's range."""
+    sampler = Sampler(Path(tempfile.gettempdir()))
     t = time.perf_counter()
     if step == "finalize-new":
         from lfvila_data.output.write import finalize, iter_journal
         out = OutputDir(str(build))
         info = finalize(out, iter_journal(out), None)
     elif step == "finalize-old":
-        old = _legacy("lfvila_data/output/write.py")
+        sys.modules["lfvila_data.output.manifest"] = _legacy("lfvila_data/output/manifest.py")
+        old = _legacy("lfvila_data/output/write.py")  # on the old external sort too
         out = OutputDir(str(build))
-        info = old.finalize(out, old.read_journal(out), None)
+        info = old.finalize(out, old.iter_journal(out), None)
     elif step == "plan-new":
         from lfvila_data.shards.write import ShardConfig, plan_shards
         layout = plan_shards([str(build)], str(shards), ShardConfig())
@@ -70,14 +99,21 @@ def child(step: str, build: Path, shards: Path) -> dict:
     else:
         raise SystemExit(f"unknown step {step}")
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"step": step, "seconds": round(seconds, 1), "peak_rss_mib": round(peak / 2**20),
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"step": step, "seconds": round(seconds, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024), **sampler.stop(),
             "samples": info.get("samples_written"), "shards": info.get("shards")}
 
 
 def run_child(step: str, build: Path, shards: Path) -> dict:
+    """The step in a child process whose temporary files go to a directory of its own."""
+    tmp = build.parent / f"tmp-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     r = subprocess.run([sys.executable, __file__, "--child", step, "--build", str(build),
-                        "--shards", str(shards)], capture_output=True, text=True, check=False)
+                        "--shards", str(shards)], capture_output=True, text=True, check=False,
+                       env=os.environ | {"TMPDIR": str(tmp)})
+    shutil.rmtree(tmp, ignore_errors=True)
     if r.returncode != 0:
         return {"step": step, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -90,6 +126,8 @@ def main() -> None:
                     help="run the old code only up to this many samples")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lfvila-bench-finalize"))
     ap.add_argument("--keep", action="store_true", help="keep the simulated builds")
+    ap.add_argument("--steps", nargs="+", choices=["finalize", "plan"], default=["finalize", "plan"],
+                    help="the steps to measure")
     ap.add_argument("--child")
     ap.add_argument("--build", type=Path)
     ap.add_argument("--shards", type=Path)
@@ -104,19 +142,24 @@ def main() -> None:
         simulate_once(build, n)
         print(f"{n:,} samples: journal simulated in {time.perf_counter() - t:.0f} s "
               f"({sum(p.stat().st_size for p in (build / '_journal').iterdir()) / 2**30:.2f} GiB)", flush=True)
-        steps = (["finalize-old", "plan-old"] if n <= args.old_up_to else []) + ["finalize-new", "plan-new"]
+        steps = [f"{s}-{v}" for v in (["old"] if n <= args.old_up_to else []) + ["new"] for s in args.steps]
         for step in steps:
             if step == "finalize-new":  # the new reader must not find the old single file
                 (build / "manifest.parquet").unlink(missing_ok=True)
             res = run_child(step, build, shards) | {"n": n}
+            if step.startswith("finalize") and "error" not in res:
+                res["outputs_gib"] = round(sum(p.stat().st_size for name in ("manifest", "failures", "downloads")
+                                               for p in (build / name).glob("*")) / 2**30, 3)
+                res["journal_gib"] = round(sum(p.stat().st_size for p in (build / "_journal").iterdir()) / 2**30, 3)
             print(json.dumps(res), flush=True)
             results.append(res)
         if not args.keep:
             shutil.rmtree(build, ignore_errors=True)
         shutil.rmtree(shards, ignore_errors=True)
-    print("\n| samples | step | seconds | peak RSS (MiB) |\n|---:|---|---:|---:|")
+    print("\n| samples | step | seconds | CPU s | peak RSS (MiB) | peak spill (GiB) | load |\n|---:|---|---:|---:|---:|---:|---|")
     for r in results:
-        print(f"| {r['n']:,} | {r['step']} | {r.get('seconds', r.get('error'))} | {r.get('peak_rss_mib', '')} |")
+        print(f"| {r['n']:,} | {r['step']} | {r.get('seconds', r.get('error'))} | {r.get('cpu_s', '')} | "
+              f"{r.get('peak_rss_mib', '')} | {r.get('peak_spill_gib', '')} | {r.get('load', '')} |")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ written without one process holding all their rows.
 A full LF-VILA build has 8.5M samples of up to 32 clips with text: tens of GB as Arrow,
 far more than a head node. Rows arrive in any order (journal files, shards); an external
 sort puts them in order with bounded memory: rows are buffered up to `run_bytes`, sorted
-and spilled to a local run file, and the runs are merged (a k-way merge on the sort
-columns, rows gathered in chunks) into `part-00000.parquet`, `part-00001.parquet`, ...
+and spilled to a local run file (Arrow IPC), and the runs are merged a batch at a time
+(a k-way merge bounded by the batch that ends first, sorted in Arrow) into `part-00000.parquet`, `part-00001.parquet`, ...
 of `part_rows` rows each, sorted within and across parts. The parts depend only on the
 rows, never on how they were split into runs, so reruns write identical bytes.
 
@@ -14,8 +14,8 @@ or `parquet_files`/`read_table` here, which also read a single-file `manifest.pa
 written by older versions."""
 from __future__ import annotations
 
+import bisect
 import errno
-import heapq
 import os
 import shutil
 import tempfile
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 PART_GLOB = "part-"
@@ -38,7 +38,7 @@ class SortConfig:
     with 4 KB manifest rows (docs/performance.md)."""
 
     run_bytes: int = 256 * 1024**2     # rows buffered before a sorted run is spilled
-    merge_group_bytes: int = 1024**2   # what the merge reads ahead per run (one row group)
+    merge_group_bytes: int = 1024**2   # what the merge reads ahead per run (one record batch)
     max_runs: int = 64                 # runs merged at once (more: merged in passes)
     chunk_rows: int = 4096             # rows per gather and per Parquet row group
     part_rows: int = 1_000_000         # rows per output part (a multiple of chunk_rows)
@@ -88,38 +88,64 @@ def iter_batches(fs, files: list[str], columns: list[str] | None = None,
 # the external sort
 
 
-def _sort_key(columns: list[list]) -> list[tuple]:
-    """Python sort keys of rows, nulls last in each column as Arrow's sort_by puts them."""
-    return [tuple((1, "") if v is None else (0, v) for v in row) for row in zip(*columns)]
+class _NullLast:
+    """Python's stand-in for a null sort value: after every value, as Arrow sorts nulls."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _NullLast)
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
+        return not isinstance(other, _NullLast)
+
+    def __le__(self, other: object) -> bool:
+        return isinstance(other, _NullLast)
+
+    def __ge__(self, other: object) -> bool:
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+NULL_LAST = _NullLast()
+
+
+def _sort_keys(table: pa.Table, sort_by: list[str]) -> list:
+    """Python sort keys of a sorted batch's rows, ordered as Arrow's sort_by orders them
+    (nulls last in each column): plain values for one column, tuples for several. Only
+    the merge's binary searches compare them, a few per batch."""
+    cols = []
+    for c in sort_by:
+        col = table.column(c)
+        values = col.to_pylist()
+        cols.append([NULL_LAST if v is None else v for v in values] if col.null_count else values)
+    return cols[0] if len(cols) == 1 else list(zip(*cols))
 
 
 class _Run:
-    """One sorted spill file, read ahead a batch at a time for the merge."""
+    """One sorted spill file (Arrow IPC, lz4), read a record batch at a time for the merge."""
 
-    def __init__(self, path: str, sort_by: list[str], batch_rows: int):
-        self.path, self.sort_by, self.batch_rows = path, sort_by, batch_rows
-        # pre_buffer=False: Arrow's default pre-buffering caches every range it has read
-        # until the reader closes, which kept ~30 % of each run (its compressed bytes) for
-        # the whole merge: 2.5 GiB at 1M samples
-        self._rows = pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows)
-        self._buffer: pa.Table | None = None
+    def __init__(self, path: str, sort_by: list[str]):
+        self.sort_by = sort_by
+        self._reader = pa.ipc.open_file(pa.OSFile(path))
+        self._next = 0
+        self.table = pa.table({})
+        self.keys: list = []
+        self.pos = 0
 
-    def sort_keys(self) -> Iterator[tuple]:
-        for batch in pq.ParquetFile(self.path, pre_buffer=False).iter_batches(
-                batch_size=self.batch_rows, columns=self.sort_by):
-            yield from _sort_key([batch.column(c).to_pylist() for c in self.sort_by])
-
-    def take(self, n: int) -> pa.Table:
-        """The next n rows of the run."""
-        parts = []
-        while n:
-            if self._buffer is None or not self._buffer.num_rows:
-                self._buffer = pa.Table.from_batches([next(self._rows)])
-            piece = self._buffer.slice(0, n)
-            self._buffer = self._buffer.slice(piece.num_rows)
-            parts.append(piece)
-            n -= piece.num_rows
-        return pa.concat_tables(parts)
+    def load(self) -> bool:
+        """The run's next batch as the current one (with its sort keys); False at its end."""
+        while self._next < self._reader.num_record_batches:
+            batch = self._reader.get_batch(self._next)
+            self._next += 1
+            if batch.num_rows:
+                self.table = pa.Table.from_batches([batch])
+                self.keys, self.pos = _sort_keys(self.table, self.sort_by), 0
+                return True
+        self._reader = None
+        return False
 
 
 class ExternalSort:
@@ -129,7 +155,7 @@ class ExternalSort:
     def __init__(self, schema: pa.Schema, sort_by: list[str], cfg: SortConfig | None = None):
         self.schema, self.sort_by, self.cfg = schema, sort_by, cfg or SortConfig()
         self._tmp = tempfile.TemporaryDirectory(prefix="lfvila-sort-")
-        self._runs: list[tuple[str, int]] = []  # (file, rows per row group)
+        self._runs: list[str] = []
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self.rows = 0
@@ -151,38 +177,61 @@ class ExternalSort:
         self._write_run([table.sort_by([(c, "ascending") for c in self.sort_by])])
 
     def _write_run(self, chunks: Iterable[pa.Table]) -> None:
-        """A sorted run on local disk, in row groups of ~merge_group_bytes: the merge
-        reads each run one row group at a time."""
-        path = f"{self._tmp.name}/run-{uuid.uuid4().hex}.parquet"
+        """A sorted run on local disk: an Arrow IPC file (lz4) of record batches of
+        ~merge_group_bytes, which the merge reads one at a time. IPC, not Parquet: runs are
+        read once, and IPC costs a fraction of Parquet's encoding and decoding."""
+        path = f"{self._tmp.name}/run-{uuid.uuid4().hex}.arrow"
         writer, group = None, 16
         for chunk in chunks:
             if writer is None:
                 group = max(16, int(self.cfg.merge_group_bytes * chunk.num_rows / max(1, chunk.nbytes)))
-                writer = pq.ParquetWriter(path, self.schema, compression="lz4")
-            writer.write_table(chunk, row_group_size=group)
+                writer = pa.ipc.new_file(path, self.schema,
+                                         options=pa.ipc.IpcWriteOptions(compression="lz4"))
+            for batch in chunk.to_batches(max_chunksize=group):
+                writer.write_batch(batch)
         if writer is not None:
             writer.close()
-            self._runs.append((path, group))
+            self._runs.append(path)
 
-    def _merge(self, runs: list[tuple[str, int]]) -> Iterator[pa.Table]:
-        """The rows of sorted runs in order, `chunk_rows` at a time."""
-        readers = [_Run(p, self.sort_by, group) for p, group in runs]
-        merged = heapq.merge(*(_tagged(run.sort_keys(), i) for i, run in enumerate(readers)))
-        order: list[int] = []
-        for _key, i in merged:
-            order.append(i)
-            if len(order) == self.cfg.chunk_rows:
-                yield _gather(readers, order)
-                order = []
-        if order:
-            yield _gather(readers, order)
-        for p, _ in runs:
+    def _merge(self, runs: list[str]) -> Iterator[pa.Table]:
+        """The rows of sorted runs in order, `chunk_rows` at a time, merged a batch at a
+        time: the run whose current batch ends first (ties: the earlier run) bounds what
+        is safe to emit; every run's rows up to that bound (found by binary search) are
+        gathered and sorted stably, so ties keep run order, as a row-by-row merge would."""
+        readers = [r for r in (_Run(p, self.sort_by) for p in runs) if r.load()]
+        order = [(c, "ascending") for c in self.sort_by]
+        pending: list[pa.Table] = []
+        held = 0
+        while readers:
+            b = min(range(len(readers)), key=lambda i: (readers[i].keys[-1], i))
+            bound = readers[b].keys[-1]
+            pieces = []
+            for i, run in enumerate(readers):
+                if i == b:
+                    hi = len(run.keys)
+                else:  # earlier runs' rows equal to the bound go first, later runs' after it
+                    hi = (bisect.bisect_right if i < b else bisect.bisect_left)(run.keys, bound, run.pos)
+                if hi > run.pos:
+                    pieces.append(run.table.slice(run.pos, hi - run.pos))
+                    run.pos = hi
+            merged = pa.concat_tables(pieces)
+            if len(pieces) > 1:
+                merged = merged.take(pc.sort_indices(merged, sort_keys=order))
+            pending.append(merged)
+            held += merged.num_rows
+            readers = [r for r in readers if r.pos < len(r.keys) or r.load()]
+            while held >= self.cfg.chunk_rows or (held and not readers):
+                table = pa.concat_tables(pending)
+                n = min(held, self.cfg.chunk_rows)
+                yield table.slice(0, n).combine_chunks()
+                pending, held = [table.slice(n)], held - n
+        for p in runs:
             os.unlink(p)
 
     def sorted_chunks(self) -> Iterator[pa.Table]:
         """All rows in order, `chunk_rows` at a time; consumes the sorter. More runs than
         `max_runs` are first merged in groups into longer runs, so the read-ahead of the
-        final merge stays max_runs row groups however big the table."""
+        final merge stays max_runs batches however big the table."""
         self._spill()
         try:
             while len(self._runs) > self.cfg.max_runs:
@@ -192,22 +241,6 @@ class ExternalSort:
                 yield from self._merge(self._runs)
         finally:
             self._tmp.cleanup()
-
-
-def _tagged(keys: Iterator[tuple], run: int) -> Iterator[tuple[tuple, int]]:
-    for key in keys:
-        yield key, run
-
-
-def _gather(runs: list[_Run], order: list[int]) -> pa.Table:
-    """The rows the merge picked, in its order: each run's next rows, then interleaved."""
-    which = np.asarray(order)
-    counts = np.bincount(which, minlength=len(runs))
-    pieces = [runs[i].take(int(c)) for i, c in enumerate(counts) if c]
-    grouped = np.argsort(which, kind="stable")  # position in the concatenation -> output row
-    inverse = np.empty_like(grouped)
-    inverse[grouped] = np.arange(len(grouped))
-    return pa.concat_tables(pieces).take(pa.array(inverse))
 
 
 # ---------------------------------------------------------------------------------------

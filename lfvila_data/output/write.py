@@ -8,6 +8,7 @@ reused by the next run."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from typing import Callable, Iterable, Iterator
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from lfvila_data.output.manifest import ExternalSort, SortConfig, write_parts
@@ -223,32 +226,51 @@ def journal_status(out: OutputDir, dir: str = Journal.DIR) -> dict[str, str]:
     return status
 
 
-def iter_journal(out: OutputDir, dir: str = Journal.DIR) -> Iterator[tuple[str, str, dict]]:
-    """(video, status, payload) of each video's latest entry, one journal file in memory
-    at a time: a first pass reads only the ids (into Arrow, a few bytes per entry) to find
-    which entry is the latest."""
-    names = out.list(dir, ".parquet")
-    ids, ords = [], []
-    for i, name in enumerate(names):
-        with out.fs.open(name, "rb") as f:
-            col = pq.read_table(f, columns=["video_id"]).column("video_id").combine_chunks()
-        ids.append(col)
-        ords.append(np.arange(len(col), dtype=np.int64) + (i << 32))
-    if not names:
-        return
-    entries = pa.table({"video_id": pa.concat_arrays(ids), "ord": np.concatenate(ords)})
-    latest = np.sort(entries.group_by("video_id").aggregate([("ord", "max")])
-                     .column("ord_max").to_numpy())
-    del entries, ids, ords
-    for i, name in enumerate(names):
-        lo, hi = np.searchsorted(latest, [i << 32, (i + 1) << 32])
-        if lo == hi:
-            continue
-        with out.fs.open(name, "rb") as f:
-            table = pq.read_table(f).take(pa.array(latest[lo:hi] - (i << 32)))
-        for vid, status, payload in zip(*(table.column(c).to_pylist() for c in
-                                          ("video_id", "status", "payload"))):
-            yield vid, status, json.loads(payload)
+class JournalEntries:
+    """Each video's latest journal entry, one journal file in memory at a time: a first
+    pass reads only the ids (into Arrow, a few bytes per entry) to find which entry is
+    the latest. Iterated, it gives (video, status, payload); `tables()` gives the same
+    entries as Arrow tables with the payloads unparsed, for readers that parse them in
+    bulk (finalize)."""
+
+    def __init__(self, out: OutputDir, dir: str = Journal.DIR):
+        self.out, self.dir = out, dir
+
+    def tables(self) -> Iterator[pa.Table]:
+        """JOURNAL_SCHEMA tables of the latest entries, a journal file at a time."""
+        names = self.out.list(self.dir, ".parquet")
+        ids, ords = [], []
+        for i, name in enumerate(names):
+            with self.out.fs.open(name, "rb") as f:
+                col = pq.read_table(f, columns=["video_id"]).column("video_id").combine_chunks()
+            ids.append(col)
+            ords.append(np.arange(len(col), dtype=np.int64) + (i << 32))
+        if not names:
+            return
+        entries = pa.table({"video_id": pa.concat_arrays(ids), "ord": np.concatenate(ords)})
+        latest = np.sort(entries.group_by("video_id").aggregate([("ord", "max")])
+                         .column("ord_max").to_numpy())
+        del entries, ids, ords
+        for i, name in enumerate(names):
+            lo, hi = np.searchsorted(latest, [i << 32, (i + 1) << 32])
+            if lo == hi:
+                continue
+            with self.out.fs.open(name, "rb") as f:
+                table = pq.read_table(f)
+            rows = latest[lo:hi] - (i << 32)
+            # usually every entry of a file is its video's latest: no copy then
+            yield table if len(rows) == table.num_rows else table.take(pa.array(rows))
+
+    def __iter__(self) -> Iterator[tuple[str, str, dict]]:
+        for table in self.tables():
+            for vid, status, payload in zip(*(table.column(c).to_pylist() for c in
+                                              ("video_id", "status", "payload"))):
+                yield vid, status, json.loads(payload)
+
+
+def iter_journal(out: OutputDir, dir: str = Journal.DIR) -> JournalEntries:
+    """(video, status, payload) of each video's latest entry (JournalEntries)."""
+    return JournalEntries(out, dir)
 
 
 # the output tables: partitioned folders of Parquet parts (output/manifest.py), each sorted
@@ -260,12 +282,113 @@ TABLE_ORDER = {MANIFEST: ["key"],
                DOWNLOADS: ["video_id", "key", "download_bytes", "node"]}
 
 
+# what finalize reads of a payload with Arrow's JSON reader; `downloads` (an object keyed
+# by sample key, which Arrow cannot read as a map) is decoded on its own
+PAYLOAD_SCHEMA = pa.schema([("rows", pa.list_(pa.struct(list(MANIFEST_SCHEMA)))),
+                            ("failures", pa.list_(pa.struct(list(FAILURE_SCHEMA)))),
+                            ("node", pa.string()), ("fetched_bytes", pa.int64())])
+PARSE_BYTES = 16 * 1024**2  # payload text parsed at once
+FLUSH_ROWS = 256  # the hours total is summed in groups of this many rows, as it always was
+_DECODER = json.JSONDecoder()
+
+
+@dataclass
+class _Entries:
+    """The output rows of a batch of journal entries."""
+
+    manifest: pa.Table
+    failures: pa.Table
+    downloads: pa.Table
+    rows_per_video: list[int]
+    fetched_bytes: int
+
+
+def _from_dicts(entries: list[tuple[str, dict]]) -> _Entries:
+    """The rows of parsed payloads (any journal iterable, and payloads Arrow rejects)."""
+    downloads = [{"video_id": vid, "key": k, "download_bytes": b, "node": p.get("node")}
+                 for vid, p in entries for k, b in p["downloads"].items()]
+    return _Entries(pa.Table.from_pylist([r for _, p in entries for r in p["rows"]], schema=MANIFEST_SCHEMA),
+                    pa.Table.from_pylist([f for _, p in entries for f in p["failures"]], schema=FAILURE_SCHEMA),
+                    pa.Table.from_pylist(downloads, schema=DOWNLOAD_SCHEMA),
+                    [len(p["rows"]) for _, p in entries],
+                    sum(p.get("fetched_bytes", 0) for _, p in entries))
+
+
+def _downloads(payload: str) -> dict:
+    """A payload's `downloads` object alone. The first `"downloads":` in the text is its
+    key: a string's own quotes are escaped, so only a key can end that way, and the rows
+    and failures before it have no such key."""
+    at = payload.find('"downloads":')
+    return {} if at < 0 else _DECODER.raw_decode(payload, at + len('"downloads":'))[0]
+
+
+def _from_json(vids: list[str], payloads: list[str]) -> _Entries:
+    """The rows of payloads parsed in bulk by Arrow (columns straight from the JSON, no
+    Python row per sample); what Arrow rejects (e.g. a NaN) goes through `json`."""
+    try:
+        # one thread, 4 MiB blocks: the least CPU per byte (threads only add overhead here)
+        parsed = pajson.read_json(
+            io.BytesIO("\n".join(payloads).encode()),
+            read_options=pajson.ReadOptions(use_threads=False,
+                                            block_size=max(4 * 1024**2, 4 * max(map(len, payloads)) + 1)),
+            parse_options=pajson.ParseOptions(explicit_schema=PAYLOAD_SCHEMA,
+                                              unexpected_field_behavior="ignore"))
+    except pa.ArrowInvalid:
+        return _from_dicts([(vid, json.loads(p)) for vid, p in zip(vids, payloads)])
+    rows = parsed.column("rows")
+    table = {}
+    for name, lists, schema in (("m", rows, MANIFEST_SCHEMA), ("f", parsed.column("failures"), FAILURE_SCHEMA)):
+        table[name] = pa.concat_tables([schema.empty_table()] + [
+            pa.Table.from_struct_array(pc.list_flatten(chunk)).cast(schema) for chunk in lists.chunks])
+    dl: dict[str, list] = {"video_id": [], "key": [], "download_bytes": [], "node": []}
+    for vid, payload, node in zip(vids, payloads, parsed.column("node").to_pylist()):
+        for k, b in _downloads(payload).items():
+            dl["video_id"].append(vid)
+            dl["key"].append(k)
+            dl["download_bytes"].append(b)
+            dl["node"].append(node)
+    return _Entries(table["m"], table["f"], pa.table(dl, schema=DOWNLOAD_SCHEMA),
+                    pc.list_value_length(rows).fill_null(0).to_pylist(),
+                    pc.sum(parsed.column("fetched_bytes")).as_py() or 0)
+
+
+def _entry_batches(journal: Iterable[tuple[str, str, dict]]) -> Iterator[_Entries]:
+    """The journal's rows in batches: payload text parsed in bulk when the journal is
+    read from its files, else the entries' dicts a few hundred rows at a time."""
+    if isinstance(journal, JournalEntries):
+        vids: list[str] = []
+        payloads: list[str] = []
+        size = 0
+        for table in journal.tables():
+            vids += table.column("video_id").to_pylist()
+            more = table.column("payload").to_pylist()
+            payloads += more
+            size += sum(map(len, more))
+            if size >= PARSE_BYTES:
+                yield _from_json(vids, payloads)
+                vids, payloads, size = [], [], 0
+        if payloads:
+            yield _from_json(vids, payloads)
+        return
+    batch: list[tuple[str, dict]] = []
+    rows = 0
+    for vid, _status, payload in journal:
+        batch.append((vid, payload))
+        rows += len(payload["rows"])
+        if rows >= FLUSH_ROWS:  # a few MB of Python rows at a time
+            yield _from_dicts(batch)
+            batch, rows = [], 0
+    if batch:
+        yield _from_dicts(batch)
+
+
 def finalize(out: OutputDir, journal: Iterable[tuple[str, str, dict]],
              plan_failures: pa.Table | None, sort: SortConfig | None = None) -> dict:
     """Write manifest/, failures/ and downloads/ (partitioned, sorted); return counts.
 
-    The journal is streamed (`iter_journal`) and every table goes through an external
-    sort, so no process holds all rows: an 8.5M-sample build fits a small head node."""
+    The journal is streamed (`iter_journal`, whose payloads Arrow parses in bulk) and
+    every table goes through an external sort, so no process holds all rows: an
+    8.5M-sample build fits a small head node."""
     tables = {MANIFEST: MANIFEST_SCHEMA, FAILURES: FAILURE_SCHEMA, DOWNLOADS: DOWNLOAD_SCHEMA}
     sorters = {n: ExternalSort(schema, TABLE_ORDER[n], sort) for n, schema in tables.items()}
     stages: Counter[str] = Counter()
@@ -279,31 +402,24 @@ def finalize(out: OutputDir, journal: Iterable[tuple[str, str, dict]],
 
     if plan_failures is not None and plan_failures.num_rows:
         add_failures(plan_failures)
-    batch: list[tuple[str, dict]] = []
-
-    def flush() -> None:
-        rows = [r for _, p in batch for r in p["rows"]]
-        manifest = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-        totals["duration"] += sum(r["duration"] for r in rows)
-        totals["bytes"] += sum(int(r["bytes"]) for r in rows)
-        sorters[MANIFEST].add(manifest)
-        add_failures(pa.Table.from_pylist([f for _, p in batch for f in p["failures"]],
-                                          schema=FAILURE_SCHEMA))
-        downloads = [{"video_id": vid, "key": k, "download_bytes": b, "node": p.get("node")}
-                     for vid, p in batch for k, b in p["downloads"].items()]
-        totals["download_bytes"] += sum(d["download_bytes"] for d in downloads)
-        totals["fetched_bytes"] += sum(p.get("fetched_bytes", 0) for _, p in batch)
-        sorters[DOWNLOADS].add(pa.Table.from_pylist(downloads, schema=DOWNLOAD_SCHEMA))
-        batch.clear()
-
-    rows = 0
-    for vid, _status, payload in journal:
-        batch.append((vid, payload))
-        rows += len(payload["rows"])
-        if rows >= 256:  # a few MB of Python rows at a time
-            flush()
-            rows = 0
-    flush()
+    # durations are summed in groups closed at the first video that brings a group to
+    # FLUSH_ROWS rows, as finalize always summed them, so hours_written stays the same float
+    group: list[float] = []
+    for entries in _entry_batches(journal):
+        sorters[MANIFEST].add(entries.manifest)
+        add_failures(entries.failures)
+        sorters[DOWNLOADS].add(entries.downloads)
+        totals["bytes"] += sum(int(b) for b in entries.manifest.column("bytes").to_pylist())
+        totals["download_bytes"] += pc.sum(entries.downloads.column("download_bytes")).as_py() or 0
+        totals["fetched_bytes"] += entries.fetched_bytes
+        durations, at = entries.manifest.column("duration").to_pylist(), 0
+        for n in entries.rows_per_video:
+            group += durations[at:at + n]
+            at += n
+            if len(group) >= FLUSH_ROWS:
+                totals["duration"] += sum(group)
+                group = []
+    totals["duration"] += sum(group)
     cfg = sort or SortConfig()
     counts = {n: write_parts(out, n, sorters[n].sorted_chunks(), tables[n], cfg.part_rows)
               for n in tables}
