@@ -45,9 +45,10 @@ class _Fetcher:
 class FetcherPool:
     """One `_Fetcher` actor per live node that can run a cut (CPU >= `cut_cpus`), each
     with `threads` downloads at once; a download goes to the node with the fewest running.
-    Nodes that join later are picked up every `refresh_s`; a fetcher that died (its node
-    lost) is dropped, and its downloads come back as WorkerCrashed (ledger rows, retried by
-    the next run), as a crashed fetch task's did."""
+    Nodes that join later are picked up every `refresh_s`. A fetcher whose process dies is
+    restarted once on its node and its running downloads are retried once (as a fetch task
+    was); after that it is dropped and its downloads come back as WorkerCrashed (ledger
+    rows, retried by the next run)."""
 
     def __init__(self, threads: int, cut_cpus: float, refresh_s: float = 15.0) -> None:
         self._remote = ray.remote(_Fetcher)
@@ -65,7 +66,7 @@ class FetcherPool:
         for node in usable:
             if node not in self._actors:
                 self._actors[node] = self._remote.options(
-                    num_cpus=0, max_concurrency=self._threads, max_restarts=0,
+                    num_cpus=0, max_concurrency=self._threads, max_restarts=1, max_task_retries=1,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
                 self._running.setdefault(node, 0)
 
