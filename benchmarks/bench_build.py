@@ -115,6 +115,7 @@ def main() -> None:
     p.add_argument("--no-cgroup", action="store_true", help="measure CPU by polling (as without root)")
     p.add_argument("--also-ray", action="store_true", help="also our build with --executor ray")
     p.add_argument("--executor", default=None, help="every build (ours and the baseline's) with this --executor")
+    p.add_argument("--also-local", action="store_true", help="also our build with --executor local")
     a = p.parse_args()
     if a.quick:
         a.videos, a.repeat = 2, 1
@@ -129,6 +130,7 @@ def main() -> None:
         # tag -> (code, extra build options); the baseline predates --executor
         chosen = ("--executor", a.executor) if a.executor else ()
         trees = {"": (REPO, chosen), **({"ray-exec ": (REPO, ("--executor", "ray"))} if a.also_ray else {}),
+                 **({"local-exec ": (REPO, ("--executor", "local"))} if a.also_local else {}),
                  **({"base ": (Path(a.baseline), chosen)} if a.baseline else {})}
         cg = not a.no_cgroup
         workers: dict[str, list[int]] = defaultdict(list)
@@ -170,19 +172,20 @@ def main() -> None:
     labels = [("ray", "ray start+stop"), ("plan-only", "plan-only"), ("rerun", "fixed (rerun, nothing to do)"),
               ("build", "whole build")]
     for key, label in labels:
-        for tag in ("", "ray-exec ", "base "):
+        for tag in ("", "ray-exec ", "local-exec ", "base "):
             if f"{tag}{key}" in med:
                 w, c = med[f"{tag}{key}"]
                 print(f"{(tag + label):24s} {w:8.2f} {c:8.2f}")
     print(f"{'proportional':24s} {prop_w:8.2f} {prop_c:8.2f}")
-    if "base build" in med:
-        bw, bc = med["base build"][0] - med["base rerun"][0], med["base build"][1] - med["base rerun"][1]
-        print(f"{'base proportional':24s} {bw:8.2f} {bc:8.2f}")
+    props = {tag: (med[f"{tag}build"][0] - med[f"{tag}rerun"][0], med[f"{tag}build"][1] - med[f"{tag}rerun"][1])
+             for tag in ("ray-exec ", "local-exec ", "base ") if f"{tag}build" in med}
+    for tag, (w, c) in props.items():
+        print(f"{(tag + 'proportional'):24s} {w:8.2f} {c:8.2f}")
     print(f"{'bare decode':24s} {dec_w:8.2f} {dec_c:8.2f}")
     if any(any(v) for v in workers.values()):
         print("Ray worker processes started (median): " + ", ".join(
             f"{k} {statistics.median(v):g}" for k, v in workers.items()))
-    for tag, name in (("base ", "baseline"), ("ray-exec ", "--executor ray")):
+    for tag, name in (("base ", "baseline"), ("ray-exec ", "--executor ray"), ("local-exec ", "--executor local")):
         if f"{tag}build" in med:
             print(f"\nours / {name} (wall, CPU): " + ", ".join(
                 f"{k} {med[k][0] / med[tag + k][0]:.2f}, {med[k][1] / med[tag + k][1]:.2f}"
@@ -193,11 +196,10 @@ def main() -> None:
           f"decode {source_s / dec_w:.1f}")
     print(f"source-s per CPU-s:  build {source_s / build_c:.1f}, proportional {source_s / max(prop_c, 1e-9):.1f}, "
           f"decode {source_s / dec_c:.1f}")
-    print(f"proportional CPU / bare decode CPU: {prop_c / dec_c:.2f}")
-    if "base build" in med:
-        print(f"base proportional CPU / bare decode CPU: {bc / dec_c:.2f}")
+    print(f"proportional CPU / bare decode CPU: {prop_c / dec_c:.2f}"
+          + "".join(f", {tag}{c / dec_c:.2f}" for tag, (_, c) in props.items()))
     print(f"proportional CPU per video: {prop_c / a.videos:.3f}"
-          + (f", base {bc / a.videos:.3f}" if "base build" in med else ""))
+          + "".join(f", {tag}{c / a.videos:.3f}" for tag, (_, c) in props.items()))
     subprocess.run(["rm", "-rf", str(work / "ray"), *(str(work / f"{k}{r}") for k in ("plan", "build")
                                                         for r in range(a.repeat))], check=False)
 
