@@ -22,9 +22,13 @@ process, and rounds interleave the methods so drift on a shared machine hits all
 The proportional cost is build minus rerun. `--baseline DIR` runs plan-only, build and
 rerun also with the code checked out in DIR (e.g. `git worktree add /tmp/base <commit>`),
 in the same rounds, and prints ours/baseline ratios. `--also-ray` runs our build and rerun
-also with `--executor ray` (ours by default runs on the driver's threads, no Ray). CPU is the whole process tree (a cgroup
+also with `--executor ray` (ours by default runs on the driver's threads, no Ray);
+`--executor ray` runs every build and rerun, ours and the baseline's, through Ray (what a
+cluster runs; plan-only is then left out). CPU is the whole process tree (a cgroup
 as root, else psutil polling: benchmarks/proctree.py), since Ray's workers are not the
-driver's waited-for children. Medians are printed, with ratios; nothing asserts on time.
+driver's waited-for children. Each run's Ray keeps its files under a folder of its own
+(RAY_TMPDIR), from which the worker processes it started are counted (one core-worker log
+each). Medians are printed, with ratios; nothing asserts on time.
 """
 from __future__ import annotations
 
@@ -78,6 +82,22 @@ def check(m: Measured, what: str) -> Measured:
     return m
 
 
+def ray_workers(ray_tmp: Path) -> int:
+    """Worker processes the Ray sessions under `ray_tmp` started (one core-worker log each,
+    moved to old/ when the worker ends)."""
+    return len(list(ray_tmp.rglob("python-core-worker-*.log")))
+
+
+def measured_build(cmd: list[str], env: dict, tree: Path, ray_tmp: Path, cg: bool, what: str,
+                   workers: dict[str, list[int]]) -> Measured:
+    """One build command, its Ray (if any) in `ray_tmp`; the workers it started noted."""
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    ray_tmp.mkdir(parents=True)
+    m = check(run_measured(cmd, env={**env, "RAY_TMPDIR": str(ray_tmp)}, cwd=str(tree), use_cgroup=cg), what)
+    workers[what].append(ray_workers(ray_tmp))
+    return m
+
+
 def corpus_args(doc: str) -> argparse.ArgumentParser:
     """The options of a benchmark on this corpus, beside another checkout (bench_costs too)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +114,8 @@ def main() -> None:
     p = corpus_args(__doc__)
     p.add_argument("--no-cgroup", action="store_true", help="measure CPU by polling (as without root)")
     p.add_argument("--also-ray", action="store_true", help="also our build with --executor ray")
+    p.add_argument("--executor", default=None, help="every build (ours and the baseline's) with this --executor")
+    p.add_argument("--also-local", action="store_true", help="also our build with --executor local")
     a = p.parse_args()
     if a.quick:
         a.videos, a.repeat = 2, 1
@@ -106,9 +128,13 @@ def main() -> None:
         meta, text = make_corpus(work / "corpus", srv.url("").rstrip("/"), videos=a.videos, clips=a.clips)
         www = work / "corpus" / "www"
         # tag -> (code, extra build options); the baseline predates --executor
-        trees = {"": (REPO, ()), **({"ray-exec ": (REPO, ("--executor", "ray"))} if a.also_ray else {}),
-                 **({"base ": (Path(a.baseline), ())} if a.baseline else {})}
+        chosen = ("--executor", a.executor) if a.executor else ()
+        trees = {"": (REPO, chosen), **({"ray-exec ": (REPO, ("--executor", "ray"))} if a.also_ray else {}),
+                 **({"local-exec ": (REPO, ("--executor", "local"))} if a.also_local else {}),
+                 **({"base ": (Path(a.baseline), chosen)} if a.baseline else {})}
         cg = not a.no_cgroup
+        workers: dict[str, list[int]] = defaultdict(list)
+        ray_tmp = work / "ray"
         for r in range(a.repeat):
             results["ray"].append(check(run_measured([sys.executable, "-c", RAY_ONLY], use_cgroup=cg), "ray"))
             for tag, (tree, extra) in trees.items():
@@ -121,10 +147,9 @@ def main() -> None:
                         f"{tag}plan-only"))
                 out = work / f"build{r}"
                 shutil.rmtree(out, ignore_errors=True)
-                results[f"{tag}build"].append(check(run_measured(build_cmd(meta, text, out, *extra), env=env,
-                                                                 cwd=str(tree), use_cgroup=cg), f"{tag}build"))
-                results[f"{tag}rerun"].append(check(run_measured(build_cmd(meta, text, out, *extra), env=env,
-                                                                 cwd=str(tree), use_cgroup=cg), f"{tag}rerun"))
+                for what in ("build", "rerun"):
+                    results[f"{tag}{what}"].append(measured_build(build_cmd(meta, text, out, *extra), env, tree,
+                                                                  ray_tmp, cg, f"{tag}{what}", workers))
             manifest = pd.read_parquet(out / "manifest.parquet") if (out / "manifest.parquet").exists() \
                 else pd.read_parquet(out / "manifest")
             spans = [(str(www / f"{row.video_id}.mp4"), float(row.start), float(row.end))
@@ -147,13 +172,20 @@ def main() -> None:
     labels = [("ray", "ray start+stop"), ("plan-only", "plan-only"), ("rerun", "fixed (rerun, nothing to do)"),
               ("build", "whole build")]
     for key, label in labels:
-        for tag in ("", "ray-exec ", "base "):
+        for tag in ("", "ray-exec ", "local-exec ", "base "):
             if f"{tag}{key}" in med:
                 w, c = med[f"{tag}{key}"]
                 print(f"{(tag + label):24s} {w:8.2f} {c:8.2f}")
     print(f"{'proportional':24s} {prop_w:8.2f} {prop_c:8.2f}")
+    props = {tag: (med[f"{tag}build"][0] - med[f"{tag}rerun"][0], med[f"{tag}build"][1] - med[f"{tag}rerun"][1])
+             for tag in ("ray-exec ", "local-exec ", "base ") if f"{tag}build" in med}
+    for tag, (w, c) in props.items():
+        print(f"{(tag + 'proportional'):24s} {w:8.2f} {c:8.2f}")
     print(f"{'bare decode':24s} {dec_w:8.2f} {dec_c:8.2f}")
-    for tag, name in (("base ", "baseline"), ("ray-exec ", "--executor ray")):
+    if any(any(v) for v in workers.values()):
+        print("Ray worker processes started (median): " + ", ".join(
+            f"{k} {statistics.median(v):g}" for k, v in workers.items()))
+    for tag, name in (("base ", "baseline"), ("ray-exec ", "--executor ray"), ("local-exec ", "--executor local")):
         if f"{tag}build" in med:
             print(f"\nours / {name} (wall, CPU): " + ", ".join(
                 f"{k} {med[k][0] / med[tag + k][0]:.2f}, {med[k][1] / med[tag + k][1]:.2f}"
@@ -164,8 +196,12 @@ def main() -> None:
           f"decode {source_s / dec_w:.1f}")
     print(f"source-s per CPU-s:  build {source_s / build_c:.1f}, proportional {source_s / max(prop_c, 1e-9):.1f}, "
           f"decode {source_s / dec_c:.1f}")
-    print(f"proportional CPU / bare decode CPU: {prop_c / dec_c:.2f}")
-    subprocess.run(["rm", "-rf", *(str(work / f"{k}{r}") for k in ("plan", "build") for r in range(a.repeat))], check=False)
+    print(f"proportional CPU / bare decode CPU: {prop_c / dec_c:.2f}"
+          + "".join(f", {tag}{c / dec_c:.2f}" for tag, (_, c) in props.items()))
+    print(f"proportional CPU per video: {prop_c / a.videos:.3f}"
+          + "".join(f", {tag}{c / a.videos:.3f}" for tag, (_, c) in props.items()))
+    subprocess.run(["rm", "-rf", str(work / "ray"), *(str(work / f"{k}{r}") for k in ("plan", "build")
+                                                        for r in range(a.repeat))], check=False)
 
 
 if __name__ == "__main__":

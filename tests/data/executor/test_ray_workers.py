@@ -1,0 +1,50 @@
+"""How many worker processes a build through Ray starts. Each costs ~1.4 CPU-s (Python,
+Ray's core worker, our imports), more than cutting a short video: downloads run in one
+fetcher actor per node and cuts reserve CPUs, so the count stays bounded by the node's
+CPUs whatever the number of videos (zero-CPU download tasks started one per download
+running at once, and Ray ended them when idle)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lfvila_data.build import BuildConfig, run_build
+from lfvila_data.executor.base import RunConfig
+from lfvila_data.localserver import MediaServer
+from lfvila_data.media.cut import CutConfig
+from lfvila_data.media.fetch import FetchConfig
+from lfvila_data.media.task import TaskContext
+from lfvila_data.plan.join import PlanConfig
+from tests.support.corpus import VideoSpec, even_spans, write_metadata
+from tests.support.media import make_timecoded_video
+
+VIDEOS = 8
+
+
+def _workers_started(ray) -> int:
+    """Worker processes this Ray session has started: one core-worker log each (the log
+    monitor moves those of ended workers to old/)."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    return len(list(logs.rglob("python-core-worker-*.log")))
+
+
+def test_a_ray_build_starts_a_bounded_number_of_worker_processes(ray_local, tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    make_timecoded_video(www / "v.mp4", 4, width=64, height=48, fps=5, audio=False)
+    with MediaServer(www) as srv:
+        videos = [VideoSpec(f"wk{i}", srv.url("v.mp4"), even_spans(4, length=0.5, gap=0.1, first=0.5))
+                  for i in range(VIDEOS)]
+        meta, text = write_metadata(tmp_path / "meta", videos)
+        out = tmp_path / "out"
+        before = _workers_started(ray_local)
+        run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(out),
+                              plan=PlanConfig(min_clips=4, max_clips=4),
+                              task=TaskContext(output=str(out), fetch=FetchConfig(retries=0),
+                                               workdir=str(tmp_path / "scratch"), cut=CutConfig(height=48)),
+                              run=RunConfig(fetch_concurrency=VIDEOS, executor="ray")), progress_every_s=0)
+        started = _workers_started(ray_local) - before
+    assert len(pd.read_parquet(out / "manifest")) == VIDEOS and pd.read_parquet(out / "failures").empty
+    cpus = int(ray_local.cluster_resources()["CPU"])
+    assert started <= cpus + 2, started  # the cuts' workers, the node's fetcher, the progress board
