@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from lfvila_data.executor.base import Shuffle
 from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range, read_range, require
 from lfvila_data.output.fingerprint import LAYOUT, content, fingerprint
-from lfvila_data.plan.columnar import chunk_runs, in_order, sample_keys, segment_sums, word_counts
+from lfvila_data.plan.columnar import chunk_runs, in_order, normalized_word_counts, sample_keys, segment_sums
 from lfvila_data.progress import ThrottledPrinter, to_stderr
 from lfvila_data.records import (
     Clip,
@@ -520,7 +520,7 @@ def _plan_columnar(videos: pa.Table, clips: pa.Table, video_row: np.ndarray, cfg
     vid = clips.column("video_id").combine_chunks()
     k = clips.column("k").to_numpy()
     start, end = clips.column("start").to_numpy(), clips.column("end").to_numpy()
-    words = word_counts(clips.column("text"))
+    words = normalized_word_counts(clips.column("text"))  # map_text_range normalised them
     sizes = pc.fill_null(pc.binary_length(clips.column("text")), 0).to_numpy()
     too_long = (words > 0) & (sizes > cfg.max_text_bytes)
     has_text = (words > 0) & ~too_long
