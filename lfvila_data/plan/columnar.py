@@ -20,11 +20,27 @@ import pyarrow.compute as pc
 def normalized_word_counts(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """`records.words_of` of each text (0 for null) whose whitespace is already
     normalised (`" ".join(t.split())`, as the clip-text parser leaves every text): single
-    spaces between words, so a non-empty text has one word more than spaces: one Arrow
-    kernel, where counting word starts on the bytes took a tenth of the plan's CPU."""
-    spaces = pc.fill_null(pc.count_substring(texts, " "), 0).to_numpy()
-    nonempty = pc.fill_null(pc.greater(pc.binary_length(texts), 0), False).to_numpy(zero_copy_only=False)
-    return spaces.astype(np.int64) + nonempty
+    spaces between words, so a non-empty text has one word more than spaces. One pass
+    over the bytes, where counting word starts took a tenth of the plan's CPU."""
+    chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
+    parts = [_spaces_plus_one(c) for c in chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _spaces_plus_one(texts: pa.Array) -> np.ndarray:
+    n = len(texts)
+    counts = np.zeros(n, np.int64)
+    width = np.dtype(np.int64 if pa.types.is_large_string(texts.type) else np.int32)
+    offsets = np.frombuffer(texts.buffers()[1], width, n + 1, texts.offset * width.itemsize) if n else None
+    if not n or offsets[-1] == offsets[0]:
+        return counts
+    spaces = np.frombuffer(texts.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] == ord(" ")
+    nonempty = offsets[1:] > offsets[:-1]
+    # empty texts own no bytes, so each non-empty text's bytes run to the next one's start
+    counts[nonempty] = np.add.reduceat(spaces, (offsets[:-1] - offsets[0])[nonempty], dtype=np.int64) + 1
+    if texts.null_count:
+        counts[~texts.is_valid().to_numpy(zero_copy_only=False)] = 0
+    return counts
 
 
 @dataclass(frozen=True)
