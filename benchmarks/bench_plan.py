@@ -182,6 +182,7 @@ class MemorySampler:
         self.root, self.every_s = root, every_s
         self.peak_rss = self.peak_pss = self.peak_one = 0
         self.peak_one_name = ""
+        self.load: list[float] = []  # 1-minute load average at each sample (the machine is shared)
         self.cpu_ticks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -205,6 +206,7 @@ class MemorySampler:
                 except OSError:
                     pass
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+        self.load.append(os.getloadavg()[0])
 
     def cpu_s(self) -> float:
         """User+system seconds of every process of the tree so far (sampled now)."""
@@ -251,7 +253,8 @@ def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | N
         ray.shutdown()
     return {"wall_s": t2 - t1, "cpu_s": cpu2 - cpu1, "ray_start_s": t1 - t0, "summary": summary.__dict__,
             "peak_rss_sum_mib": mem.peak_rss / 1024, "peak_pss_sum_mib": mem.peak_pss / 1024,
-            "peak_one_mib": mem.peak_one / 1024, "peak_one_name": mem.peak_one_name}
+            "peak_one_mib": mem.peak_one / 1024, "peak_one_name": mem.peak_one_name,
+            "load_min": min(mem.load), "load_max": max(mem.load)}
 
 
 def _map_ranges(meta: list[str], text: list[str], chunk_mib: int, num_buckets: int,
@@ -472,7 +475,9 @@ def main() -> None:
             r = fn()
             runs[name][1].append(r)
             print(f"[{rep + 1}/{args.repeat}] {name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU s, "
-                  f"peak PSS sum {r['peak_pss_sum_mib']:.0f} MiB, load {os.getloadavg()[0]:.1f}", flush=True)
+                  f"peak PSS sum {r['peak_pss_sum_mib']:.0f} MiB, largest process {r['peak_one_mib']:.0f} MiB "
+                  f"({r.get('peak_one_name', '')}), load {r.get('load_min', 0):.1f}-{r.get('load_max', 0):.1f} "
+                  f"during the run", flush=True)
     for variant in variants[1:]:
         identical = same_files(str(work / f"out-{args.clips}-{variants[0]}"), str(work / f"out-{args.clips}-{variant}"))
         print(f"plan files of {variant} and {variants[0]} byte-identical: {identical}")
