@@ -289,11 +289,12 @@ def bucket_parts(meta: list[str], text: list[str], chunk_mib: int, num_buckets: 
 
 
 def _profile_shares(fn, top: int) -> list[tuple[str, float]]:
-    """cProfile of fn(): the `top` functions by own time, as shares of the total."""
+    """cProfile of fn(): the `top` functions by own CPU time (not wall time: the machine is
+    shared), as shares of the total."""
     import cProfile
     import pstats
 
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(time.process_time)
     prof.runcall(fn)
     stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
     total = sum(v[2] for v in stats.values()) or 1.0
