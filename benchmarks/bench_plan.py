@@ -180,7 +180,7 @@ class MemorySampler:
 
     def __init__(self, root: int, every_s: float = 0.5) -> None:
         self.root, self.every_s = root, every_s
-        self.peak_rss = self.peak_pss = self.peak_one = 0
+        self.peak_rss = self.peak_pss = self.peak_one = self.peak_private = 0
         self.peak_one_name = ""
         self.load: list[float] = []  # 1-minute load average at each sample (the machine is shared)
         self.cpu_ticks: dict[int, int] = {}
@@ -199,6 +199,11 @@ class MemorySampler:
             r = _kib(f"/proc/{pid}/status", "VmRSS:")
             rss += r
             pss += _kib(f"/proc/{pid}/smaps_rollup", "Pss:")
+            # pages this process alone holds: a long-lived Ray worker's RSS also counts every
+            # object-store page it ever mapped, which depends on which tasks it happened to run
+            own = (_kib(f"/proc/{pid}/smaps_rollup", "Private_Clean:")
+                   + _kib(f"/proc/{pid}/smaps_rollup", "Private_Dirty:"))
+            self.peak_private = max(self.peak_private, own)
             if r > self.peak_one:
                 self.peak_one = r
                 try:
@@ -254,7 +259,7 @@ def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | N
     return {"wall_s": t2 - t1, "cpu_s": cpu2 - cpu1, "ray_start_s": t1 - t0, "summary": summary.__dict__,
             "peak_rss_sum_mib": mem.peak_rss / 1024, "peak_pss_sum_mib": mem.peak_pss / 1024,
             "peak_one_mib": mem.peak_one / 1024, "peak_one_name": mem.peak_one_name,
-            "load_min": min(mem.load), "load_max": max(mem.load)}
+            "peak_private_mib": mem.peak_private / 1024, "load_min": min(mem.load), "load_max": max(mem.load)}
 
 
 def _map_ranges(meta: list[str], text: list[str], chunk_mib: int, num_buckets: int,
@@ -477,7 +482,8 @@ def main() -> None:
             runs[name][1].append(r)
             print(f"[{rep + 1}/{args.repeat}] {name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU s, "
                   f"peak PSS sum {r['peak_pss_sum_mib']:.0f} MiB, largest process {r['peak_one_mib']:.0f} MiB "
-                  f"({r.get('peak_one_name', '')}), load {r.get('load_min', 0):.1f}-{r.get('load_max', 0):.1f} "
+                  f"({r.get('peak_one_name', '')}; largest private {r.get('peak_private_mib', 0):.0f} MiB), "
+                  f"load {r.get('load_min', 0):.1f}-{r.get('load_max', 0):.1f} "
                   f"during the run", flush=True)
     for variant in variants[1:]:
         identical = same_files(str(work / f"out-{args.clips}-{variants[0]}"), str(work / f"out-{args.clips}-{variant}"))
