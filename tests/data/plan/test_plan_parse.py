@@ -148,7 +148,7 @@ def test_vectorised_buckets_are_bucket_of(ids, offset, num_buckets):
     assert list(buckets_of(values, num_buckets)) == [bucket_of(v, num_buckets) for v in ids]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(spans=st.lists(st.one_of(st.none(), st.from_regex(r"[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}", fullmatch=True),
                                 st.text(alphabet="0123456789:.5a", max_size=14)), max_size=40),
        offset=st.integers(0, 3))
