@@ -180,8 +180,9 @@ class MemorySampler:
 
     def __init__(self, root: int, every_s: float = 0.5) -> None:
         self.root, self.every_s = root, every_s
-        self.peak_rss = self.peak_pss = self.peak_one = 0
+        self.peak_rss = self.peak_pss = self.peak_one = self.peak_private = 0
         self.peak_one_name = ""
+        self.load: list[float] = []  # 1-minute load average at each sample (the machine is shared)
         self.cpu_ticks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -198,6 +199,11 @@ class MemorySampler:
             r = _kib(f"/proc/{pid}/status", "VmRSS:")
             rss += r
             pss += _kib(f"/proc/{pid}/smaps_rollup", "Pss:")
+            # pages this process alone holds: a long-lived Ray worker's RSS also counts every
+            # object-store page it ever mapped, which depends on which tasks it happened to run
+            own = (_kib(f"/proc/{pid}/smaps_rollup", "Private_Clean:")
+                   + _kib(f"/proc/{pid}/smaps_rollup", "Private_Dirty:"))
+            self.peak_private = max(self.peak_private, own)
             if r > self.peak_one:
                 self.peak_one = r
                 try:
@@ -205,6 +211,7 @@ class MemorySampler:
                 except OSError:
                     pass
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+        self.load.append(os.getloadavg()[0])
 
     def cpu_s(self) -> float:
         """User+system seconds of every process of the tree so far (sampled now)."""
@@ -251,7 +258,8 @@ def run_ray(meta: list[str], text: list[str], out_dir: str, num_buckets: int | N
         ray.shutdown()
     return {"wall_s": t2 - t1, "cpu_s": cpu2 - cpu1, "ray_start_s": t1 - t0, "summary": summary.__dict__,
             "peak_rss_sum_mib": mem.peak_rss / 1024, "peak_pss_sum_mib": mem.peak_pss / 1024,
-            "peak_one_mib": mem.peak_one / 1024, "peak_one_name": mem.peak_one_name}
+            "peak_one_mib": mem.peak_one / 1024, "peak_one_name": mem.peak_one_name,
+            "peak_private_mib": mem.peak_private / 1024, "load_min": min(mem.load), "load_max": max(mem.load)}
 
 
 def _map_ranges(meta: list[str], text: list[str], chunk_mib: int, num_buckets: int,
@@ -286,11 +294,12 @@ def bucket_parts(meta: list[str], text: list[str], chunk_mib: int, num_buckets: 
 
 
 def _profile_shares(fn, top: int) -> list[tuple[str, float]]:
-    """cProfile of fn(): the `top` functions by own time, as shares of the total."""
+    """cProfile of fn(): the `top` functions by own CPU time (not wall time: the machine is
+    shared), as shares of the total."""
     import cProfile
     import pstats
 
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(time.process_time)
     prof.runcall(fn)
     stats = pstats.Stats(prof).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
     total = sum(v[2] for v in stats.values()) or 1.0
@@ -472,7 +481,10 @@ def main() -> None:
             r = fn()
             runs[name][1].append(r)
             print(f"[{rep + 1}/{args.repeat}] {name}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} CPU s, "
-                  f"peak PSS sum {r['peak_pss_sum_mib']:.0f} MiB, load {os.getloadavg()[0]:.1f}", flush=True)
+                  f"peak PSS sum {r['peak_pss_sum_mib']:.0f} MiB, largest process {r['peak_one_mib']:.0f} MiB "
+                  f"({r.get('peak_one_name', '')}; largest private {r.get('peak_private_mib', 0):.0f} MiB), "
+                  f"load {r.get('load_min', 0):.1f}-{r.get('load_max', 0):.1f} "
+                  f"during the run", flush=True)
     for variant in variants[1:]:
         identical = same_files(str(work / f"out-{args.clips}-{variants[0]}"), str(work / f"out-{args.clips}-{variant}"))
         print(f"plan files of {variant} and {variants[0]} byte-identical: {identical}")

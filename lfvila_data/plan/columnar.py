@@ -16,40 +16,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Bytes Python's str.split() treats as whitespace among ASCII: \t \n \v \f \r, the
-# separators \x1c-\x1f and the space (str.isspace), so counts equal `records.words_of`.
-_ASCII_SPACE = np.zeros(256, dtype=bool)
-_ASCII_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
-_WORD_BATCH = 1 << 16  # texts per pass, so the byte masks stay a few MB
 
-
-def word_counts(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """`records.words_of` of each text (0 for null): counted on the UTF-8 bytes for ASCII
-    texts, with Python's split for the others (Unicode whitespace), so totals match."""
+def normalized_word_counts(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """`records.words_of` of each text (0 for null) whose whitespace is already
+    normalised (`" ".join(t.split())`, as the clip-text parser leaves every text): single
+    spaces between words, so a non-empty text has one word more than spaces. One pass
+    over the bytes, where counting word starts took a tenth of the plan's CPU."""
     chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
-    parts = [_word_counts_of(c.slice(i, _WORD_BATCH))
-             for c in chunks for i in range(0, len(c), _WORD_BATCH)]
+    parts = [_spaces_plus_one(c) for c in chunks]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _word_counts_of(texts: pa.Array) -> np.ndarray:
-    texts = texts.cast(pa.large_string())
+def _spaces_plus_one(texts: pa.Array) -> np.ndarray:
     n = len(texts)
-    offsets = np.frombuffer(texts.buffers()[1], np.int64, n + 1, texts.offset * 8)
-    data = texts.buffers()[2]
-    raw = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] if data is not None else np.zeros(0, np.uint8)
-    local = offsets - offsets[0]
-    word = ~_ASCII_SPACE[raw]
-    after_space = np.ones(len(raw), dtype=bool)
-    after_space[1:] = ~word[:-1]
-    after_space[local[:-1][local[:-1] < len(raw)]] = True  # each text's first byte
-    starts = np.flatnonzero(word & after_space)
-    counts = np.searchsorted(starts, local[1:]) - np.searchsorted(starts, local[:-1])
-    valid = pc.fill_null(pc.is_valid(texts), False).to_numpy(zero_copy_only=False)
-    counts[~valid] = 0
-    ascii_ = pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False)
-    for i in np.flatnonzero(~ascii_):
-        counts[i] = len(texts[int(i)].as_py().split())
+    counts = np.zeros(n, np.int64)
+    width = np.dtype(np.int64 if pa.types.is_large_string(texts.type) else np.int32)
+    offsets = np.frombuffer(texts.buffers()[1], width, n + 1, texts.offset * width.itemsize) if n else None
+    if not n or offsets[-1] == offsets[0]:
+        return counts
+    spaces = np.frombuffer(texts.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] == ord(" ")
+    nonempty = offsets[1:] > offsets[:-1]
+    # empty texts own no bytes, so each non-empty text's bytes run to the next one's start
+    counts[nonempty] = np.add.reduceat(spaces, (offsets[:-1] - offsets[0])[nonempty], dtype=np.int64) + 1
+    if texts.null_count:
+        counts[~texts.is_valid().to_numpy(zero_copy_only=False)] = 0
     return counts
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from lfvila_data.executor.base import Shuffle
 from lfvila_data.inputs import InputError, expand_paths, iter_line_ranges, read_lines_in_range, read_range, require
 from lfvila_data.output.fingerprint import LAYOUT, content, fingerprint
-from lfvila_data.plan.columnar import chunk_runs, in_order, sample_keys, segment_sums, word_counts
+from lfvila_data.plan.columnar import chunk_runs, in_order, normalized_word_counts, sample_keys, segment_sums
 from lfvila_data.progress import ThrottledPrinter, to_stderr
 from lfvila_data.records import (
     Clip,
@@ -237,7 +237,35 @@ def _split(table: pa.Table, buckets: list[int] | np.ndarray, num_buckets: int) -
 
 
 def _failure_table(failures: list[Failure]) -> pa.Table:
-    return pa.Table.from_pylist([f.to_row() for f in failures], schema=FAILURE_SCHEMA)
+    """`Failure.to_row` of each, column by column (no `asdict` per row)."""
+    return pa.table({
+        "video_id": [f.video_id for f in failures], "clip_id": [f.clip_id for f in failures],
+        "key": [f.key for f in failures], "stage": [f.stage for f in failures],
+        "code": [f.code.value for f in failures], "reason": [f.reason for f in failures],
+        "permanent": [f.permanent for f in failures]}, schema=FAILURE_SCHEMA)
+
+
+def _coded_rows(video_ids: pa.Array, clip_ids: pa.Array | None, stage: Stage, code: FailureCode,
+                reasons: pa.Array | str) -> pa.Table:
+    """Ledger rows of one stage and code as columns (what `_failure_table` would give for
+    the same `Failure`s; the reasons hold no URL, so `redact` leaves them as they are)."""
+    n = len(video_ids)
+    return pa.table({
+        "video_id": video_ids, "clip_id": pa.nulls(n, pa.string()) if clip_ids is None else clip_ids,
+        "key": pa.nulls(n, pa.string()), "stage": pa.array([stage.value] * n, pa.string()),
+        "code": pa.array([code.value] * n, pa.string()),
+        "reason": pa.array([reasons] * n, pa.string()) if isinstance(reasons, str) else reasons,
+        "permanent": pa.array(np.ones(n, bool))}, schema=FAILURE_SCHEMA)
+
+
+def _sorted_ledger(tables: list[pa.Table]) -> pa.Table:
+    """The ledger rows sorted as the per-object path sorts `Failure`s: by (stage, video_id
+    or "", clip_id or "", reason), stably, so equal keys keep their order."""
+    table = pa.concat_tables(tables) if tables else FAILURE_SCHEMA.empty_table()
+    if table.num_rows < 2:
+        return table
+    keys = pa.table({n: pc.fill_null(table.column(n), "") for n in ("stage", "video_id", "clip_id", "reason")})
+    return table.take(pc.sort_indices(keys, [(n, "ascending") for n in keys.column_names]))
 
 
 def _split_failures(failures: list[Failure], num_buckets: int, fallback: int) -> list[pa.Table]:
@@ -367,22 +395,47 @@ def _too_long_texts(texts: pa.Table, max_bytes: int) -> dict[str, Failure]:
             for cid, text in zip(long.column("clip_id").to_pylist(), long.column("text").to_pylist())}
 
 
+def _first_texts(texts: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The first line (by file, offset) of each clip id and the later ones, sorted by
+    (clip_id, file, offset) like `_first_of_each`; without repeats, which is the rule,
+    the table itself after one hash pass (no sort or copy of the texts)."""
+    codes = pc.dictionary_encode(texts.column("clip_id").combine_chunks())
+    if len(codes.dictionary) == texts.num_rows:
+        return texts, texts.slice(0, 0)
+    return _first_of_each(texts, "clip_id")
+
+
+def _dup_video_rows(dup_videos: pa.Table) -> pa.Table:
+    """The ledger rows of repeated video lines."""
+    reasons = pc.binary_join_element_wise(
+        "duplicate video line (file #", pc.cast(dup_videos.column("file_idx"), pa.string()), ", byte ",
+        pc.cast(dup_videos.column("offset"), pa.string()), "); the first line is used", "")
+    return _coded_rows(dup_videos.column("video_id").combine_chunks(), None, Stage.METADATA,
+                       FailureCode.DUPLICATE, reasons.combine_chunks())
+
+
+def _line_keys(table: pa.Table) -> np.ndarray:
+    """(file_idx, offset) of each row as one int64 (offsets stay below 2**40 bytes)."""
+    return (table.column("file_idx").to_numpy().astype(np.int64) << 40) | table.column("offset").to_numpy()
+
+
 def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
                   from_groups: bool = False, per_object: bool = False) -> dict:
     """Join bucket `bucket` of every map output, plan its videos (by our rule, or as the
     given groups), and write its part files; returns the counts the driver sums into the
-    PlanSummary. `per_object` plans with `group_runs` on Python objects (the reference)."""
+    PlanSummary. `per_object` plans with `group_runs` on Python objects (the reference).
+
+    The joins are lookups: videos are sorted by id (few), each clip gets its video's row
+    by a hash probe and its text row by another, and the clips are ordered by (video row,
+    k) on integers, so the texts are gathered once, into plan order."""
     stats: Counter = Counter()
-    failures = [Failure.from_row(r) for r in _concat(parts, "failures", FAILURE_SCHEMA).to_pylist()]
+    ledger = [_concat(parts, "failures", FAILURE_SCHEMA)]
     videos, dup_videos = _first_of_each(_concat(parts, "videos", _VIDEO_SCHEMA), "video_id")
-    failures += [Failure(v, None, Stage.METADATA.value, FailureCode.DUPLICATE,
-                         f"duplicate video line (file #{fi}, byte {off}); the first line is used")
-                 for v, fi, off in zip(*(dup_videos.column(n).to_pylist()
-                                         for n in ("video_id", "file_idx", "offset")))]
-    clips = _concat(parts, "clips", _CLIP_SCHEMA).join(
-        videos.select(["video_id", "file_idx", "offset"]),
-        keys=["video_id", "file_idx", "offset"], join_type="left semi")
-    texts, dup_texts = _first_of_each(_concat(parts, "texts", _TEXT_SCHEMA), "clip_id")
+    ledger.append(_dup_video_rows(dup_videos))
+    clips = _concat(parts, "clips", _CLIP_SCHEMA)
+    if dup_videos.num_rows:  # only the clips of each video's first line
+        clips = clips.filter(pa.array(~np.isin(_line_keys(clips), _line_keys(dup_videos))))
+    texts, dup_texts = _first_texts(_concat(parts, "texts", _TEXT_SCHEMA))
     group_parts = [p["groups"] for p in parts if "groups" in p]
     del parts
     stats["texts_unique"], stats["texts_duplicate"] = texts.num_rows, dup_texts.num_rows
@@ -391,24 +444,31 @@ def reduce_bucket(bucket: int, parts: list[dict], cfg: PlanConfig, out_dir: str,
         withheld |= _too_long_texts(texts, cfg.max_text_bytes)
     if withheld:
         texts = texts.filter(pc.invert(pc.is_in(texts.column("clip_id"), pa.array(list(withheld), pa.string()))))
-        failures += withheld.values()
-    clips = clips.join(texts.select(["clip_id", "text"]), keys="clip_id", join_type="left outer")
-    clips = clips.sort_by([("video_id", "ascending"), ("k", "ascending")])
-    stats["texts_unused"] = texts.num_rows - (clips.num_rows - clips.column("text").null_count)
+        ledger.append(_failure_table(list(withheld.values())))
+    video_row = pc.index_in(clips.column("video_id"), videos.column("video_id")).to_numpy(zero_copy_only=False)
+    order = np.lexsort((clips.column("k").to_numpy(), video_row))
+    text_row = pc.index_in(clips.column("clip_id"), texts.column("clip_id")).take(pa.array(order))
+    clips = clips.take(pa.array(order)).append_column("text", texts.column("text").take(text_row))
+    video_row = video_row[order]
+    stats["texts_unused"] = texts.num_rows - (clips.num_rows - text_row.null_count)
     del texts, dup_texts
     if from_groups:
         from lfvila_data.plan.groups import reduce_groups
 
+        failures = [Failure.from_row(r) for t in ledger for r in t.to_pylist()]
         return reduce_groups(bucket, group_parts, videos, clips, failures, stats, out_dir)
 
-    plan_videos = _plan_per_object if per_object else _plan_columnar
-    table, fails = plan_videos(videos, clips, cfg, stats, set(withheld))
-    failures += fails
-    failures.sort(key=lambda f: (f.stage, f.video_id or "", f.clip_id or "", f.reason))
-    by_stage = Counter(f.stage for f in failures)
+    if per_object:
+        table, fails = _plan_per_object(videos, clips, cfg, stats, set(withheld))
+        ledger.append(_failure_table(fails))
+    else:
+        table, fails_table = _plan_columnar(videos, clips, video_row, cfg, stats, set(withheld))
+        ledger.append(fails_table)
+    failures = _sorted_ledger(ledger)
+    by_stage = dict(zip(*(c.to_pylist() for c in pc.value_counts(failures.column("stage")).flatten())))
     _write_parquet(table, out_dir, f"part-{bucket:05d}.parquet")
-    _write_parquet(_failure_table(failures), out_dir, f"failures-{bucket:05d}.parquet")
-    return {"counts": dict(stats), "failures_by_stage": dict(by_stage)}
+    _write_parquet(failures, out_dir, f"failures-{bucket:05d}.parquet")
+    return {"counts": dict(stats), "failures_by_stage": by_stage}
 
 
 def _plan_per_object(videos: pa.Table, clips: pa.Table, cfg: PlanConfig, stats: Counter,
@@ -451,21 +511,21 @@ def _plan_per_object(videos: pa.Table, clips: pa.Table, cfg: PlanConfig, stats: 
     return table, failures
 
 
-def _plan_columnar(videos: pa.Table, clips: pa.Table, cfg: PlanConfig, stats: Counter,
-                   withheld: set[str]) -> tuple[pa.Table, list[Failure]]:
+def _plan_columnar(videos: pa.Table, clips: pa.Table, video_row: np.ndarray, cfg: PlanConfig, stats: Counter,
+                   withheld: set[str]) -> tuple[pa.Table, pa.Table]:
     """The bucket's plan by `group_runs`'s rule over whole columns (plan.columnar):
-    the same table, ledger rows and counts as `_plan_per_object`, without a Python
-    object per clip or sample."""
+    the same table, ledger rows (as a table) and counts as `_plan_per_object`, without a
+    Python object per clip, sample or ledger row. `video_row` is each clip's row in
+    `videos`."""
     vid = clips.column("video_id").combine_chunks()
     k = clips.column("k").to_numpy()
     start, end = clips.column("start").to_numpy(), clips.column("end").to_numpy()
-    words = word_counts(clips.column("text"))
+    words = normalized_word_counts(clips.column("text"))  # map_text_range normalised them
     sizes = pc.fill_null(pc.binary_length(clips.column("text")), 0).to_numpy()
     too_long = (words > 0) & (sizes > cfg.max_text_bytes)
     has_text = (words > 0) & ~too_long
     new_video = np.ones(len(k), dtype=bool)
-    if len(k):
-        new_video[1:] = pc.not_equal(vid[1:], vid[:-1]).to_numpy(zero_copy_only=False)
+    new_video[1:] = video_row[1:] != video_row[:-1]
     chunks = chunk_runs(new_video, k, start, end, has_text, cfg.max_gap, cfg.max_clips)
     stats["words_parsed"] += int(words.sum())
     stats["videos"] += videos.num_rows
@@ -474,18 +534,20 @@ def _plan_columnar(videos: pa.Table, clips: pa.Table, cfg: PlanConfig, stats: Co
     no_text = np.flatnonzero(words == 0)
     if len(no_text):
         count_drop(stats, "no_text", clips=len(no_text), seconds=in_order(0, (end[no_text] - start[no_text]).tolist()))
-    clip_ids = clips.column("clip_id")
-    failures = [Failure(v, c, Stage.TEXT.value, FailureCode.NO_TEXT, "no text for clip")
-                for v, c in zip(vid.take(no_text).to_pylist(), clip_ids.take(no_text).to_pylist())
-                if c not in withheld]
+    clip_ids = clips.column("clip_id").combine_chunks()
+    no_text_ids = clip_ids.take(pa.array(no_text, pa.int64()))
+    listed = pc.invert(pc.is_in(no_text_ids, pa.array(sorted(withheld), pa.string())))
+    ledger = [_coded_rows(vid.take(pa.array(no_text, pa.int64())).filter(listed), no_text_ids.filter(listed),
+                          Stage.TEXT, FailureCode.NO_TEXT, "no text for clip")]
     long_rows = np.flatnonzero(too_long)
     if len(long_rows):
         count_drop(stats, "text_too_long", clips=len(long_rows), words=int(words[long_rows].sum()),
                    seconds=in_order(0, (end[long_rows] - start[long_rows]).tolist()))
-    failures += [Failure(v, c, Stage.TEXT.value, FailureCode.TEXT_TOO_LONG,
-                         f"clip text of {size} bytes is longer than --max-text-bytes {cfg.max_text_bytes}")
-                 for v, c, size in zip(vid.take(long_rows).to_pylist(), clip_ids.take(long_rows).to_pylist(),
-                                       sizes[long_rows].tolist())]
+        ledger.append(_failure_table([
+            Failure(v, c, Stage.TEXT.value, FailureCode.TEXT_TOO_LONG,
+                    f"clip text of {size} bytes is longer than --max-text-bytes {cfg.max_text_bytes}")
+            for v, c, size in zip(vid.take(long_rows).to_pylist(), clip_ids.take(long_rows).to_pylist(),
+                                  sizes[long_rows].tolist())]))
 
     keep = chunks.n >= cfg.min_clips
     word_cum = np.concatenate([[0], np.cumsum(words)])
@@ -503,23 +565,27 @@ def _plan_columnar(videos: pa.Table, clips: pa.Table, cfg: PlanConfig, stats: Co
     stats["samples"] = len(first)
     stats["clips_in_samples"] = int(n_clips.sum())
     stats["seconds"] = sum((end[last] - start[first]).tolist())
-    stats["videos_with_samples"] += len(pc.unique(sample_vid))
-    urls = videos.column("url").combine_chunks().take(pc.index_in(sample_vid, videos.column("video_id").combine_chunks()))
+    stats["videos_with_samples"] += len(np.unique(video_row[first]))
+    urls = videos.column("url").combine_chunks().take(pa.array(video_row[first]))
     keys = sample_keys(sample_vid, k[first], k[last])
-    return _plan_table(keys, sample_vid, urls, first, n_clips, clips), failures
+    return _plan_table(keys, sample_vid, urls, first, n_clips, clips), pa.concat_tables(ledger)
 
 
 def _plan_table(keys: pa.Array, video_ids: pa.Array, urls: pa.Array, first_rows: np.ndarray,
                 n_clips: np.ndarray, clips: pa.Table) -> pa.Table:
     """PLAN_SCHEMA table sorted by key; each sample's clips are a contiguous run of rows
     of the joined `clips` table (sorted by video, k), so they are gathered in Arrow
-    rather than rebuilt from Python objects."""
+    rather than rebuilt from Python objects: once, in key order."""
+    by_key = pc.sort_indices(keys).to_numpy()
+    keys, video_ids, urls = keys.take(by_key), video_ids.take(by_key), urls.take(by_key)
+    first_rows, n_clips = np.asarray(first_rows, dtype=np.int64)[by_key], np.asarray(n_clips)[by_key]
     offsets = np.concatenate([[0], np.cumsum(n_clips, dtype=np.int64)]).astype(np.int32)
-    rows = np.repeat(np.asarray(first_rows, dtype=np.int64) - offsets[:-1], n_clips) + np.arange(offsets[-1])
+    rows = np.repeat(first_rows - offsets[:-1], n_clips) + np.arange(offsets[-1])
     item = PLAN_SCHEMA.field("clips").type
+    gathered = clips.take(pa.array(rows, pa.int64()))
     struct = pa.StructArray.from_arrays(
-        [clips.column(f.name).combine_chunks().cast(f.type) if f.name in clips.column_names
-         else pa.nulls(len(clips), f.type)  # HD-VILA clips: one sentence, the clip itself
+        [gathered.column(f.name).combine_chunks().cast(f.type) if f.name in gathered.column_names
+         else pa.nulls(len(rows), f.type)  # HD-VILA clips: one sentence, the clip itself
          for f in item.value_type],
         fields=list(item.value_type))
     starts = clips.column("start").take(pa.array(first_rows, pa.int64())).combine_chunks()
@@ -527,11 +593,11 @@ def _plan_table(keys: pa.Array, video_ids: pa.Array, urls: pa.Array, first_rows:
     return pa.table({
         "key": keys, "video_id": video_ids, "url": urls, "start": starts, "end": ends,
         "duration": pc.subtract(ends, starts), "n_clips": n_clips.astype(np.int32),
-        "clips": pa.ListArray.from_arrays(pa.array(offsets), struct.take(pa.array(rows)), type=item),
+        "clips": pa.ListArray.from_arrays(pa.array(offsets), struct, type=item),
         "text_source": pa.array(["metadata"] * len(keys), pa.string()),
         "language": pa.nulls(len(keys), pa.string()), "split": pa.nulls(len(keys), pa.string()),
         "qa": pa.nulls(len(keys), pa.string()),
-    }, schema=PLAN_SCHEMA).sort_by("key")
+    }, schema=PLAN_SCHEMA)
 
 
 # ---------------------------------------------------------------------------------------

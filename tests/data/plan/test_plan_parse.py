@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import zlib
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from hypothesis import strategies as st
 
 from lfvila_data.executor.base import local_shuffle
 from lfvila_data.plan.join import PlanConfig, bucket_of, buckets_of, build_plan, crc32_each
+from lfvila_data.sources.hdvila import parse_span
+from lfvila_data.sources.hdvila_bulk import _span_seconds
 
 _TEXTS = ["Hello there.", "  leading and trailing  ", "double  space", "tab\there", "nbsp\u00a0here",
           "ideographic\u3000space", "caf\u00e9 \u00fcber na\u00efve", "emoji \U0001f600 ok", "quote \" and \\ back",
@@ -143,3 +146,18 @@ def test_vectorised_buckets_are_bucket_of(ids, offset, num_buckets):
     values = pa.array(["pad"] * offset + ids, pa.string()).slice(offset)
     assert list(crc32_each(values)) == [zlib.crc32(v.encode()) for v in ids]
     assert list(buckets_of(values, num_buckets)) == [bucket_of(v, num_buckets) for v in ids]
+
+
+@settings(max_examples=30, deadline=None)
+@given(spans=st.lists(st.one_of(st.none(), st.from_regex(r"[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}", fullmatch=True),
+                                st.text(alphabet="0123456789:.5a", max_size=14)), max_size=40),
+       offset=st.integers(0, 3))
+def test_span_seconds_read_from_bytes_are_parse_span(spans, offset):
+    """Spans of the fixed "HH:MM:SS.mmm" form, read from their bytes, are valid exactly
+    when the span regex accepts them and give `parse_span`'s float to the last bit."""
+    valid, seconds = _span_seconds(pa.array(["pad"] * offset + spans, pa.string()).slice(offset))
+    for span, ok, got in zip(spans, valid, seconds):
+        want = span is not None and re.fullmatch(r"[0-9]{1,9}:[0-5][0-9]:[0-5][0-9](\.[0-9]+)?", span) is not None
+        assert ok == want, span
+        if want:
+            assert got == parse_span(span), span
