@@ -50,7 +50,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "vf bframes=0+partitions+me=dia": ("veryfast", "bframes=0:partitions=i8x8,i4x4:me=dia"),
     "vf bframes=0+trellis=1": ("veryfast", "bframes=0:trellis=1"),
 }
-BASE = "veryfast"
+BASE, BASE_CRF = "veryfast", 23  # CutConfig's x264 settings before this study
 
 
 @dataclass(frozen=True)
@@ -214,16 +214,21 @@ class Study:
 
 def run_study(corpora: dict[str, list[Item]], cfg: CutConfig, work: Path, rounds: int,
               workers: int, settings: list[str]) -> None:
-    """Print, per corpus, every setting at crf `cfg.crf` and at the default's bytes."""
+    """Print, per corpus, every setting at crf 23 and at the bytes of veryfast crf 23, the
+    x264 settings of CutConfig before this study; then `cfg`'s own (CutConfig()'s now)."""
     work.mkdir(parents=True, exist_ok=True)
+    own = next((n for n, v in SETTINGS.items() if v == (cfg.preset, cfg.x264_params)), None)
     for corpus, items in corpora.items():
         st = Study(items, cfg, work, workers)
-        base = st.point(BASE, cfg.crf)
+        base = st.point(BASE, BASE_CRF)
         rows: list[tuple[Point, Point]] = []
         for s in settings:
-            at = base if s == BASE else st.point(s, cfg.crf)
+            at = base if s == BASE else st.point(s, BASE_CRF)
             eq = base if s == BASE else st.equal_bytes(s, base.bytes, at)
             rows.append((at, eq))
+        if own is not None:
+            at = st.point(own, cfg.crf)
+            rows.append((at, at))
         pts = list({id(p): p for r in rows for p in r}.values())
         read = st.time_rounds(pts, rounds)
         null = statistics.median(read)
