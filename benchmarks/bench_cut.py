@@ -9,6 +9,7 @@ the original HD-VILA method (stream-copy cut per clip, then a re-encode per clip
     python benchmarks/bench_cut.py --breakdown --repeat 3  # one span: decode, filters, presets, probe
     python benchmarks/bench_cut.py --one-pass --repeat 3   # 3 adjacent samples: one pass vs 3 cuts
     python benchmarks/bench_cut.py --bytes-per-hour        # output MB per hour, the real videos
+    python benchmarks/bench_cut.py --encoders --repeat 3   # x264 settings: CPU, bytes, SSIM, PSNR
 
 Sources are generated once with ffmpeg lavfi into --workdir and reused: 1280x720, 30 fps,
 H.264 High (x264 superfast, CABAC, B-frames, ~2.5 Mb/s, keyframe every 3 s) with moving,
@@ -37,6 +38,7 @@ use --repeat N to get medians. Nothing here asserts on timings.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import re
 import resource
@@ -51,6 +53,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from cut_encoders import SETTINGS, Item, run_study
 
 from lfvila_data.media import cut as _cut  # noqa: E402
 from lfvila_data.media.cut import INPUT_GUARD, CutConfig, cut_command, cut_sample, probe  # noqa: E402
@@ -237,6 +241,8 @@ VARIANTS = {
     "fastflags": lambda c, s: _with_input_opts(c, ["-flags2", "+fast"]),
     # changes decoded pixels (no deblocking): listed for information, not exact
     "skiploop": lambda c, s: _with_input_opts(c, ["-skip_loop_filter", "all"]),
+    # decodes no non-reference frames: exact only where fps never picks one (see "same")
+    "skipnoref": lambda c, s: _with_input_opts(c, ["-skip_frame", "noref"]),
 }
 
 
@@ -249,6 +255,7 @@ class Result:
     frames_bad: int = 0
     frames_checked: int = 0
     notes: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # output file -> md5 (ours only)
 
 
 def ours_task(variant: str, cfg: CutConfig, out: Path, probes: dict):
@@ -295,7 +302,7 @@ def hdvila_cmds(cfg: CutConfig, out: Path, s: Sample, k: int) -> list[list[str]]
              "-t", f"{b - a:.3f}", "-i", str(s.src), "-c", "copy", str(clip)],
             ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-i", str(clip),
              "-map", "0:v:0", "-an", "-vf", f"fps={cfg.fps:g},scale=-2:{cfg.height}",
-             "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf),
+             "-c:v", "libx264", "-preset", "veryfast", "-crf", "23",  # as measured before
              "-g", str(max(1, round(cfg.fps * 2))), "-movflags", "+faststart", str(small)]]
 
 
@@ -338,7 +345,7 @@ def count_decoded(label: str, samples: list[Sample], cfg: CutConfig, probes: dic
     if label == "hdvila":
         return sum(decoded_frames(hdvila_cmds(cfg, out, s, k))
                    for s in samples for k in range(len(s.clips)))
-    variant = "base" if label in ("ours", "ours@240p") else label[5:-1]
+    variant = label.partition("[")[2][:-1] or "base"
     return sum(decoded_frames([VARIANTS[variant](
         one_cut_command(s.src, out / f"{s.key}.mp4", s.start, s.end, cfg,
                         cfg.audio and probes[s.src].has_audio), s.start)]) for s in samples)
@@ -456,6 +463,24 @@ def bytes_per_hour(folder: Path, out: Path, cfg: CutConfig) -> None:
     print(f"{'all':<44}{'':>16}{total_s:>9.1f}{int(total_b):>11}{total_b / total_s * 3600 / 1e6:>8.1f}")
 
 
+def encoder_study(args, low_samples: list[Sample], cfg: CutConfig) -> None:
+    """--encoders: the real videos cut whole and the samples of the 240p renditions."""
+    folder = ROOT.parent / "shared" / "data" / "real" / "videos"
+    real = []
+    for src in sorted(p for p in folder.iterdir() if p.suffix in (".mp4", ".mkv", ".webm", ".avi")):
+        pr = probe(src)
+        real.append(Item("real", src.stem, src, pr.start, pr.end))
+    generated = [Item("generated 240p", f"{s.src.stem}.{s.key}", s.src, s.start, s.end)
+                 for s in low_samples]
+    names = [n for n in args.encoders.split(",") if n]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}")
+    run_study({"real videos": real, "generated 240p": generated}, cfg,
+              args.workdir / "encoders", args.repeat, max(int(w) for w in args.workers.split(",")),
+              names)
+
+
 def print_breakdowns(args, sources: list[Path], low: dict[Path, Path], probes: dict,
                      cfg: CutConfig) -> None:
     """--breakdown and --one-pass: the per-span figures of docs/performance.md."""
@@ -529,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
                     const=ROOT.parent / "shared" / "data" / "real" / "videos",
                     help="only: output MB per hour, every video of DIR cut whole "
                          "(default: ../shared/data/real/videos)")
+    ap.add_argument("--encoders", nargs="?", const=",".join(SETTINGS), metavar="NAMES",
+                    help="only: the x264 trade study (cut_encoders.py) of these settings "
+                         f"(default all: {', '.join(SETTINGS)}) on the real videos and the "
+                         "samples of the 240p renditions")
     args = ap.parse_args(argv)
     if args.bytes_per_hour:
         bytes_per_hour(args.bytes_per_hour, args.workdir / "out" / "bytes", CutConfig())
@@ -552,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     low = {}
     if args.breakdown or args.one_pass:
         sources = sources[:1]
-    if any(m.endswith("@240p") for m in methods) or args.breakdown or args.one_pass:
+    if any(m.endswith("@240p") for m in methods) or args.breakdown or args.one_pass or args.encoders:
         low = {s: make_rendition(args.workdir, s, args.low_height, args.low_kbps, args.fps,
                                  args.gop) for s in sources}
     gen_s = time.perf_counter() - t
@@ -566,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CutConfig()
     if args.breakdown or args.one_pass:
         print_breakdowns(args, sources, low, probes, cfg)
+        return 0
+    if args.encoders:
+        encoder_study(args, low_samples, cfg)
         return 0
     src_seconds = sum(s.duration for s in samples)
     clip_seconds = sum(b - a for s in samples for a, b in s.clips)
@@ -596,8 +628,9 @@ def main(argv: list[str] | None = None) -> int:
         elif m == "limit[auto]":
             plan.append(("limit[auto]", samples, lambda out: limit_task(0)))
         elif m == "ours@240p":
-            plan.append(("ours@240p", low_samples,
-                         lambda out: ours_task("base", cfg, out, probes)))
+            for v in variants:
+                label = "ours@240p" if v == "base" else f"ours@240p[{v}]"
+                plan.append((label, low_samples, lambda out, v=v: ours_task(v, cfg, out, probes)))
         elif m == "limit@240p":
             plan.append(("limit@240p", low_samples, lambda out: limit_task(cfg.threads)))
         elif m == "hdvila":
@@ -622,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
                     r.notes = [o[2] for o in outs if o[2]]
                     if label == "hdvila":
                         r.notes = hdvila_frame_notes(out, samples, cfg)
+                    if label.startswith("ours"):
+                        r.digests = {f.name: hashlib.md5(f.read_bytes()).hexdigest()
+                                     for f in out.glob("*.mp4")}
                 print(f"  [{rep + 1}/{args.repeat}] {label:18s} workers={w}: "
                       f"wall {wall:6.2f} s, cpu {cpu:6.2f} s", flush=True)
                 if not args.keep:
@@ -643,6 +679,12 @@ def main(argv: list[str] | None = None) -> int:
         ok = f"{r.frames_checked - r.frames_bad}/{r.frames_checked}" if r.frames_checked else "-"
         print(f"{label:18s} {w:7d} {wall:8.2f} {cpu:8.2f} {src_seconds / wall:12.2f} "
               f"{src_seconds / cpu:11.2f} {ok:>9s}" + (f" {decoded[label]:8d}" if decoded else ""))
+    for (label, w), r in results.items():
+        base = results.get((label.partition("[")[0], w))
+        if "[" in label and base and base.digests:
+            same = sum(base.digests.get(k) == d for k, d in r.digests.items())
+            print(f"{label} w{w}: {same}/{len(base.digests)} output files byte-identical to "
+                  f"{base.method}'s (same frames, same times, same pixels)")
     if decoded:
         print(f"decoded = video packets decoded in total; the samples hold {src_frames} source "
               f"frames. " + ", ".join(f"{k} {v} ({v / src_frames:.3f}x)" for k, v in decoded.items()))

@@ -5,7 +5,7 @@ loader, XPretrain `pretrain_dataset._read_videos`: one VideoReader per clip file
 per sample, 8 frames each, then the same crop/resize/normalise and tokenizer).
 
 The reference reads the *same rendition* as ours: one clip file per clip, cut from the
-source with our own `cut_sample` and `CutConfig()` (3 fps, 240 px, x264 veryfast crf 23),
+source with our own `cut_sample` and `CutConfig()` (3 fps, 240 px, x264 as CutConfig sets it),
 so the ratio measures the loader (one file per clip against one in-memory sample video),
 not the input. A second, separate row reads stream-copied clip files at the source
 resolution and frame rate (what HD-VILA distributed): that ratio is loader and input.
@@ -132,7 +132,7 @@ def cut_clip_files(root: Path) -> Path:
 
 def cut_clip_renditions(root: Path) -> Path:
     """One file per clip in our sample rendition: `cut_sample` with `CutConfig()` (3 fps,
-    240 px, x264 veryfast crf 23) over each clip's span, so the reference reads what ours
+    240 px, x264 as CutConfig sets it) over each clip's span, so the reference reads what ours
     reads, only split into one file per clip."""
     from lfvila_data.media.cut import CutConfig, cut_sample, probe
     from lfvila_data.sources.hdvila import parse_span

@@ -7,6 +7,7 @@ on disk are reused instead of being downloaded and cut again."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -272,7 +273,9 @@ def preflight(cfg: BuildConfig) -> OutputDir:
 
 MEDIA_SETTINGS = "_media/SETTINGS.json"
 # the build option that sets each setting a sample file depends on, for the refusal
-_FLAGS = {"preset": "--x264-preset", "crf": "crf"}
+_FLAGS = {"preset": "--x264-preset"}
+# settings added after builds were made, and the value those builds were made with
+_UNRECORDED = {"x264_params": ""}
 
 
 def media_settings(task: TaskContext) -> dict:
@@ -294,6 +297,8 @@ def _flag(name: str, value: object) -> str:
     flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
     if isinstance(value, bool):
         return flag if value else f"no {flag}"
+    if isinstance(value, str):
+        return f"{flag} {shlex.quote(value)}"
     return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
 
 
@@ -303,7 +308,8 @@ def media_setting_changes(have: dict, want: dict) -> list[tuple[str, str]]:
     changes: dict[str, tuple[str, str]] = {}
     for stage in ("cut", "fetch"):
         for name, new in want[stage].items():
-            old = have.get(stage, {}).get(name, new)  # a setting older builds did not record
+            # a setting older builds did not record: the value they were made with
+            old = have.get(stage, {}).get(name, _UNRECORDED.get(name, new))
             if old != new and name not in changes:
                 changes[name] = (_flag(name, old), _flag(name, new))
     return list(changes.values())

@@ -15,7 +15,7 @@ import typer
 
 from lfvila_data.executor.base import RunConfig
 from lfvila_data.inputs import InputError, storage_problem
-from lfvila_data.media.cut import CutConfig
+from lfvila_data.media.cut import X264_PARAMS, CutConfig, x264_params_problem
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.guard import ALLOW_ENV
 from lfvila_data.media.task import TaskContext
@@ -272,6 +272,8 @@ def cut_options(
     audio: bool = typer.Option(False, "--audio", help="Keep the audio track.", rich_help_panel=_CUT),
     cut_threads: int = typer.Option(1, help="ffmpeg threads (and Ray CPUs) per cutting task.", rich_help_panel=_CUT),
     x264_preset: str = typer.Option("veryfast", help="x264 preset: ultrafast cuts 240p sources ~1.5x faster, files ~2x larger.", rich_help_panel=_CUT),
+    crf: int = typer.Option(CutConfig.crf, help="x264 quality (0-51, lower is better and larger).", rich_help_panel=_CUT),
+    x264_params: str = typer.Option(X264_PARAMS, help="x264 options on top of the preset; '' and --crf 23: what builds used before these defaults.", rich_help_panel=_CUT),
 ) -> CutConfig:
     if height <= 0 or height % 2:
         _fail(f"--height must be a positive even number, got {height}")
@@ -282,7 +284,13 @@ def cut_options(
         _fail(f"--cut-threads must be at least 1, got {cut_threads}")
     if fps <= 0:
         _fail(f"--fps must be positive, got {fps}")
-    return CutConfig(fps=fps, height=height, copy=copy, audio=audio, threads=cut_threads, preset=x264_preset)
+    if not 0 <= crf <= 51:
+        _fail(f"--crf must be between 0 and 51, got {crf}")
+    problem = None if x264_params == X264_PARAMS else x264_params_problem(x264_params)
+    if problem:
+        _fail(f"--x264-params {x264_params!r}: {problem}")
+    return CutConfig(fps=fps, height=height, copy=copy, audio=audio, threads=cut_threads, preset=x264_preset,
+                     crf=crf, x264_params=x264_params)
 
 
 def run_options(

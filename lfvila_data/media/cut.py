@@ -26,6 +26,8 @@ INPUT_GUARD = [
     "-format_whitelist",
     "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,ogg,asf,nut,h264,hevc",
 ]
+# CutConfig.x264_params: see there; "" is x264's preset alone (what builds used before)
+X264_PARAMS = "bframes=0:partitions=i8x8,i4x4:me=dia"
 # Seek to the keyframe at or before this many seconds ahead of the span: a margin for
 # demuxers whose seek is coarse (pts vs dts); small, since on average it costs its own
 # length in extra decoding per sample.
@@ -47,8 +49,14 @@ class CutConfig:
     height: int = 240       # content: frame size
     copy: bool = False      # content: the source stream instead of a re-encode
     audio: bool = False     # content: an audio track or none
-    crf: int = 23           # content: quality and size of the encode
+    crf: int = 24           # content: quality and size of the encode
     preset: str = "veryfast"  # content: a different x264 preset gives other bytes and sizes
+    # content: x264 options on top of the preset. At 3 fps a B-frame is 1/3 s from its
+    # references and saves few bits; without B-frames, with inter blocks of 16x16 only
+    # (superfast's partitions) and diamond motion search, crf 24 gives the bytes of plain
+    # veryfast at crf 23 with higher SSIM and PSNR for ~0.6x the encode CPU
+    # (docs/performance.md, "x264 settings")
+    x264_params: str = X264_PARAMS
     # speed: decoder, filter and encoder threads (Ray reserves as many CPUs); x264 frame
     # threads may move a few bits, never the frames, size or quality a reader gets
     threads: int = field(default=1, metadata=SPEED)
@@ -233,6 +241,20 @@ def _each_line(cmd: list[str], timeout: float, on_line: Callable[[bytes], None])
     return proc.returncode
 
 
+def x264_params_problem(params: str) -> str | None:
+    """Why x264 would not take `params`, or None. ffmpeg only warns of an option x264
+    cannot parse and encodes without it, so one frame is encoded at start-up to find out."""
+    if not params:
+        return None
+    res = _run(["ffmpeg", "-nostdin", "-hide_banner", "-v", "warning", "-f", "lavfi", "-i",
+                "color=s=64x64:d=0.04", "-frames:v", "1", "-c:v", "libx264", "-x264-params", params,
+                "-f", "null", "-"], 60.0)
+    said = [ln for ln in res.stderr.decode("utf-8", "replace").splitlines() if "Error" in ln]
+    if res.returncode != 0 or said:
+        return (said[0].split("] ", 1)[-1] if said else _last_line(res.stderr)).strip()
+    return None
+
+
 @dataclass(frozen=True)
 class Span:
     """One output of a cut: source time [start, end) into `dst`."""
@@ -273,6 +295,7 @@ def cut_command(src: Path, spans: list[Span], cfg: CutConfig, with_audio: bool) 
             "-filter_complex", ";".join(graph), "-filter_threads", str(max(1, cfg.threads))]
     for i, s in enumerate(spans):
         cmd += ["-map", f"[v{i}]", "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(cfg.crf),
+                *(["-x264-params", cfg.x264_params] if cfg.x264_params else []),
                 "-g", str(max(1, round(cfg.fps * 2))), "-threads", str(cfg.threads)]
         cmd += (["-map", f"[a{i}]", "-c:a", "aac", "-b:a", "96k"] if with_audio else ["-an"])
         # an output whose trim has ended must not be padded while the others go on: the

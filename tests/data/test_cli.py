@@ -30,7 +30,8 @@ GROUPS = {
                  "--rate-limit", "--max-filesize", "--socket-timeout", "--retries",
                  "--allow-private-addresses", "--allow-network", "--max-page-bytes", "--fetch-deadline",
                  "--min-rate", "--slow-window"],
-    "Cutting": ["--fps", "--height", "--copy", "--audio", "--cut-threads", "--x264-preset"],
+    "Cutting": ["--fps", "--height", "--copy", "--audio", "--cut-threads", "--x264-preset", "--crf",
+                "--x264-params"],
     "Running": ["--download-concurrency", "--cut-concurrency", "--ray-address", "--executor", "--retry-failed",
                 "--workdir", "--rebuild"],
 }
@@ -48,7 +49,7 @@ def test_help_lists_every_option_under_its_stage():
         elif line.startswith("│") and "--" in line:
             seen[line.strip("│ *").split()[0]] = panel
     assert seen == {opt: group for group, opts in GROUPS.items() for opt in opts} | {"--help": "Options"}
-    assert sum(map(len, GROUPS.values())) == 58
+    assert sum(map(len, GROUPS.values())) == 60
 
 
 def config(*args: str):
@@ -78,6 +79,10 @@ def test_options_reach_their_stage():
     assert cfg.text_opts.asr == "always" and cfg.text_opts.langs == ("fr", "en")
     assert (cfg.text_opts.asr_config.batch_size, cfg.text_opts.asr_config.use_gpu) == (4, False)
     assert cfg.task.workdir == "/scratch" and cfg.plan_only and cfg.task.fetch.retries == 0
+    old = config("--crf", "23", "--x264-params", "").task.cut  # what builds used before
+    assert (old.crf, old.x264_params, old.preset) == (23, "", "veryfast")
+    r = CliRunner().invoke(app, ["build", *REQUIRED, "--x264-params", "bframes=0:me=bogus"])
+    assert r.exit_code == 2 and "--x264-params 'bframes=0:me=bogus': Error parsing option 'me = bogus'" in r.output
     assert cfg.run.executor == "local"
     assert cfg.rebuild
 

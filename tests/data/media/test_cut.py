@@ -3,6 +3,7 @@ codecs, real third-party files, and files that must be refused."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,30 @@ def test_adjacent_spans_cut_in_one_pass(media, tmp_path):
         assert_boundaries(span.dst, span.start, span.end)
     assert isinstance(results[3], MediaError) and "outside the media" in str(results[3])
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_default_encode_has_no_b_frames_and_the_old_settings_remain(media, tmp_path):
+    """CutConfig's x264 settings reach the file (docs/performance.md, "x264 settings"):
+    no B-frames at crf 24; `x264_params=""` with crf 23 encodes as builds did before."""
+    from lfvila_data.media.cut import X264_PARAMS, Span, cut_command
+    cmd = cut_command(media["h264"], [Span(1.0, 5.0, tmp_path / "x.mp4")], CutConfig(), False)
+    assert cmd[cmd.index("-x264-params") + 1] == X264_PARAMS == "bframes=0:partitions=i8x8,i4x4:me=dia"
+    assert cmd[cmd.index("-crf") + 1] == "24" and cmd[cmd.index("-preset") + 1] == "veryfast"
+    assert "-x264-params" not in cut_command(media["h264"], [Span(1.0, 5.0, tmp_path / "x.mp4")],
+                                             CutConfig(x264_params=""), False)
+
+    def frame_types(cfg: CutConfig) -> str:
+        cut_sample(media["h264"], tmp_path / "t.mp4", 1.0, 13.0, cfg)
+        return subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                               "frame=pict_type", "-of", "csv=p=0", str(tmp_path / "t.mp4")],
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    new, old = frame_types(CutConfig()), frame_types(CutConfig(crf=23, x264_params=""))
+    assert len(new) == len(old) == 36 and "B" not in new and "B" in old
+    assert_boundaries(tmp_path / "t.mp4", 1.0, 13.0)  # the old settings' file, as before
+
+
+def test_x264_params_that_x264_cannot_parse_are_named():
+    from lfvila_data.media.cut import X264_PARAMS, x264_params_problem
+    assert x264_params_problem(X264_PARAMS) is None and x264_params_problem("") is None
+    assert x264_params_problem("bframes=0:me=bogus") == "Error parsing option 'me = bogus'."

@@ -22,13 +22,22 @@ from tests.support.smallbuild import KEYS, copy_build, file_facts, read_video_st
 
 def test_every_media_setting_is_declared():
     """What changes a sample file is content; how fast or whether a download is tried is not."""
-    assert set(content(CutConfig())) == {"fps", "height", "copy", "audio", "crf", "preset"}
+    assert set(content(CutConfig())) == {"fps", "height", "copy", "audio", "crf", "preset", "x264_params"}
     assert set(content(FetchConfig())) == {"height", "audio"}
     assert {kind(f) for f in fields(RunConfig)} == {"speed"}
     assert {kind(f) for f in fields(CutConfig) if f.name in ("threads", "timeout")} == {"speed"}
 
 
 small_build = small_build_fixture()
+
+
+def test_a_build_from_before_the_x264_params_is_told_how_to_go_on():
+    """Builds before `x264_params` recorded none: they were made with none, at crf 23."""
+    from lfvila_data.build import media_setting_changes
+    old = {"cut": {k: v for k, v in content(CutConfig(crf=23)).items() if k != "x264_params"}, "fetch": {}}
+    assert media_setting_changes(old, {"cut": content(CutConfig()), "fetch": {}}) == [
+        ("--crf 23", "--crf 24"), ("--x264-params ''", "--x264-params bframes=0:partitions=i8x8,i4x4:me=dia")]
+    assert media_setting_changes(old, {"cut": content(CutConfig(crf=23, x264_params="")), "fetch": {}}) == []
 
 
 def test_other_settings_are_refused_and_nothing_is_touched(small_build, tmp_path):
