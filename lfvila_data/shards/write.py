@@ -36,6 +36,7 @@ from lfvila_data.output.fingerprint import content, reuse_or_clear
 from lfvila_data.output.write import OutputDir
 from lfvila_data.records import paragraph, relative_time, words_of
 from lfvila_data.schemas import MANIFEST_SCHEMA, manifest_clips
+from lfvila_data.shards.sizing import member_lengths
 from lfvila_data.shards.stats import shard_stats
 
 SPLITS = ("train", "val")
@@ -198,6 +199,29 @@ def sample_tar_bytes(row: dict, members: tuple[bytes, bytes] | None = None) -> i
     meta, text = members or sample_members(row)
     sizes = {"mp4": int(row["bytes"]), "json": len(meta), "txt": len(text)}
     return sum(member_bytes(len(member_name(row["key"], ext)), size) for ext, size in sizes.items())
+
+
+def tar_sizes(rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """`sample_tar_bytes` of every manifest row, and whether its json and txt fit in
+    MAX_TEXT_MEMBER: computed over the whole table (`sizing.member_lengths`), the rows it
+    cannot vouch for measured from their real members."""
+    meta, text, exact = member_lengths(rows, BENCHMARK_TASKS, "pretraining")
+    names = np.asarray(pc.fill_null(pc.utf8_length(rows["key"]), 0).to_numpy(zero_copy_only=False), np.int64) + 1
+    videos = np.asarray(pc.fill_null(rows["bytes"], 0).to_numpy(zero_copy_only=False), np.int64)
+    size = sum(_member_bytes(names + len(ext), data) for ext, data in (("mp4", videos), ("json", meta), ("txt", text)))
+    slow = np.flatnonzero(~exact)
+    for c in range(0, len(slow), _SIZE_CHUNK):
+        at = slow[c:c + _SIZE_CHUNK]
+        for i, row in zip(at, rows.take(pa.array(at)).to_pylist()):
+            members = sample_members(row)
+            meta[i], text[i] = map(len, members)
+            size[i] = sample_tar_bytes(row, members)
+    return size, np.maximum(meta, text) <= MAX_TEXT_MEMBER
+
+
+def _member_bytes(name_len: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """`member_bytes` over arrays."""
+    return np.where(name_len > 99, 3 * _BLOCK, _BLOCK) + -(-size // _BLOCK) * _BLOCK
 
 
 def video_rank(video_id: str, seed: int) -> int:
@@ -383,20 +407,15 @@ def plan_shards(inputs: list[str], output: str, cfg: ShardConfig,
                 rows = rows.set_column(rows.schema.get_field_index("_build"), "_build",
                                        pa.array([builds[i][0] for i in rows["_build"].to_pylist()]))
                 rows = rows.drop_columns(["_rank"])
-                # each sample serialised once: its tar size for packing, and whether `verify`
-                # would accept its members (one over MAX_TEXT_MEMBER keeps the sample out)
-                fits, kept = [], []  # kept: (tar bytes, layout entry) of the samples that fit
-                for c in range(0, rows.num_rows, _SIZE_CHUNK):
-                    for row in rows.slice(c, _SIZE_CHUNK).to_pylist():
-                        members = sample_members(row)
-                        fits.append(max(map(len, members)) <= MAX_TEXT_MEMBER)
-                        if fits[-1]:
-                            kept.append((sample_tar_bytes(row, members),
-                                         f"{row['key']}:{row['bytes']}:{row['_build']};"))
-                too_large += len(fits) - len(kept)
+                # each sample's tar size for packing, and whether `verify` would accept its
+                # members (one over MAX_TEXT_MEMBER keeps the sample out)
+                sizes, fits = tar_sizes(rows)
+                too_large += int((~fits).sum())
                 rows = rows.filter(pa.array(fits, pa.bool_()))
                 if not rows.num_rows:
                     continue
+                kept = zip(sizes[fits].tolist(), (f"{k}:{n}:{b};" for k, n, b in zip(
+                    rows["key"].to_pylist(), rows["bytes"].to_pylist(), rows["_build"].to_pylist())))
                 rel = f"{PLAN_DIR}/{split}-{b:05d}.parquet"
                 url = f"{out.url}/{rel}"
                 for i, (size, entry) in enumerate(kept):
