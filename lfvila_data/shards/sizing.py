@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 _ESCAPE_2 = r'["\\\x08\x0c\n\r\t]'
 # ... and the other control characters as six (`\u00XX`)
 _ESCAPE_6 = r"[\x00-\x07\x0b\x0e-\x1f]"
+_ESCAPE_ANY = r'[\x00-\x1f"\\]'
 _MICRO = 1e6
 _POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
 
@@ -47,8 +48,7 @@ def _list_len(items: np.ndarray, count: np.ndarray) -> np.ndarray:
 def int_len(v: np.ndarray) -> np.ndarray:
     """Characters of each integer's `str`."""
     v = np.asarray(v, dtype=np.int64)
-    a = np.abs(v)
-    return 1 + (a[:, None] >= _POW10).sum(axis=1) + (v < 0)
+    return 1 + np.searchsorted(_POW10, np.abs(v), side="right") + (v < 0)
 
 
 def string_len(s: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,12 +56,18 @@ def string_len(s: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     null), and whether it is a string."""
     if len(s) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
-    body = pc.binary_length(s)
-    escaped = pc.add(pc.add(body, 2), pc.add(pc.count_substring_regex(s, _ESCAPE_2),
-                                             pc.multiply(pc.count_substring_regex(s, _ESCAPE_6), 5)))
+    body = np.asarray(pc.fill_null(pc.binary_length(s), 0).to_numpy(zero_copy_only=False), np.int64)
     valid = ~np.asarray(s.is_null().to_numpy(zero_copy_only=False), bool)
-    return (np.asarray(pc.fill_null(escaped, 4).to_numpy(zero_copy_only=False), np.int64),
-            np.asarray(pc.fill_null(body, 0).to_numpy(zero_copy_only=False), np.int64), valid)
+    escaped = np.where(valid, body + 2, 4)
+    # escapes are rare: count them only in the strings that have any
+    some = np.flatnonzero(np.asarray(pc.fill_null(pc.match_substring_regex(s, _ESCAPE_ANY), False)
+                                     .to_numpy(zero_copy_only=False), bool))
+    if len(some):
+        few = s.take(pa.array(some))
+        escaped[some] += (np.asarray(pc.count_substring_regex(few, _ESCAPE_2).to_numpy(zero_copy_only=False), np.int64)
+                          + 5 * np.asarray(pc.count_substring_regex(few, _ESCAPE_6).to_numpy(zero_copy_only=False),
+                                           np.int64))
+    return escaped, body, valid
 
 
 def float_len(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -285,12 +285,17 @@ def _bucket_of(keys: list[str], seed: int, buckets: int) -> np.ndarray:
                         % buckets for k in keys), dtype=np.int64, count=len(keys))
 
 
+# what shard writing reads of a manifest row: not the paragraph, which it joins again from
+# the clip texts (a third of a row's bytes, spilled, read and written twice by planning)
+PLANNED_SCHEMA = pa.schema([f for f in MANIFEST_SCHEMA if f.name != "paragraph"])
+
+
 def _conform(t: pa.Table, build: str) -> pa.Table:
-    """A build's manifest rows in MANIFEST_SCHEMA (older builds lack some columns)."""
+    """A build's manifest rows in PLANNED_SCHEMA (older builds lack some columns)."""
     cols = [t[f.name] if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
-            for f in MANIFEST_SCHEMA]
+            for f in PLANNED_SCHEMA]
     try:
-        return pa.Table.from_arrays(cols, schema=MANIFEST_SCHEMA)
+        return pa.Table.from_arrays(cols, schema=PLANNED_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
         raise InputError(f"{build!r}: the manifest has unexpected columns ({e})") from None
 
@@ -306,13 +311,15 @@ def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: s
             with fs.open(path, "rb") as f:
                 total += pq.ParquetFile(f).metadata.num_rows
     n = max(1, -(-total // bucket_rows))
-    schema = MANIFEST_SCHEMA.append(pa.field("_build", pa.int32())).append(pa.field("_rank", pa.uint64()))
+    schema = PLANNED_SCHEMA.append(pa.field("_build", pa.int32())).append(pa.field("_rank", pa.uint64()))
     writers: dict[int, pq.ParquetWriter] = {}
     sources: set[str] = set()
     try:
         for bi, (d, files) in enumerate(builds):
             fs, _ = fsspec.core.url_to_fs(d)
-            for batch in tables.iter_batches(fs, files, batch_rows=min(65536, bucket_rows)):
+            present = set(tables.read_schema(fs, files).names)
+            columns = [c for c in PLANNED_SCHEMA.names if c in present]
+            for batch in tables.iter_batches(fs, files, columns, batch_rows=min(65536, bucket_rows)):
                 t = _conform(pa.Table.from_batches([batch]), d)
                 ranks: dict[str, int] = {}
                 vids = t["video_id"].to_pylist()
@@ -405,7 +412,7 @@ def plan_shards(inputs: list[str], output: str, cfg: ShardConfig,
                 salt = int.from_bytes(hashlib.sha1(split.encode()).digest()[:4], "little")
                 rows = rows.take(np.random.default_rng([cfg.seed, salt, b]).permutation(rows.num_rows))
                 rows = rows.set_column(rows.schema.get_field_index("_build"), "_build",
-                                       pa.array([builds[i][0] for i in rows["_build"].to_pylist()]))
+                                       pa.array([d for d, _ in builds]).take(rows["_build"]))
                 rows = rows.drop_columns(["_rank"])
                 # each sample's tar size for packing, and whether `verify` would accept its
                 # members (one over MAX_TEXT_MEMBER keeps the sample out)
