@@ -4,7 +4,8 @@ and the sizing before and after `shards/sizing.py` interleaved on the same input
 The input is a finished build's `manifest/part-*.parquet` written directly in
 MANIFEST_SCHEMA (planning reads nothing else): 3 samples per video, 4..32 clips of 5 s per
 sample, 8..24-word texts drawn from a pool of 4,096, one sentence per clip as a build
-writes it, keys sorted within and across parts. Writing it is vectorised (Arrow), so
+writes it, keys sorted within a part (a part's first video may continue the previous
+part's last: a few keys repeat, which planning drops as duplicates, as it would). Writing it is vectorised (Arrow), so
 8.5M samples take minutes, not the hours of a simulated journal plus finalize.
 
 Each measurement runs `plan_shards` in a child process of its own, measured over its
