@@ -302,6 +302,33 @@ def _conform(t: pa.Table, build: str) -> pa.Table:
         raise InputError(f"{build!r}: the manifest has unexpected columns ({e})") from None
 
 
+def _bucket_path(tmp: str, b: int) -> str:
+    return f"{tmp}/bucket-{b:05d}.arrow"
+
+
+class _BucketWriter:
+    """One bucket's spill file: an Arrow IPC stream (lz4). Each input batch adds a slice
+    of a few hundred rows to every bucket; as Parquet row groups those cost more CPU than
+    the rest of planning at 4M samples and grow with the square of the samples (batches x
+    buckets), while a stream message is a copy and a compression."""
+
+    def __init__(self, path: str, schema: pa.Schema):
+        self.file = pa.OSFile(path, "wb")
+        self.writer = pa.ipc.new_stream(self.file, schema, options=pa.ipc.IpcWriteOptions(compression="lz4"))
+
+    def write(self, t: pa.Table) -> None:
+        self.writer.write_table(t)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.file.close()
+
+
+def _read_bucket(path: str) -> pa.Table:
+    with pa.OSFile(path, "rb") as f:
+        return pa.ipc.open_stream(f).read_all()
+
+
 def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: str,
                    bucket_rows: int) -> tuple[int, set[str]]:
     """Stream every build's manifest into seeded buckets (local spill files), each row
@@ -314,7 +341,7 @@ def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: s
                 total += pq.ParquetFile(f).metadata.num_rows
     n = max(1, -(-total // bucket_rows))
     schema = PLANNED_SCHEMA.append(pa.field("_build", pa.int32())).append(pa.field("_rank", pa.uint64()))
-    writers: dict[int, pq.ParquetWriter] = {}
+    writers: dict[int, _BucketWriter] = {}
     sources: set[str] = set()
     try:
         for bi, (d, files) in enumerate(builds):
@@ -335,8 +362,8 @@ def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: s
                 edges = np.searchsorted(bucket[order], np.arange(n + 1))
                 for b in np.flatnonzero(np.diff(edges)):
                     if b not in writers:
-                        writers[b] = pq.ParquetWriter(f"{tmp}/bucket-{b:05d}.parquet", schema, compression="lz4")
-                    writers[b].write_table(t.take(pa.array(order[edges[b]:edges[b + 1]])))
+                        writers[b] = _BucketWriter(_bucket_path(tmp, b), schema)
+                    writers[b].write(t.take(pa.array(order[edges[b]:edges[b + 1]])))
     finally:
         for w in writers.values():
             w.close()
@@ -360,10 +387,10 @@ def _val_limit(buckets: int, cfg: ShardConfig, tmp: str) -> tuple[int, int]:
     per video, not its rows), and the number of duplicate keys."""
     ranks, counts, dups = [], [], 0
     for b in range(buckets):
-        path = f"{tmp}/bucket-{b:05d}.parquet"
+        path = _bucket_path(tmp, b)
         if not os.path.exists(path):
             continue
-        t, d = _dedup(pq.read_table(path, columns=["key", "_build", "_rank"]))
+        t, d = _dedup(_read_bucket(path).select(["key", "_build", "_rank"]))
         dups += d
         per_video = t.group_by("_rank").aggregate([("key", "count")])
         ranks.append(per_video["_rank"].to_numpy())
@@ -403,10 +430,10 @@ def plan_shards(inputs: list[str], output: str, cfg: ShardConfig,
                 current[split] = []
 
         for b in range(n):
-            path = f"{tmp}/bucket-{b:05d}.parquet"
+            path = _bucket_path(tmp, b)
             if not os.path.exists(path):
                 continue
-            t, _ = _dedup(pq.read_table(path))
+            t, _ = _dedup(_read_bucket(path))
             is_val = pc.less(t["_rank"], pa.scalar(limit, pa.uint64()))
             for split, rows in (("train", t.filter(pc.invert(is_val))), ("val", t.filter(is_val))):
                 if not rows.num_rows:
