@@ -52,18 +52,96 @@ def histogram_edges(a: np.ndarray, integer: bool) -> np.ndarray:
     """One bin per value for small integer ranges, else numpy's 'auto' capped at MAX_BINS
     (integer data keeps whole-number bins centred on the values)."""
     lo, hi = float(a.min()), float(a.max())
-    if integer and hi - lo <= MAX_BINS:
-        return np.arange(lo - 0.5, hi + 1.5)
+    if integer:
+        return _integer_edges(lo, hi, lambda: len(np.histogram_bin_edges(a, bins="auto")) - 1)
     edges = np.histogram_bin_edges(a, bins="auto")
     bins = min(len(edges) - 1, MAX_BINS)
-    if not integer:
-        return edges if len(edges) - 1 == bins else np.histogram_bin_edges(a, bins=bins)
+    return edges if len(edges) - 1 == bins else np.histogram_bin_edges(a, bins=bins)
+
+
+def _integer_edges(lo: float, hi: float, auto_bins) -> np.ndarray:
+    """Integer data's edges from its range and, for a wide one, numpy's 'auto' bin count."""
+    if hi - lo <= MAX_BINS:
+        return np.arange(lo - 0.5, hi + 1.5)
+    bins = min(auto_bins(), MAX_BINS)
     width = float(np.ceil((hi - lo + 1) / bins))
     return np.arange(lo - 0.5, hi + width + 0.5, width)
 
 
-def distribution(values: np.ndarray, integer: bool = False) -> dict:
-    """Summary numbers and a histogram, JSON-ready; count 0 when there are no values."""
+class ValueCounts:
+    """How often each non-negative integer occurs, added a batch at a time: what the stats
+    keep of every clip's word count (a few hundred distinct values), so that memory follows
+    the largest value, not the number of clips (4 + 8 bytes a clip, and more for sorting,
+    at 150M clips: several GB). `distribution` of it gives the numbers of the values."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(0, np.int64)  # counts[v]: how many values are v
+
+    def add(self, values: np.ndarray) -> None:
+        v = np.asarray(values)
+        if not v.size:
+            return
+        if v.min() < 0:
+            raise ValueError("ValueCounts counts non-negative integers")
+        c = np.bincount(v)
+        if len(c) > len(self.counts):
+            self.counts = np.pad(self.counts, (0, len(c) - len(self.counts)))
+        self.counts[:len(c)] += c
+
+    def total(self) -> int:
+        """The sum of the values."""
+        return int(np.dot(np.arange(len(self.counts), dtype=np.int64), self.counts))
+
+
+def _percentiles(values: np.ndarray, counts: np.ndarray, q: list[float]) -> np.ndarray:
+    """`np.percentile(np.repeat(values, counts), q)` (its default 'linear' method, step for
+    step, so the floats are the same) from sorted distinct values and their counts."""
+    n = int(counts.sum())
+    virtual = (n - 1) * np.true_divide(np.asarray(q), 100)
+    below = np.floor(virtual)
+    above = np.where(virtual >= n - 1, n - 1, below + 1)
+    below = np.where(virtual >= n - 1, n - 1, below)
+    ends = np.cumsum(counts)
+    a = values[np.searchsorted(ends, below, side="right")].astype(float)
+    b = values[np.searchsorted(ends, above, side="right")].astype(float)
+    t = virtual - np.where(virtual >= n - 1, -1, below)  # numpy's index of the last value is -1
+    diff = b - a
+    return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+
+
+def _counted_bins(values: np.ndarray, counts: np.ndarray) -> int:
+    """The number of bins `np.histogram_bin_edges(np.repeat(values, counts), "auto")`
+    gives (its estimators, step for step), for a range wider than one value."""
+    n = int(counts.sum())
+    ptp = float(values[-1]) - float(values[0])
+    p75, p25 = _percentiles(values, counts, [75, 25])
+    fd = 2.0 * np.subtract(p75, p25) * n ** (-1.0 / 3.0)
+    width = min(max(fd, ptp / np.sqrt(n) / 2), ptp / (np.log2(n) + 1.0))
+    return int(np.ceil(ptp / width)) if width else 1
+
+
+def _counted_distribution(c: ValueCounts) -> dict:
+    """`distribution` of the counted values, byte for byte, without them."""
+    values = np.flatnonzero(c.counts)
+    if not len(values):
+        return {"count": 0}
+    counts = c.counts[values]
+    n = int(counts.sum())
+    lo, hi = float(values[0]), float(values[-1])
+    edges = _integer_edges(lo, hi, lambda: _counted_bins(values, counts))
+    hist, _ = np.histogram(values.astype(float), bins=edges, weights=counts)
+    p5, median, p95 = _percentiles(values, counts, [5, 50, 95])
+    return {"count": n, "mean": float(np.float64(c.total()) / n), "median": float(median),
+            "p5": float(p5), "p95": float(p95), "min": lo, "max": hi,
+            "histogram": {"edges": [round(float(e), 6) for e in edges],
+                          "counts": [int(x) for x in hist]}}
+
+
+def distribution(values: np.ndarray | ValueCounts, integer: bool = False) -> dict:
+    """Summary numbers and a histogram, JSON-ready; count 0 when there are no values.
+    Counted values (`ValueCounts`, integers) give the numbers of the values themselves."""
+    if isinstance(values, ValueCounts):
+        return _counted_distribution(values)
     a = np.asarray(values, dtype=float)
     a = a[np.isfinite(a)]
     if a.size == 0:
@@ -183,7 +261,8 @@ def text_origin(t: pa.Table) -> dict:
 
 
 # what build stats keep per sample; the texts (clips, paragraph) are read a batch at a time
-# and only their word counts kept: ~60 bytes per sample and 4 per clip, never the manifest
+# and only their word counts kept: ~60 bytes per sample, the clips' counted by value
+# (`ValueCounts`), never the manifest
 BUILD_STATS_COLUMNS = ["video_id", "n_clips", "duration", "bytes", "text_source", "language", "split"]
 FAILURE_STATS_COLUMNS = ["stage", "code", "reason", "permanent"]
 # rows per batch: a batch's texts and their split words are what stats holds at once
@@ -191,13 +270,13 @@ FAILURE_STATS_COLUMNS = ["stage", "code", "reason", "permanent"]
 BATCH_ROWS = 8192
 
 
-def _build_columns(fs, root: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+def _build_columns(fs, root: str) -> tuple[pa.Table, np.ndarray, ValueCounts]:
     """The manifest's per-sample numbers, words per paragraph and words per clip, streamed."""
     files = tables.parquet_files(fs, root, "manifest")
     names = tables.read_schema(fs, files).names
     keep = [c for c in BUILD_STATS_COLUMNS if c in names]
     texts = ["clips"] + (["paragraph"] if "paragraph" in names else [])
-    light, paragraph_words, clip_words = [], [], []
+    light, paragraph_words, clip_words = [], [], ValueCounts()
     for batch in tables.iter_batches(fs, files, keep + texts, BATCH_ROWS):
         t = pa.Table.from_batches([batch])
         clips = pc.list_flatten(t["clips"])
@@ -209,12 +288,12 @@ def _build_columns(fs, root: str) -> tuple[pa.Table, np.ndarray, np.ndarray]:
             part = part.append_column("n_clips", pc.list_value_length(t["clips"]))
         light.append(part)
         paragraph_words.append(word_counts(paragraphs))
-        clip_words.append(word_counts(clip_texts).astype(np.int32))
+        clip_words.add(word_counts(clip_texts))
     if not light:  # no rows: the columns' types from the schema
         t = tables.read_table(fs, root, "manifest", keep + ["clips"])
         return (t.select(keep).append_column("n_clips", pc.list_value_length(t["clips"]))
-                if "n_clips" not in names else t.select(keep)), np.zeros(0, np.int64), np.zeros(0, np.int32)
-    return pa.concat_tables(light), np.concatenate(paragraph_words), np.concatenate(clip_words)
+                if "n_clips" not in names else t.select(keep)), np.zeros(0, np.int64), clip_words
+    return pa.concat_tables(light), np.concatenate(paragraph_words), clip_words
 
 
 def _build_stats(fs, root: str) -> dict:
@@ -223,7 +302,7 @@ def _build_stats(fs, root: str) -> dict:
         t["n_clips"].to_numpy(zero_copy_only=False), t["duration"].to_numpy(zero_copy_only=False),
         paragraph_words, clip_words)}
     stats.update(text_origin(t))
-    stats["words"] = int(clip_words.sum(dtype=np.int64))
+    stats["words"] = clip_words.total()
     if fs.exists(f"{root}/build.json"):  # what planning dropped: not in the ledger, no sample holds it
         with fs.open(f"{root}/build.json", "rb") as f:
             record = json.loads(f.read())
@@ -247,15 +326,17 @@ SHARD_STATS_COLUMNS = ["split", "shard", "video_id", "n_clips", "duration", "par
 class _ShardCounts:
     """What shard stats need of a shard manifest, gathered a batch at a time. Kept per
     sample only numbers (for exact medians and the same float sums as the whole table) and
-    the few-valued string columns as codes into a small list of values; distinct videos and
-    shards as sets per split; every other count summed as it goes."""
+    the few-valued string columns as codes into a small list of values; the clips' word
+    counts counted by value; distinct videos and shards as sets per split; every other
+    count summed as it goes."""
 
     CODED = ("split", "text_source", "language")
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
         self.samples = self.bytes = 0
-        self.numbers: dict[str, list[np.ndarray]] = {c: [] for c in ("n_clips", "duration", "paragraph_words", "clip_words")}
+        self.numbers: dict[str, list[np.ndarray]] = {c: [] for c in ("n_clips", "duration", "paragraph_words")}
+        self.clip_words = ValueCounts()
         self.values: dict[str, list] = {c: [] for c in self.CODED}  # code -> value (None: null)
         self.index: dict[str, dict] = {c: {} for c in self.CODED}   # value -> code
         self.codes: dict[str, list[np.ndarray]] = {c: [] for c in self.CODED}
@@ -278,7 +359,7 @@ class _ShardCounts:
         self.samples += t.num_rows
         for c in ("n_clips", "duration", "paragraph_words"):
             self.numbers[c].append(np.array(t[c].to_numpy(zero_copy_only=False)))
-        self.numbers["clip_words"].append(np.array(pc.list_flatten(t["clip_words"]).to_numpy(zero_copy_only=False)))
+        self.clip_words.add(pc.drop_null(pc.list_flatten(t["clip_words"])).to_numpy(zero_copy_only=False))
         for c in self.CODED:
             if c in self.names:
                 self.codes[c].append(self._coded(c, t[c]))
@@ -322,7 +403,7 @@ class _ShardCounts:
                 "hours": float(pd.Series(duration[mask]).sum()) / 3600,
                 **({"shards": len(self.shards[value] - {None})} if "shard" in self.names else {})}
                 for value, mask in sorted((v, m) for v, m in groups.items() if v is not None)}
-        stats["distributions"] = _distributions(n["n_clips"], duration, n["paragraph_words"], n["clip_words"])
+        stats["distributions"] = _distributions(n["n_clips"], duration, n["paragraph_words"], self.clip_words)
         if "text_source" in self.names and self.samples:  # as text_origin of the whole table
             stats["text_sources"] = {str(k): {"samples": int(m.sum()), "hours": float(pd.Series(duration[m]).sum()) / 3600}
                                      for k, m in sorted(self._groups("text_source", "metadata").items())}
@@ -334,7 +415,7 @@ class _ShardCounts:
 
 def shard_stats(fs, root: str, columns: list[str] = SHARD_STATS_COLUMNS) -> dict:
     """Stats of a shard directory's manifest, streamed: a batch at a time, keeping per
-    sample a few numbers and per clip its word count, never the manifest (`shard` writes
+    sample a few numbers and the clips' word counts by value, never the manifest (`shard` writes
     these, of `columns`, as stats.json). The same numbers as `shard_table_stats` of the
     whole table."""
     files = tables.parquet_files(fs, root, "manifest")

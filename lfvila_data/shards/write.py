@@ -18,7 +18,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -36,6 +36,7 @@ from lfvila_data.output.fingerprint import content, reuse_or_clear
 from lfvila_data.output.write import OutputDir
 from lfvila_data.records import paragraph, relative_time, words_of
 from lfvila_data.schemas import MANIFEST_SCHEMA, manifest_clips
+from lfvila_data.shards.sizing import member_lengths
 from lfvila_data.shards.stats import shard_stats
 
 SPLITS = ("train", "val")
@@ -87,7 +88,9 @@ class ShardPlan:
 
 @dataclass
 class ShardRecord:
-    """A written shard, as the index and the manifest need it."""
+    """A written shard, as the index and the manifest need it. Its samples' byte offsets
+    are in its done marker only: the driver keeps a record per shard without them (8 bytes
+    a sample, ~300 MB at 8.5M in Python), and `shard_manifest` reads them a shard at a time."""
 
     split: str
     name: str
@@ -200,6 +203,29 @@ def sample_tar_bytes(row: dict, members: tuple[bytes, bytes] | None = None) -> i
     return sum(member_bytes(len(member_name(row["key"], ext)), size) for ext, size in sizes.items())
 
 
+def tar_sizes(rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """`sample_tar_bytes` of every manifest row, and whether its json and txt fit in
+    MAX_TEXT_MEMBER: computed over the whole table (`sizing.member_lengths`), the rows it
+    cannot vouch for measured from their real members."""
+    meta, text, exact = member_lengths(rows, BENCHMARK_TASKS, "pretraining")
+    names = np.asarray(pc.fill_null(pc.utf8_length(rows["key"]), 0).to_numpy(zero_copy_only=False), np.int64) + 1
+    videos = np.asarray(pc.fill_null(rows["bytes"], 0).to_numpy(zero_copy_only=False), np.int64)
+    size = sum(_member_bytes(names + len(ext), data) for ext, data in (("mp4", videos), ("json", meta), ("txt", text)))
+    slow = np.flatnonzero(~exact)
+    for c in range(0, len(slow), _SIZE_CHUNK):
+        at = slow[c:c + _SIZE_CHUNK]
+        for i, row in zip(at, rows.take(pa.array(at)).to_pylist()):
+            members = sample_members(row)
+            meta[i], text[i] = map(len, members)
+            size[i] = sample_tar_bytes(row, members)
+    return size, np.maximum(meta, text) <= MAX_TEXT_MEMBER
+
+
+def _member_bytes(name_len: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """`member_bytes` over arrays."""
+    return np.where(name_len > 99, 3 * _BLOCK, _BLOCK) + -(-size // _BLOCK) * _BLOCK
+
+
 def video_rank(video_id: str, seed: int) -> int:
     """`_video_rank` as a 64-bit number (its first 16 hex digits): the same order, in a
     numpy array of 8 bytes per video instead of a 40-character string."""
@@ -261,14 +287,46 @@ def _bucket_of(keys: list[str], seed: int, buckets: int) -> np.ndarray:
                         % buckets for k in keys), dtype=np.int64, count=len(keys))
 
 
+# what shard writing reads of a manifest row: not the paragraph, which it joins again from
+# the clip texts (a third of a row's bytes, spilled, read and written twice by planning)
+PLANNED_SCHEMA = pa.schema([f for f in MANIFEST_SCHEMA if f.name != "paragraph"])
+
+
 def _conform(t: pa.Table, build: str) -> pa.Table:
-    """A build's manifest rows in MANIFEST_SCHEMA (older builds lack some columns)."""
+    """A build's manifest rows in PLANNED_SCHEMA (older builds lack some columns)."""
     cols = [t[f.name] if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
-            for f in MANIFEST_SCHEMA]
+            for f in PLANNED_SCHEMA]
     try:
-        return pa.Table.from_arrays(cols, schema=MANIFEST_SCHEMA)
+        return pa.Table.from_arrays(cols, schema=PLANNED_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
         raise InputError(f"{build!r}: the manifest has unexpected columns ({e})") from None
+
+
+def _bucket_path(tmp: str, b: int) -> str:
+    return f"{tmp}/bucket-{b:05d}.arrow"
+
+
+class _BucketWriter:
+    """One bucket's spill file: an Arrow IPC stream (lz4). Each input batch adds a slice
+    of a few hundred rows to every bucket; as Parquet row groups those cost more CPU than
+    the rest of planning at 4M samples and grow with the square of the samples (batches x
+    buckets), while a stream message is a copy and a compression."""
+
+    def __init__(self, path: str, schema: pa.Schema):
+        self.file = pa.OSFile(path, "wb")
+        self.writer = pa.ipc.new_stream(self.file, schema, options=pa.ipc.IpcWriteOptions(compression="lz4"))
+
+    def write(self, t: pa.Table) -> None:
+        self.writer.write_table(t)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.file.close()
+
+
+def _read_bucket(path: str) -> pa.Table:
+    with pa.OSFile(path, "rb") as f:
+        return pa.ipc.open_stream(f).read_all()
 
 
 def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: str,
@@ -282,13 +340,15 @@ def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: s
             with fs.open(path, "rb") as f:
                 total += pq.ParquetFile(f).metadata.num_rows
     n = max(1, -(-total // bucket_rows))
-    schema = MANIFEST_SCHEMA.append(pa.field("_build", pa.int32())).append(pa.field("_rank", pa.uint64()))
-    writers: dict[int, pq.ParquetWriter] = {}
+    schema = PLANNED_SCHEMA.append(pa.field("_build", pa.int32())).append(pa.field("_rank", pa.uint64()))
+    writers: dict[int, _BucketWriter] = {}
     sources: set[str] = set()
     try:
         for bi, (d, files) in enumerate(builds):
             fs, _ = fsspec.core.url_to_fs(d)
-            for batch in tables.iter_batches(fs, files, batch_rows=min(65536, bucket_rows)):
+            present = set(tables.read_schema(fs, files).names)
+            columns = [c for c in PLANNED_SCHEMA.names if c in present]
+            for batch in tables.iter_batches(fs, files, columns, batch_rows=min(65536, bucket_rows)):
                 t = _conform(pa.Table.from_batches([batch]), d)
                 ranks: dict[str, int] = {}
                 vids = t["video_id"].to_pylist()
@@ -302,8 +362,8 @@ def _spill_buckets(builds: list[tuple[str, list[str]]], cfg: ShardConfig, tmp: s
                 edges = np.searchsorted(bucket[order], np.arange(n + 1))
                 for b in np.flatnonzero(np.diff(edges)):
                     if b not in writers:
-                        writers[b] = pq.ParquetWriter(f"{tmp}/bucket-{b:05d}.parquet", schema, compression="lz4")
-                    writers[b].write_table(t.take(pa.array(order[edges[b]:edges[b + 1]])))
+                        writers[b] = _BucketWriter(_bucket_path(tmp, b), schema)
+                    writers[b].write(t.take(pa.array(order[edges[b]:edges[b + 1]])))
     finally:
         for w in writers.values():
             w.close()
@@ -327,10 +387,10 @@ def _val_limit(buckets: int, cfg: ShardConfig, tmp: str) -> tuple[int, int]:
     per video, not its rows), and the number of duplicate keys."""
     ranks, counts, dups = [], [], 0
     for b in range(buckets):
-        path = f"{tmp}/bucket-{b:05d}.parquet"
+        path = _bucket_path(tmp, b)
         if not os.path.exists(path):
             continue
-        t, d = _dedup(pq.read_table(path, columns=["key", "_build", "_rank"]))
+        t, d = _dedup(_read_bucket(path).select(["key", "_build", "_rank"]))
         dups += d
         per_video = t.group_by("_rank").aggregate([("key", "count")])
         ranks.append(per_video["_rank"].to_numpy())
@@ -370,10 +430,10 @@ def plan_shards(inputs: list[str], output: str, cfg: ShardConfig,
                 current[split] = []
 
         for b in range(n):
-            path = f"{tmp}/bucket-{b:05d}.parquet"
+            path = _bucket_path(tmp, b)
             if not os.path.exists(path):
                 continue
-            t, _ = _dedup(pq.read_table(path))
+            t, _ = _dedup(_read_bucket(path))
             is_val = pc.less(t["_rank"], pa.scalar(limit, pa.uint64()))
             for split, rows in (("train", t.filter(pc.invert(is_val))), ("val", t.filter(is_val))):
                 if not rows.num_rows:
@@ -381,22 +441,17 @@ def plan_shards(inputs: list[str], output: str, cfg: ShardConfig,
                 salt = int.from_bytes(hashlib.sha1(split.encode()).digest()[:4], "little")
                 rows = rows.take(np.random.default_rng([cfg.seed, salt, b]).permutation(rows.num_rows))
                 rows = rows.set_column(rows.schema.get_field_index("_build"), "_build",
-                                       pa.array([builds[i][0] for i in rows["_build"].to_pylist()]))
+                                       pa.array([d for d, _ in builds]).take(rows["_build"]))
                 rows = rows.drop_columns(["_rank"])
-                # each sample serialised once: its tar size for packing, and whether `verify`
-                # would accept its members (one over MAX_TEXT_MEMBER keeps the sample out)
-                fits, kept = [], []  # kept: (tar bytes, layout entry) of the samples that fit
-                for c in range(0, rows.num_rows, _SIZE_CHUNK):
-                    for row in rows.slice(c, _SIZE_CHUNK).to_pylist():
-                        members = sample_members(row)
-                        fits.append(max(map(len, members)) <= MAX_TEXT_MEMBER)
-                        if fits[-1]:
-                            kept.append((sample_tar_bytes(row, members),
-                                         f"{row['key']}:{row['bytes']}:{row['_build']};"))
-                too_large += len(fits) - len(kept)
+                # each sample's tar size for packing, and whether `verify` would accept its
+                # members (one over MAX_TEXT_MEMBER keeps the sample out)
+                sizes, fits = tar_sizes(rows)
+                too_large += int((~fits).sum())
                 rows = rows.filter(pa.array(fits, pa.bool_()))
                 if not rows.num_rows:
                     continue
+                kept = zip(sizes[fits].tolist(), (f"{k}:{n}:{b};" for k, n, b in zip(
+                    rows["key"].to_pylist(), rows["bytes"].to_pylist(), rows["_build"].to_pylist())))
                 rel = f"{PLAN_DIR}/{split}-{b:05d}.parquet"
                 url = f"{out.url}/{rel}"
                 for i, (size, entry) in enumerate(kept):
@@ -519,7 +574,7 @@ def write_shard(plan: ShardPlan, output: str) -> ShardRecord:
         out.fs.mv(target, final)
     record = ShardRecord(plan.split, plan.name, plan.nsamples, sink.size, md5sum, offsets)
     out.write_json(f"_meta/{plan.name}.json", asdict(record))  # the done marker, last
-    return record
+    return replace(record, offsets=[])
 
 
 def read_record(out: OutputDir, name: str) -> ShardRecord | None:
@@ -565,10 +620,11 @@ SHARD_MANIFEST_SCHEMA = pa.schema([
     ("dataset_split", pa.string())])
 
 
-def shard_manifest(plans: list[ShardPlan], records: dict[str, ShardRecord]) -> Iterator[pa.Table]:
-    """The shard manifest's rows, one shard at a time (unsorted: `run_shard` sorts them)."""
+def shard_manifest(plans: list[ShardPlan], out: OutputDir) -> Iterator[pa.Table]:
+    """The shard manifest's rows, one shard at a time (unsorted: `run_shard` sorts them),
+    each shard's offsets read from its done marker."""
     for plan in plans:
-        rec = records[plan.name]
+        rec = ShardRecord(**json.loads(out.fs.cat_file(out.path(f"_meta/{plan.name}.json"))))
         rows = []
         for i, row in enumerate(plan_rows(plan)):
             rows.append({"key": row["key"], "split": plan.split, "shard": plan.name,
@@ -615,7 +671,7 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMa
     for p in plans:
         rec = read_record(out, p.name)
         if rec is not None:
-            records[p.name] = rec
+            records[p.name] = replace(rec, offsets=[])
         else:
             todo.append(p)
     failed: list[str] = []
@@ -635,7 +691,7 @@ def run_shard(inputs: list[str], output: str, cfg: ShardConfig, *, write: TaskMa
             out.write_json(f"{split}.json", wids_index(split, recs))
         elif out.exists(f"{split}.json"):
             out.fs.rm(out.path(f"{split}.json"))
-    tables.write_sorted(out, "manifest", shard_manifest(plans, records), SHARD_MANIFEST_SCHEMA, ["key"])
+    tables.write_sorted(out, "manifest", shard_manifest(plans, out), SHARD_MANIFEST_SCHEMA, ["key"])
     stats = shard_stats(out.fs, out.root, STATS_COLUMNS)  # streamed, never the whole manifest
     stats["bytes"] = int(sum(r.filesize for r in records.values()))  # shard files, not videos
     stats["duplicate_keys_dropped"] = layout.duplicates

@@ -25,7 +25,15 @@ from lfvila_data.localserver import MediaServer
 from lfvila_data.media.fetch import FetchConfig
 from lfvila_data.media.task import TaskContext
 from lfvila_data.plan.join import PlanConfig
-from lfvila_data.shards.write import ShardConfig, pack, run_shard, shuffled, split_videos
+from lfvila_data.shards.write import (
+    ShardConfig,
+    pack,
+    plan_shards,
+    run_shard,
+    shuffled,
+    split_videos,
+    write_shard,
+)
 
 
 def test_split_is_by_video_and_seeded():
@@ -150,6 +158,24 @@ def test_tarfile_reader_matches_the_build(shards, builds):
                 assert text == src["paragraph"]
                 seen.add(key)
     assert seen == set(rows)
+
+
+def test_offsets_stay_in_the_done_markers(shards, builds, tmp_path):
+    """The driver keeps no per-sample offsets: `write_shard` returns its record without
+    them, its done marker has them where the tar's samples start, and so has the manifest."""
+    out, _ = shards
+    m = pd.read_parquet(out / "manifest")
+    markers = sorted((out / "_meta").glob("*.tar.json"))
+    assert len(markers) == m.shard.nunique()
+    for marker in markers:
+        rec = json.loads(marker.read_text())
+        with tarfile.open(out / rec["name"]) as tar:
+            assert rec["offsets"] == [x.offset for x in tar.getmembers()[::3]]
+        assert rec["offsets"] == m[m.shard == rec["name"]].sort_values("index").offset.tolist()
+    plan = plan_shards([str(b) for b in builds], str(tmp_path), ShardConfig(samples_per_shard=3)).shards[0]
+    rec = write_shard(plan, str(tmp_path))
+    assert rec.offsets == [] and rec.nsamples == 3
+    assert len(json.loads((tmp_path / "_meta" / f"{plan.name}.json").read_text())["offsets"]) == 3
 
 
 def test_webdataset_reader(shards, builds):

@@ -17,6 +17,7 @@ from lfvila_data.records import Failure, FailureCode
 from lfvila_data.schemas import FAILURE_SCHEMA, MANIFEST_SCHEMA
 from lfvila_data.shards.stats import (
     StatsInputError,
+    ValueCounts,
     collect_stats,
     distribution,
     failure_stats,
@@ -312,10 +313,10 @@ def test_shard_stats_json_streams_the_manifest(tmp_path):
     per sample a few numbers and codes: after the stats of a small manifest, those of one
     five times bigger add nothing to Arrow's peak (before: the whole table of STATS_COLUMNS,
     its clip_words lists included, +9.9 MiB for 6.2 MiB more manifest; now +0 to 1.3 KiB).
-    The process's peak RSS is not asserted: `distribution`'s float copies of every clip's
-    word count dominate it, as before, and it varies run to run (measured +24..43 MiB; the
-    old code +28 MiB). The numbers, serialised, are byte for byte those of the whole table
-    read at once."""
+    The process's peak RSS is not asserted: it varies run to run (measured +24..43 MiB
+    while `distribution` made float copies of every clip's word count; those are now
+    counted by value, `ValueCounts`). The numbers, serialised, are byte for byte those of
+    the whole table read at once."""
     import subprocess
     import sys
 
@@ -342,3 +343,21 @@ def test_shard_stats_json_streams_the_manifest(tmp_path):
     assert streamed["dataset_splits"] == {"val1": 2667} and streamed["bytes"] > 0
     assert json.dumps(streamed, sort_keys=True) == json.dumps(
         shard_table_stats(tables.read_table(fs, str(small), "manifest", SHARD_STATS_COLUMNS)), sort_keys=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_distribution_of_counted_values_is_that_of_the_values(seed):
+    """`ValueCounts` keeps how often each word count occurs, not every clip's: its
+    distribution is byte for byte that of the values (narrow and wide ranges, heavy tails,
+    one value, two, a few thousand)."""
+    rng = np.random.default_rng(seed)
+    cases = [rng.integers(1, 40, 5000), rng.integers(0, 1000, 3001), rng.geometric(0.05, 20000),
+             np.array([7]), np.array([3, 90]), rng.integers(0, 61, 2), np.repeat([0, 500], [10, 1]),
+             (rng.pareto(1.5, 4000) * 10).astype(np.int64), rng.integers(100, 170, 777)]
+    for values in cases:
+        counted = ValueCounts()
+        for part in np.array_split(values, 3):  # added a batch at a time
+            counted.add(part)
+        assert json.dumps(distribution(counted, True)) == json.dumps(distribution(values, True))
+        assert counted.total() == int(values.sum())
+    assert distribution(ValueCounts(), True) == {"count": 0}
