@@ -21,10 +21,12 @@ from tests.support.corpus import VideoSpec, even_spans, write_metadata
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """An output on a 48 KiB tmpfs: room for the plan and a few samples, not for all."""
+    """An output on a 32 KiB tmpfs: room for the plan and a few samples, not for all (4 of
+    the 8 videos are fetched before it fills; at 48 KiB, since the cut's defaults write
+    smaller files, all 8 were)."""
     mnt = tmp_path / "out"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mnt)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mnt)],
                        capture_output=True, text=True, check=False)
     if r.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.strip()}")
