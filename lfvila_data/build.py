@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lfvila_data import __version__
-from lfvila_data.executor.base import RunConfig, Shuffle, TaskMap, local_shuffle, stop_on_signals
+from lfvila_data.executor.base import RunConfig, Shuffle, TaskMap, local_shuffle, raise_if_signalled, stop_on_signals
 from lfvila_data.executor.threads import ThreadTasks, run_videos_local
 from lfvila_data.inputs import InputError, expand_paths
 from lfvila_data.media.task import TaskContext, VideoJob
@@ -520,6 +520,7 @@ def _run_leased(cfg: BuildConfig, out: OutputDir, lease: OutputLease, started: f
     if ray is not None:
         from lfvila_data.executor.runner import run_videos as runner
     progress = run_journaled(cfg, out, plan, previous, lease, runner, progress_every_s)
+    raise_if_signalled()  # not finalized: the rerun the signal's message asks for does it
     lease.check()
     counts = finalize(out, iter_journal(out), read_plan_failures(cfg.output))
     elapsed = time.time() - started

@@ -111,6 +111,7 @@ def fetch_then_cut(jobs: Iterable[J], cut_slots: int, fetch_slots: int, start_fe
     cutting: set[str] = set()  # videos being cut: only their reports count
     ready_to_cut: deque[F] = deque()
     while True:
+        raise_if_signalled()
         while not exhausted and fetching < fetch_slots and len(ready_to_cut) + len(cutting) < 2 * cut_slots:
             job = next(pending, None)
             if job is None:
@@ -145,15 +146,29 @@ def fetch_then_cut(jobs: Iterable[J], cut_slots: int, fetch_slots: int, start_fe
         tick()
 
 
+_signalled = threading.Event()
+
+
 def _interrupt(signum: int, _frame: object) -> None:
+    _signalled.set()
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def stop_on_signals() -> None:
-    """SIGTERM and SIGHUP stop the driver the way Ctrl-C does (Ray's own SIGTERM handler
-    just exits), so the build unwinds: Ray or the driver's threads are stopped and the
-    job's scratch and lease are removed instead of outliving it. (Here, not beside the
+    """SIGTERM, SIGHUP and SIGINT stop the driver the way Ctrl-C does (Ray's own SIGTERM
+    handler just exits), so the build unwinds: Ray or the driver's threads are stopped and
+    the job's scratch and lease are removed instead of outliving it. (Here, not beside the
     Ray start, so a build without Ray never imports Ray.)"""
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        _signalled.clear()
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, _interrupt)
+
+
+def raise_if_signalled() -> None:
+    """Raise again the interrupt of a signal that a library call swallowed. Ray's blocking
+    calls catch the KeyboardInterrupt a handler raises inside them and report it as a
+    status that some callers drop: a build sent SIGINT while it asked Ray for its nodes
+    went on and exited 0."""
+    if _signalled.is_set():
+        raise KeyboardInterrupt("signal")
