@@ -166,9 +166,8 @@ def stop_on_signals() -> None:
 
 
 def raise_if_signalled() -> None:
-    """Raise again the interrupt of a signal that a library call swallowed. Ray's blocking
-    calls catch the KeyboardInterrupt a handler raises inside them and report it as a
-    status that some callers drop: a build sent SIGINT while it asked Ray for its nodes
-    went on and exited 0."""
+    """Raise again the interrupt of a signal that a library call swallowed (likely Ray's
+    blocking calls, which catch the KeyboardInterrupt a handler raises inside them and
+    report a status some callers drop): once a build sent SIGINT went on and exited 0."""
     if _signalled.is_set():
         raise KeyboardInterrupt("signal")
