@@ -53,10 +53,13 @@ def _legacy(module: str) -> types.ModuleType:
 
 class Sampler:
     """Every 2 s in a thread: the bytes under the step's temporary directory (the sort's
-    spilled runs) and the load average, kept at their extremes."""
+    spilled runs) and the load average, kept at their extremes, and a trace of RSS, Arrow's
+    allocated bytes and the spill over time (to see *when* the peak happens)."""
 
     def __init__(self, tmp: Path):
         self.tmp, self.spill, self.load = tmp, 0, [os.getloadavg()[0]] * 2
+        self.trace: list[dict] = []
+        self._t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -67,6 +70,12 @@ class Sampler:
             self.spill = max(self.spill, size)
             load = os.getloadavg()[0]
             self.load = [min(self.load[0], load), max(self.load[1], load)]
+            import pyarrow as pa  # the step imports it anyway
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+            self.trace.append({"t": round(time.perf_counter() - self._t0), "rss_mib": rss,
+                               "arrow_mib": pa.total_allocated_bytes() >> 20,
+                               "spill_mib": size >> 20, "runs": sum(1 for _ in self.tmp.rglob("run-*"))})
 
     def stop(self) -> dict:
         self._stop.set()
@@ -100,8 +109,11 @@ def child(step: str, build: Path, shards: Path) -> dict:
         raise SystemExit(f"unknown step {step}")
     seconds = time.perf_counter() - t
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    stats = sampler.stop()
+    with open(build.parent / f"trace-{step}-{build.name}.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in sampler.trace)
     return {"step": step, "seconds": round(seconds, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024), **sampler.stop(),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024), **stats,
             "samples": info.get("samples_written"), "shards": info.get("shards")}
 
 
