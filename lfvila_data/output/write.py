@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from lfvila_data.output.manifest import ExternalSort, SortConfig, write_parts
+from lfvila_data.output.manifest import SortConfig, SortGroup, write_parts
 from lfvila_data.schemas import FAILURE_SCHEMA, MANIFEST_SCHEMA
 
 DOWNLOAD_SCHEMA = pa.schema([("video_id", pa.string()), ("key", pa.string()),
@@ -390,7 +390,8 @@ def finalize(out: OutputDir, journal: Iterable[tuple[str, str, dict]],
     every table goes through an external sort, so no process holds all rows: an
     8.5M-sample build fits a small head node."""
     tables = {MANIFEST: MANIFEST_SCHEMA, FAILURES: FAILURE_SCHEMA, DOWNLOADS: DOWNLOAD_SCHEMA}
-    sorters = {n: ExternalSort(schema, TABLE_ORDER[n], sort) for n, schema in tables.items()}
+    group = SortGroup(sort)  # one run_bytes budget for the three tables together
+    sorters = {n: group.sort(schema, TABLE_ORDER[n]) for n, schema in tables.items()}
     stages: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     totals = {"duration": 0.0, "bytes": 0, "download_bytes": 0, "fetched_bytes": 0}
