@@ -125,6 +125,7 @@ def main() -> None:
           f"stop {med(lean, 'stop') / med(before, 'stop'):.2f}")
     for label in VARIANTS:
         kinds = sorted(kind(c, c).replace("other", "Ray: agent or reaper") for c in rows[label][0]["processes"])
+        kinds = [k.split(" ")[0] if k.startswith("worker") else k for k in kinds]
         print(f"processes, {label}: {', '.join(kinds)}")
 
 
