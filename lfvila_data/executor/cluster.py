@@ -215,7 +215,14 @@ def _stop_local_node() -> None:
 
 
 def _end_new_children(before: set[int]) -> None:
-    procs = [p for p in psutil.Process().children() if p.pid not in before]
+    """End Ray's processes this process started since `before` (not the driver's own
+    children, such as a probe the planning thread runs meanwhile)."""
+    home = os.path.dirname(ray.__file__)
+    procs = []
+    for p in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if p.pid not in before and home in " ".join(p.cmdline()):
+                procs.append(p)
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.kill()
