@@ -9,7 +9,8 @@ A generated HD-VILA-style corpus (lfvila_data.demo.make_corpus: 320x240, 15 fps,
 is served on loopback; every method runs as the user runs it, a fresh `lfvila-data`
 process, and rounds interleave the methods so drift on a shared machine hits all alike.
 
-- `ray`: start and stop a local Ray, nothing else (the floor Ray alone sets);
+- `ray`: start a local Ray as the build does (`executor/cluster.init_ray` of the checkout
+  measured, so a baseline's is its own), run one task, stop it: the floor Ray alone sets;
 - `plan-only`: `lfvila-data build --plan-only` on a fresh output (start-up, reading and
   planning the inputs);
 - `build`: the whole build on a fresh output;
@@ -50,9 +51,9 @@ from proctree import Measured, run_measured
 from lfvila_data.demo import make_corpus
 from lfvila_data.localserver import MediaServer
 
-RAY_ONLY = ("import logging, ray; ray.init(address='local', include_dashboard=False, "
-            "log_to_driver=False, logging_level=logging.WARNING); ray.get(ray.remote(lambda: 1).remote()); "
-            "ray.shutdown()")
+# a local Ray started and stopped by the code of the tree it runs in, as its build does
+RAY_ONLY = ("import ray; from lfvila_data.executor.cluster import init_ray, shutdown_ray; init_ray(None); "
+            "ray.get(ray.remote(lambda: 1).remote()); shutdown_ray()")
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,9 +137,11 @@ def main() -> None:
         workers: dict[str, list[int]] = defaultdict(list)
         ray_tmp = work / "ray"
         for r in range(a.repeat):
-            results["ray"].append(check(run_measured([sys.executable, "-c", RAY_ONLY], use_cgroup=cg), "ray"))
             for tag, (tree, extra) in trees.items():
                 env = tree_env(tree)
+                if tree != REPO or not tag:  # each checkout's own start and stop
+                    results[f"{tag}ray"].append(check(run_measured([sys.executable, "-c", RAY_ONLY], env=env,
+                                                                   cwd=str(tree), use_cgroup=cg), f"{tag}ray"))
                 if not extra:  # planning does not depend on the executor
                     out = work / f"plan{r}"
                     shutil.rmtree(out, ignore_errors=True)
@@ -189,7 +192,7 @@ def main() -> None:
         if f"{tag}build" in med:
             print(f"\nours / {name} (wall, CPU): " + ", ".join(
                 f"{k} {med[k][0] / med[tag + k][0]:.2f}, {med[k][1] / med[tag + k][1]:.2f}"
-                for k in ("plan-only", "rerun", "build") if tag + k in med))
+                for k in ("ray", "plan-only", "rerun", "build") if tag + k in med))
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (1 min), {os.getloadavg()[2]:.1f} (15 min)")
     print(f"fixed share of the build's wall time: {fixed_w / build_w:.2f}")
     print(f"source-s per wall-s: build {source_s / build_w:.1f}, proportional {source_s / max(prop_w, 1e-9):.1f}, "

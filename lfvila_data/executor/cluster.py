@@ -1,6 +1,7 @@
 """Starting or joining Ray, and what the cluster offers (for sizing pools)."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -9,6 +10,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -101,7 +103,8 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
         kwargs["num_cpus"] = num_cpus
     with _stderr_captured() as captured:
         try:
-            ray.init(**kwargs)
+            if address or not _start_lean(LocalRay.from_env(), num_cpus, kwargs):
+                ray.init(**kwargs)
             return
         except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
             error, said = e, captured()
@@ -113,6 +116,117 @@ def _start_ray(address: str | None, num_cpus: int | None) -> None:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
             raise InputError(_init_error(address, e, captured())) from e
+
+
+LEAN_ENV = "LFVILA_RAY_LEAN"  # "0": a local Ray with every process ray.init starts
+
+
+@dataclass(frozen=True)
+class LocalRay:
+    """Which of Ray's optional processes a local Ray this job starts runs (issue 15, fixed
+    cost; docs/performance.md, "Ray's own processes"). The GCS, the raylet, its two agents
+    and the object store always run; a cluster named by address is never changed. Each
+    default leaves out what a one-machine build does not use:
+
+    - `dashboard`: Ray's dashboard process, which `include_dashboard=False` does not
+      remove but reduces to a usage-stats module that ray.init turns off; ray.init waits
+      for it to come up (~1.5 CPU-s);
+    - `monitor`: the autoscaler's monitor (nothing to scale on one machine);
+    - `log_monitor`: it sends workers' output to the driver, which `log_to_driver=False`
+      drops (the output stays in the session's log files);
+    - `prestart`: a worker per CPU started when the driver connects, whether or not
+      anything runs (a rerun with nothing to cut); tasks start the workers they need."""
+
+    dashboard: bool = False
+    monitor: bool = False
+    log_monitor: bool = False
+    prestart: bool = False
+
+    @classmethod
+    def from_env(cls) -> LocalRay | None:
+        """The lean start unless LFVILA_RAY_LEAN=0 asks for Ray's own (None)."""
+        return None if os.environ.get(LEAN_ENV, "1").strip() == "0" else cls()
+
+
+_local_node = None  # the head node of the lean local Ray this process started, if any
+_exit_hook: list = []  # shutdown_ray, once registered to run at exit
+
+
+def _start_lean(lean: LocalRay | None, num_cpus: int | None, kwargs: dict) -> bool:
+    """Start a local Ray without the processes `lean` leaves out, then connect to it.
+    ray.init has no options for them, so this starts Ray's head node as ray.init does
+    (token authentication, usage stats off) with those processes left out, and ray.init
+    joins it by address. False (nothing started) where this Ray lacks the internals it
+    uses: the caller then runs ray.init itself."""
+    global _local_node
+    if lean is None:
+        return False
+    try:
+        from ray._common.usage import usage_lib
+        from ray._private.authentication.authentication_token_setup import (
+            enable_token_auth_by_default,
+            ensure_token_if_auth_enabled,
+        )
+        from ray._private.node import Node
+        from ray._private.parameter import RayParams
+
+        config = {} if lean.prestart else {"prestart_worker_first_driver": False}
+        params = RayParams(num_cpus=num_cpus, include_dashboard=False, dashboard_port=None,
+                           include_log_monitor=lean.log_monitor, no_monitor=not lean.monitor,
+                           _system_config=config)
+        Node.start_api_server  # noqa: B018 (what the lean node overrides must exist)
+    except (ImportError, AttributeError, TypeError):
+        return False
+
+    class LeanNode(Node):
+        def start_api_server(self, *args, **kwargs) -> None:
+            if lean.dashboard:
+                super().start_api_server(*args, **kwargs)
+            else:
+                self._webui_url = ""  # as when the dashboard fails to start: none
+
+    enable_token_auth_by_default()
+    ensure_token_if_auth_enabled(config, create_token_if_missing=True)
+    usage_lib.set_usage_stats_enabled_via_env_var(False)
+    before = {p.pid for p in psutil.Process().children()}
+    try:
+        _local_node = LeanNode(params, head=True, shutdown_at_exit=False, spawn_reaper=True,
+                               ray_init_cluster=True)
+        ray.init(address=_local_node.address, **{k: v for k, v in kwargs.items()
+                                                 if k in ("log_to_driver", "logging_level")})
+    except BaseException:
+        _stop_local_node()
+        _end_new_children(before)  # a node that failed half-way is not in _local_node
+        raise
+    if not _exit_hook:  # runs before Ray's own (atexit runs the last one first)
+        _exit_hook.append(atexit.register(shutdown_ray))
+    return True
+
+
+def _stop_local_node() -> None:
+    """End the processes of the lean local Ray (the raylet first, which stops its agents
+    and workers), as ray.shutdown does for a Ray that ray.init started."""
+    global _local_node
+    node, _local_node = _local_node, None
+    if node is not None:
+        with contextlib.suppress(Exception):
+            node.destroy_external_storage()
+        node.kill_all_processes(check_alive=False, allow_graceful=True)
+
+
+def _end_new_children(before: set[int]) -> None:
+    """End Ray's processes this process started since `before` (not the driver's own
+    children, such as a probe the planning thread runs meanwhile)."""
+    home = os.path.dirname(ray.__file__)
+    procs = []
+    for p in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if p.pid not in before and home in " ".join(p.cmdline()):
+                procs.append(p)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=5)
 
 
 class RayStart:
@@ -241,3 +355,4 @@ def shutdown_ray() -> None:
     """Stop Ray now: a local instance's processes (workers, raylet, agents) with it."""
     if ray.is_initialized():
         ray.shutdown()
+    _stop_local_node()
