@@ -150,6 +150,11 @@ _signalled = threading.Event()
 
 
 def _interrupt(signum: int, _frame: object) -> None:
+    # Ray's driver installs absl's failure handler on top of this one when it starts after
+    # it: that handler prints "*** SIGTERM received", arms a 3 s alarm that aborts the
+    # process, then calls this one. Cancel the alarm, or a clean-up slower than 3 s (a
+    # loaded machine) ends in SIGABRT with Ray's processes and the job's scratch left over.
+    signal.alarm(0)
     _signalled.set()
     raise KeyboardInterrupt(f"signal {signum}")
 

@@ -47,3 +47,39 @@ def test_a_new_run_starts_unsignalled(handlers):
     stop_on_signals()  # the next build in this process
     fetch_then_cut([], 1, 1, lambda _: None, lambda _: None, list, list,
                    lambda *_: None, lambda _: None, lambda: None, lambda _: None)  # no raise
+
+
+SLOW_CLEANUP = """
+import sys, threading, time
+from lfvila_data.executor.base import stop_on_signals
+from lfvila_data.executor.cluster import init_ray, shutdown_ray
+stop_on_signals()
+start = threading.Thread(target=init_ray, args=(None, 1))  # as RayStart starts it
+start.start()
+start.join()
+print("ready", flush=True)
+try:
+    time.sleep(120)
+except KeyboardInterrupt:
+    time.sleep(4)  # a clean-up slower than the 3 s alarm of Ray's failure handler
+    shutdown_ray()
+    sys.exit(2)
+"""
+
+
+def test_a_clean_up_slower_than_rays_alarm_is_not_aborted():
+    """Ray's driver puts absl's failure handler on top of ours when Ray starts after it:
+    it armed a 3 s alarm that aborted the build mid-clean-up (exit -6 under load,
+    test_kill's SIGTERM case failed 3 of 3 runs at load 20-25)."""
+    import subprocess
+    import sys
+
+    job = subprocess.Popen([sys.executable, "-c", SLOW_CLEANUP], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        assert job.stdout.readline().strip() == "ready", job.stderr.read()[-3000:]
+        job.send_signal(signal.SIGTERM)
+        rc = job.wait(timeout=60)
+    finally:
+        job.kill()
+    assert rc == 2, job.stderr.read()[-3000:]
