@@ -32,6 +32,12 @@ def _workers_started(ray) -> int:
     return len(list(logs.rglob("python-core-worker-*.log")))
 
 
+def _actors(ray) -> dict[str, str]:
+    """Every actor of this Ray session, dead or alive (id -> class), from the GCS (Ray's
+    public state API needs the dashboard, which the tests' Ray leaves out)."""
+    return {k: v["ActorClassName"] for k, v in ray._private.state.actors().items()}
+
+
 def test_a_ray_build_starts_a_bounded_number_of_worker_processes(ray_local, tmp_path):
     www = tmp_path / "www"
     www.mkdir()
@@ -42,15 +48,20 @@ def test_a_ray_build_starts_a_bounded_number_of_worker_processes(ray_local, tmp_
         meta, text = write_metadata(tmp_path / "meta", videos)
         out = tmp_path / "out"
         before = _workers_started(ray_local)
+        actors_before = set(_actors(ray_local))
         run_build(BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(out),
                               plan=PlanConfig(min_clips=4, max_clips=4),
                               task=TaskContext(output=str(out), fetch=FetchConfig(retries=0),
                                                workdir=str(tmp_path / "scratch"), cut=CutConfig(height=48)),
                               run=RunConfig(fetch_concurrency=VIDEOS, executor="ray")), progress_every_s=0)
         started = _workers_started(ray_local) - before
+        actors = sorted(name for actor, name in _actors(ray_local).items() if actor not in actors_before)
     assert len(pd.read_parquet(out / "manifest")) == VIDEOS and pd.read_parquet(out / "failures").empty
     cpus = int(ray_local.cluster_resources()["CPU"])
-    assert started <= cpus + 1, started  # the cuts' workers and the node's fetcher (holding the board)
+    # an actor has a worker process to itself, tasks share theirs: the build's only actor is
+    # the node's fetcher, which holds the progress board (before: a board actor as well)
+    assert actors == ["_Fetcher"], actors
+    assert started <= cpus + 1, started  # in a Ray other tests used, idle workers are reused
 
 
 def test_a_cut_worker_imports_neither_numpy_nor_pyarrow():
