@@ -95,10 +95,12 @@ def breakdown(seen: dict) -> dict[str, tuple[int, float]]:
     return {k: (n, c) for k, (n, c) in out.items()}
 
 
-def import_cpu(code: str, env: dict) -> float:
-    """CPU seconds of a fresh interpreter running `code` (a waited-for child: counted)."""
+def import_cpu(code: str, tree: Path) -> float:
+    """CPU seconds of a fresh interpreter running `code` with the code of `tree` (a
+    waited-for child: counted). It runs in `tree`: `python -c` puts the working directory
+    first on the path, so run elsewhere it imported that directory's package instead."""
     before = os.times()
-    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    subprocess.run([sys.executable, "-c", code], env=tree_env(tree), cwd=str(tree), check=True)
     after = os.times()
     return (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
@@ -112,7 +114,7 @@ def main() -> None:
     for _ in range(5):  # interleaved, so load drift on a shared machine hits every checkout alike
         for name, tree in trees.items():
             for k, c in IMPORTS.items():
-                runs[name][k].append(import_cpu(c, tree_env(tree)))
+                runs[name][k].append(import_cpu(c, tree))
     for name, costs in runs.items():
         print(f"{name}: CPU-s of a fresh process, median of 5 interleaved: "
               + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in costs.items()))
