@@ -13,8 +13,8 @@ our package in) about one worker per video, ~1.4 CPU-s each, 4-5x the CPU of cut
 the video (docs/performance.md, "The whole build through Ray"). Cuts stay tasks reserving
 `cut_cpus`: at most a node's CPUs of them run at once, so Ray reuses its workers. The
 progress board lives in the driver's node's fetcher (its own concurrency group, so a
-drain never waits behind the downloads), not in an actor of its own: a build starts the
-nodes' CPUs + one worker process per node, not + 2."""
+drain never waits behind the downloads), not in an actor of its own: the build's only
+actor per node is its fetcher (an actor has a worker process to itself)."""
 from __future__ import annotations
 
 import time
@@ -85,8 +85,9 @@ class FetcherPool:
                 self._running.setdefault(node, 0)
 
     def board_host(self) -> Any:
-        """The fetcher to keep the progress board in (a live one: a dead fetcher is
-        replaced here): the driver's node's, else (a head node that runs no cuts) any."""
+        """The fetcher to keep the progress board in: the driver's node's, else (a head
+        node that runs no cuts) any node's; once `finished` dropped a dead one, its
+        replacement."""
         self._refresh()
         return self._actors.get(ray.get_runtime_context().get_node_id()) or next(iter(self._actors.values()))
 
