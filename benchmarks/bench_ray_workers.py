@@ -8,7 +8,8 @@ to start (a fresh interpreter, `import ray`, then our task module).
 One `--executor ray` build and its rerun per checkout on the bench_build corpus, with
 psutil polling every process of the build's session (`proctree.py`'s method: a process
 that lives less than one poll is missed, so ffmpeg reads low; the cgroup totals are
-bench_build's). The import costs are CPU seconds of fresh processes, medians of 5.
+bench_build's). The import costs are CPU seconds of fresh processes, medians of 5
+rounds that interleave the checkouts.
 """
 from __future__ import annotations
 
@@ -94,10 +95,12 @@ def breakdown(seen: dict) -> dict[str, tuple[int, float]]:
     return {k: (n, c) for k, (n, c) in out.items()}
 
 
-def import_cpu(code: str, env: dict) -> float:
-    """CPU seconds of a fresh interpreter running `code` (a waited-for child: counted)."""
+def import_cpu(code: str, tree: Path) -> float:
+    """CPU seconds of a fresh interpreter running `code` with the code of `tree` (a
+    waited-for child: counted). It runs in `tree`: `python -c` puts the working directory
+    first on the path, so run elsewhere it imported that directory's package instead."""
     before = os.times()
-    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    subprocess.run([sys.executable, "-c", code], env=tree_env(tree), cwd=str(tree), check=True)
     after = os.times()
     return (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
@@ -107,11 +110,14 @@ def main() -> None:
     a = p.parse_args()
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench_ray_workers_"))
     trees = {"ours": REPO, **({"base": Path(a.baseline)} if a.baseline else {})}
-    for name, tree in trees.items():
-        env = tree_env(tree)
-        costs = {k: statistics.median(import_cpu(c, env) for _ in range(5)) for k, c in IMPORTS.items()}
-        print(f"{name}: CPU-s of a fresh process, median of 5: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
+    runs: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in trees}
+    for _ in range(5):  # interleaved, so load drift on a shared machine hits every checkout alike
+        for name, tree in trees.items():
+            for k, c in IMPORTS.items():
+                runs[name][k].append(import_cpu(c, tree))
+    for name, costs in runs.items():
+        print(f"{name}: CPU-s of a fresh process, median of 5 interleaved: "
+              + ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in costs.items()))
     (work / "corpus" / "www").mkdir(parents=True, exist_ok=True)
     with MediaServer(work / "corpus" / "www") as srv:
         meta, text = make_corpus(work / "corpus", srv.url("").rstrip("/"), videos=a.videos, clips=a.clips)

@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -25,6 +26,9 @@ class MediaServer:
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header) in order
         self.fail_transient: dict[str, int] = {}   # path -> remaining 500 answers
         self.status: dict[str, int] = {}            # path -> fixed status (e.g. 404)
+        # called with each request's path before it is answered (a test acts while a
+        # download is in flight, e.g. kills the process downloading)
+        self.on_request: Callable[[str], None] | None = None
         self._lock = threading.Lock()
         server = self
 
@@ -65,6 +69,8 @@ class MediaServer:
                     if server.fail_transient.get(name, 0) > 0:
                         server.fail_transient[name] -= 1
                         return self._fail(503)
+                if server.on_request is not None:
+                    server.on_request(name)
                 if name in server.status:
                     return self._fail(server.status[name])
                 path = (server.root / name).resolve()

@@ -8,46 +8,61 @@ test a list for truth and convert numbers with float()/int()."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from lfvila_data.records import Clip, PlannedSample, TimedText, _text_or_none, parse_clip_id, redact
 
 if TYPE_CHECKING:
     from lfvila_data.media.cut import Probe
 
-# A sentence inside a clip with its own span (source seconds).
-SENTENCE_TYPE = pa.struct([("text", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
-# Plan clips keep k and only the sentences of multi-sentence clips (HD-VILA: empty).
-PLAN_CLIP_TYPE = pa.struct([("clip_id", pa.string()), ("k", pa.int32()), ("start", pa.float64()),
-                            ("end", pa.float64()), ("text", pa.string()),
-                            ("sentences", pa.list_(SENTENCE_TYPE))])
-PLAN_SCHEMA = pa.schema([
-    ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
-    ("start", pa.float64()), ("end", pa.float64()), ("duration", pa.float64()),
-    ("n_clips", pa.int32()), ("clips", pa.list_(PLAN_CLIP_TYPE)),
-    ("text_source", pa.string()), ("language", pa.string()), ("split", pa.string()), ("qa", pa.string()),
-])
-# Manifest clips always list their sentences (a single-sentence clip is its own sentence).
-CLIP_TYPE = pa.struct([("clip_id", pa.string()), ("start", pa.float64()),
-                       ("end", pa.float64()), ("text", pa.string()),
-                       ("sentences", pa.list_(SENTENCE_TYPE))])
-MANIFEST_SCHEMA = pa.schema([
-    ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
-    ("source", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
-    ("n_clips", pa.int32()), ("clips", pa.list_(CLIP_TYPE)), ("paragraph", pa.string()),
-    ("video", pa.string()), ("fps", pa.float64()), ("width", pa.int32()),
-    ("height", pa.int32()), ("duration", pa.float64()), ("frames", pa.int32()),
-    ("bytes", pa.int64()), ("text_source", pa.string()), ("language", pa.string()),
-    ("split", pa.string()), ("qa", pa.string()),
-])
-# The ledger: the plan's failure parts and failures.parquet (records.Failure.to_row).
-FAILURE_SCHEMA = pa.schema([
-    ("video_id", pa.string()), ("clip_id", pa.string()), ("key", pa.string()),
-    ("stage", pa.string()), ("code", pa.string()), ("reason", pa.string()),
-    ("permanent", pa.bool_()),
-])
+# The schemas are built on first use (PEP 562), so a process that only builds rows (a Ray
+# cut worker: `manifest_row`) never imports pyarrow, ~0.2 CPU-s per worker process.
+_ARROW_NAMES = ("SENTENCE_TYPE", "PLAN_CLIP_TYPE", "PLAN_SCHEMA", "CLIP_TYPE", "MANIFEST_SCHEMA",
+               "FAILURE_SCHEMA")
+
+
+def _arrow_types() -> dict[str, Any]:
+    import pyarrow as pa
+
+    # A sentence inside a clip with its own span (source seconds).
+    SENTENCE_TYPE = pa.struct([("text", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
+    # Plan clips keep k and only the sentences of multi-sentence clips (HD-VILA: empty).
+    PLAN_CLIP_TYPE = pa.struct([("clip_id", pa.string()), ("k", pa.int32()), ("start", pa.float64()),
+                                ("end", pa.float64()), ("text", pa.string()),
+                                ("sentences", pa.list_(SENTENCE_TYPE))])
+    PLAN_SCHEMA = pa.schema([
+        ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
+        ("start", pa.float64()), ("end", pa.float64()), ("duration", pa.float64()),
+        ("n_clips", pa.int32()), ("clips", pa.list_(PLAN_CLIP_TYPE)),
+        ("text_source", pa.string()), ("language", pa.string()), ("split", pa.string()), ("qa", pa.string()),
+    ])
+    # Manifest clips always list their sentences (a single-sentence clip is its own sentence).
+    CLIP_TYPE = pa.struct([("clip_id", pa.string()), ("start", pa.float64()),
+                           ("end", pa.float64()), ("text", pa.string()),
+                           ("sentences", pa.list_(SENTENCE_TYPE))])
+    MANIFEST_SCHEMA = pa.schema([
+        ("key", pa.string()), ("video_id", pa.string()), ("url", pa.string()),
+        ("source", pa.string()), ("start", pa.float64()), ("end", pa.float64()),
+        ("n_clips", pa.int32()), ("clips", pa.list_(CLIP_TYPE)), ("paragraph", pa.string()),
+        ("video", pa.string()), ("fps", pa.float64()), ("width", pa.int32()),
+        ("height", pa.int32()), ("duration", pa.float64()), ("frames", pa.int32()),
+        ("bytes", pa.int64()), ("text_source", pa.string()), ("language", pa.string()),
+        ("split", pa.string()), ("qa", pa.string()),
+    ])
+    # The ledger: the plan's failure parts and failures.parquet (records.Failure.to_row).
+    FAILURE_SCHEMA = pa.schema([
+        ("video_id", pa.string()), ("clip_id", pa.string()), ("key", pa.string()),
+        ("stage", pa.string()), ("code", pa.string()), ("reason", pa.string()),
+        ("permanent", pa.bool_()),
+    ])
+    return {name: value for name, value in locals().items() if name in _ARROW_NAMES}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ARROW_NAMES:
+        globals().update(_arrow_types())
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _timed(rows) -> tuple[TimedText, ...]:

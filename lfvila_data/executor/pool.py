@@ -236,41 +236,58 @@ class _Posts:
 
 class Poster:
     """What a task gets to post reports to a `RayBoard` (picklable): posts do not wait,
-    and `wait` returns once all of this task's posts have arrived (an actor runs one
-    caller's calls in order), so a task that waits before it returns has its reports
-    on the board before its result is seen."""
+    and `wait` returns once all of this task's posts have arrived, so a task that waits
+    before it returns has its reports on the board before its result is seen. Every
+    unfinished post is waited for, not only the last: a board hosted in a threaded actor
+    (the fetcher) need not run one caller's calls in order."""
 
     def __init__(self, actor: Any) -> None:
-        self.actor, self.last = actor, None
+        self.actor, self.pending = actor, []
 
     def __call__(self, item: Any) -> None:
-        self.last = self.actor.post.remote(item)
+        if self.pending:  # posts are throttled (seconds apart): this check is cheap
+            self.pending = ray.wait(self.pending, num_returns=len(self.pending), timeout=0)[1]
+        self.pending.append(self.actor.post.remote(item))
 
     def wait(self) -> None:
-        if self.last is not None:
-            try:
-                ray.get(self.last)
-            except ray.exceptions.RayActorError:
-                pass  # the driver closed the board: the job is ending, its reports no longer count
+        try:
+            ray.get(self.pending)
+        except ray.exceptions.RayActorError:
+            pass  # the board is gone (closed by the driver, or its host died): reports only
+        self.pending = []
 
 
 class RayBoard:
     """Small reports from running tasks to the driver (how far a long task is): tasks
     post to one actor, the driver drains it from its wait loop. Tasks throttle their own
-    posts (`progress.Throttled`), so a large cluster does not flood the driver."""
+    posts (`progress.Throttled`), so a large cluster does not flood the driver.
 
-    def __init__(self) -> None:
-        self._actor = ray.remote(_Posts).options(num_cpus=0).remote()
+    `host` gives an actor of the caller's with `post` and `drain` methods (as `_Posts`)
+    to keep the board in, so the board costs no worker process of its own; its owner
+    ends it. A host that died takes its unread reports with it (progress only, never
+    results) and the board moves to the one `host` gives next. Without `host` the board
+    starts an actor of its own."""
+
+    def __init__(self, host: Callable[[], Any] | None = None) -> None:
+        self._host = host
+        self._actor = ray.remote(_Posts).options(num_cpus=0).remote() if host is None else host()
 
     def poster(self) -> Poster:
         return Poster(self._actor)
 
     def drain(self) -> list:
         """Every report posted since the last drain, in arrival order."""
-        return ray.get(self._actor.drain.remote())
+        try:
+            return ray.get(self._actor.drain.remote())
+        except RayActorError:
+            if self._host is None:
+                raise
+            self._actor = self._host()
+            return []
 
     def close(self) -> None:
-        ray.kill(self._actor, no_restart=True)
+        if self._host is None:
+            ray.kill(self._actor, no_restart=True)
 
 
 def _value(done: Done) -> Any:

@@ -11,7 +11,10 @@ task each: a zero-CPU task per concurrent download made Ray start a worker proce
 download beyond the node's CPUs and end it when idle, so a build started (and imported
 our package in) about one worker per video, ~1.4 CPU-s each, 4-5x the CPU of cutting
 the video (docs/performance.md, "The whole build through Ray"). Cuts stay tasks reserving
-`cut_cpus`: at most a node's CPUs of them run at once, so Ray reuses its workers."""
+`cut_cpus`: at most a node's CPUs of them run at once, so Ray reuses its workers. The
+progress board lives in the driver's node's fetcher (its own concurrency group, so a
+drain never waits behind the downloads), not in an actor of its own: the build's only
+actor per node is its fetcher (an actor has a worker process to itself)."""
 from __future__ import annotations
 
 import time
@@ -24,7 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lfvila_data.executor.base import Done, RunConfig, WorkerCrashed, fetch_then_cut
 from lfvila_data.executor.cluster import node_id
-from lfvila_data.executor.pool import InFlight, Poster, RayBoard
+from lfvila_data.executor.pool import InFlight, Poster, RayBoard, _Posts
 from lfvila_data.executor.threads import crash_result, cut_reporting
 from lfvila_data.media.task import FetchOutcome, TaskContext, VideoJob, fetch_video
 from lfvila_data.output.write import VideoResult
@@ -33,13 +36,24 @@ from lfvila_data.progress import CutProgress
 
 class _Fetcher:
     """A node's downloads on threads of one worker process (imports once per node).
-    Each outcome names the node that holds the files, so the cut can be pinned there."""
+    Each outcome names the node that holds the files, so the cut can be pinned there.
+    It can host the build's progress board (`post`, `drain`: a `RayBoard` host) on a
+    thread of its own, so no download delays a report."""
 
     def __init__(self) -> None:
         self.node = node_id()
+        self._posts = _Posts()
 
     def fetch(self, job: VideoJob, ctx: TaskContext) -> FetchOutcome:
         return replace(fetch_video(job, ctx), node_id=self.node)
+
+    @ray.method(concurrency_group="board")
+    def post(self, item: object) -> None:
+        self._posts.post(item)
+
+    @ray.method(concurrency_group="board")
+    def drain(self) -> list:
+        return self._posts.drain()
 
 
 class FetcherPool:
@@ -51,7 +65,7 @@ class FetcherPool:
     rows, retried by the next run)."""
 
     def __init__(self, threads: int, cut_cpus: float, refresh_s: float = 15.0) -> None:
-        self._remote = ray.remote(_Fetcher)
+        self._remote = ray.remote(concurrency_groups={"board": 1})(_Fetcher)
         self._threads, self._cut_cpus, self._refresh_s = threads, cut_cpus, refresh_s
         self._actors: dict[str, Any] = {}
         self._running: dict[str, int] = {}
@@ -69,6 +83,13 @@ class FetcherPool:
                     num_cpus=0, max_concurrency=self._threads, max_restarts=1, max_task_retries=1,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
                 self._running.setdefault(node, 0)
+
+    def board_host(self) -> Any:
+        """The fetcher to keep the progress board in: the driver's node's, else (a head
+        node that runs no cuts) any node's; once `finished` dropped a dead one, its
+        replacement."""
+        self._refresh()
+        return self._actors.get(ray.get_runtime_context().get_node_id()) or next(iter(self._actors.values()))
 
     def submit(self, job: VideoJob, ctx: TaskContext) -> ray.ObjectRef:
         if not self._actors or time.monotonic() - self._refreshed > self._refresh_s:
@@ -108,13 +129,12 @@ def run_videos(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
     """Fetch and cut every job, calling `on_result` once per video as it finishes and
     `on_progress` with what the cut tasks report (each at most every `report_every_s`)
     while they run."""
-    board = RayBoard()
     fetchers = FetcherPool(rc.fetch_concurrency, rc.cut_cpus)
     try:
+        board = RayBoard(fetchers.board_host)
         _run(jobs, ctx, rc, on_result, tick, on_progress, board, fetchers, report_every_s)
     finally:
         fetchers.close()
-        board.close()
 
 
 def _run(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
@@ -123,7 +143,6 @@ def _run(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
          report_every_s: float) -> None:
     # downloads spread over the nodes' fetchers; each video's cut then runs where its files are
     cut_remote = ray.remote(_cut_reporting)
-    post = board.poster()
     cut_slots = rc.cut_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1) // rc.cut_cpus))
     running: InFlight[tuple[bool, VideoJob]] = InFlight()
 
@@ -131,7 +150,7 @@ def _run(jobs: Iterable[VideoJob], ctx: TaskContext, rc: RunConfig,
         opts: dict = {"num_cpus": rc.cut_cpus, "max_retries": 1}
         if outcome.node_id:
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(outcome.node_id, soft=False)
-        running.add(cut_remote.options(**opts).remote(outcome, ctx, post, report_every_s), (True, outcome.job))
+        running.add(cut_remote.options(**opts).remote(outcome, ctx, board.poster(), report_every_s), (True, outcome.job))
 
     def wait() -> list[Done[tuple[bool, VideoJob], Any]]:
         finished = running.wait(timeout=0.5)

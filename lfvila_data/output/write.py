@@ -16,24 +16,49 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
-from lfvila_data.output.manifest import SortConfig, SortGroup, write_parts
-from lfvila_data.schemas import FAILURE_SCHEMA, MANIFEST_SCHEMA
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-DOWNLOAD_SCHEMA = pa.schema([("video_id", pa.string()), ("key", pa.string()),
-                             ("download_bytes", pa.int64()), ("node", pa.string())])
-JOURNAL_SCHEMA = pa.schema([("video_id", pa.string()), ("status", pa.string()),
-                            ("payload", pa.string())])
+    from lfvila_data.output.manifest import SortConfig
+
+# numpy, pyarrow and the schemas are imported where a table is made or read, never at
+# import: a Ray cut worker imports this module for VideoResult and OutputDir only, and
+# they cost it ~0.3 CPU-s per worker process (docs/performance.md, "through Ray").
+
+
+@cache
+def _arrow_schemas() -> dict[str, pa.Schema]:
+    import pyarrow as pa
+
+    from lfvila_data.schemas import FAILURE_SCHEMA, MANIFEST_SCHEMA
+
+    return {
+        "DOWNLOAD_SCHEMA": pa.schema([("video_id", pa.string()), ("key", pa.string()),
+                                      ("download_bytes", pa.int64()), ("node", pa.string())]),
+        "JOURNAL_SCHEMA": pa.schema([("video_id", pa.string()), ("status", pa.string()),
+                                     ("payload", pa.string())]),
+        # what finalize reads of a payload with Arrow's JSON reader; `downloads` (an object
+        # keyed by sample key, which Arrow cannot read as a map) is decoded on its own
+        "PAYLOAD_SCHEMA": pa.schema([("rows", pa.list_(pa.struct(list(MANIFEST_SCHEMA)))),
+                                     ("failures", pa.list_(pa.struct(list(FAILURE_SCHEMA)))),
+                                     ("node", pa.string()), ("fetched_bytes", pa.int64())]),
+    }
+
+
+def __getattr__(name: str) -> Any:
+    """DOWNLOAD_SCHEMA, JOURNAL_SCHEMA, PAYLOAD_SCHEMA, built on first use (PEP 562)."""
+    if name in ("DOWNLOAD_SCHEMA", "JOURNAL_SCHEMA", "PAYLOAD_SCHEMA"):
+        return _arrow_schemas()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # A video's journal status: done (every sample written or failed for good), failed
 # (nothing more to do unless --retry-failed), retry (a transient failure: retried on rerun).
@@ -156,6 +181,9 @@ class OutputDir:
             raise
 
     def write_table(self, rel: str, table: pa.Table) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         self.write_bytes(rel, sink.getvalue().to_pybytes())
@@ -196,9 +224,12 @@ class Journal:
             return
         if self.guard is not None:
             self.guard()
+        import pyarrow as pa
+
         table = pa.table({"video_id": [r.video_id for r in self.buffer],
                           "status": [r.status for r in self.buffer],
-                          "payload": [r.payload() for r in self.buffer]}, schema=JOURNAL_SCHEMA)
+                          "payload": [r.payload() for r in self.buffer]},
+                         schema=_arrow_schemas()["JOURNAL_SCHEMA"])
         self.out.write_table(f"{self.dir}/{self.run}-{self.seq:06d}.parquet", table)
         self.seq += 1
         self.buffer.clear()
@@ -206,6 +237,8 @@ class Journal:
 
 def read_journal(out: OutputDir, dir: str = Journal.DIR) -> dict[str, tuple[str, dict]]:
     """Latest (status, payload) per video over all runs, in the order they were written."""
+    import pyarrow.parquet as pq
+
     latest: dict[str, tuple[str, dict]] = {}
     for name in out.list(dir, ".parquet"):
         with out.fs.open(name, "rb") as f:
@@ -218,6 +251,8 @@ def read_journal(out: OutputDir, dir: str = Journal.DIR) -> dict[str, tuple[str,
 
 def journal_status(out: OutputDir, dir: str = Journal.DIR) -> dict[str, str]:
     """The latest status of each journaled video, without reading the payloads."""
+    import pyarrow.parquet as pq
+
     status: dict[str, str] = {}
     for name in out.list(dir, ".parquet"):
         with out.fs.open(name, "rb") as f:
@@ -238,6 +273,10 @@ class JournalEntries:
 
     def tables(self) -> Iterator[pa.Table]:
         """JOURNAL_SCHEMA tables of the latest entries, a journal file at a time."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         names = self.out.list(self.dir, ".parquet")
         ids, ords = [], []
         for i, name in enumerate(names):
@@ -281,12 +320,6 @@ TABLE_ORDER = {MANIFEST: ["key"],
                FAILURES: ["video_id", "clip_id", "stage", "reason", "key", "code", "permanent"],
                DOWNLOADS: ["video_id", "key", "download_bytes", "node"]}
 
-
-# what finalize reads of a payload with Arrow's JSON reader; `downloads` (an object keyed
-# by sample key, which Arrow cannot read as a map) is decoded on its own
-PAYLOAD_SCHEMA = pa.schema([("rows", pa.list_(pa.struct(list(MANIFEST_SCHEMA)))),
-                            ("failures", pa.list_(pa.struct(list(FAILURE_SCHEMA)))),
-                            ("node", pa.string()), ("fetched_bytes", pa.int64())])
 PARSE_BYTES = 16 * 1024**2  # payload text parsed at once
 FLUSH_ROWS = 256  # the hours total is summed in groups of this many rows, as it always was
 _DECODER = json.JSONDecoder()
@@ -305,11 +338,15 @@ class _Entries:
 
 def _from_dicts(entries: list[tuple[str, dict]]) -> _Entries:
     """The rows of parsed payloads (any journal iterable, and payloads Arrow rejects)."""
+    import pyarrow as pa
+
+    from lfvila_data.schemas import FAILURE_SCHEMA, MANIFEST_SCHEMA
+
     downloads = [{"video_id": vid, "key": k, "download_bytes": b, "node": p.get("node")}
                  for vid, p in entries for k, b in p["downloads"].items()]
     return _Entries(pa.Table.from_pylist([r for _, p in entries for r in p["rows"]], schema=MANIFEST_SCHEMA),
                     pa.Table.from_pylist([f for _, p in entries for f in p["failures"]], schema=FAILURE_SCHEMA),
-                    pa.Table.from_pylist(downloads, schema=DOWNLOAD_SCHEMA),
+                    pa.Table.from_pylist(downloads, schema=_arrow_schemas()["DOWNLOAD_SCHEMA"]),
                     [len(p["rows"]) for _, p in entries],
                     sum(p.get("fetched_bytes", 0) for _, p in entries))
 
@@ -325,13 +362,19 @@ def _downloads(payload: str) -> dict:
 def _from_json(vids: list[str], payloads: list[str]) -> _Entries:
     """The rows of payloads parsed in bulk by Arrow (columns straight from the JSON, no
     Python row per sample); what Arrow rejects (e.g. a NaN) goes through `json`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pajson
+
+    from lfvila_data.schemas import FAILURE_SCHEMA, MANIFEST_SCHEMA
+
     try:
         # one thread, 4 MiB blocks: the least CPU per byte (threads only add overhead here)
         parsed = pajson.read_json(
             io.BytesIO("\n".join(payloads).encode()),
             read_options=pajson.ReadOptions(use_threads=False,
                                             block_size=max(4 * 1024**2, 4 * max(map(len, payloads)) + 1)),
-            parse_options=pajson.ParseOptions(explicit_schema=PAYLOAD_SCHEMA,
+            parse_options=pajson.ParseOptions(explicit_schema=_arrow_schemas()["PAYLOAD_SCHEMA"],
                                               unexpected_field_behavior="ignore"))
     except pa.ArrowInvalid:
         return _from_dicts([(vid, json.loads(p)) for vid, p in zip(vids, payloads)])
@@ -347,7 +390,7 @@ def _from_json(vids: list[str], payloads: list[str]) -> _Entries:
             dl["key"].append(k)
             dl["download_bytes"].append(b)
             dl["node"].append(node)
-    return _Entries(table["m"], table["f"], pa.table(dl, schema=DOWNLOAD_SCHEMA),
+    return _Entries(table["m"], table["f"], pa.table(dl, schema=_arrow_schemas()["DOWNLOAD_SCHEMA"]),
                     pc.list_value_length(rows).fill_null(0).to_pylist(),
                     pc.sum(parsed.column("fetched_bytes")).as_py() or 0)
 
@@ -389,7 +432,13 @@ def finalize(out: OutputDir, journal: Iterable[tuple[str, str, dict]],
     The journal is streamed (`iter_journal`, whose payloads Arrow parses in bulk) and
     every table goes through an external sort, so no process holds all rows: an
     8.5M-sample build fits a small head node."""
-    tables = {MANIFEST: MANIFEST_SCHEMA, FAILURES: FAILURE_SCHEMA, DOWNLOADS: DOWNLOAD_SCHEMA}
+    import pyarrow.compute as pc
+
+    from lfvila_data.output.manifest import SortConfig, SortGroup, write_parts
+    from lfvila_data.schemas import FAILURE_SCHEMA, MANIFEST_SCHEMA
+
+    tables = {MANIFEST: MANIFEST_SCHEMA, FAILURES: FAILURE_SCHEMA,
+              DOWNLOADS: _arrow_schemas()["DOWNLOAD_SCHEMA"]}
     group = SortGroup(sort)  # one run_bytes budget for the three tables together
     sorters = {n: group.sort(schema, TABLE_ORDER[n]) for n, schema in tables.items()}
     stages: Counter[str] = Counter()
