@@ -44,8 +44,11 @@ def test_full_output_stops_the_build_and_a_rerun_completes(site, tmp_path, small
     assert "No space left on device" in errors[0] and "rerun the same command" in errors[0]
     assert len(site.server.requests) < VIDEOS, r.stderr  # stopped early, not after failing every video
     assert not (out / "manifest").exists()
-    journaled = [f for _, payload in read_journal(OutputDir(str(out))).values() for f in payload["failures"]]
+    journal = read_journal(OutputDir(str(out)))
+    journaled = [f for _, payload in journal.values() for f in payload["failures"]]
     assert not [f for f in journaled if f["permanent"]]
+    # the video the disk stopped was fetched too: its bytes count (issue 15 item 4)
+    assert all(payload.get("fetched_bytes", 0) > 0 for _, payload in journal.values()), journal
     assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".part"))]
 
     subprocess.run(["mount", "-o", "remount,size=8m", str(out)], check=True)  # space freed
