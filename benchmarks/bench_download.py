@@ -27,14 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lfvila_data.localserver import MediaServer  # noqa: E402
-from lfvila_data.media.fetch import (
-    FetchConfig,
-    Fetched,
-    Fetcher,
-    Section,
-    section_command,
-    section_spans,
-)
+from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, Section, section_spans  # noqa: E402
 
 
 @dataclass
@@ -120,6 +113,8 @@ def video_range(path: Path) -> tuple[float, float]:
 def unguarded(url: str, target: Path, spans: list[tuple[float, float]], cfg: FetchConfig) -> Fetched:
     """The sections' ffmpeg commands run straight against the server: no guard, ffmpeg's own
     (autotuned) socket buffer, as yt-dlp ran them before the guard existed."""
+    from lfvila_data.media.fetch import section_command  # here: the script also measures older code
+
     target.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
     sections = []
