@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lfvila_data.localserver import MediaServer  # noqa: E402
-from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, Section, section_spans  # noqa: E402
+from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, Section, section_spans
 
 
 @dataclass
@@ -127,6 +127,12 @@ def unguarded(url: str, target: Path, spans: list[tuple[float, float]], cfg: Fet
     return Fetched(sections, sum(Path(x.path).stat().st_size for x in sections))
 
 
+def cookie_file(workdir: Path) -> Path:
+    path = workdir / "cookies.txt"
+    path.write_text("# Netscape HTTP Cookie File\n")
+    return path
+
+
 def plan(sources: list[Source], per_video: tuple[int, int], cover: tuple[float, float],
          seed: int) -> None:
     """1-3 samples per video, together covering `cover` (fractions) of it, spread out."""
@@ -156,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default="sections,whole",
                     help="sections, whole, unguarded (the sections' ffmpeg commands straight to the "
-                         "server, no guard, ffmpeg's own socket buffer: what the guard costs)")
+                         "server, no guard, ffmpeg's own socket buffer: what the guard costs), ytdlp "
+                         "(sections through yt-dlp's extractor and its ffmpeg, as with --cookies)")
     ap.add_argument("--requests", action="store_true",
                     help="print every request's range and the body bytes the server sent for it")
     args = ap.parse_args(argv)
@@ -195,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     # the server is on loopback, which fetches refuse unless allowed
     methods = {"sections": FetchConfig(allow_private_addresses=True),
                "whole": FetchConfig(sections=False, allow_private_addresses=True),
-               "unguarded": FetchConfig()}
+               "unguarded": FetchConfig(),
+               # a cookie file (empty) sends even a media URL through yt-dlp (fetch.Fetcher._download)
+               "ytdlp": FetchConfig(allow_private_addresses=True, cookies=str(cookie_file(args.workdir)))}
     rows, problems = [], []
     with MediaServer(media) as srv:
         for mname in [m for m in args.methods.split(",") if m]:
