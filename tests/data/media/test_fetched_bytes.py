@@ -2,31 +2,24 @@
 item 4): here the output disk is full when the video's cut writes its first file."""
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from lfvila_data.media.fetch import INF, Fetched, Section
 from lfvila_data.media.task import FetchOutcome, TaskContext, VideoJob, cut_video
 from lfvila_data.records import Clip, FailureCode, PlannedSample, sample_key
 from tests.support.media import make_timecoded_video
+from tests.support.tmpfs import small_tmpfs
 
 
 @pytest.fixture
 def full_disk(tmp_path):
     """A 16 KiB tmpfs with no byte left."""
-    mnt = tmp_path / "out"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.strip()}")
-    with pytest.raises(OSError), open(mnt / "filler", "wb") as f:
-        while True:
-            f.write(b"\0" * 4096)
-            f.flush()
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with small_tmpfs(tmp_path / "out", "16k") as mnt:
+        with pytest.raises(OSError), open(mnt / "filler", "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        yield mnt
 
 
 def test_a_full_output_keeps_the_bytes_the_video_fetched(tmp_path, full_disk):
