@@ -14,6 +14,7 @@ Every downloaded section is also checked to hold the whole span it was fetched f
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lfvila_data.localserver import MediaServer  # noqa: E402
-from lfvila_data.media.fetch import FetchConfig, Fetcher, section_spans  # noqa: E402
+from lfvila_data.media.fetch import FetchConfig, Fetched, Fetcher, Section, section_spans
 
 
 @dataclass
@@ -109,6 +110,29 @@ def video_range(path: Path) -> tuple[float, float]:
     return min(t for t, _ in ts), max(t + d for t, d in ts)
 
 
+def unguarded(url: str, target: Path, spans: list[tuple[float, float]], cfg: FetchConfig) -> Fetched:
+    """The sections' ffmpeg commands run straight against the server: no guard, ffmpeg's own
+    (autotuned) socket buffer, as yt-dlp ran them before the guard existed."""
+    from lfvila_data.media.fetch import section_command  # here: the script also measures older code
+
+    target.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+    sections = []
+    for a, b in section_spans(spans, cfg.margin, cfg.merge_gap):
+        path = target / f"{a}{Path(url).suffix}"
+        cmd = section_command(url, "mp4" if path.suffix == ".mp4" else "webm", a, b, path, cfg)
+        at = cmd.index("-recv_buffer_size")
+        subprocess.run(cmd[:at] + cmd[at + 2:], env=env, check=True)
+        sections.append(Section(str(path), a, b))
+    return Fetched(sections, sum(Path(x.path).stat().st_size for x in sections))
+
+
+def cookie_file(workdir: Path) -> Path:
+    path = workdir / "cookies.txt"
+    path.write_text("# Netscape HTTP Cookie File\n")
+    return path
+
+
 def plan(sources: list[Source], per_video: tuple[int, int], cover: tuple[float, float],
          seed: int) -> None:
     """1-3 samples per video, together covering `cover` (fractions) of it, spread out."""
@@ -136,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=360)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", default="sections,whole")
+    ap.add_argument("--methods", default="sections,whole",
+                    help="sections, whole, unguarded (the sections' ffmpeg commands straight to the "
+                         "server, no guard, ffmpeg's own socket buffer: what the guard costs), ytdlp "
+                         "(sections through yt-dlp's extractor and its ffmpeg, as with --cookies)")
+    ap.add_argument("--requests", action="store_true",
+                    help="print every request's range and the body bytes the server sent for it")
     args = ap.parse_args(argv)
     cover, per_video = (0.3, 0.5), (1, 3)
     durations = [float(d) for d in args.durations.split(",") if d]
@@ -172,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # the server is on loopback, which fetches refuse unless allowed
     methods = {"sections": FetchConfig(allow_private_addresses=True),
-               "whole": FetchConfig(sections=False, allow_private_addresses=True)}
+               "whole": FetchConfig(sections=False, allow_private_addresses=True),
+               "unguarded": FetchConfig(),
+               # a cookie file (empty) sends even a media URL through yt-dlp (fetch.Fetcher._download)
+               "ytdlp": FetchConfig(allow_private_addresses=True, cookies=str(cookie_file(args.workdir)))}
     rows, problems = [], []
     with MediaServer(media) as srv:
         for mname in [m for m in args.methods.split(",") if m]:
@@ -182,11 +214,19 @@ def main(argv: list[str] | None = None) -> int:
             for s in sources:
                 b0, r0 = srv.bytes_sent[s.name], srv.requests[s.name]
                 t = time.perf_counter()
-                fetched = Fetcher(cfg, dl)(s.name.split(".")[0], srv.url(s.name), s.spans)
+                srv.transfers.clear()
+                if mname == "unguarded":
+                    fetched = unguarded(srv.url(s.name), dl / s.name.split(".")[0], s.spans, cfg)
+                else:
+                    fetched = Fetcher(cfg, dl)(s.name.split(".")[0], srv.url(s.name), s.spans)
                 wall = time.perf_counter() - t
                 time.sleep(0.2)  # let the server threads finish counting
                 served = srv.bytes_sent[s.name] - b0
                 reqs = srv.requests[s.name] - r0
+                if args.requests:
+                    print(f"  {mname} {s.name}: " + ", ".join(
+                        f"{t.method} {(t.range or '').removeprefix('bytes=') or 'all'}: {t.sent}"
+                        for t in srv.transfers if t.name == s.name))
                 files = sum(Path(sec.path).stat().st_size for sec in fetched.sections)
                 need = needed_bytes(pk[s.name], s.spans)
                 rows.append((mname, s.name, len(fetched.sections), reqs, served, files, need, wall))
@@ -200,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     if lo > a + 1e-3 or hi < b - 1e-3:
                         problems.append(f"{mname} {s.name}: section {sec.start}-{sec.end} file "
                                         f"holds video {lo:.3f}-{hi:.3f}, span {a}-{b} not inside")
-                if mname == "sections":
+                if mname != "whole":
                     for sec, want in zip(fetched.sections, section_spans(s.spans, cfg.margin,
                                                                          cfg.merge_gap)):
                         lo, hi = video_range(Path(sec.path))

@@ -9,10 +9,22 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+@dataclass
+class Transfer:
+    """One request and the body bytes sent for it (counted as they are written), so a
+    test or benchmark can say which read cost what."""
+
+    method: str
+    name: str
+    range: str | None
+    sent: int = 0
 
 
 class MediaServer:
@@ -24,6 +36,7 @@ class MediaServer:
         self.bytes_sent: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header) in order
+        self.transfers: list[Transfer] = []  # the same requests, each with its body bytes
         self.fail_transient: dict[str, int] = {}   # path -> remaining 500 answers
         self.status: dict[str, int] = {}            # path -> fixed status (e.g. 404)
         # called with each request's path before it is answered (a test acts while a
@@ -66,6 +79,8 @@ class MediaServer:
                 with server._lock:
                     server.requests[name] += 1
                     server.log.append((self.command, name, self.headers.get("Range")))
+                    transfer = Transfer(self.command, name, self.headers.get("Range"))
+                    server.transfers.append(transfer)
                     if server.fail_transient.get(name, 0) > 0:
                         server.fail_transient[name] -= 1
                         return self._fail(503)
@@ -117,6 +132,7 @@ class MediaServer:
                             left -= len(chunk)
                             with server._lock:
                                 server.bytes_sent[name] += len(chunk)
+                                transfer.sent += len(chunk)
                     except (BrokenPipeError, ConnectionResetError):
                         pass
 

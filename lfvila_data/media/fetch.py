@@ -242,7 +242,8 @@ class Fetcher:
                 # ffmpeg reads only the remote media, never local files or playlists of
                 # other protocols; keeps source timestamps; stops at the size cap.
                 "ffmpeg_i": ["-protocol_whitelist", _NETWORK_PROTOCOLS,
-                             "-rw_timeout", str(int(cfg.socket_timeout * 1e6))],
+                             "-rw_timeout", str(int(cfg.socket_timeout * 1e6)),
+                             "-recv_buffer_size", str(_LOOPBACK_BUFFER)],
                 "ffmpeg_o": ["-copyts", "-fs", str(cfg.max_filesize)],
             },
         }
@@ -409,6 +410,9 @@ class Fetcher:
 
 # ffmpeg's network protocols; httpproxy is how https reaches the guard (a CONNECT tunnel)
 _NETWORK_PROTOCOLS = "http,https,tcp,tls,crypto,httpproxy"
+# ffmpeg's receive buffer on its socket to the guard (loopback: no round trip to cover); the
+# kernel's default, autotuned, holds ~128 KiB more that a dropped connection wastes (guard.py)
+_LOOPBACK_BUFFER = 16 * 1024
 
 # content type -> (file extension, ffmpeg muxer) of a media file ffmpeg downloads sections of
 # as it is: yt-dlp's generic extractor would find this one format and hand it to ffmpeg
@@ -443,6 +447,17 @@ def direct_media(url: str, guard: Guard, timeout: float) -> str | None:
     return ctype if ctype in _DIRECT else None
 
 
+def section_command(url: str, muxer: str, start: float, end: float, part: Path, cfg: FetchConfig) -> list[str]:
+    """The ffmpeg command that downloads source time [start, end] of `url` into `part`
+    (the arguments yt-dlp's ffmpeg downloader gives it; `-recv_buffer_size` sizes its
+    socket to the guard). benchmarks/bench_download.py runs it without the guard too."""
+    return ["ffmpeg", "-y", "-nostdin", "-loglevel", "error", "-hide_banner",
+            *(["-ss", str(start)] if start else []), "-t", str(end - start),
+            "-protocol_whitelist", _NETWORK_PROTOCOLS, "-rw_timeout", str(int(cfg.socket_timeout * 1e6)),
+            "-recv_buffer_size", str(_LOOPBACK_BUFFER), "-user_agent", _AGENT, "-i", url, "-c", "copy",
+            "-f", muxer, "-copyts", "-fs", str(cfg.max_filesize), str(part)]
+
+
 def download_sections(url: str, ctype: str, target: Path, wanted: list[tuple[float, float]],
                       guard: Guard, cfg: FetchConfig) -> list[dict]:
     """Download each section of a media file with ffmpeg through the guard, as yt-dlp's
@@ -454,10 +469,7 @@ def download_sections(url: str, ctype: str, target: Path, wanted: list[tuple[flo
     for start, end in wanted:
         path = target / f"{start}.{ext}"
         part = path.with_name(path.name + ".part")
-        cmd = ["ffmpeg", "-y", "-nostdin", "-loglevel", "error", "-hide_banner",
-               *(["-ss", str(start)] if start else []), "-t", str(end - start),
-               "-protocol_whitelist", _NETWORK_PROTOCOLS, "-rw_timeout", str(int(cfg.socket_timeout * 1e6)),
-               "-user_agent", _AGENT, "-i", url, "-c", "copy", "-f", muxer, "-copyts", "-fs", str(cfg.max_filesize), str(part)]
+        cmd = section_command(url, muxer, start, end, part, cfg)
         try:
             res = subprocess.run(cmd, env=env, capture_output=True, timeout=cfg.deadline,
                                  stdin=subprocess.DEVNULL, check=False)

@@ -34,9 +34,14 @@ from lfvila_data.records import FailureCode, redact
 ALLOW_ENV = "LFVILA_ALLOW_PRIVATE_ADDRESSES"
 _HEAD_LIMIT = 64 * 1024  # bytes of a request head; more is not a request we send on
 _HOP_HEADERS = {"proxy-connection", "proxy-authorization", "connection", "keep-alive"}
-# The receive window towards servers: 2 MB/s at 60 ms round trip, a 240p stream is ~50 KB/s;
-# larger lets a server push more bytes a client then drops (ffmpeg seeks by reconnecting).
-_WINDOW = 128 * 1024
+# What the relay holds in hand. Every byte between the server and ffmpeg when ffmpeg drops a
+# connection (after reading an index, at a seek, at a section's end) was served for nothing,
+# so the guard's side of the relay stays small: its socket towards servers keeps the kernel's
+# own (autotuned) receive buffer, the one ffmpeg would have alone, and the loopback leg holds
+# little (ffmpeg's socket to us is small too: fetch._LOOPBACK_BUFFER). docs/performance.md,
+# "Section downloads": a fixed 128 KiB buffer and 64 KiB in hand served 1.25x the bytes a
+# section needs, 1.19x without a guard; 64 KiB in hand also made whole-file downloads 4x slower.
+_CHUNK = 16 * 1024
 
 
 def env_allows_private() -> bool:
@@ -228,7 +233,6 @@ class Guard:
         error: OSError | None = None
         for family, _, _, _, address in infos:
             sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _WINDOW)
             sock.settimeout(self.limits.connect_timeout)
             try:
                 sock.connect(address)  # the address checked above, never a new lookup
@@ -242,7 +246,7 @@ class Guard:
     def _relay(self, src: socket.socket, dst: socket.socket) -> None:
         """Server to client, counting every byte against the attempt's budget."""
         while True:
-            data = src.recv(64 * 1024)
+            data = src.recv(_CHUNK)
             if not data:
                 dst.shutdown(socket.SHUT_WR)
                 return

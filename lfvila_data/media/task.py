@@ -260,7 +260,8 @@ def cut_video(outcome: FetchOutcome, ctx: TaskContext,
         if not is_output_error(e):
             raise
         return VideoResult(job.video_id, RETRY, [], [Failure(job.video_id, None, Stage.WRITE.value,
-                                                             FailureCode.OUTPUT_FULL, str(e), False).to_row()], {})
+                                                             FailureCode.OUTPUT_FULL, str(e), False).to_row()], {},
+                           fetched_bytes=outcome.fetched_bytes)  # fetched all the same
     finally:
         if outcome.fetched is not None and not outcome.fetched.local:
             shutil.rmtree(ctx.scratch() / job.video_id, ignore_errors=True)

@@ -17,6 +17,7 @@ import pytest
 from lfvila_data.output.write import OutputDir, read_journal
 from tests.data.output.conftest import VIDEOS
 from tests.support.corpus import VideoSpec, even_spans, write_metadata
+from tests.support.tmpfs import small_tmpfs
 
 
 @pytest.fixture
@@ -24,14 +25,8 @@ def small_disk(tmp_path):
     """An output on a 32 KiB tmpfs: room for the plan and a few samples, not for all (4 of
     the 8 videos are fetched before it fills; at 48 KiB, since the cut's defaults write
     smaller files, all 8 were)."""
-    mnt = tmp_path / "out"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with small_tmpfs(tmp_path / "out", "32k") as mnt:
+        yield mnt
 
 
 def test_full_output_stops_the_build_and_a_rerun_completes(site, tmp_path, small_disk):
@@ -44,8 +39,11 @@ def test_full_output_stops_the_build_and_a_rerun_completes(site, tmp_path, small
     assert "No space left on device" in errors[0] and "rerun the same command" in errors[0]
     assert len(site.server.requests) < VIDEOS, r.stderr  # stopped early, not after failing every video
     assert not (out / "manifest").exists()
-    journaled = [f for _, payload in read_journal(OutputDir(str(out))).values() for f in payload["failures"]]
+    journal = read_journal(OutputDir(str(out)))
+    journaled = [f for _, payload in journal.values() for f in payload["failures"]]
     assert not [f for f in journaled if f["permanent"]]
+    # the video the disk stopped was fetched too: its bytes count (issue 15 item 4)
+    assert all(payload.get("fetched_bytes", 0) > 0 for _, payload in journal.values()), journal
     assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".part"))]
 
     subprocess.run(["mount", "-o", "remount,size=8m", str(out)], check=True)  # space freed
