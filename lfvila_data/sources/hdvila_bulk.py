@@ -315,19 +315,27 @@ def _span_seconds(spans: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if not n:
         return valid, seconds
     offsets = np.frombuffer(spans.buffers()[1], np.int32, n + 1, spans.offset * 4)
-    rows = np.flatnonzero((offsets[1:] - offsets[:-1] == 12)
-                          & spans.is_valid().to_numpy(zero_copy_only=False))
+    data = np.frombuffer(spans.buffers()[2], np.uint8)
+    twelve = offsets[1:] - offsets[:-1] == 12
+    if spans.null_count:
+        twelve &= spans.is_valid().to_numpy(zero_copy_only=False)
+    if twelve.all():  # HD-VILA: every span 12 bytes, so the values are an (n, 12) view
+        rows, raw = np.arange(n), data[offsets[0]:offsets[-1]].reshape(n, 12)
+    else:
+        rows = np.flatnonzero(twelve)
+        raw = data[offsets[rows][:, None] + np.arange(12)]
     if len(rows):
-        raw = np.frombuffer(spans.buffers()[2], np.uint8)[offsets[rows][:, None] + np.arange(12)]
-        digit = raw.astype(np.int64) - ord("0")
-        fixed = ((digit[:, _FIXED_DIGITS] >= 0) & (digit[:, _FIXED_DIGITS] <= 9)).all(axis=1)
-        fixed &= (digit[:, 3] <= 5) & (digit[:, 6] <= 5)
+        digit = raw - np.uint8(ord("0"))  # wraps: every byte but a digit becomes > 9
+        fixed = (digit[:, _FIXED_DIGITS] <= 9).all(axis=1) & (digit[:, 3] <= 5) & (digit[:, 6] <= 5)
         for pos, byte in _FIXED_SEPARATORS.items():
             fixed &= raw[:, pos] == byte
-        d = digit[fixed]
-        whole = 3600 * (10 * d[:, 0] + d[:, 1]) + 60 * (10 * d[:, 3] + d[:, 4])
-        millis = 10000 * d[:, 6] + 1000 * d[:, 7] + 100 * d[:, 9] + 10 * d[:, 10] + d[:, 11]
-        seconds[rows[fixed]] = whole.astype(np.float64) + millis / 1000
+
+        def col(i: int) -> np.ndarray:
+            return digit[:, i].astype(np.int64)
+
+        whole = 3600 * (10 * col(0) + col(1)) + 60 * (10 * col(3) + col(4))
+        millis = 10000 * col(6) + 1000 * col(7) + 100 * col(9) + 10 * col(10) + col(11)
+        seconds[rows[fixed]] = (whole.astype(np.float64) + millis / 1000)[fixed]
         valid[rows[fixed]] = True
     rest = np.flatnonzero(~valid)
     if len(rest):
@@ -368,7 +376,7 @@ def _check_videos(table: pa.Table, offsets: np.ndarray) -> tuple[pa.Table, pa.Ta
         first = np.cumsum(lengths) - lengths  # where each span's values start in the flat list
         flat = pc.list_flatten(spans)
         both = np.stack([first, first + 1], axis=1)[ok].ravel()
-        valid, seconds = _span_seconds(flat.take(pa.array(both)))
+        valid, seconds = _span_seconds(flat if len(both) == len(flat) else flat.take(pa.array(both)))
         pair_ok = valid.reshape(-1, 2).all(axis=1)
         start[ok] = seconds[0::2]
         end[ok] = seconds[1::2]
