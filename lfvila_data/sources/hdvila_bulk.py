@@ -148,7 +148,7 @@ def parse_video_block(data: bytes, base: int, *, allow_local_files: bool) -> Vid
 
 def parse_text_block(data: bytes, base: int) -> TextBlock:
     """Parse the clip-text lines of `data`, exactly as `parse_text_lines` would."""
-    fast, slow = _fast_and_slow(data, base, _TEXT_JSON, _check_texts)
+    fast, slow = _fast_and_slow(data, base, _TEXT_JSON, _check_texts, _direct_texts)
     per_line = parse_text_lines(slow)
     return TextBlock(
         pa.concat_tables([t for t, _ in fast] + [per_line.texts]),
@@ -156,13 +156,18 @@ def parse_text_block(data: bytes, base: int) -> TextBlock:
         per_line.failures, per_line.lines + sum(t.num_rows for t, _ in fast), per_line.lines)
 
 
-def _fast_and_slow(data: bytes, base: int, schema: pa.Schema, check: Callable
+def _fast_and_slow(data: bytes, base: int, schema: pa.Schema, check: Callable, direct: Callable | None = None
                    ) -> tuple[list[tuple], list[tuple[int, bytes]]]:
     """`check(table, offsets)` (its outputs, then a mask of rows it rejects) of each piece
-    Arrow parsed, and the (offset, line) pairs the per-line parser must see, in line order."""
+    Arrow parsed, and the (offset, line) pairs the per-line parser must see, in line order.
+    `direct(data, base, starts, ends)` reads the lines it can vouch for straight from their
+    bytes (the outputs `check` would give for them, then a mask of those lines); Arrow
+    parses the others."""
     fast: list[tuple] = []
     slow: list[tuple[int, bytes]] = []
-    for table, offsets, rejected in _pieces(data, base, schema):
+    for done, table, offsets, rejected in _pieces(data, base, schema, direct):
+        if done is not None:
+            fast.append(done)
         slow += rejected
         if table is None:
             continue
@@ -180,24 +185,29 @@ def _line_at(data: bytes, base: int, offset: int) -> bytes:
     return line[:-1] if line.endswith(b"\r") else line
 
 
-def _pieces(data: bytes, base: int, schema: pa.Schema
-            ) -> Iterator[tuple[pa.Table | None, np.ndarray, list[tuple[int, bytes]]]]:
-    """(table of the lines Arrow parsed, their file offsets, the other non-blank lines as
-    (offset, line)) for each piece of about _PIECE_BYTES of whole lines."""
+def _pieces(data: bytes, base: int, schema: pa.Schema, direct: Callable | None = None
+            ) -> Iterator[tuple[tuple | None, pa.Table | None, np.ndarray, list[tuple[int, bytes]]]]:
+    """(what `direct` read, table of the lines Arrow parsed, their file offsets, the other
+    non-blank lines as (offset, line)) for each piece of about _PIECE_BYTES of whole lines."""
     lo, n = 0, len(data)
     while lo < n:
         hi = data.find(b"\n", min(lo + _PIECE_BYTES, n) - 1)
         hi = n if hi < 0 else hi + 1
         starts, ends = _line_bounds(data, lo, hi)
+        done = None
+        if direct is not None and len(starts):
+            *outputs, taken = direct(data, base, starts, ends)
+            if taken.any():
+                done, starts, ends = tuple(outputs), starts[~taken], ends[~taken]
         simple = _simple_lines(data, starts, ends)
         rejected = [(base + int(s), data[s:e]) for s, e in zip(starts[~simple], ends[~simple])
                     if data[s:e].strip(_BLANK)]
         tables, offsets = _parse_halving(data, starts[simple], ends[simple], schema, rejected, base)
         rejected.sort()
         if tables:
-            yield pa.concat_tables(tables), base + np.concatenate(offsets), rejected
+            yield done, pa.concat_tables(tables), base + np.concatenate(offsets), rejected
         else:
-            yield None, np.zeros(0, np.int64), rejected
+            yield done, None, np.zeros(0, np.int64), rejected
         lo = hi
 
 
@@ -296,6 +306,62 @@ def _check_texts(table: pa.Table, offsets: np.ndarray) -> tuple[pa.Table, pa.Arr
         text = pc.replace_with_mask(text, pa.array(redo), fixed)
     texts = pa.table({"clip_id": clip_id, "text": text, "offset": offsets}, schema=TEXT_COLUMNS)
     return texts, pc.struct_field(parts, "vid"), bad
+
+
+# A clip-text line as json.dumps writes it, with a clip id `_check_texts` accepts (k without
+# leading zeros) and a text of printable ASCII without quote or backslash, already
+# whitespace-normalised: json.loads gives exactly its bytes, so no JSON parse is needed.
+_DIRECT_TEXT_RE = (r'^\{"clip_id": "[A-Za-z0-9_-]{1,128}\.[1-9][0-9]{0,6}\.mp4", "text": '
+                   r'"(?:[!#-\[\]-~]+(?: [!#-\[\]-~]+)*)?"\}\r?\n?$')
+_TEXT_HEAD = len('{"clip_id": "')
+_TEXT_MID = '", "text": "'
+
+
+def _direct_texts(data: bytes, base: int, starts: np.ndarray, ends: np.ndarray
+                  ) -> tuple[pa.Table, pa.Array, np.ndarray]:
+    """What `_check_texts` gives for the lines of `_DIRECT_TEXT_RE`'s shape, read from
+    their bytes (one regex pass and two substring searches instead of Arrow's JSON parse
+    and the checks), and the mask of those lines. Most HD-VILA text lines have it."""
+    if len(data) >= 2**31:  # string views address the data with int32 offsets
+        return TEXT_COLUMNS.empty_table(), pa.array([], pa.string()), np.zeros(len(starts), bool)
+    bounds = np.append(starts, ends[-1]).astype(np.int32)  # each line up to the next one's start
+    lines = pa.Array.from_buffers(pa.binary(), len(starts), [None, pa.py_buffer(bounds), pa.py_buffer(data)])
+    taken = _matches(lines, _DIRECT_TEXT_RE)
+    rows = np.flatnonzero(taken)
+    if len(rows) < len(starts):
+        lines = lines.filter(pa.array(taken))
+    s, e = starts[rows], ends[rows]
+    dot = pc.find_substring(lines, ".").to_numpy()  # the end of the video id
+    mid = pc.find_substring(lines, _TEXT_MID).to_numpy()  # the end of the clip id
+    clip_id = _string_views(data, s + _TEXT_HEAD, mid - _TEXT_HEAD)
+    text = _string_views(data, s + mid + len(_TEXT_MID), e - s - mid - len(_TEXT_MID) - 2)
+    texts = pa.table({"clip_id": clip_id, "text": text, "offset": base + s}, schema=TEXT_COLUMNS)
+    return texts, _string_views(data, s + _TEXT_HEAD, dot - _TEXT_HEAD), taken
+
+
+def _string_views(data: bytes, pos: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """The strings data[pos:pos + length] (UTF-8, len(data) < 2**31) as one string array:
+    Arrow string views built in numpy, then one cast that copies their bytes together."""
+    n = len(pos)
+    whole = np.frombuffer(data, np.uint8)
+    if n and int(pos.max()) + 12 <= len(whole):
+        head = np.lib.stride_tricks.sliding_window_view(whole, 12)[pos]  # each string's first 12 bytes
+    else:  # some within 12 bytes of the end
+        head = np.zeros((n, 12), np.uint8)
+        inside = pos + 12 <= len(whole)
+        if inside.any():
+            head[inside] = np.lib.stride_tricks.sliding_window_view(whole, 12)[pos[inside]]
+        for i in np.flatnonzero(~inside):
+            head[i, :len(whole) - int(pos[i])] = whole[pos[i]:]
+    head *= np.arange(12) < lengths[:, None]  # zero-padded
+    views = np.zeros((n, 4), np.int32)  # length, then 12 bytes inline or 4-byte prefix, buffer 0, offset
+    raw = views.view(np.uint8)
+    raw[:, 4:16] = head
+    short = lengths <= 12
+    views[:, 0] = lengths
+    views[:, 2] = np.where(short, views[:, 2], 0)
+    views[:, 3] = np.where(short, views[:, 3], pos)
+    return pa.Array.from_buffers(pa.binary_view(), n, [None, pa.py_buffer(raw), pa.py_buffer(data)]).cast(pa.string())
 
 
 # "HH:MM:SS.mmm": where each byte of the 12 must be a digit (or a digit up to 5), and the

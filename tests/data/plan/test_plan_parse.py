@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,13 @@ from hypothesis import strategies as st
 from lfvila_data.executor.base import local_shuffle
 from lfvila_data.plan.join import PlanConfig, bucket_of, buckets_of, build_plan, crc32_each
 from lfvila_data.sources.hdvila import parse_span
-from lfvila_data.sources.hdvila_bulk import _span_seconds
+from lfvila_data.sources.hdvila_bulk import (
+    _direct_texts,
+    _line_bounds,
+    _span_seconds,
+    parse_text_block,
+    parse_text_lines,
+)
 
 _TEXTS = ["Hello there.", "  leading and trailing  ", "double  space", "tab\there", "nbsp\u00a0here",
           "ideographic\u3000space", "caf\u00e9 \u00fcber na\u00efve", "emoji \U0001f600 ok", "quote \" and \\ back",
@@ -165,3 +172,38 @@ def test_span_seconds_read_from_bytes_are_parse_span(spans, offset):
         assert ok == want, span
         if want:
             assert got == parse_span(span), span
+
+
+_DIRECT = [  # (line, read straight from its bytes)
+    ('{"clip_id": "abc.1.mp4", "text": "Hello there."}', True), ('{"clip_id": "abc.2.mp4", "text": ""}', True),
+    ('{"clip_id": "abc.3.mp4", "text": "twelve bytes"}', True), ('{"clip_id": "abc.4.mp4", "text": "thirteen byte"}', True),
+    ('{"clip_id": "' + "v" * 128 + '.9999999.mp4", "text": "long id"}', True),
+    ('{"clip_id": "a_b-C.12.mp4", "text": "x! #[]~ y"}\r', True),
+    ('{"clip_id": "abc.01.mp4", "text": "leading zero k"}', False), ('{"clip_id": "abc.0.mp4", "text": "k 0"}', False),
+    ('{"clip_id": "abc.12345678.mp4", "text": "k too long"}', False),
+    ('{"clip_id": "' + "v" * 129 + '.1.mp4", "text": "id too long"}', False),
+    ('{"clip_id": "abc.5.mp4", "text": " lead"}', False), ('{"clip_id": "abc.6.mp4", "text": "a  b"}', False),
+    ('{"clip_id": "abc.7.mp4", "text": "trail "}', False), ('{"clip_id": "abc.8.mp4", "text": "del\x7f"}', False),
+    ('{"clip_id": "abc.9.mp4", "text": "q \\" q"}', False), ('{"clip_id": "abc.10.mp4", "text": "caf\\u00e9"}', False),
+    ('{"clip_id": "abc.11.mp4", "text": "caf\u00e9 raw"}', False),
+    ('{"clip_id":"abc.12.mp4","text":"compact"}', False), ('{"clip_id": "abc.13.mp4", "text": "a", "text": "b"}', False),
+    ('{"clip_id": "abc.14.mp4", "text": "tab\there"}', False), ("", False), ("   ", False), ("{broken", False),
+    ('{"clip_id": "z.15.mp4", "text": "x"}', True),  # the last line, no newline: its text ends the data
+]
+
+
+def test_text_lines_read_from_bytes_are_the_per_line_parse():
+    """Clip-text lines of json.dumps's shape with plain ASCII text are read from their
+    bytes (no JSON parse), and give the rows and ledger rows the per-line parser gives;
+    every other line still goes through Arrow or the per-line parser."""
+    data = "\n".join(line for line, _ in _DIRECT).encode()
+    starts, ends = _line_bounds(data, 0, len(data))
+    *_, taken = _direct_texts(data, 7, starts, ends)
+    assert list(taken) == [direct for _, direct in _DIRECT]
+    block = parse_text_block(data, 7)
+    lines = [(7 + int(s), data[s:e]) for s, e in zip(starts, ends) if data[s:e].strip()]
+    want = parse_text_lines(lines)
+    order = pc.sort_indices(block.texts.column("offset"))
+    assert block.texts.take(order).equals(want.texts)
+    assert block.video_ids.take(order).equals(want.video_ids)
+    assert (block.failures, block.lines) == (want.failures, want.lines)
