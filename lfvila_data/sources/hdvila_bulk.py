@@ -36,6 +36,7 @@ VIDEO_COLUMNS = pa.schema([("video_id", pa.string()), ("url", pa.string()), ("of
 CLIP_COLUMNS = pa.schema([("video_id", pa.string()), ("offset", pa.int64()), ("clip_id", pa.string()),
                           ("k", pa.int32()), ("start", pa.float64()), ("end", pa.float64())])
 TEXT_COLUMNS = pa.schema([("clip_id", pa.string()), ("text", pa.string()), ("offset", pa.int64())])
+TEXT_VIEWS = pa.schema([("clip_id", pa.string_view()), ("text", pa.string_view()), ("offset", pa.int64())])
 
 _VIDEO_JSON = pa.schema([("video_id", pa.string()), ("url", pa.string()), ("clip", pa.list_(pa.struct(
     [("clip_id", pa.string()), ("span", pa.list_(pa.string()))])))])
@@ -146,12 +147,15 @@ def parse_video_block(data: bytes, base: int, *, allow_local_files: bool) -> Vid
         per_line.failures, per_line.lines + sum(v.num_rows for v, _ in fast), per_line.lines)
 
 
-def parse_text_block(data: bytes, base: int) -> TextBlock:
-    """Parse the clip-text lines of `data`, exactly as `parse_text_lines` would."""
+def parse_text_block(data: bytes, base: int, *, views: bool = False) -> TextBlock:
+    """Parse the clip-text lines of `data`, exactly as `parse_text_lines` would. With
+    `views` the clip ids and texts are string views, most into `data` (alive as long as
+    they are): a caller that reorders the rows copies the texts once, when it casts them."""
     fast, slow = _fast_and_slow(data, base, _TEXT_JSON, _check_texts, _direct_texts)
     per_line = parse_text_lines(slow)
+    schema = TEXT_VIEWS if views else TEXT_COLUMNS
     return TextBlock(
-        pa.concat_tables([t for t, _ in fast] + [per_line.texts]),
+        pa.concat_tables([t.cast(schema) for t, _ in fast] + [per_line.texts.cast(schema)]),
         pa.concat_arrays([v for _, v in fast] + [per_line.video_ids]),
         per_line.failures, per_line.lines + sum(t.num_rows for t, _ in fast), per_line.lines)
 
@@ -323,7 +327,7 @@ def _direct_texts(data: bytes, base: int, starts: np.ndarray, ends: np.ndarray
     their bytes (one regex pass and two substring searches instead of Arrow's JSON parse
     and the checks), and the mask of those lines. Most HD-VILA text lines have it."""
     if len(data) >= 2**31:  # string views address the data with int32 offsets
-        return TEXT_COLUMNS.empty_table(), pa.array([], pa.string()), np.zeros(len(starts), bool)
+        return TEXT_VIEWS.empty_table(), pa.array([], pa.string()), np.zeros(len(starts), bool)
     bounds = np.append(starts, ends[-1]).astype(np.int32)  # each line up to the next one's start
     lines = pa.Array.from_buffers(pa.binary(), len(starts), [None, pa.py_buffer(bounds), pa.py_buffer(data)])
     taken = _matches(lines, _DIRECT_TEXT_RE)
@@ -335,13 +339,13 @@ def _direct_texts(data: bytes, base: int, starts: np.ndarray, ends: np.ndarray
     mid = pc.find_substring(lines, _TEXT_MID).to_numpy()  # the end of the clip id
     clip_id = _string_views(data, s + _TEXT_HEAD, mid - _TEXT_HEAD)
     text = _string_views(data, s + mid + len(_TEXT_MID), e - s - mid - len(_TEXT_MID) - 2)
-    texts = pa.table({"clip_id": clip_id, "text": text, "offset": base + s}, schema=TEXT_COLUMNS)
-    return texts, _string_views(data, s + _TEXT_HEAD, dot - _TEXT_HEAD), taken
+    texts = pa.table({"clip_id": clip_id, "text": text, "offset": base + s}, schema=TEXT_VIEWS)
+    return texts, _string_views(data, s + _TEXT_HEAD, dot - _TEXT_HEAD).cast(pa.string()), taken
 
 
 def _string_views(data: bytes, pos: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    """The strings data[pos:pos + length] (UTF-8, len(data) < 2**31) as one string array:
-    Arrow string views built in numpy, then one cast that copies their bytes together."""
+    """The strings data[pos:pos + length] (UTF-8, len(data) < 2**31) as Arrow string
+    views built in numpy: no byte is copied until they are cast to strings."""
     n = len(pos)
     whole = np.frombuffer(data, np.uint8)
     if n and int(pos.max()) + 12 <= len(whole):
@@ -361,7 +365,7 @@ def _string_views(data: bytes, pos: np.ndarray, lengths: np.ndarray) -> pa.Array
     views[:, 0] = lengths
     views[:, 2] = np.where(short, views[:, 2], 0)
     views[:, 3] = np.where(short, views[:, 3], pos)
-    return pa.Array.from_buffers(pa.binary_view(), n, [None, pa.py_buffer(raw), pa.py_buffer(data)]).cast(pa.string())
+    return pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(raw), pa.py_buffer(data)])
 
 
 # "HH:MM:SS.mmm": where each byte of the 12 must be a digit (or a digit up to 5), and the

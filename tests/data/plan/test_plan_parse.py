@@ -8,6 +8,7 @@ import re
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lfvila_data.executor.base import local_shuffle
-from lfvila_data.plan.join import PlanConfig, bucket_of, buckets_of, build_plan, crc32_each
+from lfvila_data.plan.join import PlanConfig, _take, bucket_of, buckets_of, build_plan, crc32_each
 from lfvila_data.sources.hdvila import parse_span
 from lfvila_data.sources.hdvila_bulk import (
     _direct_texts,
@@ -207,3 +208,16 @@ def test_text_lines_read_from_bytes_are_the_per_line_parse():
     assert block.texts.take(order).equals(want.texts)
     assert block.video_ids.take(order).equals(want.video_ids)
     assert (block.failures, block.lines) == (want.failures, want.lines)
+
+
+@pytest.mark.parametrize("values", [["a" * 20, "b", "", "c" * 13, "d" * 12], ["a" * 20, None, "b"]])
+def test_take_of_string_views_is_arrow_take_of_strings(values):
+    """The map reorders the texts as string views (which Arrow cannot take) and copies them
+    once, in bucket order: the rows are those Arrow's take gives of the strings."""
+    chunks = [pa.array(values[:2], pa.string_view()), pa.array(values[2:], pa.string_view())]
+    table = pa.table({"text": pa.chunked_array(chunks), "n": pa.chunked_array([[0, 1], list(range(2, len(values)))])})
+    rows = np.array([2, 0, 1, 0] + list(range(3, len(values))))
+    got = _take(table, rows)
+    assert got.schema == table.schema
+    want = table.cast(pa.schema([("text", pa.string()), ("n", pa.int64())])).take(pa.array(rows))
+    assert got.cast(want.schema).equals(want)
