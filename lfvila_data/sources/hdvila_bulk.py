@@ -18,6 +18,10 @@ line is the same coded ledger row as before, and every good line the same row va
    validated, and lines with more than `_MAX_BRACKETS` brackets go to the per-line parser.
  * Explicit schemas make Arrow reject mistyped fields (a number as text, an object as
    clip list); nulls, which Arrow also gives for missing fields, go to the per-line parser.
+ * Before Arrow, clip-text lines of exactly json.dumps's shape whose clip id passes the
+   checks and whose text is printable ASCII without quote or backslash, in single spaces
+   (`_DIRECT_TEXT_RE`) are read from their bytes: for them json.loads gives the bytes
+   themselves and the whitespace rule leaves the text as it is, so no parse is needed.
 """
 from __future__ import annotations
 
