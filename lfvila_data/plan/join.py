@@ -232,8 +232,28 @@ def _split(table: pa.Table, buckets: list[int] | np.ndarray, num_buckets: int) -
     ids = np.asarray(buckets, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(ids, minlength=num_buckets))])
-    ordered = table.take(pa.array(order)) if len(order) else table
+    ordered = _take(table, order) if len(order) else table
     return [ordered.slice(bounds[b], bounds[b + 1] - bounds[b]) for b in range(num_buckets)]
+
+
+def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """`table.take(rows)`; string-view columns, for which Arrow has no take, by their 16-byte
+    views (the bytes they point to are not copied)."""
+    if not any(pa.types.is_string_view(t) for t in table.schema.types):
+        return table.take(pa.array(rows))
+    columns = []
+    for column in table.columns:
+        column = column.combine_chunks()
+        if pa.types.is_string_view(column.type) and not column.null_count:
+            buffers = column.buffers()
+            views = np.frombuffer(buffers[1], np.uint8).reshape(-1, 16)[column.offset:column.offset + len(column)]
+            column = pa.Array.from_buffers(column.type, len(rows), [None, pa.py_buffer(views[rows]), *buffers[2:]])
+        elif pa.types.is_string_view(column.type):
+            column = column.cast(pa.string()).take(pa.array(rows)).cast(column.type)
+        else:
+            column = column.take(pa.array(rows))
+        columns.append(column)
+    return pa.table(columns, schema=table.schema)
 
 
 def _failure_table(failures: list[Failure]) -> pa.Table:
@@ -337,12 +357,12 @@ def map_text_range(file_idx: int, path: str, start: int, end: int, num_buckets: 
     """Parse the clip-text lines of one byte range into per-bucket text/failure tables."""
     if per_line:
         block = parse_text_lines(_nonblank_lines(path, start, end))
-    else:
+    else:  # texts as views into the range's bytes: copied once, into bucket order
         pos, data = read_range(path, start, end)
-        block = parse_text_block(data, pos)
-        del data
+        block = parse_text_block(data, pos, views=True)
     texts = block.texts.add_column(2, "file_idx", pa.array(np.full(block.texts.num_rows, file_idx, np.int32)))
-    t_parts = _split(texts, buckets_of(block.video_ids, num_buckets), num_buckets)
+    t_parts = [t.cast(_TEXT_SCHEMA) for t in _split(texts, buckets_of(block.video_ids, num_buckets), num_buckets)]
+    del texts
     f_parts = _split_failures(block.failures, num_buckets, task_no)
     parts = [{"texts": t, "failures": f} for t, f in zip(t_parts, f_parts)]
     return parts, {"lines": block.lines, "clips": 0, "failures": len(block.failures)}

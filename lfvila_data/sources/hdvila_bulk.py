@@ -18,6 +18,10 @@ line is the same coded ledger row as before, and every good line the same row va
    validated, and lines with more than `_MAX_BRACKETS` brackets go to the per-line parser.
  * Explicit schemas make Arrow reject mistyped fields (a number as text, an object as
    clip list); nulls, which Arrow also gives for missing fields, go to the per-line parser.
+ * Before Arrow, clip-text lines of exactly json.dumps's shape whose clip id passes the
+   checks and whose text is printable ASCII without quote or backslash, in single spaces
+   (`_DIRECT_TEXT_RE`) are read from their bytes: for them json.loads gives the bytes
+   themselves and the whitespace rule leaves the text as it is, so no parse is needed.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ VIDEO_COLUMNS = pa.schema([("video_id", pa.string()), ("url", pa.string()), ("of
 CLIP_COLUMNS = pa.schema([("video_id", pa.string()), ("offset", pa.int64()), ("clip_id", pa.string()),
                           ("k", pa.int32()), ("start", pa.float64()), ("end", pa.float64())])
 TEXT_COLUMNS = pa.schema([("clip_id", pa.string()), ("text", pa.string()), ("offset", pa.int64())])
+TEXT_VIEWS = pa.schema([("clip_id", pa.string_view()), ("text", pa.string_view()), ("offset", pa.int64())])
 
 _VIDEO_JSON = pa.schema([("video_id", pa.string()), ("url", pa.string()), ("clip", pa.list_(pa.struct(
     [("clip_id", pa.string()), ("span", pa.list_(pa.string()))])))])
@@ -146,23 +151,31 @@ def parse_video_block(data: bytes, base: int, *, allow_local_files: bool) -> Vid
         per_line.failures, per_line.lines + sum(v.num_rows for v, _ in fast), per_line.lines)
 
 
-def parse_text_block(data: bytes, base: int) -> TextBlock:
-    """Parse the clip-text lines of `data`, exactly as `parse_text_lines` would."""
-    fast, slow = _fast_and_slow(data, base, _TEXT_JSON, _check_texts)
+def parse_text_block(data: bytes, base: int, *, views: bool = False) -> TextBlock:
+    """Parse the clip-text lines of `data`, exactly as `parse_text_lines` would. With
+    `views` the clip ids and texts are string views, most into `data` (alive as long as
+    they are): a caller that reorders the rows copies the texts once, when it casts them."""
+    fast, slow = _fast_and_slow(data, base, _TEXT_JSON, _check_texts, _direct_texts)
     per_line = parse_text_lines(slow)
+    schema = TEXT_VIEWS if views else TEXT_COLUMNS
     return TextBlock(
-        pa.concat_tables([t for t, _ in fast] + [per_line.texts]),
+        pa.concat_tables([t.cast(schema) for t, _ in fast] + [per_line.texts.cast(schema)]),
         pa.concat_arrays([v for _, v in fast] + [per_line.video_ids]),
         per_line.failures, per_line.lines + sum(t.num_rows for t, _ in fast), per_line.lines)
 
 
-def _fast_and_slow(data: bytes, base: int, schema: pa.Schema, check: Callable
+def _fast_and_slow(data: bytes, base: int, schema: pa.Schema, check: Callable, direct: Callable | None = None
                    ) -> tuple[list[tuple], list[tuple[int, bytes]]]:
     """`check(table, offsets)` (its outputs, then a mask of rows it rejects) of each piece
-    Arrow parsed, and the (offset, line) pairs the per-line parser must see, in line order."""
+    Arrow parsed, and the (offset, line) pairs the per-line parser must see, in line order.
+    `direct(data, base, starts, ends)` reads the lines it can vouch for straight from their
+    bytes (the outputs `check` would give for them, then a mask of those lines); Arrow
+    parses the others."""
     fast: list[tuple] = []
     slow: list[tuple[int, bytes]] = []
-    for table, offsets, rejected in _pieces(data, base, schema):
+    for done, table, offsets, rejected in _pieces(data, base, schema, direct):
+        if done is not None:
+            fast.append(done)
         slow += rejected
         if table is None:
             continue
@@ -180,24 +193,29 @@ def _line_at(data: bytes, base: int, offset: int) -> bytes:
     return line[:-1] if line.endswith(b"\r") else line
 
 
-def _pieces(data: bytes, base: int, schema: pa.Schema
-            ) -> Iterator[tuple[pa.Table | None, np.ndarray, list[tuple[int, bytes]]]]:
-    """(table of the lines Arrow parsed, their file offsets, the other non-blank lines as
-    (offset, line)) for each piece of about _PIECE_BYTES of whole lines."""
+def _pieces(data: bytes, base: int, schema: pa.Schema, direct: Callable | None = None
+            ) -> Iterator[tuple[tuple | None, pa.Table | None, np.ndarray, list[tuple[int, bytes]]]]:
+    """(what `direct` read, table of the lines Arrow parsed, their file offsets, the other
+    non-blank lines as (offset, line)) for each piece of about _PIECE_BYTES of whole lines."""
     lo, n = 0, len(data)
     while lo < n:
         hi = data.find(b"\n", min(lo + _PIECE_BYTES, n) - 1)
         hi = n if hi < 0 else hi + 1
         starts, ends = _line_bounds(data, lo, hi)
+        done = None
+        if direct is not None and len(starts):
+            *outputs, taken = direct(data, base, starts, ends)
+            if taken.any():
+                done, starts, ends = tuple(outputs), starts[~taken], ends[~taken]
         simple = _simple_lines(data, starts, ends)
         rejected = [(base + int(s), data[s:e]) for s, e in zip(starts[~simple], ends[~simple])
                     if data[s:e].strip(_BLANK)]
         tables, offsets = _parse_halving(data, starts[simple], ends[simple], schema, rejected, base)
         rejected.sort()
         if tables:
-            yield pa.concat_tables(tables), base + np.concatenate(offsets), rejected
+            yield done, pa.concat_tables(tables), base + np.concatenate(offsets), rejected
         else:
-            yield None, np.zeros(0, np.int64), rejected
+            yield done, None, np.zeros(0, np.int64), rejected
         lo = hi
 
 
@@ -298,6 +316,62 @@ def _check_texts(table: pa.Table, offsets: np.ndarray) -> tuple[pa.Table, pa.Arr
     return texts, pc.struct_field(parts, "vid"), bad
 
 
+# A clip-text line as json.dumps writes it, with a clip id `_check_texts` accepts (k without
+# leading zeros) and a text of printable ASCII without quote or backslash, already
+# whitespace-normalised: json.loads gives exactly its bytes, so no JSON parse is needed.
+_DIRECT_TEXT_RE = (r'^\{"clip_id": "[A-Za-z0-9_-]{1,128}\.[1-9][0-9]{0,6}\.mp4", "text": '
+                   r'"(?:[!#-\[\]-~]+(?: [!#-\[\]-~]+)*)?"\}\r?\n?$')
+_TEXT_HEAD = len('{"clip_id": "')
+_TEXT_MID = '", "text": "'
+
+
+def _direct_texts(data: bytes, base: int, starts: np.ndarray, ends: np.ndarray
+                  ) -> tuple[pa.Table, pa.Array, np.ndarray]:
+    """What `_check_texts` gives for the lines of `_DIRECT_TEXT_RE`'s shape, read from
+    their bytes (one regex pass and two substring searches instead of Arrow's JSON parse
+    and the checks), and the mask of those lines. Most HD-VILA text lines have it."""
+    if len(data) >= 2**31:  # string views address the data with int32 offsets
+        return TEXT_VIEWS.empty_table(), pa.array([], pa.string()), np.zeros(len(starts), bool)
+    bounds = np.append(starts, ends[-1]).astype(np.int32)  # each line up to the next one's start
+    lines = pa.Array.from_buffers(pa.binary(), len(starts), [None, pa.py_buffer(bounds), pa.py_buffer(data)])
+    taken = _matches(lines, _DIRECT_TEXT_RE)
+    rows = np.flatnonzero(taken)
+    if len(rows) < len(starts):
+        lines = lines.filter(pa.array(taken))
+    s, e = starts[rows], ends[rows]
+    dot = pc.find_substring(lines, ".").to_numpy()  # the end of the video id
+    mid = pc.find_substring(lines, _TEXT_MID).to_numpy()  # the end of the clip id
+    clip_id = _string_views(data, s + _TEXT_HEAD, mid - _TEXT_HEAD)
+    text = _string_views(data, s + mid + len(_TEXT_MID), e - s - mid - len(_TEXT_MID) - 2)
+    texts = pa.table({"clip_id": clip_id, "text": text, "offset": base + s}, schema=TEXT_VIEWS)
+    return texts, _string_views(data, s + _TEXT_HEAD, dot - _TEXT_HEAD).cast(pa.string()), taken
+
+
+def _string_views(data: bytes, pos: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """The strings data[pos:pos + length] (UTF-8, len(data) < 2**31) as Arrow string
+    views built in numpy: no byte is copied until they are cast to strings."""
+    n = len(pos)
+    whole = np.frombuffer(data, np.uint8)
+    if n and int(pos.max()) + 12 <= len(whole):
+        head = np.lib.stride_tricks.sliding_window_view(whole, 12)[pos]  # each string's first 12 bytes
+    else:  # some within 12 bytes of the end
+        head = np.zeros((n, 12), np.uint8)
+        inside = pos + 12 <= len(whole)
+        if inside.any():
+            head[inside] = np.lib.stride_tricks.sliding_window_view(whole, 12)[pos[inside]]
+        for i in np.flatnonzero(~inside):
+            head[i, :len(whole) - int(pos[i])] = whole[pos[i]:]
+    head *= np.arange(12) < lengths[:, None]  # zero-padded
+    views = np.zeros((n, 4), np.int32)  # length, then 12 bytes inline or 4-byte prefix, buffer 0, offset
+    raw = views.view(np.uint8)
+    raw[:, 4:16] = head
+    short = lengths <= 12
+    views[:, 0] = lengths
+    views[:, 2] = np.where(short, views[:, 2], 0)
+    views[:, 3] = np.where(short, views[:, 3], pos)
+    return pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(raw), pa.py_buffer(data)])
+
+
 # "HH:MM:SS.mmm": where each byte of the 12 must be a digit (or a digit up to 5), and the
 # separators; HD-VILA writes every span so
 _FIXED_DIGITS = np.array([0, 1, 3, 4, 6, 7, 9, 10, 11])
@@ -315,19 +389,27 @@ def _span_seconds(spans: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if not n:
         return valid, seconds
     offsets = np.frombuffer(spans.buffers()[1], np.int32, n + 1, spans.offset * 4)
-    rows = np.flatnonzero((offsets[1:] - offsets[:-1] == 12)
-                          & spans.is_valid().to_numpy(zero_copy_only=False))
+    data = np.frombuffer(spans.buffers()[2], np.uint8)
+    twelve = offsets[1:] - offsets[:-1] == 12
+    if spans.null_count:
+        twelve &= spans.is_valid().to_numpy(zero_copy_only=False)
+    if twelve.all():  # HD-VILA: every span 12 bytes, so the values are an (n, 12) view
+        rows, raw = np.arange(n), data[offsets[0]:offsets[-1]].reshape(n, 12)
+    else:
+        rows = np.flatnonzero(twelve)
+        raw = data[offsets[rows][:, None] + np.arange(12)]
     if len(rows):
-        raw = np.frombuffer(spans.buffers()[2], np.uint8)[offsets[rows][:, None] + np.arange(12)]
-        digit = raw.astype(np.int64) - ord("0")
-        fixed = ((digit[:, _FIXED_DIGITS] >= 0) & (digit[:, _FIXED_DIGITS] <= 9)).all(axis=1)
-        fixed &= (digit[:, 3] <= 5) & (digit[:, 6] <= 5)
+        digit = raw - np.uint8(ord("0"))  # wraps: every byte but a digit becomes > 9
+        fixed = (digit[:, _FIXED_DIGITS] <= 9).all(axis=1) & (digit[:, 3] <= 5) & (digit[:, 6] <= 5)
         for pos, byte in _FIXED_SEPARATORS.items():
             fixed &= raw[:, pos] == byte
-        d = digit[fixed]
-        whole = 3600 * (10 * d[:, 0] + d[:, 1]) + 60 * (10 * d[:, 3] + d[:, 4])
-        millis = 10000 * d[:, 6] + 1000 * d[:, 7] + 100 * d[:, 9] + 10 * d[:, 10] + d[:, 11]
-        seconds[rows[fixed]] = whole.astype(np.float64) + millis / 1000
+
+        def col(i: int) -> np.ndarray:
+            return digit[:, i].astype(np.int64)
+
+        whole = 3600 * (10 * col(0) + col(1)) + 60 * (10 * col(3) + col(4))
+        millis = 10000 * col(6) + 1000 * col(7) + 100 * col(9) + 10 * col(10) + col(11)
+        seconds[rows[fixed]] = (whole.astype(np.float64) + millis / 1000)[fixed]
         valid[rows[fixed]] = True
     rest = np.flatnonzero(~valid)
     if len(rest):
@@ -368,7 +450,7 @@ def _check_videos(table: pa.Table, offsets: np.ndarray) -> tuple[pa.Table, pa.Ta
         first = np.cumsum(lengths) - lengths  # where each span's values start in the flat list
         flat = pc.list_flatten(spans)
         both = np.stack([first, first + 1], axis=1)[ok].ravel()
-        valid, seconds = _span_seconds(flat.take(pa.array(both)))
+        valid, seconds = _span_seconds(flat if len(both) == len(flat) else flat.take(pa.array(both)))
         pair_ok = valid.reshape(-1, 2).all(axis=1)
         start[ok] = seconds[0::2]
         end[ok] = seconds[1::2]

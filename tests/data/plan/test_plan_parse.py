@@ -8,15 +8,23 @@ import re
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lfvila_data.executor.base import local_shuffle
-from lfvila_data.plan.join import PlanConfig, bucket_of, buckets_of, build_plan, crc32_each
+from lfvila_data.plan.join import PlanConfig, _take, bucket_of, buckets_of, build_plan, crc32_each
 from lfvila_data.sources.hdvila import parse_span
-from lfvila_data.sources.hdvila_bulk import _span_seconds
+from lfvila_data.sources.hdvila_bulk import (
+    _direct_texts,
+    _line_bounds,
+    _span_seconds,
+    parse_text_block,
+    parse_text_lines,
+)
 
 _TEXTS = ["Hello there.", "  leading and trailing  ", "double  space", "tab\there", "nbsp\u00a0here",
           "ideographic\u3000space", "caf\u00e9 \u00fcber na\u00efve", "emoji \U0001f600 ok", "quote \" and \\ back",
@@ -148,9 +156,13 @@ def test_vectorised_buckets_are_bucket_of(ids, offset, num_buckets):
     assert list(buckets_of(values, num_buckets)) == [bucket_of(v, num_buckets) for v in ids]
 
 
+_TWELVE = st.from_regex(r"[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}", fullmatch=True)
+
+
 @settings(max_examples=30, deadline=None)
-@given(spans=st.lists(st.one_of(st.none(), st.from_regex(r"[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}", fullmatch=True),
-                                st.text(alphabet="0123456789:.5a", max_size=14)), max_size=40),
+@given(spans=st.one_of(st.lists(st.one_of(st.none(), _TWELVE, st.text(alphabet="0123456789:.5a", max_size=14)),
+                                max_size=40),
+                       st.lists(_TWELVE, max_size=40)),  # all 12 bytes: read as one (n, 12) view
        offset=st.integers(0, 3))
 def test_span_seconds_read_from_bytes_are_parse_span(spans, offset):
     """Spans of the fixed "HH:MM:SS.mmm" form, read from their bytes, are valid exactly
@@ -161,3 +173,51 @@ def test_span_seconds_read_from_bytes_are_parse_span(spans, offset):
         assert ok == want, span
         if want:
             assert got == parse_span(span), span
+
+
+_DIRECT = [  # (line, read straight from its bytes)
+    ('{"clip_id": "abc.1.mp4", "text": "Hello there."}', True), ('{"clip_id": "abc.2.mp4", "text": ""}', True),
+    ('{"clip_id": "abc.3.mp4", "text": "twelve bytes"}', True), ('{"clip_id": "abc.4.mp4", "text": "thirteen byte"}', True),
+    ('{"clip_id": "' + "v" * 128 + '.9999999.mp4", "text": "long id"}', True),
+    ('{"clip_id": "a_b-C.12.mp4", "text": "x! #[]~ y"}\r', True),
+    ('{"clip_id": "abc.01.mp4", "text": "leading zero k"}', False), ('{"clip_id": "abc.0.mp4", "text": "k 0"}', False),
+    ('{"clip_id": "abc.12345678.mp4", "text": "k too long"}', False),
+    ('{"clip_id": "' + "v" * 129 + '.1.mp4", "text": "id too long"}', False),
+    ('{"clip_id": "abc.5.mp4", "text": " lead"}', False), ('{"clip_id": "abc.6.mp4", "text": "a  b"}', False),
+    ('{"clip_id": "abc.7.mp4", "text": "trail "}', False), ('{"clip_id": "abc.8.mp4", "text": "del\x7f"}', False),
+    ('{"clip_id": "abc.9.mp4", "text": "q \\" q"}', False), ('{"clip_id": "abc.10.mp4", "text": "caf\\u00e9"}', False),
+    ('{"clip_id": "abc.11.mp4", "text": "caf\u00e9 raw"}', False),
+    ('{"clip_id":"abc.12.mp4","text":"compact"}', False), ('{"clip_id": "abc.13.mp4", "text": "a", "text": "b"}', False),
+    ('{"clip_id": "abc.14.mp4", "text": "tab\there"}', False), ("", False), ("   ", False), ("{broken", False),
+    ('{"clip_id": "z.15.mp4", "text": "x"}', True),  # the last line, no newline: its text ends the data
+]
+
+
+def test_text_lines_read_from_bytes_are_the_per_line_parse():
+    """Clip-text lines of json.dumps's shape with plain ASCII text are read from their
+    bytes (no JSON parse), and give the rows and ledger rows the per-line parser gives;
+    every other line still goes through Arrow or the per-line parser."""
+    data = "\n".join(line for line, _ in _DIRECT).encode()
+    starts, ends = _line_bounds(data, 0, len(data))
+    *_, taken = _direct_texts(data, 7, starts, ends)
+    assert list(taken) == [direct for _, direct in _DIRECT]
+    block = parse_text_block(data, 7)
+    lines = [(7 + int(s), data[s:e]) for s, e in zip(starts, ends) if data[s:e].strip()]
+    want = parse_text_lines(lines)
+    order = pc.sort_indices(block.texts.column("offset"))
+    assert block.texts.take(order).equals(want.texts)
+    assert block.video_ids.take(order).equals(want.video_ids)
+    assert (block.failures, block.lines) == (want.failures, want.lines)
+
+
+@pytest.mark.parametrize("values", [["a" * 20, "b", "", "c" * 13, "d" * 12], ["a" * 20, None, "b"]])
+def test_take_of_string_views_is_arrow_take_of_strings(values):
+    """The map reorders the texts as string views (which Arrow cannot take) and copies them
+    once, in bucket order: the rows are those Arrow's take gives of the strings."""
+    chunks = [pa.array(values[:2], pa.string_view()), pa.array(values[2:], pa.string_view())]
+    table = pa.table({"text": pa.chunked_array(chunks), "n": pa.chunked_array([[0, 1], list(range(2, len(values)))])})
+    rows = np.array([2, 0, 1, 0] + list(range(3, len(values))))
+    got = _take(table, rows)
+    assert got.schema == table.schema
+    want = table.cast(pa.schema([("text", pa.string()), ("n", pa.int64())])).take(pa.array(rows))
+    assert got.cast(want.schema).equals(want)

@@ -135,3 +135,10 @@ def test_normalized_word_counts_are_words_of(texts, offset):
     assert list(normalized_word_counts(values)) == [words_of(t) for t in texts]
     chunked = pa.chunked_array([values.slice(0, len(texts) // 2), values.slice(len(texts) // 2)], pa.string())
     assert list(normalized_word_counts(chunked)) == [words_of(t) for t in texts]
+
+
+def test_word_counts_of_a_text_with_more_spaces_than_uint16_holds():
+    """Words are summed in uint16 only while no text is 65,536 bytes long, so a text of
+    70,001 words (too long for a sample, but still counted as dropped) is counted exactly."""
+    texts = pa.array(["a " * 70_000 + "a", "x y", None, ""], pa.string())
+    assert list(normalized_word_counts(texts)) == [70_001, 2, 0, 0]
