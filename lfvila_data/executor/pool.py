@@ -221,7 +221,8 @@ class RayShuffle:
 
 
 class _Posts:
-    """The actor behind `RayBoard`: reports kept in arrival order until drained."""
+    """A `RayBoard`'s reports, kept in arrival order until drained (held by the actor
+    that hosts the board: the driver's node's fetcher)."""
 
     def __init__(self) -> None:
         self.items: list = []
@@ -253,7 +254,7 @@ class Poster:
         try:
             ray.get(self.pending)
         except ray.exceptions.RayActorError:
-            pass  # the board is gone (closed by the driver, or its host died): reports only
+            pass  # the board's host is gone (the job ended, or it died): reports only
         self.pending = []
 
 
@@ -262,15 +263,14 @@ class RayBoard:
     post to one actor, the driver drains it from its wait loop. Tasks throttle their own
     posts (`progress.Throttled`), so a large cluster does not flood the driver.
 
-    `host` gives an actor of the caller's with `post` and `drain` methods (as `_Posts`)
-    to keep the board in, so the board costs no worker process of its own; its owner
-    ends it. A host that died takes its unread reports with it (progress only, never
-    results) and the board moves to the one `host` gives next. Without `host` the board
-    starts an actor of its own."""
+    `host` gives an actor of the caller's with `post` and `drain` methods (holding a
+    `_Posts`) to keep the board in, so the board costs no worker process of its own; its
+    owner ends it. A host that died takes its unread reports with it (progress only,
+    never results) and the board moves to the one `host` gives next."""
 
-    def __init__(self, host: Callable[[], Any] | None = None) -> None:
+    def __init__(self, host: Callable[[], Any]) -> None:
         self._host = host
-        self._actor = ray.remote(_Posts).options(num_cpus=0).remote() if host is None else host()
+        self._actor = host()
 
     def poster(self) -> Poster:
         return Poster(self._actor)
@@ -280,14 +280,8 @@ class RayBoard:
         try:
             return ray.get(self._actor.drain.remote())
         except RayActorError:
-            if self._host is None:
-                raise
             self._actor = self._host()
             return []
-
-    def close(self) -> None:
-        if self._host is None:
-            ray.kill(self._actor, no_restart=True)
 
 
 def _value(done: Done) -> Any:

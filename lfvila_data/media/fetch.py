@@ -241,9 +241,7 @@ class Fetcher:
             "external_downloader_args": {
                 # ffmpeg reads only the remote media, never local files or playlists of
                 # other protocols; keeps source timestamps; stops at the size cap.
-                "ffmpeg_i": ["-protocol_whitelist", _NETWORK_PROTOCOLS,
-                             "-rw_timeout", str(int(cfg.socket_timeout * 1e6)),
-                             "-recv_buffer_size", str(_LOOPBACK_BUFFER)],
+                "ffmpeg_i": _network_input(cfg),
                 "ffmpeg_o": ["-copyts", "-fs", str(cfg.max_filesize)],
             },
         }
@@ -447,14 +445,19 @@ def direct_media(url: str, guard: Guard, timeout: float) -> str | None:
     return ctype if ctype in _DIRECT else None
 
 
+def _network_input(cfg: FetchConfig) -> list[str]:
+    """ffmpeg's input options for a download through the guard (yt-dlp's and ours)."""
+    return ["-protocol_whitelist", _NETWORK_PROTOCOLS, "-rw_timeout", str(int(cfg.socket_timeout * 1e6)),
+            "-recv_buffer_size", str(_LOOPBACK_BUFFER)]
+
+
 def section_command(url: str, muxer: str, start: float, end: float, part: Path, cfg: FetchConfig) -> list[str]:
     """The ffmpeg command that downloads source time [start, end] of `url` into `part`
     (the arguments yt-dlp's ffmpeg downloader gives it; `-recv_buffer_size` sizes its
     socket to the guard). benchmarks/bench_download.py runs it without the guard too."""
     return ["ffmpeg", "-y", "-nostdin", "-loglevel", "error", "-hide_banner",
             *(["-ss", str(start)] if start else []), "-t", str(end - start),
-            "-protocol_whitelist", _NETWORK_PROTOCOLS, "-rw_timeout", str(int(cfg.socket_timeout * 1e6)),
-            "-recv_buffer_size", str(_LOOPBACK_BUFFER), "-user_agent", _AGENT, "-i", url, "-c", "copy",
+            *_network_input(cfg), "-user_agent", _AGENT, "-i", url, "-c", "copy",
             "-f", muxer, "-copyts", "-fs", str(cfg.max_filesize), str(part)]
 
 
