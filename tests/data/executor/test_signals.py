@@ -52,11 +52,12 @@ def test_a_new_run_starts_unsignalled(handlers):
 SLOW_CLEANUP = """
 import sys, threading, time
 from lfvila_data.executor.base import stop_on_signals
-from lfvila_data.executor.cluster import init_ray, shutdown_ray
+from lfvila_data.executor.cluster import RayStart, shutdown_ray
 stop_on_signals()
-start = threading.Thread(target=init_ray, args=(None, 1))  # as RayStart starts it
-start.start()
-start.join()
+# Ray started as a build starts it: on a thread that outlives the start (Ray's processes
+# get SIGKILL when the thread that spawned them ends, and a driver whose GCS is gone
+# hangs in ray.shutdown)
+RayStart(None, 1).wait()
 print("ready", flush=True)
 try:
     time.sleep(120)
