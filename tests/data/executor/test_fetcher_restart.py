@@ -4,6 +4,7 @@ second death drops it and its downloads become coded, transient ledger rows that
 next run redoes, and the other videos still finish (no hang, no crash)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,12 +27,18 @@ from tests.support.media import make_timecoded_video
 
 
 def _fetchers() -> list[psutil.Process]:
-    """The live fetcher actors' processes (Ray titles an actor's process `ray::<class>`)."""
+    """The live fetcher actors' processes of this test's Ray (Ray titles an actor's process
+    `ray::<class>`; its workers are its raylet's children): never those of another Ray
+    running on the machine (another test run's)."""
+    import ray
+
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if cmd and cmd[0].startswith("ray::_Fetcher") and p.status() != psutil.STATUS_ZOMBIE:
-            found.append(p)
+    for p in raylet.children():
+        with contextlib.suppress(psutil.Error):
+            cmd = p.cmdline()
+            if cmd and cmd[0].startswith("ray::_Fetcher") and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
     return found
 
 
