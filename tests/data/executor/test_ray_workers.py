@@ -83,10 +83,11 @@ def test_a_ray_build_starts_a_bounded_number_of_worker_processes(ray_local, tmp_
     # the node's fetcher, which holds the progress board (before: a board actor as well)
     assert actors == ["_Fetcher"], actors
     # the workers started during the build: the fetcher (unless it took an idle worker of
-    # an earlier test), at most one per cut slot that cut, and at most one that ran nothing:
-    # the worker Ray's raylet prestarts for the backlog of the first cut lease that found no
-    # idle worker (see test_ray_starts_two_workers_for_the_first_task_on_a_fresh_node)
-    assert roles["cut"] <= cpus and roles["fetcher"] <= 1 and roles["nothing"] <= 1, roles
+    # an earlier test), one per cut slot, and one more that Ray's raylet prestarts for the
+    # backlog of the first cut lease that found no worker idle or starting (see
+    # test_ray_starts_two_workers_for_the_first_task_on_a_fresh_node); that one mostly
+    # runs nothing, but may take a later cut while another worker idles
+    assert roles["fetcher"] <= 1 and roles["nothing"] <= 1 and roles["cut"] + roles["nothing"] <= cpus + 1, roles
     assert started <= cpus + 2, (started, roles)
 
 
