@@ -1,6 +1,6 @@
 """Where a build's CPU goes through Ray, process by process: the driver, Ray's own
 daemons (GCS, raylet, agents, monitors), each worker process (named by what it ran last:
-`ray::IDLE`, an actor's class), and the ffmpeg they ran; and what one worker process costs
+`ray::IDLE`, an actor's class; "ran nothing" when it never ran a task), and the ffmpeg they ran; and what one worker process costs
 to start (a fresh interpreter, `import ray`, then our task module).
 
     python benchmarks/bench_ray_workers.py --videos 16 --baseline /tmp/base
@@ -50,7 +50,8 @@ def kind(cmdline: str, last_name: str) -> str:
 
 def run_polled(cmd: list[str], env: dict, cwd: str, poll_s: float = 0.02) -> tuple[float, dict]:
     """Run `cmd` in a session of its own; every process of that session, with its last
-    seen CPU seconds, first command line and last name."""
+    seen CPU seconds, first command line, last name and every name seen (a worker is
+    named `ray::<task>` while it runs one)."""
     seen: dict[tuple[int, float], list] = {}
     p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
@@ -63,8 +64,9 @@ def run_polled(cmd: list[str], env: dict, cwd: str, poll_s: float = 0.02) -> tup
                 if os.getsid(q.pid) != sid:
                     continue
                 t, key = q.cpu_times(), (q.pid, q.create_time())
-                row = seen.setdefault(key, [0.0, " ".join(q.cmdline()), ""])
+                row = seen.setdefault(key, [0.0, " ".join(q.cmdline()), "", set()])
                 row[0], row[2] = t.user + t.system, q.name() if not q.cmdline() else " ".join(q.cmdline())[:40]
+                row[3].add(row[2].strip())
             except (psutil.Error, OSError):
                 continue
 
@@ -88,8 +90,10 @@ def run_polled(cmd: list[str], env: dict, cwd: str, poll_s: float = 0.02) -> tup
 
 def breakdown(seen: dict) -> dict[str, tuple[int, float]]:
     out: dict[str, list] = defaultdict(lambda: [0, 0.0])
-    for cpu, cmdline, last in seen.values():
+    for cpu, cmdline, last, names in seen.values():
         k = kind(cmdline, last)
+        if k == "worker ray::IDLE" and {n for n in names if n.startswith("ray::")} <= {"ray::IDLE"}:
+            k += ", ran nothing"  # e.g. the one Ray prestarts for a lease's backlog (performance.md)
         out[k][0] += 1
         out[k][1] += cpu
     return {k: (n, c) for k, (n, c) in out.items()}
