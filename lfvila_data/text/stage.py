@@ -7,6 +7,7 @@ Each video's outcome is journaled (`_text/`), so a rerun neither asks YouTube fo
 subtitles again nor re-transcribes; the plan is rewritten from the journal at the end."""
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -234,11 +235,20 @@ def _journal_for(out: OutputDir, settings: dict, plan: PlanConfig, opts: TextOpt
     return journal_status(out, TEXT_DIR)
 
 
-def earlier_fetched(entries: Iterable[tuple[str, str, dict]]) -> dict[str, int]:
+def earlier_fetched(out: OutputDir) -> dict[str, int]:
     """The bytes earlier runs fetched for each video a rerun redoes (journaled `retry`):
     its new entry carries them on, so the latest entries sum to every run's bytes, and a
-    video whose transcript is reused (not redone) is not fetched, nor counted, again."""
-    return {vid: p["fetched_bytes"] for vid, status, p in entries if status == RETRY and p.get("fetched_bytes")}
+    video whose transcript is reused (not redone) is not fetched, nor counted, again.
+    Only the `retry` entries' payloads are parsed."""
+    import pyarrow.compute as pc
+
+    earlier: dict[str, int] = {}
+    for table in iter_journal(out, TEXT_DIR).tables():
+        redo = table.filter(pc.equal(table.column("status"), RETRY))
+        for vid, payload in zip(redo.column("video_id").to_pylist(), redo.column("payload").to_pylist()):
+            if n := json.loads(payload).get("fetched_bytes"):
+                earlier[vid] = n
+    return earlier
 
 
 class TextJournal:
@@ -246,8 +256,7 @@ class TextJournal:
 
     def __init__(self, out: OutputDir, previous: dict[str, str]):
         self.journal = Journal(out, dir=TEXT_DIR)
-        # a second pass over the journal only when there is something to redo
-        self.earlier = earlier_fetched(iter_journal(out, TEXT_DIR)) if RETRY in previous.values() else {}
+        self.earlier = earlier_fetched(out) if RETRY in previous.values() else {}
 
     def add(self, o: TextOutcome) -> None:
         o.fetched_bytes += self.earlier.get(o.video_id, 0)
