@@ -37,6 +37,7 @@ from lfvila_data.output.write import (
     finalize,
     is_output_error,
     iter_journal,
+    journal_fetched_bytes,
 )
 from lfvila_data.plan.join import (
     PlanConfig,
@@ -49,7 +50,14 @@ from lfvila_data.plan.join import (
     read_plan_failures,
     word_account_rows,
 )
-from lfvila_data.progress import BuildProgress, CutProgress, human_bytes, human_time, print_summary
+from lfvila_data.progress import (
+    BuildProgress,
+    CutProgress,
+    fetched_split,
+    human_bytes,
+    human_time,
+    print_summary,
+)
 from lfvila_data.records import FailureCode, PlannedSample
 from lfvila_data.schemas import plan_row_to_sample
 from lfvila_data.sources.activitynet import ACTIVITYNET
@@ -62,6 +70,7 @@ from lfvila_data.sources.local import find_videos
 from lfvila_data.sources.queryd import QUERYD
 from lfvila_data.sources.violin import VIOLIN
 from lfvila_data.text.stage import (
+    TEXT_DIR,
     TextOptions,
     _asr_marker,
     plan_local_text,
@@ -415,6 +424,21 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
     return progress
 
 
+def with_asr_bytes(counts: dict, asr_bytes: int) -> dict:
+    """`finalize`'s counts with speech recognition's bytes: `fetched_bytes` becomes every
+    byte fetched (videos and audio), `asr_fetched_bytes` the audio's part."""
+    return counts | {"fetched_bytes": counts["fetched_bytes"] + asr_bytes, "asr_fetched_bytes": asr_bytes}
+
+
+def asr_fetched_bytes(cfg: BuildConfig, out: OutputDir) -> int:
+    """What speech recognition fetched for this plan, all runs (the text journal's latest
+    entries). An HD-VILA plan made without it has none, whatever journal an earlier
+    `--asr always` plan of the output left."""
+    if cfg.source in ("local", "youtube") or (cfg.source == "hdvila" and cfg.text_opts.asr == "always"):
+        return journal_fetched_bytes(out, TEXT_DIR)
+    return 0
+
+
 def build_record(cfg: BuildConfig, plan: PlanSummary, counts: dict, progress: BuildProgress,
                  elapsed: float) -> dict:
     """build.json: the settings, the plan and the counts, so a build explains itself."""
@@ -441,7 +465,8 @@ def print_build_summary(cfg: BuildConfig, plan: PlanSummary, counts: dict, progr
         ("hours written", f"{counts['hours_written']:,.3f}"),
         ("videos processed this run", f"{progress.videos_done + progress.videos_failed:,}"),
         ("videos failed this run", f"{progress.videos_failed:,}"),
-        ("downloaded (all runs)", (f"{human_bytes(counts['fetched_bytes'])} "
+        ("downloaded (all runs)", (f"{human_bytes(counts['fetched_bytes'])}"
+                                   f"{fetched_split(counts['fetched_bytes'], counts.get('asr_fetched_bytes', 0))} "
                                    f"(written samples needed {human_bytes(counts['download_bytes'])})")),
         ("sample video bytes", human_bytes(counts["video_bytes"])),
         ("ledger rows", ", ".join(f"{k}: {v}" for k, v in counts["failures_by_stage"].items()) or "none"),
@@ -522,7 +547,8 @@ def _run_leased(cfg: BuildConfig, out: OutputDir, lease: OutputLease, started: f
     progress = run_journaled(cfg, out, plan, previous, lease, runner, progress_every_s)
     raise_if_signalled()  # not finalized: the rerun the signal's message asks for does it
     lease.check()
-    counts = finalize(out, iter_journal(out), read_plan_failures(cfg.output))
+    counts = with_asr_bytes(finalize(out, iter_journal(out), read_plan_failures(cfg.output)),
+                            asr_fetched_bytes(cfg, out))
     elapsed = time.time() - started
     record = build_record(cfg, plan, counts, progress, elapsed)
     out.write_json("build.json", record)

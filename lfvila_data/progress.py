@@ -19,6 +19,12 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def fetched_split(fetched: int, asr: int) -> str:
+    """" = videos X + speech-recognition audio Y" after a total of fetched bytes, when
+    speech recognition fetched any (nothing otherwise: every byte was a video's)."""
+    return f" = videos {human_bytes(fetched - asr)} + speech-recognition audio {human_bytes(asr)}" if asr else ""
+
+
 def human_time(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -5,10 +5,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 from lfvila_data.executor.cluster import cluster_resources, init_ray
 from lfvila_data.executor.pool import RayActors
-from lfvila_data.text.asr import AsrConfig, AsrJob, AsrResult, pool_shape, transcribe_all
+from lfvila_data.text.asr import AsrConfig, AsrJob, AsrResult, Resolver, pool_shape, transcribe_all
 
 
-def transcribe_on_ray(jobs: Iterable[AsrJob], cfg: AsrConfig, resolve: Callable[[str], str] | None = None,
+def transcribe_on_ray(jobs: Iterable[AsrJob], cfg: AsrConfig, resolve: Resolver | None = None,
                       on_result: Callable[[AsrResult], None] | None = None) -> Iterator[AsrResult]:
     """`transcribe_all` on Ray actors: one per GPU, or one per 8 CPUs (see `pool_shape`),
     each with one job queued beyond the one it runs so it never waits for the driver."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lfvila_data.media.cut import INPUT_GUARD
-from lfvila_data.media.guard import Guard, GuardLimits, env_allows_private, no_proxy_bypass
+from lfvila_data.media.guard import ByteMeter, Guard, GuardLimits, env_allows_private, no_proxy_bypass
 from lfvila_data.records import FailureCode
 
 SAMPLE_RATE = 16000
@@ -151,7 +151,7 @@ def audio_command(media: str, start: float, end: float | None, proxy: str | None
 
 def stream_audio(media: str, spans: Sequence[tuple[float, float]] | None = None, *,
                  chunk_seconds: float = 30.0, timeout: float = 300.0,
-                 guard: GuardLimits | None = None) -> Iterator[AudioChunk]:
+                 guard: GuardLimits | None = None, meter: ByteMeter | None = None) -> Iterator[AudioChunk]:
     """Chunks of at most `chunk_seconds` of each span in order (the whole audio without
     spans); a chunk never crosses from one span into the next.
 
@@ -159,7 +159,9 @@ def stream_audio(media: str, spans: Sequence[tuple[float, float]] | None = None,
     consumer may take as long as it likes between chunks. Closing the iterator early kills
     ffmpeg. Raises AudioError when the media cannot be read or yields no audio at all.
     A URL is read through the fetch guard (`audio_guard_limits(guard)`), like a download:
-    a private address, after DNS and on every redirect, is a permanent refusal."""
+    a private address, after DNS and on every redirect, is a permanent refusal; `meter`
+    gets the bytes the guard let through when the read ends (failed or closed early too).
+    A local file fetches nothing."""
     if chunk_seconds <= 0:
         raise ValueError("chunk_seconds must be positive")
     for s, e in spans or ():
@@ -168,7 +170,7 @@ def stream_audio(media: str, spans: Sequence[tuple[float, float]] | None = None,
     if not _is_url(media):
         yield from _stream(media, spans, chunk_seconds, timeout, None)
         return
-    with Guard(audio_guard_limits(guard)) as proxy, no_proxy_bypass():
+    with Guard(audio_guard_limits(guard), meter) as proxy, no_proxy_bypass():
         proxy.downloading()  # the file-size cap bounds the bytes
         try:
             yield from _stream(media, spans, chunk_seconds, timeout, proxy.url)

@@ -26,6 +26,7 @@ from typing import Callable, TypeVar
 from urllib.parse import unquote, urlparse
 
 from lfvila_data.media.guard import (
+    ByteMeter,
     Guard,
     GuardLimits,
     env_allows_private,
@@ -288,10 +289,11 @@ class Fetcher:
             fetched.wire_bytes = guard.total_received
             return fetched
 
-    def media_url(self, url: str) -> str:
+    def media_url(self, url: str, meter: ByteMeter | None = None) -> str:
         """What ffmpeg should read for the audio of `url`: the file itself for local
         paths, else the direct URL of the best audio (or smallest muxed) format. Used by
-        speech recognition, which streams audio and never downloads the video."""
+        speech recognition, which streams audio and never downloads the video; `meter`
+        gets the bytes yt-dlp read to find it."""
         import yt_dlp
 
         local = local_path(url)
@@ -301,7 +303,7 @@ class Fetcher:
                                  FailureCode.BAD_URL)
             return str(local)
         log = _Log()
-        with Guard(self.cfg.guard_limits()) as guard, no_proxy_bypass():
+        with Guard(self.cfg.guard_limits(), meter) as guard, no_proxy_bypass():
             params = self.params(self.workdir, None, log, guard) | {"format": "ba/wa*/b/w", "format_sort": []}
             try:
                 with yt_dlp.YoutubeDL(params) as ydl:

@@ -107,11 +107,22 @@ class GuardLimits:
     allowed_networks: tuple[str, ...] = ()  # private networks fetched from all the same (a mirror)
 
 
-class Guard:
-    """`with Guard(limits) as g:` point clients at `g.url`; `g.verdict` says what it stopped."""
+@dataclass
+class ByteMeter:
+    """Bytes from the network over every guard one job opened (speech recognition opens
+    one to resolve a page URL and one to read the audio): each adds its `total_received`
+    as it closes, however its work ended, so a failed job's bytes count too."""
 
-    def __init__(self, limits: GuardLimits):
+    received: int = 0
+
+
+class Guard:
+    """`with Guard(limits) as g:` point clients at `g.url`; `g.verdict` says what it
+    stopped; `meter`, when given, gets the bytes it let through when it closes."""
+
+    def __init__(self, limits: GuardLimits, meter: ByteMeter | None = None):
         self.limits = limits
+        self.meter = meter
         self.verdict: Verdict | None = None
         self.received = 0          # bytes from the network in this attempt
         self.total_received = 0    # ... in every attempt: what the video cost the network
@@ -139,6 +150,9 @@ class Guard:
         self._closed.set()
         self._listener.close()
         self._close_all()
+        if self.meter is not None:
+            with self._lock:
+                self.meter.received += self.total_received
 
     def attempt(self) -> None:
         """A new attempt: its bytes count from zero, starting in the page phase."""

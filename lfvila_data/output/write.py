@@ -312,6 +312,21 @@ def iter_journal(out: OutputDir, dir: str = Journal.DIR) -> JournalEntries:
     return JournalEntries(out, dir)
 
 
+def journal_fetched_bytes(out: OutputDir, dir: str = Journal.DIR) -> int:
+    """The sum of the latest entries' `fetched_bytes` (each carries its video's earlier
+    runs), found in the payload text without parsing it: the key is the last one
+    `VideoResult.payload` writes, and a JSON string cannot hold `fetched_bytes":` (its
+    quotes are escaped)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = 0
+    for table in JournalEntries(out, dir).tables():
+        found = pc.extract_regex(table.column("payload"), r'"fetched_bytes":(?P<n>\d+)\}$')
+        total += pc.sum(pc.struct_field(found, "n").cast(pa.int64())).as_py() or 0
+    return total
+
+
 # the output tables: partitioned folders of Parquet parts (output/manifest.py), each sorted
 # by columns that order its rows totally, so the files are the same whatever order videos
 # finished in and however often the job was resumed

@@ -31,6 +31,7 @@ import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -42,7 +43,7 @@ from lfvila_data.executor.base import ActorMap, WorkerCrashed, crash_line, local
 from lfvila_data.inputs import require
 from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
 from lfvila_data.media.fetch import fetch_code
-from lfvila_data.media.guard import GuardLimits
+from lfvila_data.media.guard import ByteMeter, GuardLimits
 from lfvila_data.output.fingerprint import SPEED
 from lfvila_data.records import Failure, FailureCode, Stage, error_line
 from lfvila_data.text.subtitles import Word
@@ -123,13 +124,15 @@ class AsrJob:
 @dataclass
 class AsrResult:
     """Words in source seconds, sorted, inside the transcribed spans; on failure no words
-    and a `Stage.ASR` failure saying why."""
+    and a `Stage.ASR` failure saying why. `fetched_bytes`: what the network sent for the
+    job (the URL's resolution and the audio, through the fetch guard), failed or not."""
 
     video_id: str
     words: list[Word] = field(default_factory=list)
     language: str | None = None
     audio_seconds: float = 0.0
     failure: Failure | None = None
+    fetched_bytes: int = 0
 
 
 def _failed(job: AsrJob, reason: str, permanent: bool,
@@ -321,6 +324,10 @@ def _prefetch(make: Callable[[], Iterator], depth: int) -> Iterator:
         thread.join(timeout=30)
 
 
+# A job's media as ffmpeg reads it (a page URL's media URL, text.stage.AudioResolver), the
+# bytes fetched to find it added to the meter
+Resolver = Callable[[str, ByteMeter], str]
+
 # ------------------------------------------------------------------------------- the model
 
 def _looks_local(model: str) -> bool:
@@ -418,10 +425,20 @@ class WhisperTranscriber:
 
     # -- one job
 
-    def transcribe(self, job: AsrJob, resolve: Callable[[str], str] | None = None) -> AsrResult:
-        """Words of one job; an unreadable or unresolvable media is a failed result."""
+    def transcribe(self, job: AsrJob, resolve: Resolver | None = None,
+                   meter: ByteMeter | None = None) -> AsrResult:
+        """Words of one job; an unreadable or unresolvable media is a failed result. The
+        bytes fetched for it are the result's, and `meter`'s too: every guard of the job
+        has closed (and counted) before this returns or raises, so a caller whose model
+        raised still has them."""
+        meter = meter if meter is not None else ByteMeter()
+        result = self._transcribe(job, resolve, meter)
+        result.fetched_bytes = meter.received
+        return result
+
+    def _transcribe(self, job: AsrJob, resolve: Resolver | None, meter: ByteMeter) -> AsrResult:
         try:
-            media = resolve(job.media) if resolve is not None else job.media
+            media = resolve(job.media, meter) if resolve is not None else job.media
         except Exception as e:  # noqa: BLE001 - the resolver's errors are the video's
             return _failed(job, f"could not resolve the media URL: {error_line(e)}",
                            bool(getattr(e, "permanent", False)), getattr(e, "code", None) or fetch_code(str(e)))
@@ -430,26 +447,28 @@ class WhisperTranscriber:
         language = self.cfg.language if self.cfg.language or self.multilingual else "en"
         seconds = 0.0
         try:
-            # the resolver's fetch settings bound the read (text.stage.AudioResolver)
-            for batch in self._batches(media, spans, getattr(resolve, "guard_limits", None)):
-                timed, language = self.transcribe_chunks(batch, language)
-                for chunk, items in zip(batch, timed):
-                    words += place_words(items, chunk, words[-1].end if words else chunk.start)
-                    seconds += chunk.duration
+            # the resolver's fetch settings bound the read (text.stage.AudioResolver); closed
+            # here, not when collected, so the audio's guard has counted when this returns
+            with closing(self._batches(media, spans, getattr(resolve, "guard_limits", None), meter)) as batches:
+                for batch in batches:
+                    timed, language = self.transcribe_chunks(batch, language)
+                    for chunk, items in zip(batch, timed):
+                        words += place_words(items, chunk, words[-1].end if words else chunk.start)
+                        seconds += chunk.duration
         except AudioError as e:
             return _failed(job, str(e), e.permanent, e.code)
         return AsrResult(job.video_id, words, language, round(seconds, 3))
 
     def _batches(self, media: str, spans: list[tuple[float, float]] | None,
-                 guard: GuardLimits | None = None) -> Iterator[list[AudioChunk]]:
-        chunks = _prefetch(lambda: stream_audio(media, spans, chunk_seconds=self.cfg.chunk_seconds, guard=guard),
-                           depth=2 * self.cfg.batch_size)
+                 guard: GuardLimits | None = None, meter: ByteMeter | None = None) -> Iterator[list[AudioChunk]]:
+        read = partial(stream_audio, media, spans, chunk_seconds=self.cfg.chunk_seconds, guard=guard, meter=meter)
         batch: list[AudioChunk] = []
-        for chunk in chunks:
-            batch.append(chunk)
-            if len(batch) == self.cfg.batch_size:
-                yield batch
-                batch = []
+        with closing(_prefetch(read, depth=2 * self.cfg.batch_size)) as chunks:  # the read ends with this
+            for chunk in chunks:
+                batch.append(chunk)
+                if len(batch) == self.cfg.batch_size:
+                    yield batch
+                    batch = []
         if batch:
             yield batch
 
@@ -596,7 +615,7 @@ class AsrWorker:
     becomes its result. Built once per actor of the pool (`transcribe_all`)."""
 
     def __init__(self, cfg: AsrConfig, device: str, threads: int | None,
-                 resolve: Callable[[str], str] | None = None):
+                 resolve: Resolver | None = None):
         if threads:
             import torch
 
@@ -605,15 +624,18 @@ class AsrWorker:
         self.resolve = resolve
 
     def __call__(self, job: AsrJob) -> AsrResult:
+        meter = ByteMeter()
         try:
-            return self.transcriber.transcribe(job, self.resolve)
+            return self.transcriber.transcribe(job, self.resolve, meter)
         except Exception as e:  # noqa: BLE001 - one bad video must not stop the run
             log.exception("asr of %s failed", job.video_id)
             if "out of memory" in str(e):
                 import torch
 
                 torch.cuda.empty_cache()
-            return _failed(job, f"asr failed: {type(e).__name__}: {error_line(e)}", False)
+            failed = _failed(job, f"asr failed: {type(e).__name__}: {error_line(e)}", False)
+            failed.fetched_bytes = meter.received  # the audio read before the model failed
+            return failed
 
 
 class PoolShape(NamedTuple):
@@ -641,7 +663,7 @@ def pool_shape(cfg: AsrConfig, resources: dict[str, float]) -> PoolShape:
     return PoolShape(n, 0.0, float(per), per)
 
 
-def transcribe_all(jobs: Iterable[AsrJob], cfg: AsrConfig, resolve: Callable[[str], str] | None = None,
+def transcribe_all(jobs: Iterable[AsrJob], cfg: AsrConfig, resolve: Resolver | None = None,
                    on_result: Callable[[AsrResult], None] | None = None, *,
                    actors: ActorMap = local_actors, shape: PoolShape | None = None) -> Iterator[AsrResult]:
     """Transcribe every job with `AsrWorker`s run by `actors` (`executor.pool.RayActors`

@@ -7,6 +7,7 @@ Each video's outcome is journaled (`_text/`), so a rerun neither asks YouTube fo
 subtitles again nor re-transcribes; the plan is rewritten from the journal at the end."""
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 from lfvila_data.executor.base import TaskMap, crash_line, local_map
 from lfvila_data.media.cut import media_duration
 from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError, with_retries
+from lfvila_data.media.guard import ByteMeter
 from lfvila_data.output.fingerprint import SPEED, content, fingerprint, remove_dir, reuse_or_clear
 from lfvila_data.output.write import DONE, FAILED, RETRY, Journal, OutputDir, iter_journal, journal_status
 from lfvila_data.plan.join import (
@@ -41,7 +43,7 @@ TEXT_DIR = "_text"
 ASR_MODES = ("off", "auto", "always")
 # (AsrJobs, AsrConfig, resolve) -> AsrResults as they finish; on a cluster
 # `executor.asr.transcribe_on_ray`, in this process `text.asr.transcribe_all`
-Transcriber = Callable[[Iterable, object, Callable[[str], str]], Iterator]
+Transcriber = Callable[[Iterable, object, Callable[[str, ByteMeter], str]], Iterator]
 
 
 @dataclass(frozen=True)
@@ -79,12 +81,14 @@ class TextOutcome:
     status: str = DONE
     asr_reason: str | None = None  # set: transcribe this video (why: no usable subtitles...)
     counts: Counter = field(default_factory=Counter)  # planning's: words parsed, dropped by reason
+    fetched_bytes: int = 0  # speech recognition's network bytes for the video, all runs
 
     def to_result(self):
         from lfvila_data.output.write import VideoResult
 
         return VideoResult(self.video_id, self.status, [sample_to_row(s) for s in self.samples],
-                           [f.to_row() for f in self.failures], {}, counts=dict(self.counts))
+                           [f.to_row() for f in self.failures], {}, counts=dict(self.counts),
+                           fetched_bytes=self.fetched_bytes)
 
 
 # ------------------------------------------------------------------ per-video text look-up
@@ -166,9 +170,9 @@ class AudioResolver:
         self.fetch = fetch
         self.guard_limits = fetch.guard_limits()  # what the audio read through the guard may do
 
-    def __call__(self, url: str) -> str:
+    def __call__(self, url: str, meter: ByteMeter | None = None) -> str:
         # a FetchError keeps `permanent`, so a 404 is not retried on every rerun
-        return Fetcher(self.fetch, Path(".")).media_url(url)
+        return Fetcher(self.fetch, Path(".")).media_url(url, meter)
 
 
 def transcribe(jobs: Iterable, opts: TextOptions, fetch: FetchConfig,
@@ -187,7 +191,13 @@ def transcribe(jobs: Iterable, opts: TextOptions, fetch: FetchConfig,
 
 
 def asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str | None) -> TextOutcome:
-    """Samples from one video's transcript, or its ledger row."""
+    """Samples from one video's transcript, or its ledger row; with the bytes it fetched."""
+    outcome = _asr_outcome(result, url, plan, opts, why)
+    outcome.fetched_bytes = result.fetched_bytes
+    return outcome
+
+
+def _asr_outcome(result, url: str, plan: PlanConfig, opts: TextOptions, why: str | None) -> TextOutcome:
     vid = result.video_id
     if result.failure is not None:
         reason = result.failure.reason if not why else f"{why}; speech recognition failed: {result.failure.reason}"
@@ -225,6 +235,37 @@ def _journal_for(out: OutputDir, settings: dict, plan: PlanConfig, opts: TextOpt
     return journal_status(out, TEXT_DIR)
 
 
+def earlier_fetched(out: OutputDir) -> dict[str, int]:
+    """The bytes earlier runs fetched for each video a rerun redoes (journaled `retry`):
+    its new entry carries them on, so the latest entries sum to every run's bytes, and a
+    video whose transcript is reused (not redone) is not fetched, nor counted, again.
+    Only the `retry` entries' payloads are parsed."""
+    import pyarrow.compute as pc
+
+    earlier: dict[str, int] = {}
+    for table in iter_journal(out, TEXT_DIR).tables():
+        redo = table.filter(pc.equal(table.column("status"), RETRY))
+        for vid, payload in zip(redo.column("video_id").to_pylist(), redo.column("payload").to_pylist()):
+            if n := json.loads(payload).get("fetched_bytes"):
+                earlier[vid] = n
+    return earlier
+
+
+class TextJournal:
+    """The text journal of this run: each outcome with its earlier runs' bytes added."""
+
+    def __init__(self, out: OutputDir, previous: dict[str, str]):
+        self.journal = Journal(out, dir=TEXT_DIR)
+        self.earlier = earlier_fetched(out) if RETRY in previous.values() else {}
+
+    def add(self, o: TextOutcome) -> None:
+        o.fetched_bytes += self.earlier.get(o.video_id, 0)
+        self.journal.add(o.to_result())
+
+    def flush(self) -> None:
+        self.journal.flush()
+
+
 class TextProgress:
     def __init__(self, total: int, every_s: float = 2.0):
         self.total = total
@@ -260,7 +301,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], look_ups: T
     ones that asked for it, journal each outcome, then write the plan from the journal."""
     out = OutputDir(out_dir)
     previous = _journal_for(out, settings, plan, opts)
-    journal = Journal(out, dir=TEXT_DIR)
+    journal = TextJournal(out, previous)
     progress = TextProgress(len(items))
     asr_jobs, asr_why, urls = [], {}, {}
 
@@ -279,7 +320,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], look_ups: T
             urls[o.video_id] = o.url
             progress.counts["asr_queued"] += 1
             return
-        journal.add(o.to_result())
+        journal.add(o)
         progress.finished(o, transcribed=False)
 
     try:
@@ -288,7 +329,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], look_ups: T
 
         def on_asr(result) -> None:
             o = asr_outcome(result, urls[result.video_id], plan, opts, asr_why.get(result.video_id))
-            journal.add(o.to_result())
+            journal.add(o)
             progress.finished(o, transcribed=True)
 
         transcribe(asr_jobs, opts, fetch, on_asr, transcriber)
@@ -404,7 +445,7 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
     out = OutputDir(out_dir)
     plan_failures = [Failure.from_row(r) for r in read_plan_failures(out_dir).to_pylist()]
     previous = _journal_for(out, {"hdvila_plan": done["summary"]}, plan, opts)
-    journal = Journal(out, dir=TEXT_DIR)
+    journal = TextJournal(out, previous)
     progress = TextProgress(done["summary"]["videos_with_samples"])
     in_flight: dict[str, list[PlannedSample]] = {}
     planned: set[str] = set()
@@ -433,7 +474,8 @@ def retext_plan_with_asr(out_dir: str, plan: PlanConfig, opts: TextOptions, fetc
             counts: Counter = Counter()
             got, fails = retext_video(samples, list(result.words), result.language, plan, counts)
             o = TextOutcome(result.video_id, samples[0].url, got, fails, counts=counts)
-        journal.add(o.to_result())
+        o.fetched_bytes = result.fetched_bytes
+        journal.add(o)
         progress.finished(o, transcribed=True)
 
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -89,11 +90,10 @@ def test_local_asr_auto(tmp_path, whisper, ray_module):
     (lib / "subbed.en.vtt").write_text(numbered_vtt(16))
     make_timecoded_video(lib / "mute.mp4", 30, width=64, height=48, audio=False)  # neither
     out = tmp_path / "out"
-    run_build(BuildConfig(metadata=(), text=(), output=str(out), source="local", inputs=(str(lib),),
-                          plan=PlanConfig(max_clips=4, max_gap=10.0, allow_local_files=True),
-                          text_opts=asr_opts(whisper),
-                          task=TaskContext(output=str(out), source="local",
-                                           fetch=FetchConfig(allow_local_files=True))))
+    record = run_build(BuildConfig(
+        metadata=(), text=(), output=str(out), source="local", inputs=(str(lib),),
+        plan=PlanConfig(max_clips=4, max_gap=10.0, allow_local_files=True), text_opts=asr_opts(whisper),
+        task=TaskContext(output=str(out), source="local", fetch=FetchConfig(allow_local_files=True))))
     m = pd.read_parquet(out / "manifest")
     speech = m[m.video_id == local_video_id((lib / "speech.mp4").resolve())]
     check_asr_samples(speech, 100.0)
@@ -104,6 +104,7 @@ def test_local_asr_auto(tmp_path, whisper, ray_module):
     assert mute.stage.tolist() == ["asr"]
     assert "no subtitles" in mute.reason.iloc[0] and "audio" in mute.reason.iloc[0]
     assert mute.code.tolist() == ["no_audio"]
+    assert record["counts"]["asr_fetched_bytes"] == 0  # local files: nothing fetched
     got = shard_verify_load([out], tmp_path / "e2e")  # ASR clips hold several sentences
     assert got["samples"] == len(m) and got["loaded"] == int((m.n_clips >= 4).sum())
 
@@ -138,7 +139,11 @@ def test_hdvila_asr_always_retranscribes_planned_spans(tmp_path, whisper, ray_mo
         cfg = BuildConfig(metadata=(str(meta),), text=(str(text),), output=str(out),
                           plan=PLAN, text_opts=asr_opts(whisper, "always"),
                           task=TaskContext(output=str(out)))
-        record = run_build(cfg)
+        run_build(replace(cfg, plan_only=True))  # transcribes: every request so far is speech recognition's
+        audio = list(srv.transfers)
+        record = run_build(cfg)  # reuses the plan and its transcripts: only the cut fetches
+        video = srv.transfers[len(audio):]
+    check_fetched_bytes(record["counts"], audio, video)
     m = pd.read_parquet(out / "manifest")
     check_asr_samples(m, 100.0)
     check_word_account(record["plan"])
@@ -153,6 +158,19 @@ def test_hdvila_asr_always_retranscribes_planned_spans(tmp_path, whisper, ray_mo
                zip([spec.clip_id(k) for k in range(1, 9)], spec.spans) if cid in spans)
     got = shard_verify_load([out], tmp_path / "e2e", multi_sentence=False)
     assert got["samples"] == len(m)
+
+
+def check_fetched_bytes(counts: dict, audio: list, video: list) -> None:
+    """The build's bytes against what the server sent (body bytes: the guard also counts
+    headers, and misses what was in flight when ffmpeg dropped a connection): the audio
+    of the earlier run counted once, `fetched_bytes` the videos' and the audio's."""
+    def sent(transfers: list) -> int:
+        return sum(t.sent for t in transfers)
+
+    asr = counts["asr_fetched_bytes"]
+    assert audio and video and not {t.name for t in audio} - {"v1.mp4"}
+    assert sent(audio) / 2 < asr <= sent(audio) + 2048 * len(audio)
+    assert 0 < counts["fetched_bytes"] - asr <= sent(video) + 2048 * len(video)
 
 
 def test_bad_model_path_fails_before_planning(tmp_path, ray_module):

@@ -18,6 +18,7 @@ import pytest
 from lfvila_data.executor.asr import transcribe_on_ray
 from lfvila_data.localserver import MediaServer
 from lfvila_data.media.audio import SAMPLE_RATE, AudioChunk, AudioError, stream_audio
+from lfvila_data.media.guard import ByteMeter, GuardLimits
 from lfvila_data.records import FailureCode
 from lfvila_data.text.asr import (
     AsrConfig,
@@ -119,6 +120,24 @@ def test_http_url_reads_like_the_file(media):
             f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile://{media['long']}\n#EXT-X-ENDLIST\n")
         with pytest.raises(AudioError, match="inputs we do not open"):
             list(stream_audio(srv.url("evil.m3u8")))
+
+
+def test_the_network_bytes_of_an_audio_read_are_counted(media):
+    """What the guard let through, whether the read ends or fails; a local file fetches
+    nothing."""
+    size = media["beep"].stat().st_size
+    with MediaServer(media["dir"]) as srv:
+        meter = ByteMeter()
+        assert sum(c.duration for c in stream_audio(srv.url("beep.mkv"), meter=meter)) > 29
+        sent = sum(t.sent for t in srv.transfers)
+        # the last request reads the whole file; headers are not in `sent`
+        assert size <= meter.received <= sent + 2048 * len(srv.transfers)
+        before = meter.received
+        with pytest.raises(AudioError):
+            list(stream_audio(srv.url("missing.mp4"), meter=meter))
+        assert 0 < meter.received - before < 2048  # a 404's headers: a failed read counts too
+    local = ByteMeter()
+    assert list(stream_audio(str(media["beep"]), [(0, 1)], meter=local)) and local.received == 0
 
 
 @pytest.mark.parametrize("name,message", [
@@ -279,7 +298,7 @@ def test_bad_media_and_resolver_errors_are_failed_results(transcriber, media):
     assert mute.words == [] and mute.failure.stage == "asr" and "no audio stream" in mute.failure.reason
     assert mute.failure.video_id == "mute" and mute.failure.permanent and mute.failure.code is FailureCode.NO_AUDIO
 
-    def resolve(url: str) -> str:
+    def resolve(url: str, meter: ByteMeter) -> str:
         if url.endswith("gone"):
             raise RuntimeError("ERROR: [youtube] gone: Video unavailable")
         return str(media["long"])
@@ -290,6 +309,25 @@ def test_bad_media_and_resolver_errors_are_failed_results(transcriber, media):
     ok = transcriber.transcribe(AsrJob("ok", "https://www.youtube.com/watch?v=ok", ((10.0, 20.0),)), resolve)
     assert ok.failure is None
     _check_words(ok.words, [(10.0, 20.0)])
+    assert (mute.fetched_bytes, gone.fetched_bytes, ok.fetched_bytes) == (0, 0, 0)  # local files
+
+
+def test_a_job_keeps_the_bytes_it_fetched_when_it_fails(transcriber, media):
+    """The resolver's bytes and the audio's are the result's (and the caller's meter's),
+    also when the read fails half way (here at the resolver's size cap)."""
+
+    class Capped:
+        guard_limits = GuardLimits(allow_private=True, file_bytes=50_000)
+
+        def __call__(self, url: str, meter: ByteMeter) -> str:
+            meter.received += 1_000  # what a page look-up would have cost
+            return url
+
+    with MediaServer(media["dir"]) as srv:
+        meter = ByteMeter()
+        failed = transcriber.transcribe(AsrJob("big", srv.url("long.mp4")), Capped(), meter)
+    assert failed.failure.code is FailureCode.TOO_LARGE
+    assert failed.fetched_bytes == meter.received and 51_000 < failed.fetched_bytes < media["long"].stat().st_size
 
 
 def test_bad_model_is_a_clear_error(tiny_model, tmp_path):
