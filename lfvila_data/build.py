@@ -424,15 +424,17 @@ def run_journaled(cfg: BuildConfig, out: OutputDir, plan: PlanSummary,
     return progress
 
 
-def with_asr_bytes(counts: dict, asr_bytes: int) -> dict:
-    """`finalize`'s counts with speech recognition's bytes: `fetched_bytes` becomes every
-    byte fetched (videos and audio), `asr_fetched_bytes` the audio's part."""
-    return counts | {"fetched_bytes": counts["fetched_bytes"] + asr_bytes, "asr_fetched_bytes": asr_bytes}
+def with_text_bytes(counts: dict, text_bytes: int) -> dict:
+    """`finalize`'s counts with the text stage's bytes (subtitle look-ups, speech
+    recognition's audio): `fetched_bytes` becomes every byte fetched, `text_fetched_bytes`
+    the text stage's part."""
+    return counts | {"fetched_bytes": counts["fetched_bytes"] + text_bytes, "text_fetched_bytes": text_bytes}
 
 
-def asr_fetched_bytes(cfg: BuildConfig, out: OutputDir) -> int:
-    """What speech recognition fetched for this plan, all runs (the text journal's latest
-    entries). An HD-VILA plan made without it has none, whatever journal an earlier
+def text_fetched_bytes(cfg: BuildConfig, out: OutputDir) -> int:
+    """What the text stage fetched for this plan (subtitle look-ups, speech recognition's
+    audio), all runs (the text journal's latest entries). An HD-VILA plan made without
+    speech recognition has none, whatever journal an earlier
     `--asr always` plan of the output left."""
     if cfg.source in ("local", "youtube") or (cfg.source == "hdvila" and cfg.text_opts.asr == "always"):
         return journal_fetched_bytes(out, TEXT_DIR)
@@ -466,7 +468,7 @@ def print_build_summary(cfg: BuildConfig, plan: PlanSummary, counts: dict, progr
         ("videos processed this run", f"{progress.videos_done + progress.videos_failed:,}"),
         ("videos failed this run", f"{progress.videos_failed:,}"),
         ("downloaded (all runs)", (f"{human_bytes(counts['fetched_bytes'])}"
-                                   f"{fetched_split(counts['fetched_bytes'], counts.get('asr_fetched_bytes', 0))} "
+                                   f"{fetched_split(counts['fetched_bytes'], counts.get('text_fetched_bytes', 0))} "
                                    f"(written samples needed {human_bytes(counts['download_bytes'])})")),
         ("sample video bytes", human_bytes(counts["video_bytes"])),
         ("ledger rows", ", ".join(f"{k}: {v}" for k, v in counts["failures_by_stage"].items()) or "none"),
@@ -547,8 +549,8 @@ def _run_leased(cfg: BuildConfig, out: OutputDir, lease: OutputLease, started: f
     progress = run_journaled(cfg, out, plan, previous, lease, runner, progress_every_s)
     raise_if_signalled()  # not finalized: the rerun the signal's message asks for does it
     lease.check()
-    counts = with_asr_bytes(finalize(out, iter_journal(out), read_plan_failures(cfg.output)),
-                            asr_fetched_bytes(cfg, out))
+    counts = with_text_bytes(finalize(out, iter_journal(out), read_plan_failures(cfg.output)),
+                            text_fetched_bytes(cfg, out))
     elapsed = time.time() - started
     record = build_record(cfg, plan, counts, progress, elapsed)
     out.write_json("build.json", record)

@@ -19,10 +19,10 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def fetched_split(fetched: int, asr: int) -> str:
-    """" = videos X + speech-recognition audio Y" after a total of fetched bytes, when
-    speech recognition fetched any (nothing otherwise: every byte was a video's)."""
-    return f" = videos {human_bytes(fetched - asr)} + speech-recognition audio {human_bytes(asr)}" if asr else ""
+def fetched_split(fetched: int, text: int) -> str:
+    """" = videos X + text Y" after a total of fetched bytes, when the text stage (subtitle
+    look-ups, speech recognition's audio) fetched any; nothing otherwise."""
+    return f" = videos {human_bytes(fetched - text)} + text {human_bytes(text)}" if text else ""
 
 
 def human_time(s: float) -> str:

@@ -311,8 +311,8 @@ def _build_stats(fs, root: str) -> dict:
         if "fetched_bytes" in counts:  # the network's bill against what the written samples needed
             stats["downloads"] = {"fetched_bytes": counts["fetched_bytes"],
                                   "needed_bytes": counts.get("download_bytes", 0)}
-            if "asr_fetched_bytes" in counts:  # of which speech recognition's audio
-                stats["downloads"]["asr_fetched_bytes"] = counts["asr_fetched_bytes"]
+            if "text_fetched_bytes" in counts:  # of which speech recognition's audio
+                stats["downloads"]["text_fetched_bytes"] = counts["text_fetched_bytes"]
     files = tables.parquet_files(fs, root, "failures")
     names = tables.read_schema(fs, files).names if files else []
     stats["failures"] = failure_stats(batch.to_pandas() for batch in tables.iter_batches(
@@ -626,7 +626,7 @@ def render_summary(stats: dict) -> list[tuple[str, str]]:
     if "downloads" in stats:
         d = stats["downloads"]
         rows.append(("downloaded (all runs)", (f"{human_bytes(d['fetched_bytes'])}"
-                                               f"{fetched_split(d['fetched_bytes'], d.get('asr_fetched_bytes', 0))}, "
+                                               f"{fetched_split(d['fetched_bytes'], d.get('text_fetched_bytes', 0))}, "
                                                f"of which written samples needed {human_bytes(d['needed_bytes'])}")))
     if stats.get("text_sources"):
         rows.append(("text sources", ", ".join(f"{k} {v['samples']:,} ({v['hours']:,.2f} h)"

@@ -25,7 +25,7 @@ from lfvila_data.media.fetch import (
     is_permanent,
     raise_verdict,
 )
-from lfvila_data.media.guard import Guard, no_proxy_bypass
+from lfvila_data.media.guard import ByteMeter, Guard, no_proxy_bypass
 from lfvila_data.records import Failure, FailureCode, Stage, is_safe_video_id
 
 _YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -204,12 +204,12 @@ def available_tracks(info: dict) -> tuple[str, ...]:
 
 
 def fetch_subtitles(ref: VideoRef, cfg: FetchConfig, langs: list[str],
-                    max_bytes: int = MAX_SUBTITLE_BYTES) -> VideoText:
+                    max_bytes: int = MAX_SUBTITLE_BYTES, meter: ByteMeter | None = None) -> VideoText:
     """yt-dlp's metadata for the video (one request), then the chosen subtitle file;
     raises FetchError (permanent or not) like the video fetch does. Through the fetch
-    guard, like every download."""
+    guard, like every download; `meter` gets the bytes it let through."""
     log = _Log()
-    with Guard(cfg.guard_limits()) as guard, no_proxy_bypass():
+    with Guard(cfg.guard_limits(), meter) as guard, no_proxy_bypass():
         try:
             info, track, data = _metadata_and_subtitles(ref, Fetcher(cfg, Path(".")), log, guard, langs,
                                                         max_bytes)

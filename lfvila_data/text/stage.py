@@ -81,7 +81,7 @@ class TextOutcome:
     status: str = DONE
     asr_reason: str | None = None  # set: transcribe this video (why: no usable subtitles...)
     counts: Counter = field(default_factory=Counter)  # planning's: words parsed, dropped by reason
-    fetched_bytes: int = 0  # speech recognition's network bytes for the video, all runs
+    fetched_bytes: int = 0  # the text stage's network bytes for the video (look-ups, audio), all runs
 
     def to_result(self):
         from lfvila_data.output.write import VideoResult
@@ -132,11 +132,21 @@ def local_text(video: Path, plan: PlanConfig, opts: TextOptions) -> TextOutcome:
 
 
 def youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: FetchConfig) -> TextOutcome:
-    """A video's subtitles through yt-dlp, or a request to transcribe it."""
+    """A video's subtitles through yt-dlp, or a request to transcribe it; with the bytes
+    its look-ups fetched (every attempt, failed ones included)."""
+    meter = ByteMeter()
+    outcome = _youtube_text(ref, plan, opts, fetch, meter)
+    outcome.fetched_bytes = meter.received
+    return outcome
+
+
+def _youtube_text(ref: VideoRef, plan: PlanConfig, opts: TextOptions, fetch: FetchConfig,
+                  meter: ByteMeter) -> TextOutcome:
     if opts.asr == "always":
         return TextOutcome(ref.video_id, ref.url, asr_reason="--asr always")
     try:  # transient errors are retried with backoff, like video downloads
-        got = with_retries(lambda: fetch_subtitles(ref, fetch, list(opts.langs), opts.max_subtitle_bytes), fetch)
+        got = with_retries(lambda: fetch_subtitles(ref, fetch, list(opts.langs), opts.max_subtitle_bytes, meter),
+                           fetch)
     except FetchError as e:
         return TextOutcome(ref.video_id, ref.url, status=FAILED if e.permanent else RETRY,
                            failures=[Failure(ref.video_id, None, Stage.DOWNLOAD.value, e.code, e.reason,
@@ -303,7 +313,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], look_ups: T
     previous = _journal_for(out, settings, plan, opts)
     journal = TextJournal(out, previous)
     progress = TextProgress(len(items))
-    asr_jobs, asr_why, urls = [], {}, {}
+    asr_jobs, asr_why, urls, looked_up = [], {}, {}, {}
 
     def key(item) -> str:
         return item.video_id if isinstance(item, VideoRef) else local_video_id(item)
@@ -318,6 +328,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], look_ups: T
             asr_jobs.append(AsrJob(o.video_id, o.url))
             asr_why[o.video_id] = None if o.asr_reason == "--asr always" else o.asr_reason
             urls[o.video_id] = o.url
+            looked_up[o.video_id] = o.fetched_bytes  # the subtitle look-up's, before the audio's
             progress.counts["asr_queued"] += 1
             return
         journal.add(o)
@@ -329,6 +340,7 @@ def run_text_stage(items: list, look_up: Callable[..., TextOutcome], look_ups: T
 
         def on_asr(result) -> None:
             o = asr_outcome(result, urls[result.video_id], plan, opts, asr_why.get(result.video_id))
+            o.fetched_bytes += looked_up.get(result.video_id, 0)
             journal.add(o)
             progress.finished(o, transcribed=True)
 

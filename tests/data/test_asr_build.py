@@ -104,7 +104,7 @@ def test_local_asr_auto(tmp_path, whisper, ray_module):
     assert mute.stage.tolist() == ["asr"]
     assert "no subtitles" in mute.reason.iloc[0] and "audio" in mute.reason.iloc[0]
     assert mute.code.tolist() == ["no_audio"]
-    assert record["counts"]["asr_fetched_bytes"] == 0  # local files: nothing fetched
+    assert record["counts"]["text_fetched_bytes"] == 0  # local files: nothing fetched
     got = shard_verify_load([out], tmp_path / "e2e")  # ASR clips hold several sentences
     assert got["samples"] == len(m) and got["loaded"] == int((m.n_clips >= 4).sum())
 
@@ -167,7 +167,7 @@ def check_fetched_bytes(counts: dict, audio: list, video: list) -> None:
     def sent(transfers: list) -> int:
         return sum(t.sent for t in transfers)
 
-    asr = counts["asr_fetched_bytes"]
+    asr = counts["text_fetched_bytes"]
     assert audio and video and not {t.name for t in audio} - {"v1.mp4"}
     assert sent(audio) / 2 < asr <= sent(audio) + 2048 * len(audio)
     assert 0 < counts["fetched_bytes"] - asr <= sent(video) + 2048 * len(video)

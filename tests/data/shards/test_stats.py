@@ -196,11 +196,11 @@ def test_render_summary(build_dir, shard_dir):
     assert dict(render_summary(stats))["downloaded (all runs)"] == \
         "3.0 MB, of which written samples needed 1.0 MB"
     (build_dir / "build.json").write_text(json.dumps({"counts": {  # speech recognition's audio too
-        "fetched_bytes": 3 << 20, "asr_fetched_bytes": 1 << 19, "download_bytes": 1 << 20}}))
+        "fetched_bytes": 3 << 20, "text_fetched_bytes": 1 << 19, "download_bytes": 1 << 20}}))
     stats = collect_stats(str(build_dir))
-    assert stats["downloads"]["asr_fetched_bytes"] == 1 << 19
+    assert stats["downloads"]["text_fetched_bytes"] == 1 << 19
     assert dict(render_summary(stats))["downloaded (all runs)"] == \
-        "3.0 MB = videos 2.5 MB + speech-recognition audio 512.0 KB, of which written samples needed 1.0 MB"
+        "3.0 MB = videos 2.5 MB + text 512.0 KB, of which written samples needed 1.0 MB"
     rows = dict(render_summary(collect_stats(str(shard_dir))))
     assert rows["shards"] == "3" and rows["split val"].startswith("1 samples")
 

@@ -191,6 +191,20 @@ def test_youtube_build_ledger(youtube_build):
     assert len(bad_line) == 1 and "not a url" in bad_line.reason.iloc[0] and bad_line.code.tolist() == ["bad_line"]
 
 
+def test_youtube_build_counts_the_subtitle_look_ups_bytes(youtube_build, site):
+    """build.json's `text_fetched_bytes`: the pages and subtitle files the look-ups read
+    (every byte a build fetches is counted; the cut's are the rest of `fetched_bytes`).
+    Subtitle files are read only by the look-ups; pages by the cut's yt-dlp as well."""
+    _out, _cfg, _ids, record = youtube_build
+    _root, srv = site
+    counts = record["counts"]
+    vtt = [t for t in srv.transfers if t.name.endswith(".vtt")]
+    pages = [t for t in srv.transfers if t.name.endswith(".html")]
+    text = counts["text_fetched_bytes"]
+    assert vtt and sum(t.sent for t in vtt) < text <= sum(t.sent for t in vtt + pages) + 2048 * len(vtt + pages)
+    assert counts["fetched_bytes"] - text > 0  # the video's sections
+
+
 def test_youtube_rerun_uses_the_text_journal(youtube_build, site):
     out, cfg, _ids, _ = youtube_build
     _root, srv = site

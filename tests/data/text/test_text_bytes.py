@@ -2,7 +2,7 @@
 text journal and added to `counts.fetched_bytes` (pure, on a real output directory)."""
 from __future__ import annotations
 
-from lfvila_data.build import with_asr_bytes
+from lfvila_data.build import with_text_bytes
 from lfvila_data.output.write import DONE, RETRY, OutputDir, journal_fetched_bytes, journal_status
 from lfvila_data.progress import fetched_split
 from lfvila_data.text.stage import TEXT_DIR, TextJournal, TextOutcome
@@ -30,9 +30,9 @@ def test_a_redone_video_carries_its_earlier_bytes_and_a_reused_one_is_not_counte
 
 
 def test_the_totals_and_their_split():
-    counts = with_asr_bytes({"fetched_bytes": 3 << 20, "download_bytes": 1 << 20}, 1 << 19)
-    assert counts == {"fetched_bytes": (3 << 20) + (1 << 19), "asr_fetched_bytes": 1 << 19,
+    counts = with_text_bytes({"fetched_bytes": 3 << 20, "download_bytes": 1 << 20}, 1 << 19)
+    assert counts == {"fetched_bytes": (3 << 20) + (1 << 19), "text_fetched_bytes": 1 << 19,
                       "download_bytes": 1 << 20}
-    assert fetched_split(counts["fetched_bytes"], counts["asr_fetched_bytes"]) == \
-        " = videos 3.0 MB + speech-recognition audio 512.0 KB"
+    assert fetched_split(counts["fetched_bytes"], counts["text_fetched_bytes"]) == \
+        " = videos 3.0 MB + text 512.0 KB"
     assert fetched_split(3 << 20, 0) == ""
