@@ -8,6 +8,7 @@ read starts at the audio stream's own start time (ffprobe), so a section downloa
 keeps its source timestamps reads like the full video."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -114,18 +115,25 @@ def _reason(stderr: str, media: str) -> AudioError:
     return AudioError(f"ffmpeg could not decode the audio: {last}")
 
 
-def audio_start(media: str, *, timeout: float = 120.0, proxy: str | None = None) -> float:
-    """Source time of the first audio sample (0 for most files); AudioError without audio."""
+def audio_start(media: str, *, timeout: float = 120.0, proxy: str | None = None,
+                stopped: threading.Event | None = None) -> float:
+    """Source time of the first audio sample (0 for most files); AudioError without audio.
+    `stopped`: the fetch guard's, which ends ffprobe once it refused the rest."""
     guard, arg = _input(media, proxy)
     cmd = ["ffprobe", "-v", "error", *guard, "-select_streams", "a:0",
            "-show_entries", "stream=start_time", "-of", "json", arg]
-    try:
-        res = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        raise AudioError(f"ffprobe timed out after {timeout:.0f} s", permanent=False, code=FailureCode.NETWORK) from None
-    if res.returncode != 0:
-        raise _reason(res.stderr.decode("utf-8", "replace"), media)
-    streams = json.loads(res.stdout or b"{}").get("streams") or []
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with _killed_when(stopped, proc):
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AudioError(f"ffprobe timed out after {timeout:.0f} s", permanent=False,
+                             code=FailureCode.NETWORK) from None
+    if proc.returncode != 0:
+        raise _reason(err.decode("utf-8", "replace"), media)
+    streams = json.loads(out or b"{}").get("streams") or []
     if not streams:
         raise AudioError("the media has no audio stream", code=FailureCode.NO_AUDIO)
     try:
@@ -173,21 +181,24 @@ def stream_audio(media: str, spans: Sequence[tuple[float, float]] | None = None,
     with Guard(audio_guard_limits(guard), meter) as proxy, no_proxy_bypass():
         proxy.downloading()  # the file-size cap bounds the bytes
         try:
-            yield from _stream(media, spans, chunk_seconds, timeout, proxy.url)
+            yield from _stream(media, spans, chunk_seconds, timeout, proxy.url, proxy.stopped)
         except AudioError:
             if proxy.verdict is None:
                 raise
-            v = proxy.verdict  # why the guard closed the connection, not what ffmpeg made of it
-            raise AudioError(v.reason, v.permanent, v.code) from None
+        # why the guard closed the connection, not what ffmpeg made of it; also when ffmpeg
+        # took the closed connection for the input's end and exited 0 with part of the audio
+        if (v := proxy.verdict) is not None:
+            raise AudioError(v.reason, v.permanent, v.code)
 
 
 def _stream(media: str, spans: Sequence[tuple[float, float]] | None, chunk_seconds: float,
-            timeout: float, proxy: str | None) -> Iterator[AudioChunk]:
-    todo = list(spans) if spans is not None else [(audio_start(media, timeout=timeout, proxy=proxy), None)]
+            timeout: float, proxy: str | None, stopped: threading.Event | None = None) -> Iterator[AudioChunk]:
+    todo = (list(spans) if spans is not None
+            else [(audio_start(media, timeout=timeout, proxy=proxy, stopped=stopped), None)])
     chunk = max(1, round(chunk_seconds * SAMPLE_RATE))
     total = 0
     for start, end in todo:
-        for offset, samples in _read_pcm(audio_command(media, start, end, proxy), chunk, timeout, media):
+        for offset, samples in _read_pcm(audio_command(media, start, end, proxy), chunk, timeout, media, stopped):
             total += len(samples)
             yield AudioChunk(start + offset / SAMPLE_RATE, samples)
     if total == 0:
@@ -195,9 +206,41 @@ def _stream(media: str, spans: Sequence[tuple[float, float]] | None, chunk_secon
         raise AudioError(f"the media has no audio samples{where}", code=FailureCode.NO_AUDIO)
 
 
-def _read_pcm(cmd: list[str], chunk: int, timeout: float, media: str) -> Iterator[tuple[int, np.ndarray]]:
+@contextlib.contextmanager
+def _killed_when(stopped: threading.Event | None, proc: subprocess.Popen) -> Iterator[None]:
+    """Kill `proc` once `stopped` is set (the fetch guard refused the rest of the read):
+    ffmpeg would otherwise retry the refused connection for ~20 s (`-reconnect`) before it
+    gave up."""
+    if stopped is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if stopped.wait(0.1):
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True, name="audio-guard-stop")
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _read_pcm(cmd: list[str], chunk: int, timeout: float, media: str,
+              stopped: threading.Event | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(sample offset, samples) blocks of `chunk` samples (the last shorter) from ffmpeg."""
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with _killed_when(stopped, proc):
+        yield from _pcm_blocks(proc, chunk, timeout, media)
+
+
+def _pcm_blocks(proc: subprocess.Popen, chunk: int, timeout: float, media: str) -> Iterator[tuple[int, np.ndarray]]:
     tail: deque[str] = deque(maxlen=20)
     errors = threading.Thread(target=lambda: tail.extend(
         ln.decode("utf-8", "replace") for ln in proc.stderr), daemon=True)

@@ -124,6 +124,7 @@ class Guard:
         self.limits = limits
         self.meter = meter
         self.verdict: Verdict | None = None
+        self.stopped = threading.Event()  # set with the verdict: a client may give up at once
         self.received = 0          # bytes from the network in this attempt
         self.total_received = 0    # ... in every attempt: what the video cost the network
         self.requests = 0          # connections the guard let through
@@ -170,6 +171,7 @@ class Guard:
         with self._lock:
             if self.verdict is None:
                 self.verdict = verdict
+        self.stopped.set()
         self._close_all()
 
     # -- the proxy

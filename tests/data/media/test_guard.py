@@ -247,3 +247,18 @@ def test_the_audio_read_of_speech_recognition_goes_through_the_guard(media, refu
     assert e.value.code is FailureCode.PRIVATE_ADDRESS and e.value.permanent and "127.0.0.2" in str(e.value)
     chunks = list(stream_audio(media.url("v.mp4"), [(1, 3)], guard=GuardLimits(allow_private=True)))
     assert sum(c.duration for c in chunks) == pytest.approx(2.0, abs=0.01) and media.requests["v.mp4"] >= 1
+
+
+def test_an_audio_read_over_the_size_cap_fails_instead_of_ending_early(media):
+    """The guard closing the connection at the size cap is a failure, never a short read:
+    ffmpeg took the closed connection for the input's end and exited 0 with the audio it
+    had (0.9 of 16 s here), and without spans it retried the refused connection for ~20 s
+    (`-reconnect`) before it failed; it is now ended as soon as the guard stops."""
+    from lfvila_data.media.audio import AudioError, stream_audio
+
+    size = (media.root / "v.mp4").stat().st_size
+    for spans in ([(2.0, 18.0)], None):
+        with pytest.raises(AudioError) as e:
+            list(stream_audio(media.url("v.mp4"), spans, guard=GuardLimits(allow_private=True,
+                                                                           file_bytes=size // 4)))
+        assert e.value.code is FailureCode.TOO_LARGE and e.value.permanent, spans
