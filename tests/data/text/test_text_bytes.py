@@ -1,6 +1,6 @@
-"""Speech recognition's network bytes in the build's totals: carried over reruns in the
-text journal and added to `counts.fetched_bytes` (pure, on a real output directory)."""
-from __future__ import annotations
+"""The text stage's network bytes (subtitle look-ups, speech recognition's audio) in the
+build's totals: carried over reruns in the text journal and added to `counts.fetched_bytes`
+(pure, on a real output directory)."""
 
 from lfvila_data.build import with_text_bytes
 from lfvila_data.output.write import DONE, RETRY, OutputDir, journal_fetched_bytes, journal_status
