@@ -58,8 +58,8 @@ stop_on_signals()
 # get SIGKILL when the thread that spawned them ends, and a driver whose GCS is gone
 # hangs in ray.shutdown)
 RayStart(None, 1).wait()
-print("ready", flush=True)
-try:
+try:  # the signal may come while "ready" is still being written
+    print("ready", flush=True)
     time.sleep(120)
 except KeyboardInterrupt:
     time.sleep(4)  # a clean-up slower than the 3 s alarm of Ray's failure handler
