@@ -312,19 +312,23 @@ def iter_journal(out: OutputDir, dir: str = Journal.DIR) -> JournalEntries:
     return JournalEntries(out, dir)
 
 
-def journal_fetched_bytes(out: OutputDir, dir: str = Journal.DIR) -> int:
-    """The sum of the latest entries' `fetched_bytes` (each carries its video's earlier
-    runs), found in the payload text without parsing it: the key is the last one
-    `VideoResult.payload` writes, and a JSON string cannot hold `fetched_bytes":` (its
-    quotes are escaped)."""
+def payload_fetched_bytes(payloads):
+    """Each journal payload's `fetched_bytes` (null where it has none), found in the text
+    without parsing it: the key is the last one `VideoResult.payload` writes, and a JSON
+    string cannot hold `fetched_bytes":` (its quotes are escaped)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    total = 0
-    for table in JournalEntries(out, dir).tables():
-        found = pc.extract_regex(table.column("payload"), r'"fetched_bytes":(?P<n>\d+)\}$')
-        total += pc.sum(pc.struct_field(found, "n").cast(pa.int64())).as_py() or 0
-    return total
+    found = pc.extract_regex(payloads, r'"fetched_bytes":(?P<n>\d+)\}$')
+    return pc.struct_field(found, "n").cast(pa.int64())
+
+
+def journal_fetched_bytes(out: OutputDir, dir: str = Journal.DIR) -> int:
+    """The sum of the latest entries' `fetched_bytes` (each carries its video's earlier runs)."""
+    import pyarrow.compute as pc
+
+    return sum(pc.sum(payload_fetched_bytes(t.column("payload"))).as_py() or 0
+               for t in JournalEntries(out, dir).tables())
 
 
 # the output tables: partitioned folders of Parquet parts (output/manifest.py), each sorted

@@ -7,7 +7,6 @@ Each video's outcome is journaled (`_text/`), so a rerun neither asks YouTube fo
 subtitles again nor re-transcribes; the plan is rewritten from the journal at the end."""
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -20,7 +19,16 @@ from lfvila_data.media.cut import media_duration
 from lfvila_data.media.fetch import FetchConfig, Fetcher, FetchError, with_retries
 from lfvila_data.media.guard import ByteMeter
 from lfvila_data.output.fingerprint import SPEED, content, fingerprint, remove_dir, reuse_or_clear
-from lfvila_data.output.write import DONE, FAILED, RETRY, Journal, OutputDir, iter_journal, journal_status
+from lfvila_data.output.write import (
+    DONE,
+    FAILED,
+    RETRY,
+    Journal,
+    OutputDir,
+    iter_journal,
+    journal_status,
+    payload_fetched_bytes,
+)
 from lfvila_data.plan.join import (
     PlanConfig,
     PlanSummary,
@@ -255,8 +263,9 @@ def earlier_fetched(out: OutputDir) -> dict[str, int]:
     earlier: dict[str, int] = {}
     for table in iter_journal(out, TEXT_DIR).tables():
         redo = table.filter(pc.equal(table.column("status"), RETRY))
-        for vid, payload in zip(redo.column("video_id").to_pylist(), redo.column("payload").to_pylist()):
-            if n := json.loads(payload).get("fetched_bytes"):
+        for vid, n in zip(redo.column("video_id").to_pylist(),
+                          payload_fetched_bytes(redo.column("payload")).to_pylist()):
+            if n:
                 earlier[vid] = n
     return earlier
 
